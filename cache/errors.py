@@ -1,0 +1,20 @@
+"""The package's own errors; redis-py errors are translated into these at the boundary."""
+
+from __future__ import annotations
+
+
+class KryonixError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(KryonixError, ValueError):
+    """A setting has a value of the wrong shape; the message names the variable."""
+
+
+class RedisUnavailable(KryonixError, ConnectionError):
+    """A Redis role could not be reached or refused us; the message names the setting."""
+
+    def __init__(self, message: str, *, role: str, setting: str) -> None:
+        super().__init__(message)
+        self.role = role
+        self.setting = setting

@@ -1,0 +1,59 @@
+"""Every Redis key name this project writes, in one place.
+
+RQ owns its own `rq:*` keys; everything of ours starts with `kx:` so operators can
+tell them apart, and `{hash tags}` mark keys that one script touches together, so
+Redis Cluster stays possible.
+"""
+
+from __future__ import annotations
+
+PREFIX = "kx"
+
+
+def cache_key(namespace: str, version: int, key: str) -> str:
+    """A cached value; `version` is the namespace generation that `clear()` bumps."""
+    return f"{PREFIX}:cache:{{{namespace}}}:v{version}:{key}"
+
+
+def cache_namespace_version(namespace: str) -> str:
+    return f"{PREFIX}:cache:{{{namespace}}}:version"
+
+
+def cache_lock(namespace: str, version: int, key: str) -> str:
+    return f"{PREFIX}:cache:{{{namespace}}}:v{version}:lock:{key}"
+
+
+def session(session_id: str) -> str:
+    """One session hash; the single `session:` prefix the web tier expects."""
+    return f"session:{session_id}"
+
+
+def user_sessions(user_id: str) -> str:
+    return f"{PREFIX}:user-sessions:{user_id}"
+
+
+def rate_limit(scope: str, identifier: str) -> str:
+    return f"{PREFIX}:rl:{{{scope}:{identifier}}}"
+
+
+def user_channel(user_id: str) -> str:
+    return f"user:{user_id}:events"
+
+
+SYSTEM_CHANNEL = "system:events"
+
+
+def event_stream(channel: str) -> str:
+    return f"{PREFIX}:stream:{channel}"
+
+
+def email_sent_marker(idempotency_key: str) -> str:
+    return f"{PREFIX}:email:sent:{idempotency_key}"
+
+
+def scheduler_slot(name: str, slot: str) -> str:
+    return f"{PREFIX}:periodic:{name}:{slot}"
+
+
+def enqueue_idempotency(key: str) -> str:
+    return f"{PREFIX}:enqueue:{key}"

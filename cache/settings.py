@@ -1,0 +1,240 @@
+"""One typed settings object, built once from the environment.
+
+Every variable is parsed here and nowhere else; a bad value raises `ConfigError`
+naming the variable and what was expected, so a misconfigured process dies at
+start-up instead of at the first job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from cache.errors import ConfigError
+
+T = TypeVar("T")
+
+# Defaults, one line of why each.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # the standard local Redis
+DEFAULT_SENTINEL_MASTER = "mymaster"  # the name Redis' own sentinel.conf example uses
+DEFAULT_SOCKET_TIMEOUT_S = 5.0  # long enough for a loaded server, short enough to fail a request
+DEFAULT_CONNECT_TIMEOUT_S = 2.0  # a connect that takes longer than this is a dead host
+DEFAULT_HEALTH_CHECK_INTERVAL_S = 30  # PING idle connections before reuse, so a restart is noticed
+DEFAULT_RETRY_ATTEMPTS = 6  # ~3 s of exponential backoff: rides over a Redis restart
+DEFAULT_DATABASE_URL = "sqlite:///var/kryonix.db"  # embedded default, no server needed
+DEFAULT_SMTP_HOST = "127.0.0.1"
+DEFAULT_SMTP_PORT = 1025  # the local SMTP catcher of `make run`
+DEFAULT_SMTP_TIMEOUT_S = 10.0
+DEFAULT_MAIL_FROM = "KRYONIX <no-reply@kryonix.local>"
+DEFAULT_REPORTS_DIR = "var/reports"
+DEFAULT_DASHBOARD_BIND = "127.0.0.1"  # never exposed beyond loopback unless asked
+DEFAULT_DASHBOARD_PORT = 9181  # rq-dashboard's own default
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sentinel:
+    """Redis Sentinel discovery for the PRIMARY role."""
+
+    addresses: tuple[tuple[str, int], ...]
+    master_name: str = DEFAULT_SENTINEL_MASTER
+    password: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Process-wide configuration; see `.env.example` for every variable."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    cache_redis_url: str = DEFAULT_REDIS_URL
+    redis_password: str | None = field(default=None, repr=False)
+    sentinel: Sentinel | None = None
+    socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    health_check_interval_s: int = DEFAULT_HEALTH_CHECK_INTERVAL_S
+    retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
+    database_url: str = DEFAULT_DATABASE_URL
+    smtp_host: str = DEFAULT_SMTP_HOST
+    smtp_port: int = DEFAULT_SMTP_PORT
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_tls: bool = False
+    smtp_starttls: bool = False
+    smtp_timeout_s: float = DEFAULT_SMTP_TIMEOUT_S
+    mail_from: str = DEFAULT_MAIL_FROM
+    reports_dir: Path = Path(DEFAULT_REPORTS_DIR)
+    log_format: str = "text"
+    dashboard_bind: str = DEFAULT_DASHBOARD_BIND
+    dashboard_port: int = DEFAULT_DASHBOARD_PORT
+    dashboard_username: str | None = None
+    dashboard_password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default `os.environ`).
+
+        Raises:
+            ConfigError: a variable has a value of the wrong shape; the message names it.
+        """
+        env = _Env(os.environ if environ is None else environ)
+        redis_url = env.url("REDIS_URL", DEFAULT_REDIS_URL)
+        smtp_tls = env.boolean("SMTP_TLS", False)
+        smtp_starttls = env.boolean("SMTP_STARTTLS", False)
+        if smtp_tls and smtp_starttls:
+            raise ConfigError("SMTP_TLS and SMTP_STARTTLS are exclusive: implicit TLS or STARTTLS, not both")
+        log_format = env.get("LOG_FORMAT", "text")
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+        return cls(
+            redis_url=redis_url,
+            cache_redis_url=env.url("CACHE_REDIS_URL", redis_url),
+            redis_password=env.optional("REDIS_PASSWORD"),
+            sentinel=env.sentinel(),
+            socket_timeout_s=env.number("REDIS_SOCKET_TIMEOUT", DEFAULT_SOCKET_TIMEOUT_S, float),
+            connect_timeout_s=env.number("REDIS_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, float),
+            health_check_interval_s=env.number(
+                "REDIS_HEALTH_CHECK_INTERVAL", DEFAULT_HEALTH_CHECK_INTERVAL_S, int
+            ),
+            retry_attempts=env.number("REDIS_RETRY_ATTEMPTS", DEFAULT_RETRY_ATTEMPTS, int),
+            database_url=env.database_url(),
+            smtp_host=env.get("SMTP_HOST", DEFAULT_SMTP_HOST),
+            smtp_port=env.port("SMTP_PORT", DEFAULT_SMTP_PORT),
+            smtp_username=env.optional("SMTP_USERNAME"),
+            smtp_password=env.optional("SMTP_PASSWORD"),
+            smtp_tls=smtp_tls,
+            smtp_starttls=smtp_starttls,
+            smtp_timeout_s=env.number("SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, float),
+            mail_from=env.get("MAIL_FROM", DEFAULT_MAIL_FROM),
+            reports_dir=Path(env.get("REPORTS_DIR", DEFAULT_REPORTS_DIR)),
+            log_format=log_format,
+            dashboard_bind=env.get("DASHBOARD_BIND", DEFAULT_DASHBOARD_BIND),
+            dashboard_port=env.port("DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT),
+            dashboard_username=env.optional("DASHBOARD_USERNAME"),
+            dashboard_password=env.optional("DASHBOARD_PASSWORD"),
+        )
+
+
+class _Env:
+    """Typed reads of environment variables with errors that name the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get(self, name: str, default: str) -> str:
+        value = self._environ.get(name, "").strip()
+        return value or default
+
+    def optional(self, name: str) -> str | None:
+        value = self._environ.get(name, "")
+        return value or None
+
+    def number(self, name: str, default: T, kind: Callable[[str], T]) -> T:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise ConfigError(f"{name} must be {expected} (e.g. {default}), got {raw!r}") from None
+        if value <= 0:  # type: ignore[operator]
+            raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        value = self.number(name, default, int)
+        if not 0 < value < 65536:
+            raise ConfigError(f"{name} must be a TCP port between 1 and 65535, got {value}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self._environ.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be a boolean (true/false, 1/0, yes/no), got {raw!r}")
+
+    def url(self, name: str, default: str) -> str:
+        value = self.get(name, default)
+        parts = urlsplit(value)
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ConfigError(
+                f"{name} must be a redis://, rediss:// or unix:// URL "
+                f"(e.g. {DEFAULT_REDIS_URL}), got {_redact(value)!r}"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"{name} has an invalid port: {_redact(value)!r}") from None
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ConfigError(f"{name} has no host: {_redact(value)!r}")
+        if parts.scheme == "unix" and not parts.path:
+            raise ConfigError(f"{name} has no socket path: {_redact(value)!r}")
+        del port
+        db = parts.path.strip("/") if parts.scheme != "unix" else ""
+        if db and not db.isdigit():
+            raise ConfigError(f"{name} database must be a number (e.g. /0), got {_redact(value)!r}")
+        return value
+
+    def database_url(self) -> str:
+        value = self.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+        scheme = urlsplit(value).scheme
+        if not scheme or not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
+            raise ConfigError(
+                f"DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL, got {_redact(value)!r}"
+            )
+        return value
+
+    def sentinel(self) -> Sentinel | None:
+        raw = self._environ.get("REDIS_SENTINELS", "").strip()
+        if not raw:
+            return None
+        addresses = []
+        for item in raw.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(
+                    f"REDIS_SENTINELS must be a comma-separated list of host:port, got item {item!r}"
+                )
+            addresses.append((host.strip("[]"), int(port)))
+        return Sentinel(
+            addresses=tuple(addresses),
+            master_name=self.get("REDIS_SENTINEL_MASTER", DEFAULT_SENTINEL_MASTER),
+            password=self.optional("REDIS_SENTINEL_PASSWORD"),
+        )
+
+
+def _redact(url: str) -> str:
+    """Hide a password embedded in a URL, so error messages never leak it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+redact_url = _redact
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, parsed on first use (never at import time)."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def reset_settings() -> None:
+    """Forget the parsed settings, so the next `get_settings()` reads the environment again."""
+    global _settings
+    _settings = None

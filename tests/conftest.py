@@ -1,0 +1,133 @@
+"""Shared fixtures: real redis-servers on free ports with the project's own configs.
+
+Nothing here talks to the machine's Redis on 6379. The PRIMARY and CACHE servers are
+started once per test session; each test gets a flushed server. Tests that kill or
+reconfigure a server use `redis_factory` for a private one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from cache import connections
+from cache.database import create_schema, drop_schema, make_engine
+from cache.settings import reset_settings
+from workers.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def primary_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(PRIMARY_CONF, tmp_path_factory.mktemp("redis-primary")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def cache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(CACHE_CONF, tmp_path_factory.mktemp("redis-cache")).start()
+    yield server
+    server.stop()
+
+
+def _ensure_running(server: RedisServer) -> None:
+    """A test that killed the shared server must not break the next one."""
+    if not server.running:
+        server.start()
+
+
+@pytest.fixture
+def redis_env(
+    monkeypatch: pytest.MonkeyPatch, primary_server: RedisServer, cache_server: RedisServer
+) -> Iterator[dict[str, str]]:
+    """Point the settings (REDIS_URL, CACHE_REDIS_URL, ...) at the test servers, flushed."""
+    _ensure_running(primary_server)
+    _ensure_running(cache_server)
+    env = {"REDIS_URL": primary_server.url, "CACHE_REDIS_URL": cache_server.url}
+    for name in ("REDIS_PASSWORD", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for server in (primary_server, cache_server):
+        client = server.client()
+        client.flushall()
+        client.close()
+    reset_settings()
+    connections.reset_clients()
+    yield env
+    reset_settings()
+    connections.reset_clients()
+
+
+@pytest.fixture
+def primary(redis_env: dict[str, str]) -> redis.Redis:
+    """The settings-built PRIMARY client on a flushed test server."""
+    return connections.primary()
+
+
+@pytest.fixture
+def cache_redis(redis_env: dict[str, str]) -> redis.Redis:
+    """The settings-built CACHE client on a flushed test server."""
+    return connections.cache_redis()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Private redis-servers for tests that kill, fill or reconfigure them."""
+    started: list[RedisServer] = []
+
+    def start(config: Path = PRIMARY_CONF, *extra_args: str, name: str = "redis") -> RedisServer:
+        server = RedisServer(config, tmp_path / f"{name}-{len(started)}", extra_args=list(extra_args))
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def fake_redis() -> fakeredis.FakeRedis:
+    """In-memory Redis for pure unit tests that run no Lua and need no real server."""
+    return fakeredis.FakeRedis()
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = make_engine(POSTGRES_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The platform schema on SQLite and, where reachable, PostgreSQL; empty for each test.
+
+    CI sets KRYONIX_REQUIRE_POSTGRES=1 so a missing PostgreSQL fails instead of skipping.
+    """
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'kryonix.db'}"
+    else:
+        if not _postgres_available():
+            if os.environ.get("KRYONIX_REQUIRE_POSTGRES") == "1":
+                pytest.fail(f"PostgreSQL required but unreachable at {POSTGRES_URL}")
+            pytest.skip(f"PostgreSQL unreachable at {POSTGRES_URL}")
+        url = POSTGRES_URL
+    engine = make_engine(url)
+    drop_schema(engine)
+    create_schema(engine)
+    yield engine
+    drop_schema(engine)
+    engine.dispose()

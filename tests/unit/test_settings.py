@@ -1,0 +1,85 @@
+"""Settings parse the environment strictly and name the variable in every error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cache.errors import ConfigError
+from cache.settings import Settings
+
+
+def test_defaults_without_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.cache_redis_url == settings.redis_url
+    assert settings.sentinel is None
+    assert settings.database_url.startswith("sqlite:///")
+    assert settings.reports_dir == Path("var/reports")
+
+
+def test_cache_url_defaults_to_primary_url() -> None:
+    settings = Settings.from_env({"REDIS_URL": "redis://10.0.0.5:6400/2"})
+    assert settings.cache_redis_url == "redis://10.0.0.5:6400/2"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://localhost:6379/0", "rediss://cache.example.com:6380/1", "unix:///var/run/redis.sock"],
+)
+def test_accepted_redis_urls(url: str) -> None:
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("env", "named", "expected"),
+    [
+        ({"REDIS_URL": "http://localhost:6379"}, "REDIS_URL", "redis://, rediss:// or unix://"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL", "redis://"),
+        ({"REDIS_URL": "redis://localhost:port/0"}, "REDIS_URL", "invalid port"),
+        ({"REDIS_URL": "redis://:6379/0"}, "REDIS_URL", "no host"),
+        ({"REDIS_URL": "redis://localhost:6379/abc"}, "REDIS_URL", "database must be a number"),
+        ({"CACHE_REDIS_URL": "memcached://x"}, "CACHE_REDIS_URL", "redis://"),
+        ({"SMTP_PORT": "smtp"}, "SMTP_PORT", "must be an integer"),
+        ({"SMTP_PORT": "70000"}, "SMTP_PORT", "between 1 and 65535"),
+        ({"REDIS_SOCKET_TIMEOUT": "-1"}, "REDIS_SOCKET_TIMEOUT", "greater than 0"),
+        ({"SMTP_STARTTLS": "maybe"}, "SMTP_STARTTLS", "boolean"),
+        ({"SMTP_TLS": "1", "SMTP_STARTTLS": "1"}, "SMTP_TLS", "exclusive"),
+        ({"REDIS_SENTINELS": "host-without-port"}, "REDIS_SENTINELS", "host:port"),
+        ({"REDIS_SENTINELS": "a:1,b:notaport"}, "REDIS_SENTINELS", "host:port"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL", "sqlite:///"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "'text' or 'json'"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], named: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert named in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_password_in_url_is_redacted_from_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"REDIS_URL": "redis://user:s3cret@host:port/0"})
+    assert "s3cret" not in str(info.value)
+
+
+def test_sentinel_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_SENTINELS": "10.0.0.1:26379, 10.0.0.2:26380",
+            "REDIS_SENTINEL_MASTER": "kryonix",
+            "REDIS_SENTINEL_PASSWORD": "pw",
+        }
+    )
+    assert settings.sentinel is not None
+    assert settings.sentinel.addresses == (("10.0.0.1", 26379), ("10.0.0.2", 26380))
+    assert settings.sentinel.master_name == "kryonix"
+    assert settings.sentinel.password == "pw"
+
+
+def test_secrets_are_not_in_repr() -> None:
+    settings = Settings.from_env({"REDIS_PASSWORD": "hunter2", "SMTP_PASSWORD": "smtp-secret"})
+    assert "hunter2" not in repr(settings)
+    assert "smtp-secret" not in repr(settings)
