@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel as RedisSentinel
@@ -140,6 +141,38 @@ def _sentinel_client(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:
         settings.sentinel.master_name, **kwargs
     )
     return client
+
+
+def build_async_client(
+    role: Role = Role.PRIMARY,
+    settings: Settings | None = None,
+    *,
+    pubsub: bool = False,
+    decode_responses: bool = True,
+) -> redis.asyncio.Redis:
+    """A `redis.asyncio` client for ASGI code, configured like `build_client` (no Sentinel)."""
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    settings = settings or get_settings()
+    url = url_for(role, settings)
+    kwargs: dict[str, Any] = {
+        "socket_timeout": None if pubsub else settings.socket_timeout_s,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": settings.health_check_interval_s,
+        "retry": AsyncRetry(
+            ExponentialWithJitterBackoff(base=RETRY_BACKOFF_BASE_S, cap=RETRY_BACKOFF_CAP_S),
+            settings.retry_attempts,
+        ),
+        "client_name": f"kryonix:{role.value}:{_process_role}-async:{os.getpid()}",
+        "decode_responses": decode_responses,
+    }
+    if settings.redis_password:
+        kwargs["password"] = settings.redis_password
+    try:
+        return redis.asyncio.Redis.from_url(url, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{role.setting} cannot be used ({redact_url(url)}): {exc}") from None
 
 
 def get_client(role: Role = Role.PRIMARY, *, decode_responses: bool = False) -> redis.Redis:
