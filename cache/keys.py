@@ -47,6 +47,12 @@ def event_stream(channel: str) -> str:
     return f"{PREFIX}:stream:{channel}"
 
 
+def event_stream_channel(key: str) -> str | None:
+    """The channel whose event stream `key` is (None for any other key); inverse of `event_stream`."""
+    prefix = f"{PREFIX}:stream:"
+    return key[len(prefix) :] if key.startswith(prefix) else None
+
+
 def email_sent_marker(idempotency_key: str) -> str:
     return f"{PREFIX}:email:sent:{idempotency_key}"
 
