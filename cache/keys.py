@@ -23,6 +23,21 @@ def cache_lock(namespace: str, version: int, key: str) -> str:
     return f"{PREFIX}:cache:{{{namespace}}}:v{version}:lock:{key}"
 
 
+def cache_entry(namespace: str, key: str) -> str:
+    """A cached value; it carries its namespace generation inside, so `clear()` needs no rename."""
+    return f"{PREFIX}:cache:{{{namespace}}}:k:{key}"
+
+
+def cache_fill_lock(namespace: str, key: str) -> str:
+    """The lease of the one caller that fetches `key`; same hash slot as the entry."""
+    return f"{PREFIX}:cache:{{{namespace}}}:l:{key}"
+
+
+def cache_counters() -> str:
+    """Hash of cache hit/miss/... counters summed over every process that uses this cache Redis."""
+    return f"{PREFIX}:cache:counters"
+
+
 def session(session_id: str) -> str:
     """One session hash; the single `session:` prefix the web tier expects."""
     return f"session:{session_id}"
