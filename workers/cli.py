@@ -3,22 +3,40 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
+from typing import Any
 
 import click
 
-from cache.errors import ConfigError
-from cache.settings import get_settings
+from cache.errors import ConfigError, RedisUnavailable
+
+
+def _primary() -> Any:
+    """The PRIMARY client, or a clean CLI error naming the bad setting."""
+    from cache.connections import Role, ping, primary
+    from cache.settings import get_settings
+
+    try:
+        get_settings()
+        ping(Role.PRIMARY)
+    except (ConfigError, RedisUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    return primary()
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
 
 
 @click.group()
 def main() -> None:
     """KRYONIX workers: operate queues, workers and the Redis services."""
+    from workers.logs import configure_logging
 
-
-def _settings_or_exit() -> None:
     try:
-        get_settings()
+        configure_logging()
     except ConfigError as exc:
         raise click.ClickException(f"configuration error: {exc}") from None
 
@@ -27,14 +45,19 @@ def _settings_or_exit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for machines.")
 @click.option("--quiet", is_flag=True, help="Print nothing; only the exit code (for HEALTHCHECK).")
 def status(as_json: bool, quiet: bool) -> None:
-    """Health of both Redis roles (and queues, workers); exit 1 when unhealthy."""
+    """Health of both Redis roles, queues and workers; exit 1 when unhealthy."""
+    from cache.connections import primary
+    from workers import queue_status
     from workers import status as status_module
 
-    _settings_or_exit()
+    status_module.EXTRA_SECTIONS.setdefault("queues", lambda: queue_status.section(primary()))
     report = status_module.collect()
     ok = status_module.healthy(report)
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
+        for section in report.values():
+            if isinstance(section, dict):
+                section.pop("_text", None)
+        _echo_json(report)
     elif not quiet:
         click.echo(status_module.render(report))
     sys.exit(0 if ok else 1)
@@ -46,3 +69,142 @@ def dev() -> None:
     from workers.localstack import run_local_stack
 
     run_local_stack()
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One pass, then exit.")
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between passes.")
+def maintain(once: bool, interval: float) -> None:
+    """Recover jobs of dead workers (abandoned or stranded) and expire old registry entries."""
+    from cache.connections import set_process_role
+    from workers.maintenance import recover, run_forever
+
+    set_process_role("maintenance")
+    connection = _primary()
+    if once:
+        report = recover(connection)
+        click.echo(f"recovered {report.total} job(s)")
+        for queue, ids in report.abandoned.items():
+            for job_id in ids:
+                click.echo(f"  {queue}: abandoned {job_id}")
+        for queue, ids in report.requeued_from_intermediate.items():
+            for job_id in ids:
+                click.echo(f"  {queue}: requeued stranded {job_id}")
+        return
+    run_forever(connection, interval)
+
+
+@main.command()
+@click.option("--tick", default=1.0, show_default=True, help="Seconds between scheduling passes.")
+@click.option("--maintenance-interval", default=5.0, show_default=True, help="Seconds between recoveries.")
+def scheduler(tick: float, maintenance_interval: float) -> None:
+    """Run periodic jobs, move due retries/scheduled jobs, and recover crashed jobs."""
+    from workers.scheduler import SchedulerProcess
+
+    SchedulerProcess(_primary(), tick_s=tick, maintenance_interval_s=maintenance_interval).run()
+
+
+@main.group()
+def failed() -> None:
+    """Inspect and act on the failed-job registries."""
+
+
+_QUEUE = click.option("--queue", "-q", default=None, help="email or report (default: both).")
+
+
+@failed.command("list")
+@_QUEUE
+@click.option("--json", "as_json", is_flag=True)
+def failed_list(queue: str | None, as_json: bool) -> None:
+    """Failed jobs, newest first, with attempt count and reason."""
+    from workers.failed import list_failed
+
+    rows = _guard(lambda: list_failed(_primary(), queue))
+    if as_json:
+        _echo_json([row.as_dict() for row in rows])
+        return
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.failed_at)) if row.failed_at else "-"
+        click.echo(f"{row.id}  {row.queue}  {when}  attempts={row.attempts}  {row.kind}: {row.reason}")
+    click.echo(f"{len(rows)} failed job(s)")
+
+
+@failed.command("show")
+@click.argument("job_id")
+def failed_show(job_id: str) -> None:
+    """Everything about one failed job: arguments, reason, traceback."""
+    from workers.failed import show_failed
+
+    _echo_json(_guard(lambda: show_failed(_primary(), job_id)))
+
+
+@failed.command("requeue")
+@click.argument("job_id", required=False)
+@click.option("--all", "all_jobs", is_flag=True, help="Requeue every failed job (of --queue).")
+@_QUEUE
+def failed_requeue(job_id: str | None, all_jobs: bool, queue: str | None) -> None:
+    """Put a failed job (or all of them) back on its queue."""
+    from workers.failed import requeue, requeue_all
+
+    if bool(job_id) == all_jobs:
+        raise click.UsageError("give either a JOB_ID or --all")
+    if job_id:
+        name = _guard(lambda: requeue(_primary(), job_id))
+        click.echo(f"requeued {job_id} on {name}")
+    else:
+        ids = _guard(lambda: requeue_all(_primary(), queue))
+        click.echo(f"requeued {len(ids)} job(s)")
+
+
+@failed.command("purge")
+@_QUEUE
+@click.option(
+    "--older-than", default=None, help="Only jobs that failed longer ago than this (e.g. 7d, 12h, 30m)."
+)
+def failed_purge(queue: str | None, older_than: str | None) -> None:
+    """Delete failed jobs for good."""
+    from workers.failed import purge
+
+    seconds = parse_duration(older_than) if older_than else None
+    ids = _guard(lambda: purge(_primary(), queue, seconds))
+    click.echo(f"purged {len(ids)} job(s)")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--watch", is_flag=True, help="Refresh until the job ends.")
+@click.option("--json", "as_json", is_flag=True)
+def job(job_id: str, watch: bool, as_json: bool) -> None:
+    """Status of one job, with a progress bar while it runs and its result when done."""
+    from workers.jobview import describe_job, render_job
+
+    connection = _primary()
+    while True:
+        info = _guard(lambda: describe_job(connection, job_id))
+        if as_json:
+            _echo_json(info)
+        else:
+            click.echo(render_job(info))
+        if not watch or info["status"] in ("finished", "failed", "stopped", "canceled"):
+            return
+        time.sleep(1)
+
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """'7d' -> 604800. Raises click.BadParameter for anything else."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a duration like 30m, 12h or 7d")
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _guard(call: Any) -> Any:
+    """Operator mistakes (unknown id or queue) become one clean error line."""
+    try:
+        return call()
+    except (LookupError, ValueError) as exc:
+        raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None

@@ -1,0 +1,235 @@
+"""The enqueue API the web tier calls: validate first, then one atomic write, return the job id.
+
+Nothing reaches Redis before the input is known good: the function is on the
+allow-list, the arguments serialize, the schedule is sane.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+from rq import Retry
+from rq.exceptions import DuplicateJobError
+from rq.job import Job
+
+from cache.connections import Role, primary, translate_errors
+from cache.errors import RedisUnavailable
+from jobs.allowlist import function_name
+from jobs.errors import EnqueueUnavailable, JobValidationError
+from jobs.queues import KryonixQueue, QueueSpec, spec_for
+from jobs.retry import RetryPolicy
+from jobs.serialization import UnserializableArgument, dumps
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 256
+MAX_BULK_JOBS = 10_000  # one pipeline; larger batches should be split by the caller
+
+
+def idempotent_job_id(queue: str, idempotency_key: str) -> str:
+    """The job id for an idempotency key: the same key on the same queue is the same job."""
+    if not isinstance(idempotency_key, str) or not idempotency_key.strip():
+        raise JobValidationError("idempotency_key must be a non-empty string")
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise JobValidationError(f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
+    digest = hashlib.sha256(f"{queue}\0{idempotency_key}".encode()).hexdigest()[:40]
+    return f"{queue}-{digest}"
+
+
+def retry_for(policy: RetryPolicy, rng: random.Random | None = None) -> Retry | None:
+    """RQ's Retry with one full-jitter interval per attempt, drawn now (RQ has no backoff of its own)."""
+    if policy.attempts == 0:
+        return None
+    draw = rng or random.Random()
+    return Retry(max=policy.attempts, interval=[policy.backoff(n, draw) for n in range(policy.attempts)])
+
+
+def _schedule(at: dt.datetime | None, in_: dt.timedelta | float | None) -> dt.datetime | None:
+    if at is not None and in_ is not None:
+        raise JobValidationError("give either at= or in_=, not both")
+    if at is not None:
+        if not isinstance(at, dt.datetime) or at.tzinfo is None:
+            raise JobValidationError("at= must be a timezone-aware datetime (e.g. datetime.now(UTC))")
+        return at.astimezone(dt.UTC)
+    if in_ is not None:
+        seconds = in_.total_seconds() if isinstance(in_, dt.timedelta) else float(in_)
+        if seconds < 0:
+            raise JobValidationError(f"in_= must not be negative, got {seconds} s")
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+    return None
+
+
+def _check_serializable(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    try:
+        dumps([name, None, list(args), dict(kwargs)])
+    except UnserializableArgument as exc:
+        raise JobValidationError(f"arguments of {name}: {exc}") from None
+
+
+def _job_data(
+    spec: QueueSpec,
+    func: str | Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+    meta: Mapping[str, Any] | None,
+    retry: RetryPolicy | None = None,
+) -> dict[str, Any]:
+    name = function_name(func)
+    kwargs = dict(kwargs or {})
+    _check_serializable(name, args, kwargs)
+    job_meta = dict(meta or {})
+    job_meta.setdefault("queue", spec.name)
+    try:
+        dumps(job_meta)
+    except UnserializableArgument as exc:
+        raise JobValidationError(f"job meta: {exc}") from None
+    return {
+        "func": name,
+        "args": list(args),
+        "kwargs": kwargs,
+        "timeout": spec.job_timeout_s,
+        "result_ttl": spec.result_ttl_s,
+        "failure_ttl": spec.failure_ttl_s,
+        "job_id": idempotent_job_id(spec.name, idempotency_key) if idempotency_key is not None else None,
+        "meta": job_meta,
+        "retry": retry_for(retry if retry is not None else spec.retry),
+    }
+
+
+def enqueue(
+    queue_name: str,
+    func: str | Callable[..., Any],
+    *args: Any,
+    kwargs: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    at: dt.datetime | None = None,
+    in_: dt.timedelta | float | None = None,
+    meta: Mapping[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
+    connection: redis.Redis | None = None,
+) -> str:
+    """Validate and enqueue one job; return its id.
+
+    Args:
+        queue_name: `email` or `report`.
+        func: a function under `jobs.` (or its dotted name).
+        args: positional arguments (JSON types, datetime, date, UUID, Decimal).
+        kwargs: keyword arguments, same types.
+        idempotency_key: the same key on the same queue gives the same job, once.
+        at: run at this aware datetime; in_: run after this delay.
+        meta: extra job meta (JSON types).
+        retry: overrides the queue's retry policy for this job.
+        connection: defaults to the PRIMARY client.
+
+    Raises:
+        JobValidationError: bad input; nothing was written.
+        EnqueueUnavailable: the PRIMARY Redis is down or refuses writes (full).
+    """
+    try:
+        spec = spec_for(queue_name)
+    except ValueError as exc:
+        raise JobValidationError(str(exc)) from None
+    when = _schedule(at, in_)
+    data = _job_data(spec, func, args, kwargs, idempotency_key, meta, retry)
+    queue = KryonixQueue(spec.name, connection=connection or primary())
+    unique = data["job_id"] is not None
+    with _enqueue_errors():
+        try:
+            if when is not None:
+                job = queue.enqueue_at(
+                    when, data.pop("func"), *data.pop("args"), unique=unique, **_call(data)
+                )
+            else:
+                job = queue.enqueue_call(data.pop("func"), args=data.pop("args"), unique=unique, **data)
+        except DuplicateJobError:
+            return str(data["job_id"])
+    return str(job.id)
+
+
+def _call(data: dict[str, Any]) -> dict[str, Any]:
+    """Keyword form of enqueue_call's options for enqueue_at, which takes job kwargs as `kwargs`."""
+    return {
+        "kwargs": data["kwargs"],
+        "job_timeout": data["timeout"],
+        "result_ttl": data["result_ttl"],
+        "failure_ttl": data["failure_ttl"],
+        "job_id": data["job_id"],
+        "meta": data["meta"],
+        "retry": data["retry"],
+    }
+
+
+def enqueue_bulk(
+    queue_name: str,
+    func: str | Callable[..., Any],
+    calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    connection: redis.Redis | None = None,
+) -> list[str]:
+    """Validate every call, then enqueue them all in one pipeline (all or nothing).
+
+    Raises:
+        JobValidationError: any call is bad; nothing was written.
+        EnqueueUnavailable: the PRIMARY Redis is down or full.
+    """
+    try:
+        spec = spec_for(queue_name)
+    except ValueError as exc:
+        raise JobValidationError(str(exc)) from None
+    prepared = []
+    for index, (args, kwargs) in enumerate(calls):
+        if index >= MAX_BULK_JOBS:
+            raise JobValidationError(f"more than {MAX_BULK_JOBS} jobs in one bulk enqueue; split the batch")
+        data = _job_data(spec, func, args, kwargs, None, meta)
+        data.pop("job_id")
+        prepared.append(KryonixQueue.prepare_data(data.pop("func"), args=data.pop("args"), **data))
+    if not prepared:
+        return []
+    queue = KryonixQueue(spec.name, connection=connection or primary())
+    with _enqueue_errors(), queue.connection.pipeline() as pipe:
+        jobs = queue.enqueue_many(prepared, pipeline=pipe)
+        pipe.execute()
+    return [job.id for job in jobs]
+
+
+class _enqueue_errors:
+    """Redis down or full becomes `EnqueueUnavailable`, naming the setting and the cause."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM"):
+            raise EnqueueUnavailable(
+                "the PRIMARY Redis is full (maxmemory reached, noeviction): job refused, nothing lost; "
+                f"free memory or raise maxmemory ({exc})",
+                role=Role.PRIMARY.value,
+                setting="REDIS_URL",
+            ) from exc
+        if isinstance(exc, redis.RedisError):
+            try:
+                with translate_errors(Role.PRIMARY):
+                    raise exc
+            except RedisUnavailable as unavailable:
+                raise EnqueueUnavailable(
+                    f"job not enqueued: {unavailable}", role=unavailable.role, setting=unavailable.setting
+                ) from exc
+
+
+def fetch_job(job_id: str, connection: redis.Redis | None = None) -> Job | None:
+    """The job, or None when it does not exist (never enqueued, or expired)."""
+    from rq.exceptions import NoSuchJobError
+
+    from jobs.serialization import JSONSerializer
+
+    try:
+        return Job.fetch(job_id, connection=connection or primary(), serializer=JSONSerializer)
+    except NoSuchJobError:
+        return None

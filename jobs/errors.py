@@ -1,0 +1,24 @@
+"""Errors of the job layer: refused input at enqueue, and how a job classifies its failure."""
+
+from __future__ import annotations
+
+from cache.errors import KryonixError, RedisUnavailable
+
+
+class JobValidationError(KryonixError, ValueError):
+    """Input refused at enqueue; nothing was written to Redis."""
+
+
+class EnqueueUnavailable(RedisUnavailable):
+    """The PRIMARY Redis could not take the job (down, or full with noeviction)."""
+
+
+class PermanentJobError(KryonixError):
+    """Raise from a job when retrying cannot help (SMTP 5xx, invalid template, bad input).
+
+    The job fails at once into the failed registry with this message as its reason.
+    """
+
+
+class TransientJobError(KryonixError):
+    """Raise from a job when a retry may succeed (SMTP 4xx, timeouts, lost connections, deadlocks)."""

@@ -1,0 +1,78 @@
+"""The queues `email` and `report`: timeouts, TTLs, retry policy and how workers run them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq import Queue
+
+from cache.connections import primary
+from jobs.retry import RetryPolicy
+from jobs.serialization import JSONSerializer
+
+DAY_S = 24 * 3600
+DEFAULT_FAILURE_TTL_S = 7 * DAY_S  # failures are kept a week for inspection and requeue
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueSpec:
+    """Everything a queue's jobs get by default.
+
+    `in_process` jobs run inside the worker process (connections are reused, no fork
+    per job); the others run in a forked work horse, isolated from the worker.
+    """
+
+    name: str
+    job_timeout_s: int
+    result_ttl_s: int
+    failure_ttl_s: int
+    retry: RetryPolicy
+    in_process: bool
+
+
+EMAIL = QueueSpec(
+    name="email",
+    job_timeout_s=120,
+    result_ttl_s=DAY_S,  # also the window in which a repeated idempotency key returns the same job
+    failure_ttl_s=DEFAULT_FAILURE_TTL_S,
+    retry=RetryPolicy(attempts=5, base_s=10, factor=2, cap_s=3600),
+    in_process=True,
+)
+REPORT = QueueSpec(
+    name="report",
+    job_timeout_s=1800,
+    result_ttl_s=7 * DAY_S,
+    failure_ttl_s=DEFAULT_FAILURE_TTL_S,
+    retry=RetryPolicy(attempts=3, base_s=30, factor=2, cap_s=1800),
+    in_process=False,
+)
+QUEUES: dict[str, QueueSpec] = {spec.name: spec for spec in (EMAIL, REPORT)}
+
+
+def spec_for(name: str) -> QueueSpec:
+    try:
+        return QUEUES[name]
+    except KeyError:
+        raise ValueError(f"unknown queue {name!r}; known: {', '.join(QUEUES)}") from None
+
+
+class KryonixQueue(Queue):
+    """An RQ queue that always uses the JSON serializer, whatever the caller passed.
+
+    `rq worker` builds queues with `--serializer` (pickle by default); exporting
+    `RQ_QUEUE_CLASS=jobs.queues.KryonixQueue` makes pickle impossible on our queues.
+    """
+
+    def __init__(self, name: str = "default", *args: Any, **kwargs: Any) -> None:
+        kwargs["serializer"] = JSONSerializer
+        spec = QUEUES.get(name)
+        if spec is not None:
+            kwargs.setdefault("default_timeout", spec.job_timeout_s)
+        super().__init__(name, *args, **kwargs)
+
+
+def get_queue(name: str, connection: redis.Redis | None = None) -> KryonixQueue:
+    spec_for(name)
+    return KryonixQueue(name, connection=connection or primary())

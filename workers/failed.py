@@ -1,0 +1,148 @@
+"""The failed-job registry, for operators: list, show, requeue, purge (per queue)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+
+from jobs.queues import QUEUES
+from jobs.serialization import JSONSerializer
+from workers.job import KryonixJob
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    id: str
+    queue: str
+    func: str
+    failed_at: float | None
+    attempts: int
+    kind: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _registry(connection: redis.Redis, queue: str) -> FailedJobRegistry:
+    return FailedJobRegistry(queue, connection=connection, job_class=KryonixJob, serializer=JSONSerializer)
+
+
+def _queues(queue: str | None) -> Iterable[str]:
+    if queue is not None and queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}; known: {', '.join(QUEUES)}")
+    return [queue] if queue else list(QUEUES)
+
+
+def reason_of(job: Job) -> tuple[str, str]:
+    """(kind, readable reason): what the job recorded, else the last line of its traceback."""
+    failure = job.meta.get("failure") if isinstance(job.meta, dict) else None
+    if isinstance(failure, dict) and failure.get("reason"):
+        return str(failure.get("kind", "unknown")), str(failure["reason"])
+    exc_info = (job.exc_info or "").strip()
+    last_line = exc_info.splitlines()[-1] if exc_info else "no reason recorded"
+    kind = "abandoned" if "AbandonedJobError" in exc_info else "unknown"
+    return kind, last_line
+
+
+def _describe(job: Job, queue: str) -> FailedJob:
+    kind, reason = reason_of(job)
+    try:
+        func = str(job.func_name)
+    except Exception:  # undecodable payload (e.g. pickle written by hand)
+        func = "<undecodable>"
+    ended = job.ended_at.timestamp() if job.ended_at else None
+    return FailedJob(job.id, queue, func, ended, int(job.number_of_retries or 0) + 1, kind, reason)
+
+
+def list_failed(connection: redis.Redis, queue: str | None = None) -> list[FailedJob]:
+    rows = []
+    for name in _queues(queue):
+        registry = _registry(connection, name)
+        for job_id in registry.get_job_ids():
+            try:
+                job = KryonixJob.fetch(job_id, connection=connection)
+            except NoSuchJobError:
+                continue
+            rows.append(_describe(job, name))
+    return sorted(rows, key=lambda row: row.failed_at or 0, reverse=True)
+
+
+def show_failed(connection: redis.Redis, job_id: str) -> dict[str, Any]:
+    """Everything about one failed job, including arguments and the traceback.
+
+    Raises:
+        LookupError: no such job.
+    """
+    try:
+        job = KryonixJob.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        raise LookupError(f"no job {job_id!r} (never existed, or expired)") from None
+    details = _describe(job, job.origin).as_dict()
+    try:
+        details.update(args=job.args, kwargs=job.kwargs)
+    except Exception as exc:
+        details.update(args=f"<undecodable: {exc}>", kwargs=None)
+    details.update(status=str(job.get_status(refresh=False)), meta=job.meta, traceback=job.exc_info)
+    return details
+
+
+def requeue(connection: redis.Redis, job_id: str) -> str:
+    """Put one failed job back at the end of its queue (its failure record is cleared).
+
+    Raises:
+        LookupError: not in any failed registry.
+    """
+    for name in QUEUES:
+        registry = _registry(connection, name)
+        if job_id in registry:
+            try:
+                job = KryonixJob.fetch(job_id, connection=connection)
+            except NoSuchJobError:
+                break
+            job.meta.pop("failure", None)
+            job.save_meta()  # type: ignore[no-untyped-call]
+            try:
+                registry.requeue(job)
+            except InvalidJobOperation:
+                break  # requeued concurrently by someone else
+            return name
+    raise LookupError(f"job {job_id!r} is not in a failed registry")
+
+
+def requeue_all(connection: redis.Redis, queue: str | None = None) -> list[str]:
+    done = []
+    for name in _queues(queue):
+        for job_id in _registry(connection, name).get_job_ids():
+            try:
+                requeue(connection, job_id)
+                done.append(job_id)
+            except LookupError:
+                continue
+    return done
+
+
+def purge(connection: redis.Redis, queue: str | None = None, older_than_s: float | None = None) -> list[str]:
+    """Delete failed jobs (all, or those that failed more than `older_than_s` ago)."""
+    cutoff = None if older_than_s is None else time.time() - older_than_s
+    purged = []
+    for name in _queues(queue):
+        registry = _registry(connection, name)
+        for job_id in registry.get_job_ids():
+            try:
+                job = KryonixJob.fetch(job_id, connection=connection)
+            except NoSuchJobError:
+                registry.remove(job_id)
+                continue
+            if cutoff is not None and job.ended_at and job.ended_at.timestamp() > cutoff:
+                continue
+            registry.remove(job, delete_job=True)
+            purged.append(job_id)
+    return purged

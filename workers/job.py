@@ -1,0 +1,80 @@
+"""The RQ job class our workers run: JSON only, allow-listed functions, classified failures.
+
+Export `RQ_JOB_CLASS=workers.job.KryonixJob`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rq.job import Job
+
+from jobs.allowlist import JobNotAllowed, resolve
+from jobs.errors import PermanentJobError
+from jobs.serialization import JSONSerializer
+
+PERMANENT = "permanent"
+TRANSIENT = "transient"
+
+
+class KryonixJob(Job):
+    """An RQ job that can only be JSON and can only run functions under `jobs.`.
+
+    A job written straight into Redis that names `os.system`, carries pickle, or sets a
+    callback outside the allow-list fails with a readable reason; nothing of it runs.
+    """
+
+    def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
+        super().__init__(id, connection=connection, serializer=JSONSerializer)
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        if self.instance is not None:
+            raise JobNotAllowed("jobs bound to an instance are refused; name a function under 'jobs.'")
+        return resolve(str(self.func_name))
+
+    # Callbacks are imported by name too: the same allow-list applies.
+    def _allowed_callback(self, name: str | None) -> Callable[..., Any] | None:
+        return resolve(name) if name else None
+
+    @property
+    def success_callback(self) -> Callable[..., Any] | None:
+        return self._allowed_callback(self._success_callback_name)
+
+    @property
+    def failure_callback(self) -> Callable[..., Any] | None:
+        return self._allowed_callback(self._failure_callback_name)
+
+    @property
+    def stopped_callback(self) -> Callable[..., Any] | None:
+        return self._allowed_callback(self._stopped_callback_name)
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first run, 2 for the first retry, ..."""
+        retries = self.number_of_retries or 0
+        return int(retries) + 1
+
+    def perform(self) -> Any:
+        try:
+            return super().perform()
+        except (PermanentJobError, JobNotAllowed) as exc:
+            # Retrying cannot help: fail now, with the reason readable on the failed job.
+            self.retries_left = 0
+            self._record_failure(PERMANENT, exc)
+            raise
+        except Exception as exc:
+            self._record_failure(TRANSIENT, exc)
+            raise
+
+    def _record_failure(self, kind: str, exc: BaseException) -> None:
+        self.meta["failure"] = {
+            "kind": kind,
+            "type": type(exc).__name__,
+            "reason": str(exc) or type(exc).__name__,
+            "attempt": self.attempt,
+            "at": time.time(),
+        }
+        self.save_meta()  # type: ignore[no-untyped-call]

@@ -1,0 +1,56 @@
+"""`python -m workers job ID`: status, a progress bar while running, the result when done."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from rq.exceptions import NoSuchJobError
+
+from workers.failed import reason_of
+from workers.job import KryonixJob
+
+BAR_WIDTH = 30
+
+
+def progress_bar(percent: float, width: int = BAR_WIDTH) -> str:
+    filled = round(width * max(0.0, min(100.0, percent)) / 100)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {percent:5.1f}%"
+
+
+def describe_job(connection: redis.Redis, job_id: str) -> dict[str, Any]:
+    """Raises LookupError when the job does not exist."""
+    try:
+        job = KryonixJob.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        raise LookupError(f"no job {job_id!r} (never existed, or its result expired)") from None
+    status = job.get_status(refresh=False)
+    info: dict[str, Any] = {
+        "id": job.id,
+        "queue": job.origin,
+        "func": job.func_name,
+        "status": status.value if status is not None else None,
+        "attempt": int(job.number_of_retries or 0) + 1,
+        "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+        "progress": job.meta.get("progress"),
+    }
+    if info["status"] == "finished":
+        info["result"] = job.return_value()
+    if info["status"] in ("failed", "stopped"):
+        info["failure_kind"], info["failure_reason"] = reason_of(job)
+    return info
+
+
+def render_job(info: dict[str, Any]) -> str:
+    lines = [f"job {info['id']} on {info['queue']}: {info['status']} (attempt {info['attempt']})"]
+    lines.append(f"  function: {info['func']}")
+    progress = info.get("progress")
+    if progress:
+        lines.append(f"  progress: {progress_bar(float(progress['percent']))} {progress.get('message', '')}")
+    if "result" in info:
+        lines.append(f"  result: {info['result']!r}")
+    if "failure_reason" in info:
+        lines.append(f"  failed ({info['failure_kind']}): {info['failure_reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Crash recovery: find jobs whose worker died and put them back to work.
+
+Two places a crash strands a job:
+- the StartedJobRegistry, with a heartbeat that stopped: RQ's own cleanup retries it
+  (per its retry policy) or fails it as abandoned;
+- a queue's intermediate list, between BLMOVE and registration: the job never started,
+  so it goes back to the front of its queue.
+
+Our workers refresh heartbeats every 10 s with a 20 s grace, and this loop runs every
+few seconds, so a dead worker's job runs again within about a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis
+from rq.registry import StartedJobRegistry, clean_registries
+from rq.worker_registration import clean_worker_registry
+
+from jobs.queues import QUEUES, KryonixQueue
+from jobs.serialization import JSONSerializer
+from workers.job import KryonixJob
+
+log = logging.getLogger("kryonix.maintenance")
+
+STUCK_AFTER_S = 15  # a job in an intermediate list, unregistered this long, was orphaned by a crash
+SEEN_KEY_TTL_S = 3600
+
+
+@dataclass
+class RecoveryReport:
+    abandoned: dict[str, list[str]] = field(default_factory=dict)
+    requeued_from_intermediate: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(map(len, self.abandoned.values())) + sum(
+            map(len, self.requeued_from_intermediate.values())
+        )
+
+
+def recover(
+    connection: redis.Redis, queue_names: Iterable[str] = QUEUES, now: float | None = None
+) -> RecoveryReport:
+    """One maintenance pass over `queue_names`; safe to run from several processes at once."""
+    report = RecoveryReport()
+    moment = time.time() if now is None else now
+    for name in queue_names:
+        queue = KryonixQueue(name, connection=connection, job_class=KryonixJob)
+        report.abandoned[name] = _recover_abandoned(queue, moment)
+        report.requeued_from_intermediate[name] = _recover_intermediate(queue, moment)
+        clean_registries(queue)  # expire finished/failed/deferred entries past their TTL
+        clean_worker_registry(queue)
+    return report
+
+
+def _recover_abandoned(queue: KryonixQueue, now: float) -> list[str]:
+    registry = StartedJobRegistry(
+        queue.name, connection=queue.connection, job_class=KryonixJob, serializer=JSONSerializer
+    )
+    expired = [job_id for job_id in registry.get_expired_job_ids(now)]
+    if expired:
+        registry.cleanup(timestamp=now)  # retries (with its backoff) or fails each one
+        log.warning("queue %s: recovered %d abandoned job(s): %s", queue.name, len(expired), expired)
+    return expired
+
+
+def _recover_intermediate(queue: KryonixQueue, now: float) -> list[str]:
+    connection = queue.connection
+    intermediate = queue.intermediate_queue
+    started = StartedJobRegistry(
+        queue.name, connection=connection, job_class=KryonixJob, serializer=JSONSerializer
+    )
+    requeued = []
+    for job_id in intermediate.get_job_ids():
+        if job_id in started:
+            continue
+        seen_key = f"{intermediate.key}:kx-seen:{job_id}"
+        with connection.pipeline() as pipe:  # SET NX + GET (SET ... GET with NX needs Redis 7)
+            pipe.set(seen_key, now, nx=True, ex=SEEN_KEY_TTL_S)
+            pipe.get(seen_key)
+            first_seen = pipe.execute()[1]
+        if first_seen is None or now - float(first_seen) < STUCK_AFTER_S:
+            continue
+        with connection.pipeline() as pipe:  # MULTI: out of the list and back in the queue together
+            pipe.lrem(intermediate.key, 1, job_id)
+            queue.push_job_id(job_id, pipeline=pipe, at_front=True)
+            pipe.delete(seen_key)
+            removed = pipe.execute()[0]
+        if removed:
+            requeued.append(job_id)
+            log.warning(
+                "queue %s: job %s was stranded between dequeue and start; requeued", queue.name, job_id
+            )
+    return requeued
+
+
+def run_forever(connection: redis.Redis, interval_s: float = 5.0, stop: object = None) -> None:
+    """Run `recover` every `interval_s` until `stop` (a threading.Event) is set."""
+    import threading
+
+    event = stop if isinstance(stop, threading.Event) else threading.Event()
+    while not event.is_set():
+        try:
+            recover(connection)
+        except redis.RedisError as exc:  # Redis away: wait and try again, never die
+            log.error("maintenance pass failed: %s", exc)
+        event.wait(interval_s)

@@ -1,0 +1,80 @@
+"""Per-queue and per-worker facts for `status` and `job ID`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from rq.utils import utcparse
+from rq.worker import Worker
+
+from jobs.queues import QUEUES, KryonixQueue
+from workers.job import KryonixJob
+
+
+def queue_facts(connection: redis.Redis) -> dict[str, Any]:
+    """Depth, oldest queued job age and registry counts for each queue."""
+    facts: dict[str, Any] = {}
+    for name in QUEUES:
+        queue = KryonixQueue(name, connection=connection, job_class=KryonixJob)
+        oldest_age = None
+        first = connection.lindex(queue.key, 0)
+        if first is not None:
+            enqueued = connection.hget(KryonixJob.key_for(_text(first)), "enqueued_at")
+            if enqueued:
+                oldest_age = round(time.time() - utcparse(_text(enqueued)).timestamp(), 1)
+        facts[name] = {
+            "queued": queue.count,
+            "oldest_queued_age_s": oldest_age,
+            "started": queue.started_job_registry.count,
+            "scheduled": queue.scheduled_job_registry.count,
+            "deferred": queue.deferred_job_registry.count,
+            "failed": queue.failed_job_registry.count,
+            "finished": queue.finished_job_registry.count,
+        }
+    return facts
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def worker_facts(connection: redis.Redis) -> list[dict[str, Any]]:
+    rows = []
+    for worker in Worker.all(connection=connection):
+        job_id = worker.get_current_job_id()
+        rows.append(
+            {
+                "name": worker.name,
+                "queues": worker.queue_names(),
+                "state": str(worker.get_state()),
+                "current_job": job_id,
+                "pid": worker.pid,
+                "successful_jobs": worker.successful_job_count,
+                "failed_jobs": worker.failed_job_count,
+            }
+        )
+    return sorted(rows, key=lambda row: row["name"])
+
+
+def render_queues(section: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, q in section["queues"].items():
+        age = "-" if q["oldest_queued_age_s"] is None else f"{q['oldest_queued_age_s']:.0f} s"
+        lines.append(
+            f"{name}: {q['queued']} queued (oldest {age}), {q['started']} started, "
+            f"{q['scheduled']} scheduled, {q['deferred']} deferred, {q['failed']} failed, "
+            f"{q['finished']} finished"
+        )
+    workers = section["workers"]
+    lines.append(f"{len(workers)} live worker(s)")
+    for w in workers:
+        current = f" running {w['current_job']}" if w["current_job"] else ""
+        lines.append(f"  {w['name']} [{','.join(w['queues'])}] {w['state']}{current}")
+    return lines
+
+
+def section(connection: redis.Redis) -> dict[str, Any]:
+    data = {"queues": queue_facts(connection), "workers": worker_facts(connection)}
+    return {**data, "_text": render_queues(data)}

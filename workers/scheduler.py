@@ -1,0 +1,157 @@
+"""`python -m workers scheduler`: periodic jobs (rq-scheduler), due retries, crash recovery.
+
+Each tick:
+1. rq-scheduler moves due periodic entries to their queues. We override its
+   `enqueue_job` so a slot becomes one job whose id is derived from the slot and is
+   enqueued with RQ's atomic unique enqueue: two schedulers (or a lock that expired
+   mid-run) cannot run one slot twice. The next slot is computed from the slot, not
+   from the clock, so every scheduler agrees on it.
+2. RQ's own scheduled registries (retries with backoff, `at=`/`in_=` jobs) are moved
+   to their queues when due.
+3. Every `maintenance_interval_s`, `workers.maintenance.recover` requeues or fails jobs
+   of dead workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from types import FrameType
+from typing import Any
+
+import redis
+from rq.scheduler import RQScheduler
+from rq_scheduler import Scheduler
+
+from cache.connections import primary, set_process_role
+from cache.health import check_eviction_policy
+from jobs.enqueue import enqueue
+from jobs.periodic import PERIODIC, Periodic
+from jobs.queues import QUEUES, KryonixQueue
+from jobs.serialization import JSONSerializer
+from workers.job import KryonixJob
+from workers.maintenance import recover
+
+log = logging.getLogger("kryonix.scheduler")
+
+PERIODIC_PREFIX = "periodic-"
+
+
+class PeriodicScheduler(Scheduler):  # type: ignore[misc]
+    job_class = KryonixJob
+    queue_class = KryonixQueue
+
+    def __init__(self, definitions: Iterable[Periodic], connection: redis.Redis, tick_s: float) -> None:
+        super().__init__(
+            connection=connection, interval=tick_s, job_class=KryonixJob, queue_class=KryonixQueue
+        )
+        self.definitions = {d.job_id: d for d in definitions}
+
+    def register(self, now: float) -> None:
+        """Store every definition (keeping a pending slot) and drop entries no longer declared."""
+        for job_id in self.connection.zrange(self.scheduled_jobs_key, 0, -1):
+            job_id = job_id.decode()
+            if job_id.startswith(PERIODIC_PREFIX) and job_id not in self.definitions:
+                self.connection.zrem(self.scheduled_jobs_key, job_id)
+                log.info("periodic %s is no longer declared: removed", job_id)
+        for definition in self.definitions.values():
+            job = self._create_job(
+                definition.func,
+                args=list(definition.args),
+                kwargs=dict(definition.kwargs),
+                id=definition.job_id,
+                queue_name=definition.queue,
+                meta={"periodic": definition.name},
+                commit=True,
+            )
+            # NX: a restart keeps the slot already pending instead of skipping it.
+            self.connection.zadd(self.scheduled_jobs_key, {job.id: definition.next_slot(now)}, nx=True)
+
+    def enqueue_job(self, job: Any) -> None:
+        """Fire one due slot of `job` exactly once, then schedule its next slot."""
+        definition = self.definitions.get(job.id)
+        score = self.connection.zscore(self.scheduled_jobs_key, job.id)
+        if definition is None or score is None:
+            self.connection.zrem(self.scheduled_jobs_key, job.id)
+            return
+        slot = int(score)
+        run_id = enqueue(
+            definition.queue,
+            definition.func,
+            *definition.args,
+            kwargs=definition.kwargs,
+            idempotency_key=definition.run_id(slot),
+            meta={"periodic": definition.name, "slot": slot},
+            connection=self.connection,
+        )
+        # Missed slots (scheduler down) collapse into this one run: skip to the next future slot.
+        next_slot = definition.next_slot(max(slot, time.time()))
+        self.connection.zadd(self.scheduled_jobs_key, {job.id: next_slot}, xx=True, gt=True)
+        log.info("periodic %s slot %d -> job %s; next slot %d", definition.name, slot, run_id, next_slot)
+
+
+class SchedulerProcess:
+    """The loop behind `python -m workers scheduler`."""
+
+    def __init__(
+        self,
+        connection: redis.Redis | None = None,
+        definitions: Iterable[Periodic] = PERIODIC,
+        tick_s: float = 1.0,
+        maintenance_interval_s: float = 5.0,
+    ) -> None:
+        self.connection = connection or primary()
+        self.tick_s = tick_s
+        self.maintenance_interval_s = maintenance_interval_s
+        self.periodic = PeriodicScheduler(definitions, self.connection, tick_s)
+        queues = [KryonixQueue(name, connection=self.connection) for name in QUEUES]
+        self.rq_scheduler = RQScheduler(queues, connection=self.connection, serializer=JSONSerializer)
+        self.stop_event = threading.Event()
+
+    def run(self, *, install_signals: bool = True) -> None:
+        set_process_role("scheduler")
+        check_eviction_policy(self.connection)
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.periodic.register_birth()
+        self.periodic.register(time.time())
+        last_maintenance = 0.0
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self.tick()
+                    if time.monotonic() - last_maintenance >= self.maintenance_interval_s:
+                        recover(self.connection)
+                        last_maintenance = time.monotonic()
+                except redis.RedisError as exc:  # Redis away: keep trying, never exit
+                    log.error("scheduler tick failed: %s", exc)
+                self.stop_event.wait(self.tick_s)
+        finally:
+            self._shutdown()
+
+    def tick(self) -> None:
+        self.periodic.heartbeat()
+        if self.periodic.acquire_lock():
+            try:
+                self.periodic.enqueue_jobs()
+            finally:
+                self.periodic.remove_lock()
+        self.rq_scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+        if self.rq_scheduler.acquired_locks:
+            self.rq_scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("scheduler: signal %d, stopping after this tick", signum)
+        self.stop_event.set()
+
+    def _shutdown(self) -> None:
+        try:
+            self.rq_scheduler.release_locks()  # type: ignore[no-untyped-call]
+            self.periodic.remove_lock()
+            self.periodic.register_death()
+        except redis.RedisError as exc:
+            log.warning("scheduler shutdown could not release its locks: %s", exc)
