@@ -1,0 +1,41 @@
+-- Move a live session to a new id in one step: the old id stops working at once.
+-- KEYS[1]  the old session hash
+-- KEYS[2]  the new session hash
+-- KEYS[3]  the user's index (session id -> absolute deadline ms)
+-- ARGV[1]  old id
+-- ARGV[2]  new id
+-- ARGV[3]  user id the caller read from the old hash
+-- ARGV[4]  now, ms on the service clock
+-- ARGV[5..] field, value pairs to set on the new session (data changes)
+-- Returns 1 when rotated, 0 when the old session is missing, expired or another user's,
+-- -1 when the new id is taken (the caller draws another).
+-- The absolute deadline and created-at move with the session: rotating is not a way
+-- to live forever. Last seen becomes now and the idle timeout slides.
+local h = redis.call('HMGET', KEYS[1], 'uid', 'seen', 'idle', 'abs')
+if not (h[1] and h[2] and h[3] and h[4]) or h[1] ~= ARGV[3] then
+  return 0
+end
+local now = tonumber(ARGV[4])
+local seen, idle, abs = tonumber(h[2]), tonumber(h[3]), tonumber(h[4])
+if now >= math.min(seen + idle, abs) then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return -1
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+seen = math.max(seen, now)
+redis.call('HSET', KEYS[2], 'seen', seen)
+if #ARGV >= 6 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+end
+redis.call('PEXPIRE', KEYS[2], math.min(seen + idle, abs) - now)
+-- Add before removing: removing the last member first would delete the index and its TTL.
+redis.call('ZADD', KEYS[3], h[4], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('PTTL', KEYS[3]) < abs - now then
+  redis.call('PEXPIRE', KEYS[3], abs - now)
+end
+return 1

@@ -1,0 +1,39 @@
+-- Check that a session is live, optionally slide its idle timeout, apply field changes.
+-- KEYS[1]  the session hash (session:<id>)
+-- ARGV[1]  now, ms on the service clock
+-- ARGV[2]  "1" to slide the idle timeout (last seen := now), "0" to leave it
+-- ARGV[3]  "1" to return the whole hash, "0" to return 1
+-- ARGV[4]  N, the number of field, value pairs that follow
+-- ARGV[5 .. 4+2N]  field, value pairs to set
+-- ARGV[5+2N ..]    fields to delete
+-- Returns false when the session is missing or expired (an expired one is deleted), else
+-- the hash as a flat field, value array (ARGV[3] = "1") or 1.
+-- Expiry rule (mirrors cache.sessions.expires_at_ms): a session lives until
+-- min(last seen + idle TTL, absolute deadline); nothing moves the absolute deadline.
+local h = redis.call('HMGET', KEYS[1], 'seen', 'idle', 'abs')
+if not (h[1] and h[2] and h[3]) then
+  return false
+end
+local now = tonumber(ARGV[1])
+local seen, idle, abs = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
+if now >= math.min(seen + idle, abs) then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+if ARGV[2] == '1' then
+  -- A server whose clock lags must not move last-seen backwards.
+  seen = math.max(seen, now)
+  redis.call('HSET', KEYS[1], 'seen', seen)
+  redis.call('PEXPIRE', KEYS[1], math.min(seen + idle, abs) - now)
+end
+local n = tonumber(ARGV[4])
+if n > 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + 2 * n))
+end
+if #ARGV > 4 + 2 * n then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, 5 + 2 * n))
+end
+if ARGV[3] == '1' then
+  return redis.call('HGETALL', KEYS[1])
+end
+return 1
