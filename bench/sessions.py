@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redis.typing import EncodableT, FieldT
+
 from cache.connections import Role, build_client
 from cache.sessions import SessionService, new_session_id
 from cache.settings import Settings
@@ -59,7 +61,13 @@ def run() -> list[dict[str, Any]]:
             service = SessionService(client)
             data = {"cart": [1, 2, 3], "lang": "en", "role": "member"}
             now_ms = int(time.time() * 1000)
-            mapping = {"uid": "u1", "created": now_ms, "seen": now_ms, "idle": 86_400_000, "abs": now_ms}
+            mapping: dict[FieldT, EncodableT] = {
+                "uid": "u1",
+                "created": now_ms,
+                "seen": now_ms,
+                "idle": 86_400_000,
+                "abs": now_ms,
+            }
             mapping |= {f"d:{k}": str(v) for k, v in data.items()}
 
             def raw_create_get(_: int) -> None:
