@@ -206,7 +206,9 @@ class _enqueue_errors:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if exc is None:
             return
-        if isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM"):
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+            isinstance(exc, redis.ResponseError) and "OOM" in str(exc)
+        ):
             raise EnqueueUnavailable(
                 "the PRIMARY Redis is full (maxmemory reached, noeviction): job refused, nothing lost; "
                 f"free memory or raise maxmemory ({exc})",

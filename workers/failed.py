@@ -14,7 +14,7 @@ from rq.registry import FailedJobRegistry
 
 from jobs.queues import QUEUES
 from jobs.serialization import JSONSerializer
-from workers.job import KryonixJob
+from workers.job import KryonixJob, attempt_of
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,18 @@ def _queues(queue: str | None) -> Iterable[str]:
     return [queue] if queue else list(QUEUES)
 
 
+def traceback_of(job: Job) -> str:
+    """The traceback RQ stored with the job's latest failed result ('' if none)."""
+    result = job.latest_result()
+    return (result.exc_string or "") if result is not None else ""
+
+
 def reason_of(job: Job) -> tuple[str, str]:
     """(kind, readable reason): what the job recorded, else the last line of its traceback."""
     failure = job.meta.get("failure") if isinstance(job.meta, dict) else None
     if isinstance(failure, dict) and failure.get("reason"):
         return str(failure.get("kind", "unknown")), str(failure["reason"])
-    exc_info = (job.exc_info or "").strip()
+    exc_info = traceback_of(job).strip()
     last_line = exc_info.splitlines()[-1] if exc_info else "no reason recorded"
     kind = "abandoned" if "AbandonedJobError" in exc_info else "unknown"
     return kind, last_line
@@ -59,7 +65,7 @@ def _describe(job: Job, queue: str) -> FailedJob:
     except Exception:  # undecodable payload (e.g. pickle written by hand)
         func = "<undecodable>"
     ended = job.ended_at.timestamp() if job.ended_at else None
-    return FailedJob(job.id, queue, func, ended, int(job.number_of_retries or 0) + 1, kind, reason)
+    return FailedJob(job.id, queue, func, ended, attempt_of(job), kind, reason)
 
 
 def list_failed(connection: redis.Redis, queue: str | None = None) -> list[FailedJob]:
@@ -90,7 +96,7 @@ def show_failed(connection: redis.Redis, job_id: str) -> dict[str, Any]:
         details.update(args=job.args, kwargs=job.kwargs)
     except Exception as exc:
         details.update(args=f"<undecodable: {exc}>", kwargs=None)
-    details.update(status=str(job.get_status(refresh=False)), meta=job.meta, traceback=job.exc_info)
+    details.update(status=str(job.get_status(refresh=False)), meta=job.meta, traceback=traceback_of(job))
     return details
 
 

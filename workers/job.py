@@ -19,6 +19,16 @@ PERMANENT = "permanent"
 TRANSIENT = "transient"
 
 
+def attempt_of(job: Job) -> int:
+    """1 for the first run, 2 for the first retry, ... (RQ counts only the retries left)."""
+    failure = job.meta.get("failure") if isinstance(job.meta, dict) else None
+    if isinstance(failure, dict) and failure.get("kind") == PERMANENT:
+        return int(failure["attempt"])  # its retry budget was zeroed: the count is in the record
+    if job.retry_intervals and job.retries_left is not None:
+        return len(job.retry_intervals) - job.retries_left + 1
+    return 1
+
+
 class KryonixJob(Job):
     """An RQ job that can only be JSON and can only run functions under `jobs.`.
 
@@ -51,19 +61,13 @@ class KryonixJob(Job):
     def stopped_callback(self) -> Callable[..., Any] | None:
         return self._allowed_callback(self._stopped_callback_name)
 
-    @property
-    def attempt(self) -> int:
-        """1 for the first run, 2 for the first retry, ..."""
-        retries = self.number_of_retries or 0
-        return int(retries) + 1
-
     def perform(self) -> Any:
         try:
             return super().perform()
         except (PermanentJobError, JobNotAllowed) as exc:
             # Retrying cannot help: fail now, with the reason readable on the failed job.
-            self.retries_left = 0
             self._record_failure(PERMANENT, exc)
+            self.retries_left = 0
             raise
         except Exception as exc:
             self._record_failure(TRANSIENT, exc)
@@ -74,7 +78,7 @@ class KryonixJob(Job):
             "kind": kind,
             "type": type(exc).__name__,
             "reason": str(exc) or type(exc).__name__,
-            "attempt": self.attempt,
+            "attempt": attempt_of(self),
             "at": time.time(),
         }
         self.save_meta()  # type: ignore[no-untyped-call]

@@ -8,7 +8,7 @@ import redis
 from rq.exceptions import NoSuchJobError
 
 from workers.failed import reason_of
-from workers.job import KryonixJob
+from workers.job import KryonixJob, attempt_of
 
 BAR_WIDTH = 30
 
@@ -30,7 +30,7 @@ def describe_job(connection: redis.Redis, job_id: str) -> dict[str, Any]:
         "queue": job.origin,
         "func": job.func_name,
         "status": status.value if status is not None else None,
-        "attempt": int(job.number_of_retries or 0) + 1,
+        "attempt": attempt_of(job),
         "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "ended_at": job.ended_at.isoformat() if job.ended_at else None,

@@ -26,7 +26,7 @@ from cache.connections import set_process_role
 from cache.health import check_eviction_policy
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
-from workers.job import KryonixJob
+from workers.job import KryonixJob, attempt_of
 from workers.logs import configure_logging
 
 log = logging.getLogger("kryonix.worker")
@@ -104,7 +104,7 @@ class KryonixWorker(Worker):
             status = job.get_status(refresh=True)
         except Exception:
             status = None
-        attempt = int(job.number_of_retries or 0) + 1
+        attempt = attempt_of(job)
         log.info(
             "job %s queue=%s func=%s attempt=%d status=%s duration_ms=%.1f",
             job.id,
