@@ -51,6 +51,15 @@ def rate_limit(scope: str, identifier: str) -> str:
     return f"{PREFIX}:rl:{{{scope}:{identifier}}}"
 
 
+def rate_limit_log(scope: str, window_ms: int, identifier: str) -> str:
+    """The sliding-window log of one identifier under one policy.
+
+    The window is part of the name so that two windows of one scope never trim each
+    other's entries; the whole name is the hash tag (one key per script call).
+    """
+    return rate_limit(f"{scope}:{window_ms}", identifier)
+
+
 def user_channel(user_id: str) -> str:
     return f"user:{user_id}:events"
 
