@@ -59,11 +59,13 @@ class Processes:
         self.started.append(process)
         return process
 
-    def worker(self, *queues: str, burst: bool = False, name: str = "worker") -> subprocess.Popen[bytes]:
+    def worker(
+        self, *queues: str, burst: bool = False, name: str = "worker", **extra_env: str
+    ) -> subprocess.Popen[bytes]:
         args = [rq_bin(), "worker", *queues]
         if burst:
             args.append("--burst")
-        return self.start(*args, name=name)
+        return self.start(*args, name=name, **extra_env)
 
     def scheduler(self, name: str = "scheduler") -> subprocess.Popen[bytes]:
         return self.start(
