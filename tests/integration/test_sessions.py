@@ -9,13 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
 from cache import keys
+from cache import sessions as sessions_module
 from cache.connections import Role, build_client
-from cache.sessions import DEFAULT_ABSOLUTE_TTL_S, DEFAULT_IDLE_TTL_S, SessionService
+from cache.sessions import DEFAULT_ABSOLUTE_TTL_S, DEFAULT_IDLE_TTL_S, SessionError, SessionService
 from cache.settings import get_settings
 
 pytestmark = pytest.mark.sessions
@@ -325,3 +327,41 @@ def test_well_formed_but_unknown_ids_are_no_session(service: SessionService, pri
     assert service.rotate(tampered) is None
     assert service.destroy(tampered) is False
     assert primary.exists(keys.session(tampered)) == 0
+
+
+def test_logout_everywhere_catches_a_session_created_meanwhile(
+    service: SessionService, primary: redis.Redis
+) -> None:
+    for _ in range(3):
+        service.create("alice")
+    script = service._scripts["destroy_many"]
+    late: list[str] = []
+
+    def create_then_destroy(*args: Any, **kwargs: Any) -> Any:
+        if not late:  # a login lands between reading the index and destroying the batch
+            late.append(service.create("alice"))
+        return script(*args, **kwargs)
+
+    service._scripts["destroy_many"] = create_then_destroy  # type: ignore[assignment]
+    assert service.destroy_all_for_user("alice") == 4
+    assert service.get(late[0]) is None
+    assert primary.exists(keys.user_sessions("alice")) == 0
+
+
+def test_a_taken_id_is_never_reused(
+    service: SessionService, primary: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = service.create("victim", {"secret": 1})
+    other = service.create("u1", {"mine": 1})
+    fresh = iter([taken, "B" * 42 + "w", taken, "C" * 42 + "w"])
+    monkeypatch.setattr(sessions_module, "new_session_id", lambda: next(fresh))
+
+    assert service.create("attacker") == "B" * 42 + "w"
+    assert service.rotate(other) == "C" * 42 + "w"
+    victim = service.get(taken)
+    assert victim is not None
+    assert (victim.user_id, victim.data) == ("victim", {"secret": 1})
+
+    monkeypatch.setattr(sessions_module, "new_session_id", lambda: taken)
+    with pytest.raises(SessionError, match="could not draw an unused session id in 3 attempts"):
+        service.create("attacker")
