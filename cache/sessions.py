@@ -302,7 +302,7 @@ class SessionService:
 
         Raises:
             InvalidSessionArgument: bad user id, TTL or data; nothing was written.
-            SessionStoreUnavailable: Redis is unreachable; no session exists.
+            SessionStoreUnavailable: Redis is unreachable; the caller gets no id.
         """
         uid = check_user_id(user_id)
         pairs = encode_data(data or {})
@@ -364,6 +364,8 @@ class SessionService:
             SessionStoreUnavailable: Redis is unreachable.
         """
         pairs = encode_data(changes)
+        if isinstance(remove, str | bytes):
+            raise InvalidSessionArgument(f"remove must be a collection of item names, got {remove!r}")
         removed = [_field_name(name) for name in remove]
         both = set(removed) & {str(name) for name in pairs[::2]}
         if both:

@@ -267,6 +267,8 @@ def test_bad_arguments_fail_before_redis() -> None:
         service.create("u1", ttl=100, absolute_ttl=10)
     with pytest.raises(InvalidSessionArgument, match="both set and removed: \\['a'\\]"):
         service.update(VALID, {"a": 1}, remove=["a"])
+    with pytest.raises(InvalidSessionArgument, match="remove must be a collection of item names, got 'a'"):
+        service.update(VALID, {}, remove="a")
     with pytest.raises(InvalidSessionArgument, match="user_id"):
         service.list_for_user("")
     with pytest.raises(InvalidSessionArgument, match="user_id"):
