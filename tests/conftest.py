@@ -100,15 +100,29 @@ def fake_redis() -> fakeredis.FakeRedis:
     return fakeredis.FakeRedis()
 
 
-def _postgres_available() -> bool:
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """A private PostgreSQL database for this test session (None when no server answers).
+
+    Private, so concurrent test sessions on one server never drop each other's tables.
+    """
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
     try:
-        engine = make_engine(POSTGRES_URL)
-        with engine.connect():
-            pass
-        engine.dispose()
-        return True
+        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            name = f"kx_test_{uuid.uuid4().hex[:12]}"
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception:
-        return False
+        yield None
+        return
+    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -120,11 +134,12 @@ def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'kryonix.db'}"
     else:
-        if not _postgres_available():
+        pg_url = request.getfixturevalue("postgres_url")
+        if pg_url is None:
             if os.environ.get("KRYONIX_REQUIRE_POSTGRES") == "1":
                 pytest.fail(f"PostgreSQL required but unreachable at {POSTGRES_URL}")
             pytest.skip(f"PostgreSQL unreachable at {POSTGRES_URL}")
-        url = POSTGRES_URL
+        url = pg_url
     engine = make_engine(url)
     drop_schema(engine)
     create_schema(engine)

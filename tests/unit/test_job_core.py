@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
 from decimal import Decimal
 from uuid import UUID, uuid4
@@ -80,7 +81,7 @@ def test_backoff_ceilings_grow_to_the_cap() -> None:
     policy = RetryPolicy(attempts=10, base_s=10, factor=2, cap_s=3600)
     ceilings = [policy.ceiling(n) for n in range(10)]
     assert ceilings[:4] == [10, 20, 40, 80]
-    assert all(a <= b for a, b in zip(ceilings, ceilings[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(ceilings))
     assert max(ceilings) == 3600
 
 
