@@ -81,9 +81,6 @@ def email_sent_marker(idempotency_key: str) -> str:
     return f"{PREFIX}:email:sent:{idempotency_key}"
 
 
-def scheduler_slot(name: str, slot: str) -> str:
-    return f"{PREFIX}:periodic:{name}:{slot}"
-
-
-def enqueue_idempotency(key: str) -> str:
-    return f"{PREFIX}:enqueue:{key}"
+def job_counters(queue: str) -> str:
+    """Hash of totals per queue: finished, failed, retried, stopped, duration buckets and sum."""
+    return f"{PREFIX}:stats:jobs:{queue}"

@@ -27,6 +27,7 @@ from cache.health import check_eviction_policy
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob, attempt_of
+from workers.job_stats import JobStats
 from workers.logs import configure_logging
 
 log = logging.getLogger("kryonix.worker")
@@ -34,6 +35,14 @@ log = logging.getLogger("kryonix.worker")
 HEARTBEAT_INTERVAL_S = 10  # how often a running job proves its worker is alive
 HEARTBEAT_GRACE_S = 20  # a job whose heartbeat is this late is abandoned (RQ uses 60)
 PR_SET_PDEATHSIG = 1
+# RQ status after a run -> the counter it adds to (a retry is scheduled or requeued).
+_OUTCOMES = {
+    "finished": "finished",
+    "failed": "failed",
+    "stopped": "stopped",
+    "scheduled": "retried",
+    "queued": "retried",
+}
 MAX_RSS_ENV = "WORKER_MAX_RSS_MB"
 
 
@@ -49,6 +58,7 @@ class KryonixWorker(Worker):
         connection = kwargs.get("connection")
         queues = [KryonixQueue(name, connection=connection, job_class=KryonixJob) for name in names]
         super().__init__(queues, *args, **kwargs)
+        self.job_stats = JobStats(self.connection)
         max_rss = os.environ.get(MAX_RSS_ENV, "").strip()
         self.max_rss_bytes = int(max_rss) * 1024 * 1024 if max_rss else None
 
@@ -57,6 +67,10 @@ class KryonixWorker(Worker):
         super().bootstrap(*args, **kwargs)
         configure_logging()  # after RQ's own set-up, so LOG_FORMAT=json covers RQ's lines too
         check_eviction_policy(self.connection)
+
+    def teardown(self) -> None:
+        self.job_stats.flush()
+        super().teardown()  # type: ignore[no-untyped-call]
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout and job.timeout > 0:
@@ -67,11 +81,12 @@ class KryonixWorker(Worker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         started = time.monotonic()
         spec = QUEUES.get(queue.name)
-        if spec is not None and spec.in_process:
+        in_process = spec is not None and spec.in_process
+        if in_process:
             self._execute_in_process(job, queue)
         else:
             super().execute_job(job, queue)
-        self._log_outcome(job, queue, time.monotonic() - started)
+        self._log_outcome(job, queue, time.monotonic() - started, in_process)
         self._recycle_if_bloated()
 
     def _execute_in_process(self, job: Job, queue: Queue) -> None:
@@ -99,11 +114,14 @@ class KryonixWorker(Worker):
         _die_with_parent()
         super().main_work_horse(job, queue)
 
-    def _log_outcome(self, job: Job, queue: Queue, duration_s: float) -> None:
+    def _log_outcome(self, job: Job, queue: Queue, duration_s: float, in_process: bool) -> None:
         try:
-            status = job.get_status(refresh=True)
+            # In-process, RQ already holds the final status; a forked horse wrote it to Redis.
+            status = job.get_status(refresh=not in_process)
         except Exception:
             status = None
+        outcome = _OUTCOMES.get(status.value if status is not None else "", "finished")
+        self.job_stats.record(queue.name, outcome, duration_s)
         attempt = attempt_of(job)
         log.info(
             "job %s queue=%s func=%s attempt=%d status=%s duration_ms=%.1f",
