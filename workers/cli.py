@@ -72,6 +72,35 @@ def dev() -> None:
 
 
 @main.command()
+def dashboard() -> None:
+    """Serve rq-dashboard (DASHBOARD_BIND/PORT; basic auth from DASHBOARD_USERNAME/PASSWORD)."""
+    from cache.connections import set_process_role
+    from workers.dashboard import serve
+
+    set_process_role("dashboard")
+    try:
+        serve()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", default=None, help="supervisord.conf to use (default: the shipped one)."
+)
+@click.option(
+    "--run-dir", default=None, help="Socket and pid directory (default: $KRYONIX_RUN_DIR or var/run)."
+)
+def supervise(config_path: str | None, run_dir: str | None) -> None:
+    """Run the production process tree (supervisord -n) with the RQ environment filled in."""
+    from pathlib import Path
+
+    from workers.supervise import exec_supervisord
+
+    exec_supervisord(Path(config_path) if config_path else None, Path(run_dir) if run_dir else None)
+
+
+@main.command()
 @click.option("--once", is_flag=True, help="One pass, then exit.")
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between passes.")
 def maintain(once: bool, interval: float) -> None:

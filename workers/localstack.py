@@ -1,18 +1,24 @@
 """`make run`: the whole local stack on embedded defaults, in the foreground.
 
 Starts the PRIMARY and CACHE Redis from the project's own config files with data under
-`var/`, and the SMTP catcher writing `var/mail/*.eml`; prints where everything
-listens and writes the matching environment to `var/local.env`. Ctrl-C (or SIGTERM)
-stops everything it started.
+`var/`, the SMTP catcher writing `var/mail/*.eml`, the platform database schema, and
+the production process tree (supervisord on `supervisord.conf`: email and report
+workers, scheduler, dashboard); prints where everything listens and writes the
+matching environment to `var/local.env`. Ctrl-C (or SIGTERM) stops everything it
+started.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
 
+from cache.database import create_schema, make_engine
 from workers.mailcatcher import start_mail_catcher
 from workers.servers import CACHE_CONF, PRIMARY_CONF, PROJECT_ROOT, RedisServer
 
@@ -29,6 +35,7 @@ def local_environment(var: Path) -> dict[str, str]:
         "SMTP_PORT": str(LOCAL_SMTP_PORT),
         "DATABASE_URL": f"sqlite:///{var / 'kryonix.db'}",
         "REPORTS_DIR": str(var / "reports"),
+        "KRYONIX_RUN_DIR": str(var / "run"),
     }
 
 
@@ -45,6 +52,7 @@ def run_local_stack(var: Path = PROJECT_ROOT / "var") -> None:
     cache = RedisServer(CACHE_CONF, var / "redis-cache", port=LOCAL_CACHE_PORT)
     started: list[RedisServer] = []
     catcher = None
+    tree: subprocess.Popen[bytes] | None = None
     try:
         for server in (primary, cache):
             server.start()
@@ -52,9 +60,19 @@ def run_local_stack(var: Path = PROJECT_ROOT / "var") -> None:
         catcher = start_mail_catcher(var / "mail", port=LOCAL_SMTP_PORT)
         env = local_environment(var)
         (var / "local.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+        create_schema(make_engine(env["DATABASE_URL"]))
+        tree = subprocess.Popen(
+            [sys.executable, "-m", "workers", "supervise", "--run-dir", env["KRYONIX_RUN_DIR"]],
+            env={**os.environ, **env},
+            start_new_session=True,  # stopped by us, after a warm shutdown, not by the terminal's Ctrl-C
+        )
         print(f"PRIMARY Redis  {primary.url}  (data {primary.directory})")
         print(f"CACHE Redis    {cache.url}  (no persistence)")
         print(f"SMTP catcher   smtp://127.0.0.1:{LOCAL_SMTP_PORT}  (messages in {var / 'mail'})")
+        print(
+            "Workers        supervisord tree (source var/local.env; supervisorctl -c supervisord.conf status)"
+        )
+        print("Dashboard      http://127.0.0.1:9181/")
         print(f"Environment    source {var / 'local.env'}")
         print("Ctrl-C stops everything.", flush=True)
         while not stop.wait(0.5):
@@ -62,7 +80,13 @@ def run_local_stack(var: Path = PROJECT_ROOT / "var") -> None:
                 if not server.running:
                     print(f"redis-server on {server.port} exited; stopping the stack", flush=True)
                     stop.set()
+            if tree.poll() is not None:
+                print(f"supervisord exited with {tree.returncode}; stopping the stack", flush=True)
+                stop.set()
     finally:
+        if tree is not None and tree.poll() is None:
+            tree.terminate()  # supervisord stops its programs (warm shutdown), then exits
+            tree.wait()
         if catcher is not None:
             catcher.stop()
         for server in reversed(started):

@@ -92,7 +92,9 @@ class RedisServer:
         ]  # fmt: skip
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL)
+        # Its own session: a Ctrl-C meant for the caller must not kill Redis before the
+        # processes that still need it have shut down.
+        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, start_new_session=True)
         self.wait_ready()
         return self
 

@@ -1,0 +1,87 @@
+"""rq-dashboard for operators: our serializer, basic auth from the environment, loopback by default.
+
+`python -m workers dashboard` refuses to listen on a non-loopback address unless
+DASHBOARD_USERNAME and DASHBOARD_PASSWORD are set; when they are set, every request
+(pages, JSON, static files) needs them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from typing import Any
+
+from flask import Flask, Response, request
+
+from cache.errors import ConfigError
+from cache.settings import Settings, get_settings
+from jobs.serialization import JSONSerializer
+
+log = logging.getLogger("kryonix.dashboard")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The rq-dashboard Flask app for the PRIMARY Redis.
+
+    Raises:
+        ConfigError: a non-loopback bind without credentials, or only one of the two set.
+    """
+    import rq_dashboard.web as dashboard_web
+    from rq_dashboard.cli import make_flask_app
+
+    settings = settings or get_settings()
+    username, password = settings.dashboard_username, settings.dashboard_password
+    if bool(username) != bool(password):
+        raise ConfigError("set both DASHBOARD_USERNAME and DASHBOARD_PASSWORD, or neither")
+    if not username and not is_loopback(settings.dashboard_bind):
+        raise ConfigError(
+            f"refusing to serve the dashboard on {settings.dashboard_bind} without authentication: "
+            "set DASHBOARD_USERNAME and DASHBOARD_PASSWORD, or DASHBOARD_BIND=127.0.0.1"
+        )
+    dashboard_web.config.serializer = JSONSerializer  # job arguments display, pickle never loads
+    app: Flask = make_flask_app(None, None, None, "")
+    app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
+    app.config["RQ_DASHBOARD_REDIS_PASSWORD"] = settings.redis_password
+    if username and password:
+        app.before_request(_basic_auth(username, password))
+    dashboard_web.setup_rq_connection(app)
+    return app
+
+
+def _basic_auth(username: str, password: str) -> Any:
+    expected = (username.encode(), password.encode())
+
+    def check() -> Response | None:
+        auth = request.authorization
+        given = (
+            ((auth.username or "").encode(), (auth.password or "").encode())
+            if auth is not None
+            else (b"", b"")
+        )
+        # Compare both in constant time; rq-dashboard's own check uses `!=`.
+        ok = hmac.compare_digest(given[0], expected[0]) & hmac.compare_digest(given[1], expected[1])
+        if ok:
+            return None
+        return Response("authentication required", 401, {"WWW-Authenticate": 'Basic realm="KRYONIX jobs"'})
+
+    return check
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Serve the dashboard with waitress until the process is stopped."""
+    import waitress
+
+    settings = settings or get_settings()
+    app = create_app(settings)
+    log.info("rq-dashboard on http://%s:%d/", settings.dashboard_bind, settings.dashboard_port)
+    waitress.serve(app, host=settings.dashboard_bind, port=settings.dashboard_port, threads=4, _quiet=True)
