@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING_INVALIDATIONS = 10_000  # more failed deletes than this are replayed as one clear()
 UNLINK_BATCH = 500  # keys per UNLINK: bounds one command's argument list
+LOCK_WAIT_MARGIN_S = 1.0  # waiters outlast the lease by this much, so they see it expire and take over
 
 _DOWN: Final = Entry(None, 0.0, 0.0)  # marker: Redis could not be asked
 
@@ -107,7 +108,8 @@ class CacheService:
         lock_ttl_s: lease of the one caller that fetches a key; when it expires (crash,
             hang) another caller takes over.
         lock_wait_s: how long other callers wait for that fetch before fetching
-            themselves, uncached (default `lock_ttl_s`, so a hung fetch is taken over).
+            themselves, uncached (default `lock_ttl_s` + 1 s, so a hung fetch is taken
+            over through the expired lease rather than bypassed).
         breaker: default: shared by all services on the default client, else a new one.
         stats: counters; default the process-wide ones that `cache_stats()` reports.
         warn_interval_s: at most one "cache unavailable" warning per interval.
@@ -137,7 +139,11 @@ class CacheService:
         self.negative_ttl_s = check_ttl("negative_ttl_s", negative_ttl_s)
         self.stale_ttl_s = check_ttl("stale_ttl_s", stale_ttl_s, allow_zero=True)
         self.lock_ttl_s = check_ttl("lock_ttl_s", lock_ttl_s)
-        self.lock_wait_s = self.lock_ttl_s if lock_wait_s is None else check_ttl("lock_wait_s", lock_wait_s)
+        self.lock_wait_s = (
+            self.lock_ttl_s + LOCK_WAIT_MARGIN_S
+            if lock_wait_s is None
+            else check_ttl("lock_wait_s", lock_wait_s)
+        )
         self._uses_settings = redis is None
         self.redis: Redis = default_cache_client() if redis is None else redis
         if breaker is None:
