@@ -1,0 +1,309 @@
+"""The sliding-log limiter against a real PRIMARY redis-server (marker `ratelimit`)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cache import keys
+from cache.identifiers import InvalidIdentifier
+from cache.ratelimit import API, BY_IP, BY_USER, Decision, Preset, RateLimiter, RateLimitError
+from cache.ratelimit_headers import rate_limit_headers
+from tests.integration.ratelimit_fixtures import SlidingLog
+
+pytestmark = pytest.mark.ratelimit
+
+T0 = 1_700_000_000_000  # a fixed "now" in ms; tests move it by hand instead of sleeping
+
+
+@pytest.fixture
+def limiter(primary: redis.Redis) -> RateLimiter:
+    return RateLimiter(primary, scope="test")
+
+
+def limiter_keys(client: redis.Redis) -> list[bytes]:
+    return sorted(client.scan_iter(match="kx:rl:*", count=1000))
+
+
+def ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+# --- the limit itself -----------------------------------------------------------------------
+
+
+def test_limit_reached_exactly(limiter: RateLimiter) -> None:
+    decisions = [limiter.check("alice", 5, 60, now_ms=T0 + i) for i in range(7)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
+    assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0, 0, 0]
+    assert all(d.limit == 5 and d.window_s == 60 for d in decisions)
+    assert decisions[5].reason == "rate limit 'test' exceeded: 5 per 60 s; retry after 59.995 s"
+
+
+def test_denied_request_reports_when_it_would_fit(limiter: RateLimiter) -> None:
+    for at in (0, 10_000, 20_000):
+        assert limiter.check("bob", 3, 60, now_ms=T0 + at).allowed
+    denied = limiter.check("bob", 3, 60, now_ms=T0 + 30_000)
+    assert not denied.allowed
+    assert denied.retry_after_s == 30.0  # the first request leaves the window at T0 + 60 s
+    assert denied.reset_after_s == 50.0  # the last one leaves at T0 + 80 s
+    assert not limiter.check("bob", 3, 60, now_ms=T0 + 59_999).allowed
+    admitted = limiter.check("bob", 3, 60, now_ms=T0 + 60_000)
+    assert admitted.allowed
+    assert admitted.remaining == 0
+    assert admitted.retry_after_s == 0
+    assert admitted.reset_after_s == 60.0
+
+
+def test_whole_limit_is_back_after_the_window(limiter: RateLimiter) -> None:
+    for i in range(4):
+        assert limiter.check("carol", 4, 10, now_ms=T0 + i).allowed
+    assert not limiter.check("carol", 4, 10, now_ms=T0 + 9_999).allowed
+    later = [limiter.check("carol", 4, 10, now_ms=T0 + 10_003) for _ in range(4)]
+    assert [d.allowed for d in later] == [True] * 4
+    assert not limiter.check("carol", 4, 10, now_ms=T0 + 10_003).allowed
+
+
+def test_no_double_limit_across_a_window_boundary(limiter: RateLimiter) -> None:
+    """The fixed-window sketch admits 2 x limit around a boundary; the sliding log does not."""
+    first = [limiter.check("dave", 100, 60, now_ms=T0 + 59_900).allowed for _ in range(100)]
+    second = [limiter.check("dave", 100, 60, now_ms=T0 + 60_100).allowed for _ in range(100)]
+    assert sum(first) == 100
+    assert sum(second) == 0
+
+
+def test_cost_greater_than_one(limiter: RateLimiter) -> None:
+    first = limiter.check("erin", 10, 60, cost=4, now_ms=T0)
+    second = limiter.check("erin", 10, 60, cost=4, now_ms=T0 + 1_000)
+    assert (first.allowed, first.remaining) == (True, 6)
+    assert (second.allowed, second.remaining) == (True, 2)
+    too_big = limiter.check("erin", 10, 60, cost=3, now_ms=T0 + 2_000)
+    assert not too_big.allowed
+    assert too_big.remaining == 2  # a denied request uses nothing
+    assert too_big.retry_after_s == 58.0  # the first 4 units free at T0 + 60 s
+    assert limiter.check("erin", 10, 60, cost=2, now_ms=T0 + 2_000).allowed
+    needs_both = limiter.check("erin", 10, 60, cost=10, now_ms=T0 + 3_000)
+    assert needs_both.retry_after_s == 59.0  # all three earlier requests must leave: T0 + 62 s
+    assert limiter.check("erin", 10, 60, cost=10, now_ms=T0 + 62_000).allowed
+
+
+def test_identifiers_windows_and_scopes_are_kept_apart(primary: redis.Redis) -> None:
+    a = RateLimiter(primary, scope="a")
+    b = RateLimiter(primary, scope="b")
+    assert a.check("x", 1, 60, now_ms=T0).allowed
+    assert not a.check("x", 1, 60, now_ms=T0).allowed
+    assert a.check("y", 1, 60, now_ms=T0).allowed
+    assert b.check("x", 1, 60, now_ms=T0).allowed
+    # A 1-second window of the same scope must not trim the 60-second log.
+    assert a.check("x", 1, 1, now_ms=T0 + 5_000).allowed
+    assert not a.check("x", 1, 60, now_ms=T0 + 5_000).allowed
+    assert len(limiter_keys(primary)) == 4
+
+
+def test_out_of_order_clock_is_recorded_at_the_newest_time(limiter: RateLimiter) -> None:
+    """A caller whose clock lags is counted as if it came last: longer, never shorter."""
+    assert limiter.check("frank", 2, 1, now_ms=T0 + 10_000).allowed
+    late = limiter.check("frank", 2, 1, now_ms=T0 + 5_000)
+    assert late.allowed
+    assert late.reset_after_s == 6.0  # recorded at T0 + 10 s: leaves at T0 + 11 s
+    assert not limiter.check("frank", 2, 1, now_ms=T0 + 10_999).allowed
+    assert limiter.check("frank", 2, 1, now_ms=T0 + 11_000).allowed
+
+
+def test_server_clock_by_default(limiter: RateLimiter, primary: redis.Redis) -> None:
+    assert limiter.check("gina", 2, 30).allowed
+    assert limiter.check("gina", 2, 30).allowed
+    denied = limiter.check("gina", 2, 30)
+    assert not denied.allowed
+    assert 0 < denied.retry_after_s <= 30
+    (key,) = limiter_keys(primary)
+    assert 0 < primary.pttl(key) <= 30_000
+    _, newest = primary.zrange(key, -1, -1, withscores=True)[0]
+    seconds, micros = primary.time()
+    assert abs(newest - (seconds * 1000 + micros // 1000)) < 30_000
+
+
+def test_every_key_has_a_ttl_no_longer_than_needed(limiter: RateLimiter, primary: redis.Redis) -> None:
+    for i in range(50):
+        limiter.check(f"user-{i}", 3, 20, cost=1 + i % 3)
+        limiter.check(f"user-{i}", 3, 20)
+    found = limiter_keys(primary)
+    assert len(found) == 50
+    assert all(0 < primary.pttl(key) <= 20_000 for key in found)
+
+
+def test_reloads_the_script_after_script_flush(limiter: RateLimiter, primary: redis.Redis) -> None:
+    assert limiter.check("hank", 2, 60, now_ms=T0).allowed
+    primary.script_flush()
+    assert limiter.check("hank", 2, 60, now_ms=T0).allowed
+    assert not limiter.check("hank", 2, 60, now_ms=T0).allowed
+
+
+def test_foreign_value_at_the_key_is_a_loud_error(limiter: RateLimiter, primary: redis.Redis) -> None:
+    primary.set(keys.rate_limit_log("test", 60_000, "ivan"), "not a log")
+    with pytest.raises(RateLimitError, match=r"rate limit 'test': Redis refused the check: .*WRONGTYPE"):
+        limiter.check("ivan", 2, 60)
+
+
+# --- presets and headers -----------------------------------------------------------------------
+
+
+def test_presets_as_planned(primary: redis.Redis) -> None:
+    assert (BY_IP.limit, BY_IP.window_s) == (100, 60)
+    assert (BY_USER.limit, BY_USER.window_s) == (1_000, 60)
+    assert (API.limit, API.window_s) == (10_000, 3_600)
+    limiter = RateLimiter(primary)
+    ip = [limiter.limit_by_ip("198.51.100.7", now_ms=T0) for _ in range(101)]
+    assert sum(d.allowed for d in ip) == 100
+    assert limiter.limit_by_user(42, cost=1_000, now_ms=T0).allowed
+    assert not limiter.limit_by_user(42, now_ms=T0).allowed
+    assert limiter.limit_api("sk_live_abc", cost=10_000, now_ms=T0).allowed
+    assert not limiter.limit_api("sk_live_abc", now_ms=T0 + 3_599_999).allowed
+    assert limiter.limit_api("sk_live_abc", now_ms=T0 + 3_600_000).allowed
+    names = [k.decode() for k in limiter_keys(primary)]
+    assert "kx:rl:{ip:60000:198.51.100.7}" in names
+    assert "kx:rl:{user:60000:42}" in names
+    assert not any("sk_live_abc" in name for name in names), "API keys are hashed, never stored"
+
+
+def test_presets_are_configurable(primary: redis.Redis) -> None:
+    limiter = RateLimiter(
+        primary, by_ip=Preset(scope="ip", limit=2, window_s=1, identifier_kind=BY_IP.identifier_kind)
+    )
+    results = [limiter.limit_by_ip("198.51.100.8", now_ms=T0).allowed for _ in range(3)]
+    assert results == [True, True, False]
+    assert limiter.limit_by_ip("198.51.100.8", now_ms=T0 + 1_000).allowed
+
+
+def test_headers_from_real_decisions(limiter: RateLimiter) -> None:
+    ok = limiter.check("jack", 2, 60, now_ms=T0)
+    assert rate_limit_headers(ok) == {
+        "RateLimit-Policy": '"test";q=2;w=60',
+        "RateLimit": '"test";r=1;t=60',
+        "X-RateLimit-Limit": "2",
+        "X-RateLimit-Remaining": "1",
+        "X-RateLimit-Reset": "60",
+    }
+    limiter.check("jack", 2, 60, now_ms=T0 + 500)
+    denied = limiter.check("jack", 2, 60, now_ms=T0 + 1_000)
+    headers = rate_limit_headers(denied)
+    assert headers["Retry-After"] == "59"
+    assert headers["RateLimit"] == '"test";r=0;t=60'  # 59.5 s rounded up
+
+
+# --- hostile identifiers -------------------------------------------------------------------------
+
+
+def test_hostile_identifiers_get_bounded_distinct_keys(limiter: RateLimiter, primary: redis.Redis) -> None:
+    hostile = [
+        "x" * 1_000_000,
+        "x" * 999_999 + "y",
+        "ünïcødé",
+        "用户",
+        "unicode\u0301",
+        "a\nb",
+        "a b",
+        "a\r\nSet-Cookie: x",
+        "}{evil}",
+        "*",
+        "h:0123456789abcdef0123456789abcdef",
+        "\x00",
+        "\ud800",
+    ]
+    for value in hostile:
+        assert limiter.check(value, 1, 60, now_ms=T0).allowed, value
+        assert not limiter.check(value, 1, 60, now_ms=T0).allowed, value
+    names = limiter_keys(primary)
+    assert len(names) == len(hostile), "two identifiers shared a key"
+    for name in names:
+        assert len(name) < 100
+        assert name.count(b"{") == 1 and name.count(b"}") == 1
+        assert all(32 < byte < 127 for byte in name)
+
+
+def test_ipv6_variants_share_one_limit_per_64(primary: redis.Redis) -> None:
+    limiter = RateLimiter(
+        primary, by_ip=Preset(scope="ip", limit=4, window_s=60, identifier_kind=BY_IP.identifier_kind)
+    )
+    same_64 = [
+        "2001:db8:1:2::1",
+        "2001:DB8:1:2:0:0:0:2",
+        "[2001:db8:1:2::3]",
+        "fe80::1%eth0",
+        " 2001:db8:1:2:ffff::9 ",
+    ]
+    assert [limiter.limit_by_ip(ip, now_ms=T0).allowed for ip in same_64[:3]] == [True] * 3
+    assert limiter.limit_by_ip(same_64[4], now_ms=T0).allowed
+    assert not limiter.limit_by_ip(same_64[0], now_ms=T0).allowed
+    assert limiter.limit_by_ip("2001:db8:1:3::1", now_ms=T0).allowed  # the next /64 is someone else
+    assert limiter.limit_by_ip(same_64[3], now_ms=T0).allowed  # link-local, zone dropped
+    for mapped in ("::ffff:192.0.2.1", "192.0.2.1", "::FFFF:c000:201"):
+        assert limiter.limit_by_ip(mapped, now_ms=T0 + 1).allowed
+    names = {k.decode() for k in limiter_keys(primary)}
+    assert names == {
+        "kx:rl:{ip:60000:2001:db8:1:2::/64}",
+        "kx:rl:{ip:60000:2001:db8:1:3::/64}",
+        "kx:rl:{ip:60000:fe80::/64}",
+        "kx:rl:{ip:60000:192.0.2.1}",
+    }
+
+
+@pytest.mark.parametrize("bad", ["", "not-an-ip", "1.2.3.4:80", "1.2.3.4\n5.6.7.8", "::1" * 100, "999.1.1.1"])
+def test_invalid_ip_is_rejected_before_redis(limiter: RateLimiter, primary: redis.Redis, bad: str) -> None:
+    with pytest.raises(InvalidIdentifier, match="not an IP address"):
+        limiter.limit_by_ip(bad)
+    assert limiter_keys(primary) == []
+
+
+# --- property: never more than `limit` in any window, and exact -------------------------------
+
+_fresh = itertools.count()
+
+requests = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=40), st.integers(min_value=1, max_value=8)),
+    min_size=1,
+    max_size=60,
+)
+
+
+def _admitted_in_window(admitted: list[tuple[int, int]], end: int, window: int) -> int:
+    return sum(cost for at, cost in admitted if end - window < at <= end)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limit=st.integers(min_value=1, max_value=20),
+    window=st.integers(min_value=1, max_value=100),
+    steps=requests,
+)
+def test_matches_the_reference_model_and_never_exceeds_the_limit(
+    limiter: RateLimiter, limit: int, window: int, steps: list[tuple[int, int]]
+) -> None:
+    identifier = f"prop-{next(_fresh)}"
+    model = SlidingLog()
+    admitted: list[tuple[int, int]] = []
+    now = T0
+    for delta, raw_cost in steps:
+        now += delta
+        cost = min(raw_cost, limit)
+        decision: Decision = limiter.check(identifier, limit, window / 1000, cost=cost, now_ms=now)
+        expected = model.check(now, limit, window, cost)
+        assert decision.allowed == expected.allowed
+        assert decision.remaining == limit - expected.used
+        assert ms(decision.retry_after_s) == expected.retry_after_ms
+        assert ms(decision.reset_after_s) == expected.reset_after_ms
+        in_window = _admitted_in_window(admitted, now, window)
+        # Exact: admitted if and only if it fits; never more than `limit` in any window.
+        assert decision.allowed == (in_window + cost <= limit)
+        if decision.allowed:
+            admitted.append((now, cost))
+            assert _admitted_in_window(admitted, now, window) <= limit
+        else:
+            assert ms(decision.retry_after_s) > 0
+            fits_at = now + ms(decision.retry_after_s)
+            assert _admitted_in_window(admitted, fits_at, window) + cost <= limit
+            assert _admitted_in_window(admitted, fits_at - 1, window) + cost > limit
