@@ -1,0 +1,213 @@
+"""Operations: the supervisord tree, rq-dashboard, JSON logs (marker `ops`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from cache.errors import ConfigError
+from cache.settings import Settings
+from jobs.enqueue import enqueue, fetch_job
+from tests.integration.processes import Processes, log_of, wait_until
+from workers.dashboard import create_app, is_loopback
+from workers.servers import PROJECT_ROOT, free_port, wait_for_port
+
+pytestmark = pytest.mark.ops
+
+
+def _status(job_id: str) -> str | None:
+    job = fetch_job(job_id)
+    return None if job is None else job.get_status(refresh=True).value
+
+
+class Tree:
+    """supervisord started for real on the shipped supervisord.conf."""
+
+    def __init__(self, processes: Processes, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.env = {**processes.env, "KRYONIX_RUN_DIR": str(run_dir), "DASHBOARD_PORT": str(free_port())}
+        self.process = processes.start(
+            sys.executable, "-m", "workers", "supervise", "--run-dir", str(run_dir), name="supervisord",
+            **{k: v for k, v in self.env.items() if k in ("KRYONIX_RUN_DIR", "DASHBOARD_PORT")},
+        )  # fmt: skip
+
+    def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(Path(sys.executable).parent / "supervisorctl"),
+                "-c",
+                str(PROJECT_ROOT / "supervisord.conf"),
+                *args,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def states(self) -> dict[str, str]:
+        lines = self.ctl("status").stdout.splitlines()
+        return {line.split()[0]: line.split()[1] for line in lines if len(line.split()) >= 2}
+
+    def pid(self, name: str) -> int:
+        return int(self.ctl("pid", name).stdout.strip())
+
+
+@pytest.fixture
+def tree(processes: Processes, tmp_path: Path) -> Iterator[Tree]:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    started = Tree(processes, run_dir)
+    expected = {
+        "kryonix:email-worker-00",
+        "kryonix:email-worker-01",
+        "kryonix:report-worker-00",
+        "kryonix:scheduler",
+        "kryonix:dashboard",
+    }
+
+    def all_running() -> bool:
+        states = started.states()
+        return expected <= set(states) and all(states[name] == "RUNNING" for name in expected)
+
+    wait_until(all_running, 60, "every supervisord program RUNNING")
+    yield started
+    started.process.send_signal(signal.SIGTERM)
+    try:
+        started.process.wait(60)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@pytest.mark.timeout(300)
+def test_supervisord_tree_runs_jobs_and_recovers_a_killed_worker(primary: redis.Redis, tree: Tree) -> None:
+    email = enqueue("email", "jobs.diagnostics.record", "kx:ran", "email")
+    report = enqueue("report", "jobs.diagnostics.record", "kx:ran", "report")
+    wait_until(lambda: _status(email) == _status(report) == "finished", 60, "both jobs processed")
+
+    # Both email workers block on the queue; whichever takes this job is SIGKILLed mid-job.
+    slow = enqueue("email", "jobs.diagnostics.sleep", 3, "kx:slow", "recovered")
+    wait_until(lambda: _status(slow) == "started", 30, "slow job started")
+    job = fetch_job(slow)
+    assert job is not None and job.worker_name
+    email_workers = ("kryonix:email-worker-00", "kryonix:email-worker-01")
+    busy = [name for name in email_workers if _worker_running(primary, tree.pid(name), slow)]
+    assert len(busy) == 1
+    old_pid = tree.pid(busy[0])
+    os.kill(old_pid, signal.SIGKILL)
+    wait_until(
+        lambda: tree.states().get(busy[0]) == "RUNNING" and tree.pid(busy[0]) != old_pid, 60, "restarted"
+    )
+    wait_until(lambda: _status(slow) == "finished", 120, "killed worker's job recovered by the scheduler")
+    assert primary.lrange("kx:slow", 0, -1) == [b"recovered"]
+
+
+def _worker_running(primary: redis.Redis, pid: int, job_id: str) -> bool:
+    from rq.worker import Worker
+
+    return any(w.pid == pid and w.get_current_job_id() == job_id for w in Worker.all(connection=primary))
+
+
+@pytest.mark.timeout(180)
+def test_supervisorctl_stop_lets_the_running_job_finish(primary: redis.Redis, tree: Tree) -> None:
+    job_id = enqueue("report", "jobs.diagnostics.sleep", 4, "kx:done", "finished")
+    wait_until(lambda: _status(job_id) == "started", 30, "report job started")
+    result = tree.ctl("stop", "kryonix:report-worker-00")
+    assert "stopped" in result.stdout, result.stdout + result.stderr
+    assert _status(job_id) == "finished", "supervisorctl stop must wait for the running job"
+    assert primary.lrange("kx:done", 0, -1) == [b"finished"]
+
+
+# --- dashboard ----------------------------------------------------------------------------
+
+
+def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_requires_credentials_and_lists_our_queues(
+    primary: redis.Redis, processes: Processes
+) -> None:
+    enqueue("email", "jobs.diagnostics.noop")
+    enqueue("report", "jobs.diagnostics.noop")
+    port = free_port()
+    dashboard = processes.start(
+        sys.executable, "-m", "workers", "dashboard", name="dashboard",
+        DASHBOARD_PORT=str(port), DASHBOARD_USERNAME="ops", DASHBOARD_PASSWORD="s3cret",
+    )  # fmt: skip
+    wait_for_port(port, 30)
+    url = f"http://127.0.0.1:{port}/0/data/queues.json"
+    assert _get(url)[0] == 401
+    assert _get(url, ("ops", "wrong"))[0] == 401
+    assert _get(f"http://127.0.0.1:{port}/static/css/main.css")[0] == 401
+    status, body = _get(url, ("ops", "s3cret"))
+    assert status == 200, log_of(dashboard)
+    queues = {q["name"]: q for q in json.loads(body)["queues"]}
+    assert {"email", "report"} <= set(queues)
+    assert queues["email"]["count"] == 1
+
+
+def test_dashboard_refuses_public_bind_without_credentials() -> None:
+    settings = Settings.from_env({"DASHBOARD_BIND": "0.0.0.0"})
+    with pytest.raises(ConfigError, match="without authentication"):
+        create_app(settings)
+    with pytest.raises(ConfigError, match="both DASHBOARD_USERNAME and DASHBOARD_PASSWORD"):
+        create_app(Settings.from_env({"DASHBOARD_USERNAME": "ops"}))
+    create_app(
+        Settings.from_env({"DASHBOARD_BIND": "0.0.0.0", "DASHBOARD_USERNAME": "a", "DASHBOARD_PASSWORD": "b"})
+    )
+
+
+def test_dashboard_cli_exits_with_a_clear_error(processes: Processes) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", "dashboard"],
+        env={**processes.env, "DASHBOARD_BIND": "0.0.0.0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "without authentication" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("10.1.2.3", False)],
+)
+def test_loopback_detection(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+# --- JSON logs ------------------------------------------------------------------------------
+
+
+def test_json_logs_from_a_worker(primary: redis.Redis, processes: Processes) -> None:
+    job_id = enqueue("email", "jobs.diagnostics.noop")
+    worker = processes.worker("email", burst=True, LOG_FORMAT="json")
+    assert worker.wait(60) == 0
+    entries = [json.loads(line) for line in log_of(worker).splitlines() if line.startswith("{")]
+    outcome = [e for e in entries if e.get("job_id") == job_id]
+    assert outcome, log_of(worker)
+    assert outcome[0]["queue"] == "email" and outcome[0]["status"] == "finished"
+    assert outcome[0]["level"] == "info" and "duration_ms" in outcome[0]
+    assert any(e["logger"] == "rq.worker" for e in entries), "RQ's own lines are JSON too"
