@@ -25,6 +25,7 @@ from cache.realtime_envelope import (
     DEFAULT_MAX_EVENT_BYTES,
     Event,
     RealtimeError,
+    ReplayRead,
     encode_body,
     is_event_channel,
     parse_replay,
@@ -73,7 +74,51 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class RealtimeService:
+class RealtimeCore:
+    """Settings and the I/O-free steps shared by `RealtimeService` and its asyncio twin."""
+
+    def __init__(
+        self,
+        *,
+        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+        stream_ttl_s: int = DEFAULT_STREAM_TTL_S,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        check_limits(stream_maxlen, stream_ttl_s, max_event_bytes)
+        self.stream_maxlen = stream_maxlen
+        self.stream_ttl_s = stream_ttl_s
+        self.max_event_bytes = max_event_bytes
+        self._clock = clock
+
+    def _publish_call(self, channel: str, event: str, data: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `realtime_publish.lua`; validates everything before any I/O."""
+        body = encode_body(event, data, self._clock(), max_bytes=self.max_event_bytes)
+        stream = keys.event_stream(validate_channel(channel))
+        return [stream], [channel, self.stream_maxlen, self.stream_ttl_s * 1000, body]
+
+    @staticmethod
+    def _replayed(reads: list[ReplayRead], results: list[Any]) -> dict[str, list[Event]]:
+        events, skipped = parse_replay(reads, results)
+        if skipped:
+            log.warning("skipped %d malformed stream entries while replaying %s", skipped, sorted(events))
+        return events
+
+    @staticmethod
+    def _newest_id(rows: Any) -> str:
+        return _text(rows[0][0]) if rows else "0-0"
+
+    @staticmethod
+    def _event_channels(raw_keys: list[Any]) -> list[str]:
+        channels = (keys.event_stream_channel(_text(raw)) for raw in raw_keys)
+        return sorted(ch for ch in channels if ch is not None and is_event_channel(ch))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RealtimeService(RealtimeCore):
     """Publish events to users and to everyone, and replay what a client missed.
 
     Args:
@@ -98,12 +143,13 @@ class RealtimeService:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        check_limits(stream_maxlen, stream_ttl_s, max_event_bytes)
+        super().__init__(
+            stream_maxlen=stream_maxlen,
+            stream_ttl_s=stream_ttl_s,
+            max_event_bytes=max_event_bytes,
+            clock=clock,
+        )
         self.client = client if client is not None else connections.primary()
-        self.stream_maxlen = stream_maxlen
-        self.stream_ttl_s = stream_ttl_s
-        self.max_event_bytes = max_event_bytes
-        self._clock = clock
         self._publish_script = self.client.register_script(lua_source("realtime_publish.lua"))
 
     def publish_user_event(self, user_id: str | int, event: str, data: Mapping[str, Any]) -> str:
@@ -130,12 +176,9 @@ class RealtimeService:
             RedisUnavailable: the PRIMARY Redis cannot be reached.
             RealtimeError: Redis refused the write (e.g. out of memory under noeviction).
         """
-        body = encode_body(event, data, self._clock(), max_bytes=self.max_event_bytes)
-        stream = keys.event_stream(validate_channel(channel))
-        args: list[str | int | bytes] = [channel, self.stream_maxlen, self.stream_ttl_s * 1000, body]
+        script_keys, args = self._publish_call(channel, event, data)
         with redis_errors(f"publishing {event!r} to {channel}"):
-            stream_id = self._publish_script(keys=[stream], args=args)
-        return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+            return _text(self._publish_script(keys=script_keys, args=args))
 
     def events_since(
         self, channel_or_user: str | int, last_id: str = "0-0", *, count: int = DEFAULT_REPLAY_COUNT
@@ -166,21 +209,13 @@ class RealtimeService:
             pipe = self.client.pipeline(transaction=False)
             for read in reads:
                 pipe.xrange(read.key, min=read.start, max="+", count=count)
-            results = pipe.execute()
-        events, skipped = parse_replay(reads, results)
-        if skipped:
-            log.warning("skipped %d malformed stream entries while replaying %s", skipped, sorted(events))
-        return events
+            return self._replayed(reads, pipe.execute())
 
     def latest_id(self, channel: str) -> str:
         """The id of the newest event kept for `channel`, `0-0` when there is none."""
         stream = keys.event_stream(validate_channel(channel))
         with redis_errors(f"reading the latest event of {channel}"):
-            newest = self.client.xrevrange(stream, max="+", min="-", count=1)
-        if not newest:
-            return "0-0"
-        raw_id = newest[0][0]
-        return raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            return self._newest_id(self.client.xrevrange(stream, max="+", min="-", count=1))
 
     def now_id(self) -> str:
         """An id just below anything published from now on (Redis' clock, not ours)."""
@@ -194,10 +229,5 @@ class RealtimeService:
         SCANs the keyspace: meant for a pattern subscriber's replay after a reconnect.
         """
         match = keys.event_stream(validate_pattern(pattern))
-        found = []
         with redis_errors(f"listing streams matching {pattern!r}"):
-            for raw in self.client.scan_iter(match=match, count=1000, _type="stream"):
-                channel = keys.event_stream_channel(raw.decode() if isinstance(raw, bytes) else raw)
-                if channel is not None and is_event_channel(channel):
-                    found.append(channel)
-        return sorted(found)
+            return self._event_channels(list(self.client.scan_iter(match=match, count=1000, _type="stream")))
