@@ -81,6 +81,16 @@ def email_sent_marker(idempotency_key: str) -> str:
     return f"{PREFIX}:email:sent:{idempotency_key}"
 
 
+def email_bulk_info(bulk_id: str) -> str:
+    """A bulk email send: template, recipient count, chunk job ids (JSON string)."""
+    return f"{PREFIX}:email:bulk:{{{bulk_id}}}:info"
+
+
+def email_bulk_outcomes(bulk_id: str) -> str:
+    """Hash recipient -> outcome of one bulk send; `sent`/`refused` entries are never sent again."""
+    return f"{PREFIX}:email:bulk:{{{bulk_id}}}:outcomes"
+
+
 def job_counters(queue: str) -> str:
     """Hash of totals per queue: finished, failed, retried, stopped, duration buckets and sum."""
     return f"{PREFIX}:stats:jobs:{queue}"
