@@ -13,6 +13,7 @@ the company, so it finds every entry even if Redis evicted some index.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -185,12 +186,17 @@ class CachedDatabase:
     def _load_user(self, user_id: int) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(users).where(users.c.id == user_id)).mappings().first()
-        return None if row is None else dict(row)
+        return None if row is None else _plain(row)
 
     def _load_projects(self, company_id: int) -> list[dict[str, Any]]:
         query = select(projects).where(projects.c.company_id == company_id).order_by(projects.c.id)
         with self.engine.connect() as conn:
-            return [dict(row) for row in conn.execute(query).mappings()]
+            return [_plain(row) for row in conn.execute(query).mappings()]
+
+
+def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
+    # Column names are `quoted_name`, a str subclass that orjson refuses as a dict key.
+    return {str(name): value for name, value in row.items()}
 
 
 def _check_id(name: str, value: object) -> None:
