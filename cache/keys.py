@@ -60,6 +60,22 @@ def rate_limit_log(scope: str, window_ms: int, identifier: str) -> str:
     return rate_limit(f"{scope}:{window_ms}", identifier)
 
 
+RATE_LIMIT_SCAN_PATTERN = f"{PREFIX}:rl:*"
+"""`SCAN MATCH` pattern of every rate-limit key (metrics count them per scope)."""
+
+
+def rate_limit_log_scope(key: str) -> tuple[str, int] | None:
+    """`(scope, window_ms)` of a `rate_limit_log` key, None for any other key; its inverse."""
+    prefix = f"{PREFIX}:rl:{{"
+    if not key.startswith(prefix) or not key.endswith("}"):
+        return None
+    scope, _, rest = key[len(prefix) : -1].partition(":")
+    window, _, identifier = rest.partition(":")
+    if not scope or not window.isdigit() or not identifier:
+        return None
+    return scope, int(window)
+
+
 def user_channel(user_id: str) -> str:
     return f"user:{user_id}:events"
 
