@@ -208,20 +208,27 @@ _default_lock = threading.Lock()
 _default: tuple[Settings, redis.Redis, CircuitBreaker] | None = None
 
 
+def fail_fast_settings(settings: Settings) -> Settings:
+    """`settings` with the cache's short timeouts and single retry.
+
+    connections.cache_redis() waits up to 5 s per command and retries 6 times: right for
+    queues, but a cache must give up within a fraction of a request.
+    """
+    return replace(
+        settings,
+        socket_timeout_s=min(settings.socket_timeout_s, CACHE_SOCKET_TIMEOUT_S),
+        connect_timeout_s=min(settings.connect_timeout_s, CACHE_CONNECT_TIMEOUT_S),
+        retry_attempts=CACHE_RETRY_ATTEMPTS,
+    )
+
+
 def _defaults() -> tuple[Settings, redis.Redis, CircuitBreaker]:
     global _default
     settings = get_settings()
     with _default_lock:
         if _default is None or _default[0] is not settings:
-            # connections.cache_redis() waits up to 5 s per command and retries 6 times:
-            # right for queues, but a cache must give up within a fraction of a request.
-            fast = replace(
-                settings,
-                socket_timeout_s=min(settings.socket_timeout_s, CACHE_SOCKET_TIMEOUT_S),
-                connect_timeout_s=min(settings.connect_timeout_s, CACHE_CONNECT_TIMEOUT_S),
-                retry_attempts=CACHE_RETRY_ATTEMPTS,
-            )
-            _default = (settings, connections.build_client(Role.CACHE, fast), CircuitBreaker())
+            client = connections.build_client(Role.CACHE, fail_fast_settings(settings))
+            _default = (settings, client, CircuitBreaker())
         return _default
 
 
