@@ -1,0 +1,113 @@
+"""Tell people a report is ready: a realtime event and the "report ready" email.
+
+The event is a courtesy: it never fails the job. The email is a promise made at
+enqueue: if the email queue cannot take it right now the job is retried (the email's
+idempotency key makes sure a retried report sends it once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from jobs.errors import EnqueueUnavailable, JobValidationError, TransientJobError
+from jobs.reports.build import ReportFile
+from jobs.reports.writers import CONTENT_TYPES
+
+log = logging.getLogger(__name__)
+
+READY_EVENT = "report.ready"
+READY_TEMPLATE = "report_ready"
+ATTACH_MAX_BYTES = 5 * 1024 * 1024  # larger files go as a path/link: mail servers cap messages at ~10-25 MB
+
+
+def event_payload(report: ReportFile) -> dict[str, Any]:
+    """What the web tier needs to offer the download; no file content."""
+    result = report.as_result()
+    return {
+        k: result[k] for k in ("report_id", "report_type", "format", "rows", "size_bytes", "sha256", "path")
+    }
+
+
+def publish_ready(requested_by: str | int, report: ReportFile) -> str | None:
+    """Publish `report.ready` to the user's channel; the event id, or None when it could not be sent."""
+    try:
+        from cache.realtime import RealtimeService
+
+        return RealtimeService().publish_user_event(requested_by, READY_EVENT, event_payload(report))
+    except Exception as exc:  # events are best effort: the report itself is done
+        log.warning(
+            "report %s: %s event for user %s not sent: %s", report.report_id, READY_EVENT, requested_by, exc
+        )
+        return None
+
+
+def email_context(report: ReportFile, title: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The template context and the attachments (the file itself when small, else none). Pure."""
+    attach = report.size_bytes <= ATTACH_MAX_BYTES
+    context = {
+        **report.as_result(),
+        "title": title,
+        "filename": report.path.name,
+        "attached": attach,
+    }
+    attachments = (
+        [
+            {
+                "path": str(report.path),
+                "filename": report.path.name,
+                "content_type": CONTENT_TYPES[report.format],
+            }
+        ]
+        if attach
+        else []
+    )
+    return context, attachments
+
+
+def ready_email_key(report_id: str, to: str) -> str:
+    """One email per report and recipient, however often the report job runs. Pure."""
+    return f"report-ready:{report_id}:{hashlib.sha256(to.lower().encode()).hexdigest()[:24]}"
+
+
+def email_ready(recipients: Iterable[str], report: ReportFile, title: str) -> list[str]:
+    """Enqueue one "report ready" email per recipient; returns the email job ids.
+
+    Raises:
+        TransientJobError: the email queue is unavailable (the report job is retried).
+    """
+    recipients = list(recipients)
+    if not recipients:
+        return []
+    try:
+        from jobs.email import enqueue_email  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as exc:
+        log.error(
+            "report %s: 'report ready' email to %s NOT sent: jobs.email.enqueue_email is unavailable (%s)",
+            report.report_id,
+            recipients,
+            exc,
+        )
+        return []
+    context, attachments = email_context(report, title)
+    ids = []
+    for to in recipients:
+        try:
+            ids.append(
+                str(
+                    enqueue_email(
+                        to,
+                        READY_TEMPLATE,
+                        context,
+                        attachments=attachments,
+                        idempotency_key=ready_email_key(report.report_id, to),
+                    )
+                )
+            )
+        except EnqueueUnavailable as exc:
+            raise TransientJobError(f"report ready, but its email could not be queued: {exc}") from exc
+        except JobValidationError as exc:  # a bad address must not throw the finished report away
+            log.error("report %s: 'report ready' email to %r refused: %s", report.report_id, to, exc)
+    return ids
