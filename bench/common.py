@@ -1,0 +1,71 @@
+"""Shared pieces of the benchmarks: a private redis-server and the result row."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cache import connections
+from cache.settings import reset_settings
+from workers.servers import PRIMARY_CONF, RedisServer
+
+
+@contextlib.contextmanager
+def private_primary(name: str) -> Iterator[RedisServer]:
+    """A redis-server on the shipped redis.conf, with the process settings pointed at it."""
+    with tempfile.TemporaryDirectory(prefix=f"kx-bench-{name}-") as tmp:
+        server = RedisServer(PRIMARY_CONF, Path(tmp) / "primary").start()
+        saved = {k: os.environ.get(k) for k in ("REDIS_URL", "CACHE_REDIS_URL")}
+        os.environ["REDIS_URL"] = os.environ["CACHE_REDIS_URL"] = server.url
+        reset_settings()
+        connections.reset_clients()
+        try:
+            yield server
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            reset_settings()
+            connections.reset_clients()
+            server.stop()
+
+
+def row(
+    bench: str,
+    metric: str,
+    value: float,
+    unit: str,
+    baseline: float,
+    better: str,
+    target: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "bench": bench,
+        "metric": metric,
+        "value": round(value, 3),
+        "unit": unit,
+        "baseline": round(baseline, 3),
+        "ratio": round(value / baseline, 3) if baseline else None,
+        "better": better,
+    }
+    if target is not None:
+        result["target"] = target
+    result.update(extra)
+    return result
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
