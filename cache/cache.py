@@ -151,6 +151,7 @@ class CacheService:
         self.breaker = breaker
         self.stats = PROCESS_STATS if stats is None else stats
         self._throttle = LogThrottle(warn_interval_s)
+        self._corrupt_throttle = LogThrottle(warn_interval_s)
         self._clock = clock
         self._version_key = keys.cache_namespace_version(namespace)
         self._acquire: Script = self.redis.register_script(lua("cache_acquire"))
@@ -273,7 +274,8 @@ class CacheService:
         entry = decode_entry(as_bytes(generation), as_bytes(raw))
         if entry is CORRUPT:
             self.stats.incr("corrupt")
-            log.warning("cache entry %s cannot be decoded; it will be refetched", entry_key)
+            if self._corrupt_throttle.ready() is not None:
+                log.warning("cache entry %s cannot be decoded; the next get_or_set refetches it", entry_key)
         return entry
 
     def _lease(

@@ -12,8 +12,9 @@ import pytest
 
 from cache import keys
 from cache.breaker import BreakerState, CircuitBreaker
-from cache.cache import MISSING, CacheSerializationError, CacheService
-from cache.cache_stats import CacheStats
+from cache.cache import MISSING, CacheSerializationError, CacheService, cache_stats, flush_cache_stats
+from cache.cache_stats import PROCESS_STATS, CacheStats
+from cache.errors import RedisUnavailable
 from cache.settings import reset_settings
 from tests.integration.cache_fixtures import CountingFetcher
 from workers.servers import CACHE_CONF, RedisServer
@@ -186,3 +187,12 @@ def test_a_stalled_redis_times_out_quickly_and_fails_open(private_cache: RedisSe
         os.kill(pid, signal.SIGCONT)
     assert service.stats.snapshot()["fail_open"] == 2
     assert service.get("k") == "cached"  # and it is used again once it answers
+
+
+def test_cache_stats_names_the_setting_when_the_cache_is_down(private_cache: RedisServer) -> None:
+    private_cache.kill()
+    with pytest.raises(RedisUnavailable, match="CACHE_REDIS_URL"):
+        cache_stats()
+    PROCESS_STATS.incr("hits")
+    assert flush_cache_stats() is False  # best effort: never raises...
+    assert PROCESS_STATS.take_pending().get("hits", 0) >= 1  # ...and keeps the increments
