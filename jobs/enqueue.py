@@ -20,7 +20,7 @@ from rq.job import Job
 from cache.connections import Role, primary, translate_errors
 from cache.errors import RedisUnavailable
 from jobs.allowlist import function_name
-from jobs.errors import EnqueueUnavailable, JobValidationError
+from jobs.errors import EnqueueNotDurable, EnqueueUnavailable, JobValidationError
 from jobs.queues import KryonixQueue, QueueSpec, spec_for
 from jobs.retry import RetryPolicy
 from jobs.serialization import UnserializableArgument, dumps
@@ -110,6 +110,7 @@ def enqueue(
     in_: dt.timedelta | float | None = None,
     meta: Mapping[str, Any] | None = None,
     retry: RetryPolicy | None = None,
+    durable: bool = False,
     connection: redis.Redis | None = None,
 ) -> str:
     """Validate and enqueue one job; return its id.
@@ -123,6 +124,9 @@ def enqueue(
         at: run at this aware datetime; in_: run after this delay.
         meta: extra job meta (JSON types).
         retry: overrides the queue's retry policy for this job.
+        durable: return only once a replica has the job too (WAIT 1), so a failover
+            right after enqueue cannot lose it; raises `EnqueueNotDurable` otherwise
+            (the job may exist on the old master: retry with an idempotency key).
         connection: defaults to the PRIMARY client.
 
     Raises:
@@ -147,7 +151,23 @@ def enqueue(
                 job = queue.enqueue_call(data.pop("func"), args=data.pop("args"), unique=unique, **data)
         except DuplicateJobError:
             return str(data["job_id"])
+        if durable:
+            _wait_for_replica(queue.connection, str(job.id))
     return str(job.id)
+
+
+DURABLE_WAIT_MS = 2000  # how long a durable enqueue waits for a replica's acknowledgement
+
+
+def _wait_for_replica(connection: redis.Redis, job_id: str) -> None:
+    acknowledged = int(connection.wait(1, DURABLE_WAIT_MS))
+    if acknowledged < 1:
+        raise EnqueueNotDurable(
+            f"job {job_id} was enqueued on the primary but no replica acknowledged it within "
+            f"{DURABLE_WAIT_MS} ms; a failover now could lose it (retry with the same idempotency key)",
+            role=Role.PRIMARY.value,
+            setting="REDIS_URL",
+        )
 
 
 def _call(data: dict[str, Any]) -> dict[str, Any]:

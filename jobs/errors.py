@@ -13,6 +13,10 @@ class EnqueueUnavailable(RedisUnavailable):
     """The PRIMARY Redis could not take the job (down, or full with noeviction)."""
 
 
+class EnqueueNotDurable(EnqueueUnavailable):
+    """A durable enqueue reached the primary but no replica confirmed it in time."""
+
+
 class PermanentJobError(KryonixError):
     """Raise from a job when retrying cannot help (SMTP 5xx, invalid template, bad input).
 

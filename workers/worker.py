@@ -22,8 +22,9 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import Worker, WorkerStatus
 
-from cache.connections import set_process_role
+from cache.connections import Role, build_client, set_process_role
 from cache.health import check_eviction_policy
+from cache.settings import get_settings
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob, attempt_of
@@ -55,6 +56,11 @@ class KryonixWorker(Worker):
         names = [
             q if isinstance(q, str) else q.name for q in (queues if isinstance(queues, list) else [queues])
         ]
+        if get_settings().sentinel is not None:
+            # `rq worker` only knows RQ_REDIS_URL; with Sentinel the worker needs a client
+            # that finds the master, and follows it after a failover. Its own pool: RQ
+            # raises the socket timeout of the connection it is given.
+            kwargs["connection"] = build_client(Role.PRIMARY)
         connection = kwargs.get("connection")
         queues = [KryonixQueue(name, connection=connection, job_class=KryonixJob) for name in names]
         super().__init__(queues, *args, **kwargs)
