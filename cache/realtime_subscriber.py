@@ -351,11 +351,8 @@ class Subscriber:
     def _step(self) -> None:
         pubsub = self._pubsub
         assert pubsub is not None
-        while True:
-            try:
-                op, sub = self._commands.get_nowait()
-            except queue.Empty:
-                break
+        while not self._commands.empty():  # only this thread takes from the queue
+            op, sub = self._commands.get_nowait()
             action = self._book.apply(op, sub)
             if action == "subscribe":
                 (pubsub.subscribe if sub.kind == "channel" else pubsub.psubscribe)(sub.name)

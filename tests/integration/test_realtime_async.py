@@ -1,0 +1,203 @@
+"""The asyncio variant: same delivery, dedupe and reconnect behaviour as the threaded one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from cache.realtime_async import AsyncRealtimeService
+from cache.realtime_envelope import Event, InvalidEvent
+from tests.integration.realtime_fixtures import PrivateRedis, ReconnectGate, Recorder, private_redis
+
+pytestmark = pytest.mark.realtime
+__all__ = ["private_redis"]
+
+WAIT_S = 30.0
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+def run(make: Callable[[AsyncRealtimeService], Awaitable[None]], redis_: PrivateRedis) -> None:
+    async def main() -> None:
+        service = redis_.async_service()
+        try:
+            await make(service)
+        finally:
+            await service.client.aclose()
+
+    asyncio.run(main())
+
+
+def test_async_publish_and_replay_match_the_sync_service(private_redis: PrivateRedis) -> None:
+    sync = private_redis.service()
+
+    async def body(service: AsyncRealtimeService) -> None:
+        first = await service.publish_user_event(8, "report.ready", {"n": 1})
+        second = sync.publish_user_event(8, "report.ready", {"n": 2})
+        third = await service.publish_system_event("maintenance", {})
+        assert [e.id for e in await service.events_since(8)] == [first, second]
+        assert [e.to_json() for e in await service.events_since("user:8:events", first)] == [
+            e.to_json() for e in sync.events_since(8, first)
+        ]
+        assert await service.latest_id("system:events") == third
+        assert await service.channels_matching("user:*:events") == ["user:8:events"]
+        with pytest.raises(InvalidEvent, match="user_id"):
+            await service.publish_user_event("a b", "x", {})
+        with pytest.raises(InvalidEvent, match="event id"):
+            await service.events_since(8, "nope")
+
+    run(body, private_redis)
+
+
+def test_async_200_channels_on_one_connection_each_handler_sees_only_its_own(
+    private_redis: PrivateRedis,
+) -> None:
+    recorders = {user: Recorder() for user in range(200)}
+    clients: list[dict[str, str]] = []
+
+    async def body(service: AsyncRealtimeService) -> None:
+        async with private_redis.async_subscriber(service) as subscriber:
+            for user, recorder in recorders.items():
+                await subscriber.subscribe_user(user, recorder)
+            assert await subscriber.wait_ready(WAIT_S)
+            sent = {user: await service.publish_user_event(user, "hello", {}) for user in recorders}
+            assert await until(lambda: all(r.ids() for r in recorders.values()))
+            clients.extend(private_redis.server.client().client_list())
+            for user, recorder in recorders.items():
+                assert recorder.ids() == [sent[user]]
+                assert recorder.events[0].channel == f"user:{user}:events"
+
+    run(body, private_redis)
+    subscribed = [c for c in clients if int(c.get("sub", 0)) > 0]
+    assert len(subscribed) == 1 and int(subscribed[0]["sub"]) == 200
+
+
+def test_async_coroutine_handlers_malformed_payloads_and_unsubscribe(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cache.realtime_subscriber")
+    got: list[str] = []
+
+    async def handler(event: Event) -> None:
+        await asyncio.sleep(0)
+        got.append(event.id)
+
+    async def body(service: AsyncRealtimeService) -> None:
+        async with private_redis.async_subscriber(service) as subscriber:
+            sub = await subscriber.subscribe_system(handler)
+            assert await subscriber.wait_ready(WAIT_S)
+            a = await service.publish_system_event("a", {})
+            await service.client.publish("system:events", "{not json")
+            b = await service.publish_system_event("b", {})
+            assert await until(lambda: len(got) >= 2)
+            assert got == [a, b]
+            assert subscriber.stats.malformed == 1
+            subscriber.unsubscribe(sub)
+            assert await subscriber.wait_ready(WAIT_S)
+            assert await until(lambda: service_numsub(private_redis) == 0)
+
+    run(body, private_redis)
+    assert "malformed message on system:events" in caplog.text
+
+
+def service_numsub(redis_: PrivateRedis) -> int:
+    client = redis_.server.client()
+    try:
+        return int(client.pubsub_numsub("system:events")[0][1])
+    finally:
+        client.close()
+
+
+def test_async_replay_overlapping_live_messages_delivers_each_event_once(private_redis: PrivateRedis) -> None:
+    first, second = Recorder(), Recorder()
+
+    async def body(service: AsyncRealtimeService) -> None:
+        inside, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(event: Event) -> None:
+            first(event)
+            inside.set()
+            await release.wait()
+
+        async with private_redis.async_subscriber(service) as subscriber:
+            await subscriber.subscribe_user(11, slow)
+            assert await subscriber.wait_ready(WAIT_S)
+            a = await service.publish_user_event(11, "a", {})
+            await asyncio.wait_for(inside.wait(), WAIT_S)
+            await subscriber.subscribe_user(11, second, since="0-0")
+            b = await service.publish_user_event(11, "b", {})
+            c = await service.publish_user_event(11, "c", {})
+            release.set()
+            d = await service.publish_user_event(11, "d", {})
+            assert await until(lambda: len(second.ids()) >= 4 and len(first.ids()) >= 4)
+            assert second.ids() == first.ids() == [a, b, c, d]
+
+    run(body, private_redis)
+
+
+def test_async_events_published_while_away_arrive_once_in_order(private_redis: PrivateRedis) -> None:
+    sync = private_redis.service()
+    gate = ReconnectGate()
+    recorder = Recorder()
+    during: list[str] = []
+
+    def restart_and_publish() -> None:
+        # Runs beside the event loop, which the gate holds: the subscriber is provably away.
+        try:
+            assert gate.entered.wait(WAIT_S)
+            private_redis.server.start()
+            during.extend(sync.publish_user_event(1, "during", {"n": n}) for n in range(5))
+        finally:
+            gate.release()
+
+    async def body(service: AsyncRealtimeService) -> None:
+        async with private_redis.async_subscriber(service, backoff=gate) as subscriber:
+            await subscriber.subscribe_user(1, recorder)
+            assert await subscriber.wait_ready(WAIT_S)
+            before = [await service.publish_user_event(1, "before", {"n": n}) for n in range(3)]
+            assert await until(lambda: len(recorder.ids()) >= 3)
+            helper = threading.Thread(target=restart_and_publish)
+            helper.start()
+            private_redis.server.kill()
+            assert await until(lambda: len(recorder.ids()) >= 8)
+            helper.join(WAIT_S)
+            after = await service.publish_user_event(1, "after", {})
+            assert await until(lambda: len(recorder.ids()) >= 9)
+            assert recorder.ids() == [*before, *during, after]
+            assert subscriber.stats.replayed == 5
+            assert subscriber.stats.reconnects == 1
+
+    run(body, private_redis)
+
+
+def test_async_restart_under_a_live_subscriber_loses_and_repeats_nothing(private_redis: PrivateRedis) -> None:
+    recorder = Recorder()
+
+    async def body(service: AsyncRealtimeService) -> None:
+        async with private_redis.async_subscriber(service) as subscriber:
+            await subscriber.psubscribe("user:*:events", recorder)
+            assert await subscriber.wait_ready(WAIT_S)
+            ids = [await service.publish_user_event(n % 3, "before", {}) for n in range(9)]
+            private_redis.server.restart()
+            ids += [await service.publish_user_event(n % 3, "after", {}) for n in range(9)]
+            assert await until(lambda: len(recorder.ids()) >= 18)
+            for user in range(3):
+                channel = f"user:{user}:events"
+                expected = [i for n, i in enumerate(ids) if n % 3 == user]
+                assert [e.id for e in recorder.events if e.channel == channel] == expected
+            assert len(recorder.ids()) == 18
+            assert await until(lambda: subscriber.stats.reconnects >= 1)
+
+    run(body, private_redis)
