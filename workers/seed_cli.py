@@ -59,12 +59,13 @@ def seed_demo(
     from sqlalchemy.exc import SQLAlchemyError
 
     from cache.database import make_engine
-    from cache.settings import get_settings, redact_url
+    from cache.settings import Settings, get_settings, redact_url
     from jobs.reports.seed import SeedPlan
     from jobs.reports.seed import seed_demo as run_seed
 
     try:
-        url = database_url or get_settings().database_url
+        url = Settings.from_env({"DATABASE_URL": database_url}).database_url if database_url else None
+        url = url or get_settings().database_url
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     plan = SeedPlan(

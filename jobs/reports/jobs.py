@@ -125,7 +125,10 @@ def _run(request: ReportRequest, report_id: str) -> dict[str, Any]:
     directory = Path(settings.reports_dir)
     remove_stale_temp_files(directory, report_id)  # a SIGKILLed earlier attempt cannot clean up itself
     report_progress(0, "querying", rows_done=0)
-    engine = make_engine(settings.database_url)
+    try:
+        engine = make_engine(settings.database_url)
+    except (SQLAlchemyError, OSError) as exc:  # e.g. the SQLite file's directory cannot be created
+        raise TransientJobError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
     try:
         with _sigterm_raises():
             built = build_report(

@@ -1,0 +1,145 @@
+"""Completion side effects and error classification, without Redis or a database (marker `reports`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import exc
+
+from jobs.errors import EnqueueUnavailable, JobValidationError, TransientJobError
+from jobs.reports import notify
+from jobs.reports.build import ReportFile
+from jobs.reports.queries import is_transient_db_error
+
+pytestmark = pytest.mark.reports
+
+
+def _report(size: int) -> ReportFile:
+    return ReportFile(
+        report_id="r-1",
+        report_type="users",
+        format="csv",
+        path=Path("/srv/reports/r-1.csv"),
+        rows=3,
+        size_bytes=size,
+        sha256="ab" * 32,
+        filters={"status": "active"},
+        generated_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """A stand-in `jobs.email` module recording each enqueue_email call."""
+    calls: list[dict[str, Any]] = []
+    fake = types.ModuleType("jobs.email")
+
+    def enqueue_email(to: str, template: str, context: dict[str, Any], **kwargs: Any) -> str:
+        if to == "down@example.com":
+            raise EnqueueUnavailable("redis is down", role="primary", setting="REDIS_URL")
+        if to == "refused@example.com":
+            raise JobValidationError("refused")
+        calls.append({"to": to, "template": template, "context": context, **kwargs})
+        return f"email-{len(calls)}"
+
+    fake.enqueue_email = enqueue_email  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "jobs.email", fake)
+    return calls
+
+
+def test_small_report_is_attached_once_per_recipient(sent: list[dict[str, Any]]) -> None:
+    ids = notify.email_ready(["a@example.com", "b@example.com"], _report(1000), "Users")
+    assert ids == ["email-1", "email-2"]
+    first = sent[0]
+    assert first["template"] == "report_ready"
+    assert first["attachments"] == [
+        {"path": "/srv/reports/r-1.csv", "filename": "r-1.csv", "content_type": "text/csv"}
+    ]
+    assert first["context"]["attached"] is True and first["context"]["rows"] == 3
+    assert first["idempotency_key"] == notify.ready_email_key("r-1", "a@example.com")
+    assert first["idempotency_key"] != sent[1]["idempotency_key"]
+
+
+def test_large_report_goes_as_a_path(sent: list[dict[str, Any]]) -> None:
+    notify.email_ready(["a@example.com"], _report(notify.ATTACH_MAX_BYTES + 1), "Users")
+    assert sent[0]["attachments"] == []
+    assert sent[0]["context"]["attached"] is False and sent[0]["context"]["path"] == "/srv/reports/r-1.csv"
+
+
+def test_email_queue_down_makes_the_job_retry(sent: list[dict[str, Any]]) -> None:
+    with pytest.raises(TransientJobError, match="its email could not be queued"):
+        notify.email_ready(["down@example.com"], _report(10), "Users")
+
+
+def test_a_refused_address_does_not_fail_the_report(
+    sent: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert notify.email_ready(["refused@example.com", "ok@example.com"], _report(10), "Users") == ["email-1"]
+    assert "refused" in caplog.text
+
+
+def test_idempotency_key_is_stable_and_short() -> None:
+    key = notify.ready_email_key("x" * 128, "Someone@Example.com")
+    assert key == notify.ready_email_key("x" * 128, "someone@example.com")
+    assert len(key) <= 256
+
+
+def test_missing_email_module_is_logged_not_fatal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "jobs.email", None)  # import raises ImportError
+    with caplog.at_level(logging.ERROR):
+        assert notify.email_ready(["a@example.com"], _report(10), "Users") == []
+    assert "NOT sent" in caplog.text
+
+
+def test_event_failure_never_fails_the_job(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import cache.realtime
+
+    class Broken:
+        def publish_user_event(self, *args: Any) -> str:
+            raise ConnectionError("redis gone")
+
+    monkeypatch.setattr(cache.realtime, "RealtimeService", Broken)
+    assert notify.publish_ready("42", _report(10)) is None
+    assert "report.ready event for user 42 not sent" in caplog.text
+
+
+def test_event_payload_carries_no_content() -> None:
+    assert notify.event_payload(_report(10)) == {
+        "report_id": "r-1",
+        "report_type": "users",
+        "format": "csv",
+        "rows": 3,
+        "size_bytes": 10,
+        "sha256": "ab" * 32,
+        "path": "/srv/reports/r-1.csv",
+    }
+
+
+class _DeadlockDetected(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused")), True),
+        (exc.OperationalError("UPDATE x", {}, _DeadlockDetected("deadlock detected")), True),
+        (exc.InterfaceError("SELECT 1", {}, Exception("connection closed")), True),
+        (exc.TimeoutError("QueuePool limit reached"), True),
+        (exc.DBAPIError("SELECT 1", {}, Exception("lost"), connection_invalidated=True), True),
+        (exc.ProgrammingError("SELEKT", {}, Exception("syntax error")), False),
+        (exc.IntegrityError("INSERT", {}, Exception("duplicate")), False),
+    ],
+)
+def test_transient_database_errors(error: BaseException, transient: bool) -> None:
+    assert is_transient_db_error(error) is transient
