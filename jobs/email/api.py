@@ -1,0 +1,280 @@
+"""`enqueue_email` and `enqueue_bulk_email`: validate everything, then enqueue on `email`.
+
+Nothing reaches Redis before the input is known good: addresses (email-validator, no
+DNS), header values (no CR/LF), the template and every variable it needs, a trial
+render, attachment and recipient limits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from cache.realtime_envelope import InvalidEvent, validate_user_id
+from cache.settings import get_settings
+from jobs.email.bulk import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CONNECTIONS,
+    MAX_CHUNK_SIZE,
+    BulkEmail,
+    chunked,
+    new_bulk_info,
+    plan_recipients,
+    store_info,
+)
+from jobs.email.render import render_email
+from jobs.email.templates import PROVIDED, TemplateLibrary, default_library
+from jobs.email.validation import (
+    PAYLOAD_VERSION,
+    Attachment,
+    EmailRequest,
+    EmailValidationError,
+    Mailbox,
+    check_attachments,
+    check_context,
+    check_idempotency_key,
+    check_locale,
+    parse_mailbox,
+    parse_recipients,
+    parse_sender,
+)
+from jobs.enqueue import enqueue
+from jobs.retry import RetryPolicy
+
+SEND_EMAIL = "jobs.email.jobs.send_email"
+SEND_BULK_CHUNK = "jobs.email.jobs.send_bulk_chunk"
+MAX_BULK_CONNECTIONS = 16
+
+
+def _requester(requested_by: str | int | None) -> str | None:
+    if requested_by is None:
+        return None
+    try:
+        return validate_user_id(requested_by)
+    except InvalidEvent as exc:
+        raise EmailValidationError(f"requested_by: {exc}") from None
+
+
+def build_request(
+    to: str | Sequence[str],
+    template: str,
+    context: Mapping[str, Any],
+    *,
+    locale: str = "en",
+    attachments: Iterable[Attachment | Mapping[str, Any]] | None = None,
+    reply_to: str | None = None,
+    idempotency_key: str | None = None,
+    requested_by: str | int | None = None,
+    library: TemplateLibrary | None = None,
+) -> EmailRequest:
+    """Validate one email completely, including a trial render; no I/O.
+
+    Raises:
+        EmailValidationError: the first problem found, named clearly.
+    """
+    library = library or default_library()
+    recipients = parse_recipients(to)
+    locale = check_locale(locale)
+    library.resolve_locale(template, locale)
+    values = check_context(context, reserved=PROVIDED)
+    library.check_context(template, locale, values)
+    request = EmailRequest(
+        to=recipients,
+        template=template,
+        locale=locale,
+        context=values,
+        idempotency_key=(
+            check_idempotency_key(idempotency_key)
+            if idempotency_key is not None
+            else f"auto-{uuid.uuid4().hex}"
+        ),
+        attachments=check_attachments(attachments),
+        reply_to=parse_mailbox(reply_to, "reply_to") if reply_to is not None else None,
+        requested_by=_requester(requested_by),
+    )
+    # Catches what the variable list cannot: a missing attribute, a bad type, a subject
+    # that spans lines. The worker renders again at send time, from the same JSON.
+    render_email(
+        request, sender=parse_sender(get_settings().mail_from), now=dt.datetime.now(dt.UTC), library=library
+    )
+    return request
+
+
+def enqueue_email(
+    to: str | Sequence[str],
+    template: str,
+    context: Mapping[str, Any],
+    *,
+    locale: str = "en",
+    attachments: Iterable[Attachment | Mapping[str, Any]] | None = None,
+    reply_to: str | None = None,
+    idempotency_key: str | None = None,
+    requested_by: str | int | None = None,
+    at: dt.datetime | None = None,
+    in_: dt.timedelta | float | None = None,
+    retry: RetryPolicy | None = None,
+    connection: redis.Redis | None = None,
+) -> str:
+    """Validate an email and enqueue its job on `email`; return the job id.
+
+    Args:
+        to: one address or a list (at most 50), `a@b.example` or `Name <a@b.example>`.
+        template: a directory under jobs/templates/email/<locale>/.
+        context: every variable the template uses (None counts as a value); JSON types,
+            datetime, date, UUID, Decimal.
+        locale: e.g. `pt_BR`; falls back to `pt`, then `en`.
+        attachments: `Attachment(filename, content, content_type)` or mappings with `filename`,
+            `content_type` and `content` (bytes) or `path` (read at enqueue); at most 10 files,
+            5 MiB in all (the bytes travel base64-encoded inside the job payload).
+        reply_to: one address.
+        idempotency_key: identifies the email: the same key gives the same job, and once the
+            SMTP server accepted the email it is never sent again under this key. Without
+            one, each call is a new email (a fresh key, kept by its retries).
+        requested_by: a user id; `email.sent` / `email.failed` events go to that user.
+        at, in_: send later (an aware datetime, or a delay).
+        retry: override the queue's retry policy (tests).
+        connection: the PRIMARY client (default from settings).
+
+    Raises:
+        EmailValidationError: bad input; nothing was written.
+        EnqueueUnavailable: the PRIMARY Redis is down or full.
+    """
+    request = build_request(
+        to,
+        template,
+        context,
+        locale=locale,
+        attachments=attachments,
+        reply_to=reply_to,
+        idempotency_key=idempotency_key,
+        requested_by=requested_by,
+    )
+    return enqueue(
+        "email",
+        SEND_EMAIL,
+        request.to_payload(),
+        idempotency_key=f"email:{request.idempotency_key}",
+        at=at,
+        in_=in_,
+        retry=retry,
+        meta={"email": {"template": template, "recipients": len(request.to)}},
+        connection=connection,
+    )
+
+
+def enqueue_bulk_email(
+    template: str,
+    recipients: Iterable[str | Mapping[str, Any]],
+    *,
+    context: Mapping[str, Any] | None = None,
+    locale: str = "en",
+    idempotency_key: str | None = None,
+    requested_by: str | int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    connections: int = DEFAULT_CONNECTIONS,
+    at: dt.datetime | None = None,
+    in_: dt.timedelta | float | None = None,
+    retry: RetryPolicy | None = None,
+    connection: redis.Redis | None = None,
+) -> BulkEmail:
+    """Validate a send to many recipients, one personalised message each, and enqueue its chunk jobs.
+
+    Args:
+        template: as for `enqueue_email`.
+        recipients: addresses, or mappings `{"to": address, "context": {...}, "locale": "pt_BR"}`
+            whose context is merged over `context`; at most 50,000; repeats get one message.
+        context: variables shared by every recipient.
+        idempotency_key: identifies the bulk send: calling again with the same key enqueues only
+            chunks not yet queued, and no recipient that was sent to is ever sent to again.
+        chunk_size: recipients per job (1-1000); connections: SMTP connections per job (1-16).
+
+    Returns:
+        The bulk id (for `bulk_status`), the chunk job ids, the recipient count.
+
+    Raises:
+        EmailValidationError: bad input, naming the recipient; nothing was written.
+        EnqueueUnavailable: the PRIMARY Redis is down or full. Chunks enqueued before it
+            stay queued: call again with the same idempotency_key to enqueue the rest.
+    """
+    library = default_library()
+    if isinstance(recipients, str | bytes) or not isinstance(recipients, Iterable):
+        raise EmailValidationError("recipients must be a list of addresses or mappings, not a single string")
+    if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise EmailValidationError(
+            f"chunk_size must be an integer from 1 to {MAX_CHUNK_SIZE}, got {chunk_size!r}"
+        )
+    if not isinstance(connections, int) or not 1 <= connections <= MAX_BULK_CONNECTIONS:
+        raise EmailValidationError(
+            f"connections must be an integer from 1 to {MAX_BULK_CONNECTIONS}, got {connections!r}"
+        )
+    locale = check_locale(locale)
+    library.resolve_locale(template, locale)
+    shared = check_context(context or {}, reserved=PROVIDED)
+    items, duplicates = plan_recipients(template, recipients, shared=shared, locale=locale, library=library)
+    requester = _requester(requested_by)
+    if idempotency_key is not None:
+        bulk_id = hashlib.sha256(check_idempotency_key(idempotency_key).encode()).hexdigest()[:32]
+    else:
+        bulk_id = uuid.uuid4().hex
+    _trial_render(template, shared, items, locale, library)
+    job_ids = []
+    for number, chunk in enumerate(chunked(items, chunk_size)):
+        payload = {
+            "v": PAYLOAD_VERSION,
+            "bulk_id": bulk_id,
+            "template": template,
+            "locale": locale,
+            "context": shared,
+            "recipients": chunk,
+            "connections": connections,
+            "requested_by": requester,
+        }
+        job_ids.append(
+            enqueue(
+                "email",
+                SEND_BULK_CHUNK,
+                payload,
+                idempotency_key=f"bulk:{bulk_id}:{number}",
+                at=at,
+                in_=in_,
+                retry=retry,
+                meta={"email": {"template": template, "bulk_id": bulk_id, "chunk": number}},
+                connection=connection,
+            )
+        )
+    store_info(bulk_id, new_bulk_info(template, locale, len(items), job_ids), connection=connection)
+    return BulkEmail(bulk_id=bulk_id, job_ids=tuple(job_ids), recipients=len(items), duplicates=duplicates)
+
+
+def _trial_render(
+    template: str,
+    shared: Mapping[str, Any],
+    items: Sequence[Mapping[str, Any]],
+    locale: str,
+    library: TemplateLibrary,
+) -> None:
+    """Render the first recipient of each locale: variables alone cannot catch a missing attribute."""
+    sender = parse_sender(get_settings().mail_from)
+    now = dt.datetime.now(dt.UTC)
+    done: set[str] = set()
+    for item in items:
+        item_locale = str(item.get("locale", locale))
+        if item_locale in done:
+            continue
+        done.add(item_locale)
+        request = EmailRequest(
+            to=(Mailbox(*item["to"]),),
+            template=template,
+            locale=item_locale,
+            context={**shared, **item.get("context", {})},
+            idempotency_key="trial",
+        )
+        try:
+            render_email(request, sender=sender, now=now, library=library)
+        except EmailValidationError as exc:
+            raise EmailValidationError(f"recipient {item['to'][1]}: {exc}") from None

@@ -1,0 +1,285 @@
+"""Bulk sending: plan the chunks (pure), send a chunk over a few connections (asyncio), report.
+
+A bulk send is split into chunk jobs of `DEFAULT_CHUNK_SIZE` recipients. A chunk job
+sends to its recipients over `DEFAULT_CONNECTIONS` SMTP connections at once, one
+personalised message per recipient, and records each recipient's outcome in the bulk's
+outcome hash as soon as the server answered. A retried chunk skips every recipient
+whose outcome is final (`sent`, `refused`), so only the deferred ones are tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from cache import keys
+from cache.connections import Role, primary, translate_errors
+from jobs.email import idempotency
+from jobs.email.render import RenderedEmail
+from jobs.email.smtp import SmtpConfigError, SmtpPool, Verdict
+from jobs.email.templates import PROVIDED, TemplateLibrary
+from jobs.email.validation import (
+    MAX_BULK_RECIPIENTS,
+    MAX_RECIPIENT_CONTEXT_BYTES,
+    EmailValidationError,
+    Mailbox,
+    check_context,
+    check_locale,
+    parse_mailbox,
+)
+
+DEFAULT_CHUNK_SIZE = 250  # recipients per job: small enough to spread over workers, big enough to amortise
+MAX_CHUNK_SIZE = 1000
+DEFAULT_CONNECTIONS = 4  # SMTP connections one chunk job sends over at once
+UNREACHABLE_AFTER = 3  # consecutive connection failures on one lane: the server is down, stop trying
+
+
+@dataclass(frozen=True)
+class BulkEmail:
+    """What `enqueue_bulk_email` returns: the id to ask `bulk_status` about, and the chunk jobs."""
+
+    bulk_id: str
+    job_ids: tuple[str, ...]
+    recipients: int
+    duplicates: int = 0
+
+
+@dataclass(frozen=True)
+class BulkStatus:
+    """Per-recipient outcomes of a bulk send, read from Redis."""
+
+    bulk_id: str
+    template: str
+    total: int
+    job_ids: tuple[str, ...]
+    sent: int
+    refused: dict[str, str]
+    deferred: dict[str, str]
+    failed: dict[str, str]
+
+    @property
+    def pending(self) -> int:
+        """Recipients with no final outcome yet (not attempted, deferred or failed)."""
+        return self.total - self.sent - len(self.refused)
+
+    @property
+    def complete(self) -> bool:
+        return self.pending == 0
+
+
+@dataclass
+class ChunkReport:
+    sent: int = 0
+    skipped: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
+    deferred: dict[str, str] = field(default_factory=dict)
+    aborted: str | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One recipient of a chunk: mailbox, its own context and locale (already validated)."""
+
+    mailbox: Mailbox
+    context: Mapping[str, Any]
+    locale: str
+
+    @property
+    def address(self) -> str:
+        return self.mailbox.address
+
+
+def chunked(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """Consecutive slices of at most `size` (pure)."""
+    if size < 1:
+        raise ValueError("chunk size must be at least 1")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def plan_recipients(
+    template: str,
+    recipients: Iterable[str | Mapping[str, Any]],
+    *,
+    shared: Mapping[str, Any],
+    locale: str,
+    library: TemplateLibrary,
+) -> tuple[list[dict[str, Any]], int]:
+    """Validate every recipient and return (payload items, duplicates dropped). Pure apart from templates.
+
+    A recipient is an address or `{"to": address, "context": {...}, "locale": "pt_BR"}`;
+    its context is merged over the shared one. Repeated addresses (case-insensitive)
+    get one message.
+
+    Raises:
+        EmailValidationError: names the recipient (index and address) and the problem.
+    """
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for index, entry in enumerate(recipients):
+        if index >= MAX_BULK_RECIPIENTS:
+            raise EmailValidationError(
+                f"more than {MAX_BULK_RECIPIENTS} recipients in one bulk send; split it"
+            )
+        what = f"recipients[{index}]"
+        own: object
+        if isinstance(entry, str):
+            address, own, own_locale = entry, {}, locale
+        elif isinstance(entry, Mapping):
+            unknown = set(entry) - {"to", "context", "locale"}
+            if unknown or "to" not in entry:
+                raise EmailValidationError(
+                    f"{what} must be an address or a mapping with 'to' and optional 'context'/'locale', "
+                    f"got keys {sorted(map(str, entry))}"
+                )
+            address, own = entry["to"], entry.get("context") or {}
+            own_locale = check_locale(entry.get("locale", locale))
+        else:
+            raise EmailValidationError(f"{what} must be an address or a mapping, got {type(entry).__name__}")
+        mailbox = parse_mailbox(address, what)
+        if mailbox.address.lower() in seen:
+            duplicates += 1
+            continue
+        seen.add(mailbox.address.lower())
+        own = check_context(own, f"{what}.context", MAX_RECIPIENT_CONTEXT_BYTES, PROVIDED)
+        library.check_context(
+            template, own_locale, {**shared, **own}, f"context of {what} ({mailbox.address})"
+        )
+        item: dict[str, Any] = {"to": list(mailbox)}
+        if own:
+            item["context"] = own
+        if own_locale != locale:
+            item["locale"] = own_locale
+        items.append(item)
+    if not items:
+        raise EmailValidationError("recipients must name at least one address")
+    return items, duplicates
+
+
+def items_from_payload(payload: Sequence[Mapping[str, Any]], locale: str) -> list[Item]:
+    return [
+        Item(Mailbox(*entry["to"]), dict(entry.get("context") or {}), str(entry.get("locale") or locale))
+        for entry in payload
+    ]
+
+
+async def deliver_all(
+    pool: SmtpPool,
+    items: Sequence[Item],
+    render: Callable[[Item], RenderedEmail],
+    record: Callable[[str, str], None],
+    *,
+    connections: int = DEFAULT_CONNECTIONS,
+) -> ChunkReport:
+    """Send one message per item over `connections` lanes; `record(address, outcome)` right after each answer.
+
+    A configuration error (credentials, TLS) stops every lane; a lane that cannot reach
+    the server stops after a few failures. What was not attempted is reported deferred.
+    """
+    todo = deque(items)
+    report = ChunkReport()
+
+    async def lane() -> None:
+        connection = pool.acquire()
+        unreachable = 0
+        try:
+            while todo and report.aborted is None and unreachable < UNREACHABLE_AFTER:
+                item = todo.popleft()
+                try:
+                    message = render(item)
+                except EmailValidationError as exc:
+                    report.refused[item.address] = f"invalid message: {exc}"
+                    record(item.address, f"{idempotency.REFUSED}:invalid message: {exc}")
+                    continue
+                try:
+                    delivery = await connection.deliver(
+                        message.envelope_from, message.recipients, message.raw
+                    )
+                except SmtpConfigError as exc:
+                    report.aborted = str(exc)
+                    todo.appendleft(item)
+                    return
+                if delivery.verdict is Verdict.ACCEPTED:
+                    report.sent += 1
+                    record(item.address, idempotency.SENT)
+                    unreachable = 0
+                elif delivery.verdict is Verdict.REFUSED:
+                    report.refused[item.address] = delivery.reason
+                    record(item.address, f"{idempotency.REFUSED}:{delivery.reason}")
+                    unreachable = 0
+                else:
+                    report.deferred[item.address] = delivery.reason
+                    record(item.address, f"{idempotency.DEFERRED}:{delivery.reason}")
+                    unreachable = 0 if connection.connected else unreachable + 1
+        finally:
+            pool.release(connection)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(max(1, min(connections, len(items)))):
+                group.create_task(lane())
+    except BaseExceptionGroup as errors:  # e.g. Redis down while recording: surface the error itself
+        raise errors.exceptions[0] from None
+    reason = report.aborted or "not attempted: the SMTP server could not be reached"
+    for item in todo:
+        report.deferred[item.address] = reason
+    return report
+
+
+def store_info(bulk_id: str, info: Mapping[str, Any], *, connection: redis.Redis | None = None) -> None:
+    client = connection or primary()
+    with translate_errors(Role.PRIMARY):
+        client.set(keys.email_bulk_info(bulk_id), json.dumps(dict(info)), ex=idempotency.BULK_TTL_S)
+
+
+def bulk_status(bulk_id: str, *, connection: redis.Redis | None = None) -> BulkStatus | None:
+    """Counts and per-recipient reasons of a bulk send; None when unknown or expired.
+
+    Raises:
+        RedisUnavailable: the PRIMARY cannot be read.
+    """
+    client = connection or primary()
+    with translate_errors(Role.PRIMARY):
+        raw = client.get(keys.email_bulk_info(bulk_id))
+    if raw is None:
+        return None
+    info = json.loads(raw)
+    sent = 0
+    buckets: dict[str, dict[str, str]] = {
+        idempotency.REFUSED: {},
+        idempotency.DEFERRED: {},
+        idempotency.FAILED: {},
+    }
+    for recipient, value in idempotency.all_outcomes(bulk_id, connection=client).items():
+        kind, reason = idempotency.outcome(value)
+        if kind == idempotency.SENT:
+            sent += 1
+        elif kind in buckets:
+            buckets[kind][recipient] = reason
+    return BulkStatus(
+        bulk_id=bulk_id,
+        template=str(info["template"]),
+        total=int(info["recipients"]),
+        job_ids=tuple(info["job_ids"]),
+        sent=sent,
+        refused=buckets[idempotency.REFUSED],
+        deferred=buckets[idempotency.DEFERRED],
+        failed=buckets[idempotency.FAILED],
+    )
+
+
+def new_bulk_info(template: str, locale: str, recipients: int, job_ids: Sequence[str]) -> dict[str, Any]:
+    return {
+        "template": template,
+        "locale": locale,
+        "recipients": recipients,
+        "job_ids": list(job_ids),
+        "created_at": time.time(),
+    }

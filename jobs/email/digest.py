@@ -1,0 +1,86 @@
+"""The failed-jobs digest for operators: what failed on every queue, once a day.
+
+`send_failed_jobs_digest` is a job: it reads the failed registries and enqueues one
+`failed_jobs_digest` email (idempotency key per period, so a repeated run of the same
+period sends nothing new). To run it daily, add to `jobs/periodic.py`:
+
+    Periodic(name="failed-jobs-digest", func="jobs.email.digest.send_failed_jobs_digest",
+             queue="email", cron="0 7 * * *", args=(["ops@example.com"],))
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import redis
+from rq import get_current_job
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+
+from cache.connections import primary
+from jobs.queues import QUEUES
+from jobs.serialization import JSONSerializer
+
+MAX_LISTED = 50  # the email lists the newest failures; the total is always exact
+MAX_REASON_CHARS = 300
+
+
+def collect_failures(
+    connection: redis.Redis, *, since: float, limit: int = MAX_LISTED
+) -> tuple[list[dict[str, Any]], int]:
+    """(newest `limit` failures since `since`, total count) over every queue's failed registry."""
+    rows: list[dict[str, Any]] = []
+    for queue in QUEUES:
+        registry = FailedJobRegistry(queue, connection=connection, serializer=JSONSerializer)
+        ids = registry.get_job_ids()
+        for job in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer):
+            if job is None or job.ended_at is None or job.ended_at.timestamp() < since:
+                continue
+            rows.append(_row(job, queue))
+    rows.sort(key=lambda row: row["failed_at"], reverse=True)
+    return rows[:limit], len(rows)
+
+
+def _row(job: Job, queue: str) -> dict[str, Any]:
+    failure = job.meta.get("failure") if isinstance(job.meta, dict) else None
+    failure = failure if isinstance(failure, dict) else {}
+    try:
+        func = str(job.func_name)
+    except Exception:  # a payload we cannot decode (e.g. pickle written by hand)
+        func = "<undecodable>"
+    reason = str(failure.get("reason") or "no reason recorded")
+    assert job.ended_at is not None
+    return {
+        "id": job.id,
+        "queue": queue,
+        "func": func,
+        "kind": str(failure.get("kind", "unknown")),
+        "reason": reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 1] + "…",
+        "attempts": int(failure.get("attempt", 1)),
+        "failed_at": job.ended_at.replace(tzinfo=dt.UTC) if job.ended_at.tzinfo is None else job.ended_at,
+    }
+
+
+def send_failed_jobs_digest(to: list[str], since_hours: int = 24) -> str | None:
+    """Job: email `to` the jobs that failed in the last `since_hours`; None when there were none.
+
+    Returns:
+        The id of the digest email's job.
+    """
+    from jobs.email.api import enqueue_email
+
+    now = time.time()
+    failures, total = collect_failures(primary(), since=now - since_hours * 3600)
+    if total == 0:
+        return None
+    job = get_current_job()
+    period = job.meta.get("slot") if job is not None and isinstance(job.meta, dict) else None
+    period = period if period is not None else int(now // 3600)
+    return enqueue_email(
+        to,
+        "failed_jobs_digest",
+        {"failures": failures, "total": total, "since_hours": since_hours},
+        idempotency_key=f"failed-jobs-digest-{period}",
+    )

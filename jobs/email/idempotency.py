@@ -1,0 +1,117 @@
+"""Markers that stop an email from being sent twice, on the PRIMARY Redis.
+
+- A transactional email's marker `kx:email:sent:<idempotency key>` is written only
+  after the SMTP server accepted the message (250 after DATA), with a TTL. A retry or
+  a duplicate job finds it and sends nothing.
+- A bulk send keeps one hash `kx:email:bulk:{<id>}:outcomes`, recipient -> outcome;
+  `sent` and `refused` are final and never sent again, `deferred` and `failed` are
+  retried.
+
+The window that remains (the process dies after the server's 250 and before the
+marker write) is documented in docs/email.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+from cache import keys
+from cache.connections import Role, primary, translate_errors
+
+DAY_S = 24 * 3600
+MARKER_TTL_S = 7 * DAY_S  # longer than any retry schedule and than a job's 1-day unique window
+BULK_TTL_S = 7 * DAY_S  # how long a bulk's per-recipient outcomes stay inspectable
+
+SENT = "sent"
+REFUSED = "refused"
+DEFERRED = "deferred"
+FAILED = "failed"
+FINAL = (SENT, REFUSED)
+
+
+def sent_record(idempotency_key: str, *, connection: redis.Redis | None = None) -> dict[str, Any] | None:
+    """What was recorded when the email with this key was accepted, or None if it was not.
+
+    Raises:
+        RedisUnavailable: the PRIMARY cannot be read; do not send without knowing.
+    """
+    client = connection or primary()
+    with translate_errors(Role.PRIMARY):
+        raw = client.get(keys.email_sent_marker(idempotency_key))
+    if raw is None:
+        return None
+    try:
+        record: dict[str, Any] = json.loads(raw)
+    except ValueError:
+        record = {"raw": raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)}
+    return record
+
+
+def mark_sent(
+    idempotency_key: str,
+    record: Mapping[str, Any],
+    *,
+    ttl_s: int = MARKER_TTL_S,
+    connection: redis.Redis | None = None,
+) -> None:
+    """Record that the SMTP server accepted the email with this key.
+
+    Raises:
+        RedisUnavailable: the marker could not be written (the caller decides; see jobs.py).
+    """
+    client = connection or primary()
+    with translate_errors(Role.PRIMARY):
+        client.set(keys.email_sent_marker(idempotency_key), json.dumps(dict(record)), ex=ttl_s)
+
+
+def outcome(value: str | bytes | None) -> tuple[str | None, str]:
+    """Split a stored outcome `kind` or `kind:reason` (pure)."""
+    if value is None:
+        return None, ""
+    text = value.decode() if isinstance(value, bytes) else value
+    kind, _, reason = text.partition(":")
+    return kind, reason
+
+
+def is_final(value: str | bytes | None) -> bool:
+    """A recipient whose outcome is final is never sent to again."""
+    return outcome(value)[0] in FINAL
+
+
+def bulk_outcomes(
+    bulk_id: str, recipients: Sequence[str], *, connection: redis.Redis | None = None
+) -> dict[str, str | None]:
+    """The stored outcome of each recipient (None: not attempted yet); refreshes the TTL."""
+    client = connection or primary()
+    key = keys.email_bulk_outcomes(bulk_id)
+    with translate_errors(Role.PRIMARY), client.pipeline(transaction=False) as pipe:
+        pipe.hmget(key, list(recipients))
+        pipe.expire(key, BULK_TTL_S)
+        values = pipe.execute()[0]
+    return {r: (v.decode() if isinstance(v, bytes) else v) for r, v in zip(recipients, values, strict=True)}
+
+
+def record_outcomes(
+    bulk_id: str, outcomes: Mapping[str, str], *, connection: redis.Redis | None = None
+) -> None:
+    """Store recipient -> `kind[:reason]`; one HSET (no TTL reset, `bulk_outcomes` does that)."""
+    if not outcomes:
+        return
+    client = connection or primary()
+    with translate_errors(Role.PRIMARY):
+        client.hset(keys.email_bulk_outcomes(bulk_id), mapping={k: v for k, v in outcomes.items()})
+
+
+def all_outcomes(bulk_id: str, *, connection: redis.Redis | None = None) -> dict[str, str]:
+    client = connection or primary()
+    with translate_errors(Role.PRIMARY):
+        raw = client.hgetall(keys.email_bulk_outcomes(bulk_id))
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,197 @@
+"""The RQ job functions of the `email` queue: thin glue of render + SMTP + markers.
+
+`send_email` checks the marker, renders, sends over the process's open SMTP connection
+and writes the marker once the server accepted; `send_bulk_chunk` does the same per
+recipient over a few connections at once. Failures are classified for the job core:
+`PermanentJobError` (5xx, invalid message, configuration) fails at once,
+`TransientJobError` (4xx, connection loss, timeout) is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from typing import Any
+
+from rq import get_current_job
+
+from cache.connections import primary
+from cache.errors import ConfigError, RedisUnavailable
+from jobs.email import events, idempotency
+from jobs.email.bulk import DEFAULT_CONNECTIONS, ChunkReport, Item, deliver_all, items_from_payload
+from jobs.email.render import RenderedEmail, render_email
+from jobs.email.smtp import SmtpConfigError, SmtpSettings, Verdict, process_runtime
+from jobs.email.validation import EmailRequest, EmailValidationError
+from jobs.errors import PermanentJobError, TransientJobError
+
+log = logging.getLogger("kryonix.email")
+
+# Test-only fault injection: "<point>:<seconds>" makes the job sleep at that point, so a
+# test can kill the worker there (after_accept: server said 250, marker not yet written;
+# after_marker: marker written, job not yet finished). Never set in production.
+TEST_PAUSE_ENV = "KRYONIX_EMAIL_TEST_PAUSE"
+
+
+def send_email(email: dict[str, Any]) -> dict[str, Any]:
+    """Send one transactional email, unless its idempotency marker says it was accepted already.
+
+    Returns:
+        `{"status": "sent" | "already_sent", "message_id", "reply", "refused", "accepted_at"}`.
+
+    Raises:
+        PermanentJobError: refused (5xx), invalid message or SMTP configuration; no retry.
+        TransientJobError: deferred (4xx, connection, timeout); retried with backoff.
+    """
+    request = _request(email)
+    previous = idempotency.sent_record(request.idempotency_key)
+    if previous is not None:
+        log.info("email %s was accepted before; not sending again", request.idempotency_key)
+        return {"status": "already_sent", **previous}
+    settings = _smtp_settings()
+    try:
+        message = render_email(request, sender=settings.sender, now=dt.datetime.now(dt.UTC))
+    except EmailValidationError as exc:
+        raise _fail(request, f"invalid message: {exc}") from None
+    runtime = process_runtime(settings)
+    try:
+        delivery = runtime.run(runtime.pool.deliver(message.envelope_from, message.recipients, message.raw))
+    except SmtpConfigError as exc:
+        raise _fail(request, str(exc)) from None
+    if delivery.verdict is Verdict.REFUSED:
+        raise _fail(request, delivery.reason)
+    if delivery.verdict is Verdict.DEFERRED:
+        if _last_attempt():
+            events.publish(request.requested_by, events.FAILED, _event(request, reason=delivery.reason))
+        raise TransientJobError(delivery.reason)
+    _pause_for_tests("after_accept")
+    record = {
+        "message_id": message.message_id,
+        "reply": delivery.reason,
+        "refused": dict(delivery.refused),
+        "accepted_at": time.time(),
+    }
+    _mark(request.idempotency_key, record)
+    _pause_for_tests("after_marker")
+    events.publish(
+        request.requested_by, events.SENT, _event(request, message=message, refused=delivery.refused)
+    )
+    return {"status": "sent", **record}
+
+
+def send_bulk_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
+    """Send one chunk of a bulk email; recipients with a final outcome are skipped.
+
+    Returns:
+        `{"sent", "refused", "skipped"}` counts for this run.
+
+    Raises:
+        TransientJobError: some recipients were deferred; the retry tries only those.
+        PermanentJobError: the SMTP configuration cannot work, or the payload is malformed.
+    """
+    try:
+        bulk_id = str(chunk["bulk_id"])
+        template, locale, shared = str(chunk["template"]), str(chunk["locale"]), dict(chunk["context"])
+        items = items_from_payload(chunk["recipients"], locale)
+        lanes = int(chunk.get("connections") or DEFAULT_CONNECTIONS)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PermanentJobError(f"malformed bulk chunk payload: {exc!r}") from None
+    client = primary()
+    previous = idempotency.bulk_outcomes(bulk_id, [item.address for item in items], connection=client)
+    todo = [item for item in items if not idempotency.is_final(previous[item.address])]
+    settings = _smtp_settings()
+
+    def render(item: Item) -> RenderedEmail:
+        request = EmailRequest(
+            to=(item.mailbox,),
+            template=template,
+            locale=item.locale,
+            context={**shared, **item.context},
+            idempotency_key=f"bulk:{bulk_id}:{item.address}",
+        )
+        return render_email(request, sender=settings.sender, now=dt.datetime.now(dt.UTC))
+
+    def record(address: str, outcome: str) -> None:
+        idempotency.record_outcomes(bulk_id, {address: outcome}, connection=client)
+
+    runtime = process_runtime(settings)
+    report = (
+        runtime.run(deliver_all(runtime.pool, todo, render, record, connections=lanes))
+        if todo
+        else ChunkReport()
+    )
+    summary = {"sent": report.sent, "refused": len(report.refused), "skipped": len(items) - len(todo)}
+    if report.aborted is not None or (report.deferred and _last_attempt()):
+        failed = {address: f"{idempotency.FAILED}:{reason}" for address, reason in report.deferred.items()}
+        idempotency.record_outcomes(bulk_id, failed, connection=client)
+    requester = chunk.get("requested_by")
+    events.publish(
+        requester, events.BULK_PROGRESS, {"bulk_id": bulk_id, **summary, "deferred": len(report.deferred)}
+    )
+    if report.aborted is not None:
+        raise PermanentJobError(f"bulk {bulk_id}: {report.aborted} ({summary})")
+    if report.deferred:
+        first, reason = next(iter(report.deferred.items()))
+        raise TransientJobError(
+            f"bulk {bulk_id}: {len(report.deferred)} of {len(items)} recipient(s) deferred, to be retried "
+            f"without resending the others ({summary}); first: {first}: {reason}"
+        )
+    return summary
+
+
+def _request(payload: dict[str, Any]) -> EmailRequest:
+    try:
+        return EmailRequest.from_payload(payload)
+    except EmailValidationError as exc:
+        raise PermanentJobError(str(exc)) from None
+
+
+def _smtp_settings() -> SmtpSettings:
+    try:
+        return SmtpSettings.from_settings()
+    except ConfigError as exc:
+        raise PermanentJobError(str(exc)) from None
+
+
+def _fail(request: EmailRequest, reason: str) -> PermanentJobError:
+    events.publish(request.requested_by, events.FAILED, _event(request, reason=reason))
+    return PermanentJobError(reason)
+
+
+def _mark(key: str, record: dict[str, Any]) -> None:
+    try:
+        idempotency.mark_sent(key, record)
+    except RedisUnavailable as exc:
+        # The server has the message: failing the job now would only make a retry send it
+        # again. Log loudly and report success; this is the documented residual window.
+        log.error("email %s accepted but its marker was not written (%s); a re-run could resend it", key, exc)
+
+
+def _last_attempt() -> bool:
+    job = get_current_job()
+    return job is None or not job.retries_left
+
+
+def _event(request: EmailRequest, **data: Any) -> dict[str, Any]:
+    job = get_current_job()
+    message = data.pop("message", None)
+    event: dict[str, Any] = {
+        "job_id": job.id if job is not None else None,
+        "template": request.template,
+        "to": [mailbox.address for mailbox in request.to],
+    }
+    if message is not None:
+        event["message_id"] = message.message_id
+    if data.get("refused") is not None:
+        event["refused"] = dict(data.pop("refused"))
+    event.update(data)
+    return event
+
+
+def _pause_for_tests(point: str) -> None:
+    spec = os.environ.get(TEST_PAUSE_ENV, "")
+    name, _, seconds = spec.partition(":")
+    if name == point:
+        log.warning("%s=%s: pausing at %s", TEST_PAUSE_ENV, spec, point)
+        time.sleep(float(seconds or 60))

@@ -1,0 +1,223 @@
+"""Email templates: jinja2 with autoescaped HTML, StrictUndefined and locale fallback.
+
+Layout on disk (`jobs/templates/email/`):
+
+    <locale>/layout.html, <locale>/layout.txt        the shared frame of every email
+    <locale>/<template>/subject.txt                  one line
+    <locale>/<template>/body.txt, body.html          the two alternatives
+
+A template is looked up along its locale's fallback chain (`pt_BR` -> `pt` -> `en`);
+the first locale that has the template supplies all its parts, and the layout and any
+include are then looked up along that locale's chain, so an email never mixes languages.
+Every template exists in `en`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+
+from jobs.email.validation import DEFAULT_LOCALE, EmailValidationError, check_locale
+
+TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "templates" / "email"
+PARTS = ("subject.txt", "body.txt", "body.html")
+PRODUCT_NAME = "KRYONIX"
+# Names the renderer supplies; a caller's context may not set them.
+PROVIDED = frozenset({"product_name", "locale", "subject", "year"})
+MAX_SUBJECT_LENGTH = 255
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# `{# optional: download_url, name #}` in a template part: these may be left out of the
+# context and are then None (every other variable is required).
+_OPTIONAL = re.compile(r"\{#-?\s*optional:\s*([A-Za-z_][A-Za-z0-9_,\s]*?)\s*-?#\}")
+
+
+@dataclass(frozen=True)
+class RenderedParts:
+    subject: str
+    text: str
+    html: str
+    locale: str
+
+
+def locale_chain(locale: str) -> tuple[str, ...]:
+    """`pt_BR` -> (`pt_BR`, `pt`, `en`); `en` -> (`en`,). Pure."""
+    chain = [locale]
+    if "_" in locale:
+        chain.append(locale.split("_", 1)[0])
+    if DEFAULT_LOCALE not in chain:
+        chain.append(DEFAULT_LOCALE)
+    return tuple(chain)
+
+
+def format_datetime(value: object, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
+    """The `datetime` filter: an aware datetime in UTC, or an ISO string as given."""
+    if isinstance(value, dt.datetime):
+        moment = value.astimezone(dt.UTC) if value.tzinfo else value
+        return moment.strftime(fmt)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+class TemplateLibrary:
+    """The email templates under `root`; environments and variable lists are cached.
+
+    Thread-safe for rendering (jinja2 environments are); safe to share in a process.
+    """
+
+    def __init__(self, root: Path = TEMPLATE_ROOT) -> None:
+        self.root = root
+        self._envs: dict[str, jinja2.Environment] = {}
+        self._variables: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        """Every template available (those present in the default locale)."""
+        base = self.root / DEFAULT_LOCALE
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and (p / PARTS[0]).exists())
+
+    def resolve_locale(self, name: str, locale: str) -> str:
+        """The locale whose variant of `name` is used for `locale`.
+
+        Raises:
+            EmailValidationError: no such template, or a malformed name or locale.
+        """
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise EmailValidationError(
+                f"template name must be lowercase letters, digits and '_', got {name!r}"
+            )
+        check_locale(locale)
+        for candidate in locale_chain(locale):
+            if (self.root / candidate / name / PARTS[0]).is_file():
+                return candidate
+        raise EmailValidationError(f"unknown email template {name!r}; available: {', '.join(self.names())}")
+
+    def environment(self, locale: str) -> jinja2.Environment:
+        env = self._envs.get(locale)
+        if env is None:
+            with self._lock:
+                env = self._envs.get(locale)
+                if env is None:
+                    env = self._build_environment(locale)
+                    self._envs[locale] = env
+        return env
+
+    def _build_environment(self, locale: str) -> jinja2.Environment:
+        loader = jinja2.ChoiceLoader(
+            [jinja2.FileSystemLoader(self.root / candidate) for candidate in locale_chain(locale)]
+        )
+        env = jinja2.Environment(
+            loader=loader,
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=False,
+        )
+        env.filters["datetime"] = format_datetime
+        env.globals["product_name"] = PRODUCT_NAME
+        return env
+
+    def required_variables(self, name: str, locale: str) -> frozenset[str]:
+        """Variables the caller must supply for `name` in `locale` (layout and includes too)."""
+        return self._discover(name, locale)[0]
+
+    def optional_variables(self, name: str, locale: str) -> frozenset[str]:
+        """Variables declared `{# optional: ... #}`: None when the caller leaves them out."""
+        return self._discover(name, locale)[1]
+
+    def _discover(self, name: str, locale: str) -> tuple[frozenset[str], frozenset[str]]:
+        resolved = self.resolve_locale(name, locale)
+        key = (name, resolved)
+        found = self._variables.get(key)
+        if found is None:
+            env = self.environment(resolved)
+            assert env.loader is not None
+            used: set[str] = set()
+            optional: set[str] = set()
+            pending = [f"{name}/{part}" for part in PARTS]
+            seen: set[str] = set()
+            while pending:
+                template_name = pending.pop()
+                if template_name in seen:
+                    continue
+                seen.add(template_name)
+                source = env.loader.get_source(env, template_name)[0]
+                tree = env.parse(source)
+                used |= meta.find_undeclared_variables(tree)
+                for declared in _OPTIONAL.findall(source):
+                    optional |= {v.strip() for v in declared.split(",") if v.strip()}
+                pending.extend(t for t in meta.find_referenced_templates(tree) if t is not None)
+            found = (frozenset(used - PROVIDED - optional), frozenset(optional))
+            self._variables[key] = found
+        return found
+
+    def check_context(
+        self, name: str, locale: str, context: Mapping[str, Any], what: str = "context"
+    ) -> None:
+        """Refuse a context that lacks a variable the template needs.
+
+        Raises:
+            EmailValidationError: names the template, the locale variant and the missing variables.
+        """
+        missing = self.required_variables(name, locale) - context.keys()
+        if missing:
+            resolved = self.resolve_locale(name, locale)
+            raise EmailValidationError(
+                f"{what} for template {name!r} ({resolved}) is missing variable(s): "
+                f"{', '.join(sorted(missing))} (pass None for an empty optional value)"
+            )
+
+    def render(
+        self, name: str, locale: str, context: Mapping[str, Any], *, now: dt.datetime
+    ) -> RenderedParts:
+        """Render the subject and both bodies. Pure apart from reading the (cached) templates.
+
+        Raises:
+            EmailValidationError: unknown template, missing variable or attribute (StrictUndefined),
+                a template error, or a subject that is empty, too long or spans lines.
+        """
+        resolved = self.resolve_locale(name, locale)
+        env = self.environment(resolved)
+        defaults = dict.fromkeys(self.optional_variables(name, resolved))
+        values = {**defaults, **context, "locale": resolved, "year": now.year}
+        try:
+            subject = env.get_template(f"{name}/subject.txt").render(values).strip()
+            values["subject"] = subject
+            text = env.get_template(f"{name}/body.txt").render(values)
+            html = env.get_template(f"{name}/body.html").render(values)
+        except jinja2.TemplateError as exc:
+            raise EmailValidationError(f"template {name!r} ({resolved}) cannot be rendered: {exc}") from None
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise EmailValidationError(
+                f"template {name!r} ({resolved}) cannot be rendered: {type(exc).__name__}: {exc}"
+            ) from None
+        if not subject:
+            raise EmailValidationError(f"template {name!r} ({resolved}) rendered an empty subject")
+        if "\r" in subject or "\n" in subject:
+            raise EmailValidationError(
+                f"subject of template {name!r} spans several lines (header injection refused): {subject!r}"
+            )
+        if len(subject) > MAX_SUBJECT_LENGTH:
+            raise EmailValidationError(f"subject is {len(subject)} characters, over {MAX_SUBJECT_LENGTH}")
+        return RenderedParts(subject=subject, text=text, html=html, locale=resolved)
+
+
+_default: TemplateLibrary | None = None
+
+
+def default_library() -> TemplateLibrary:
+    """The shipped templates, one library per process."""
+    global _default
+    if _default is None:
+        _default = TemplateLibrary()
+    return _default
