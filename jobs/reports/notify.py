@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 READY_EVENT = "report.ready"
 READY_TEMPLATE = "report_ready"
-ATTACH_MAX_BYTES = 5 * 1024 * 1024  # larger files go as a path/link: mail servers cap messages at ~10-25 MB
+ATTACH_MAX_BYTES = 5 * 1024 * 1024  # the email queue's attachment limit; larger files go as a path
 
 
 def event_payload(report: ReportFile) -> dict[str, Any]:
@@ -44,27 +44,21 @@ def publish_ready(requested_by: str | int, report: ReportFile) -> str | None:
         return None
 
 
-def email_context(report: ReportFile, title: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """The template context and the attachments (the file itself when small, else none). Pure."""
+def email_context(report: ReportFile, title: str, to: str) -> dict[str, Any]:
+    """The `report_ready` template context for one recipient. Pure.
+
+    Small files are attached (`download_url` None); larger ones are named by their path.
+    """
     attach = report.size_bytes <= ATTACH_MAX_BYTES
-    context = {
+    return {
         **report.as_result(),
-        "title": title,
+        "name": to.split("@", 1)[0],
+        "report_name": title,
+        "title": f"Report ready: {title}",
+        "download_url": None if attach else str(report.path),
         "filename": report.path.name,
         "attached": attach,
     }
-    attachments = (
-        [
-            {
-                "path": str(report.path),
-                "filename": report.path.name,
-                "content_type": CONTENT_TYPES[report.format],
-            }
-        ]
-        if attach
-        else []
-    )
-    return context, attachments
 
 
 def ready_email_key(report_id: str, to: str) -> str:
@@ -82,7 +76,7 @@ def email_ready(recipients: Iterable[str], report: ReportFile, title: str) -> li
     if not recipients:
         return []
     try:
-        from jobs.email import enqueue_email  # type: ignore[attr-defined,unused-ignore]
+        from jobs.email import Attachment, enqueue_email
     except ImportError as exc:
         log.error(
             "report %s: 'report ready' email to %s NOT sent: jobs.email.enqueue_email is unavailable (%s)",
@@ -91,7 +85,10 @@ def email_ready(recipients: Iterable[str], report: ReportFile, title: str) -> li
             exc,
         )
         return []
-    context, attachments = email_context(report, title)
+    attachments = []
+    if report.size_bytes <= ATTACH_MAX_BYTES:
+        content = report.path.read_bytes()
+        attachments.append(Attachment(report.path.name, content, CONTENT_TYPES[report.format]))
     ids = []
     for to in recipients:
         try:
@@ -100,7 +97,7 @@ def email_ready(recipients: Iterable[str], report: ReportFile, title: str) -> li
                     enqueue_email(
                         to,
                         READY_TEMPLATE,
-                        context,
+                        email_context(report, title, to),
                         attachments=attachments,
                         idempotency_key=ready_email_key(report.report_id, to),
                     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import sys
@@ -20,12 +21,12 @@ from jobs.reports.queries import is_transient_db_error
 pytestmark = pytest.mark.reports
 
 
-def _report(size: int) -> ReportFile:
+def _report(size: int, path: Path = Path("/srv/reports/r-1.csv")) -> ReportFile:
     return ReportFile(
         report_id="r-1",
         report_type="users",
         format="csv",
-        path=Path("/srv/reports/r-1.csv"),
+        path=path,
         rows=3,
         size_bytes=size,
         sha256="ab" * 32,
@@ -48,39 +49,59 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         calls.append({"to": to, "template": template, "context": context, **kwargs})
         return f"email-{len(calls)}"
 
+    @dataclasses.dataclass(frozen=True)
+    class Attachment:
+        filename: str
+        content: bytes
+        content_type: str = "application/octet-stream"
+
     fake.enqueue_email = enqueue_email  # type: ignore[attr-defined]
+    fake.Attachment = Attachment  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "jobs.email", fake)
     return calls
 
 
-def test_small_report_is_attached_once_per_recipient(sent: list[dict[str, Any]]) -> None:
-    ids = notify.email_ready(["a@example.com", "b@example.com"], _report(1000), "Users")
+def test_small_report_is_attached_once_per_recipient(sent: list[dict[str, Any]], tmp_path: Path) -> None:
+    path = tmp_path / "r-1.csv"
+    path.write_bytes(b"id\r\n1\r\n")
+    ids = notify.email_ready(["ann@example.com", "bob@example.com"], _report(8, path), "Users")
     assert ids == ["email-1", "email-2"]
     first = sent[0]
     assert first["template"] == "report_ready"
-    assert first["attachments"] == [
-        {"path": "/srv/reports/r-1.csv", "filename": "r-1.csv", "content_type": "text/csv"}
-    ]
-    assert first["context"]["attached"] is True and first["context"]["rows"] == 3
-    assert first["idempotency_key"] == notify.ready_email_key("r-1", "a@example.com")
+    [attachment] = first["attachments"]
+    assert (attachment.filename, attachment.content, attachment.content_type) == (
+        "r-1.csv",
+        b"id\r\n1\r\n",
+        "text/csv",
+    )
+    context = first["context"]
+    assert (context["name"], context["report_name"], context["download_url"]) == ("ann", "Users", None)
+    assert context["attached"] is True and context["rows"] == 3
+    assert not {"subject", "year", "locale", "product_name"} & context.keys(), (
+        "keys the email renderer provides"
+    )
+    assert first["idempotency_key"] == notify.ready_email_key("r-1", "ann@example.com")
     assert first["idempotency_key"] != sent[1]["idempotency_key"]
+    assert sent[1]["context"]["name"] == "bob"
 
 
 def test_large_report_goes_as_a_path(sent: list[dict[str, Any]]) -> None:
     notify.email_ready(["a@example.com"], _report(notify.ATTACH_MAX_BYTES + 1), "Users")
     assert sent[0]["attachments"] == []
-    assert sent[0]["context"]["attached"] is False and sent[0]["context"]["path"] == "/srv/reports/r-1.csv"
+    context = sent[0]["context"]
+    assert context["attached"] is False and context["download_url"] == "/srv/reports/r-1.csv"
 
 
 def test_email_queue_down_makes_the_job_retry(sent: list[dict[str, Any]]) -> None:
     with pytest.raises(TransientJobError, match="its email could not be queued"):
-        notify.email_ready(["down@example.com"], _report(10), "Users")
+        notify.email_ready(["down@example.com"], _report(notify.ATTACH_MAX_BYTES + 1), "Users")
 
 
 def test_a_refused_address_does_not_fail_the_report(
     sent: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert notify.email_ready(["refused@example.com", "ok@example.com"], _report(10), "Users") == ["email-1"]
+    big = _report(notify.ATTACH_MAX_BYTES + 1)
+    assert notify.email_ready(["refused@example.com", "ok@example.com"], big, "Users") == ["email-1"]
     assert "refused" in caplog.text
 
 
