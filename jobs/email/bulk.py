@@ -206,17 +206,18 @@ async def deliver_all(
                     report.aborted = str(exc)
                     todo.appendleft(item)
                     return
+                reason = delivery.refused.get(item.address, delivery.reason)  # the RCPT reply, if that was it
                 if delivery.verdict is Verdict.ACCEPTED:
                     report.sent += 1
                     record(item.address, idempotency.SENT)
                     unreachable = 0
                 elif delivery.verdict is Verdict.REFUSED:
-                    report.refused[item.address] = delivery.reason
-                    record(item.address, f"{idempotency.REFUSED}:{delivery.reason}")
+                    report.refused[item.address] = reason
+                    record(item.address, f"{idempotency.REFUSED}:{reason}")
                     unreachable = 0
                 else:
-                    report.deferred[item.address] = delivery.reason
-                    record(item.address, f"{idempotency.DEFERRED}:{delivery.reason}")
+                    report.deferred[item.address] = reason
+                    record(item.address, f"{idempotency.DEFERRED}:{reason}")
                     unreachable = 0 if connection.connected else unreachable + 1
         finally:
             pool.release(connection)
