@@ -144,9 +144,7 @@ def enqueue(
     with _enqueue_errors():
         try:
             if when is not None:
-                job = queue.enqueue_at(
-                    when, data.pop("func"), *data.pop("args"), unique=unique, **_call(data)
-                )
+                job = queue.enqueue_at(when, data.pop("func"), unique=unique, **_call(data))
             else:
                 job = queue.enqueue_call(data.pop("func"), args=data.pop("args"), unique=unique, **data)
         except DuplicateJobError:
@@ -171,8 +169,9 @@ def _wait_for_replica(connection: redis.Redis, job_id: str) -> None:
 
 
 def _call(data: dict[str, Any]) -> dict[str, Any]:
-    """Keyword form of enqueue_call's options for enqueue_at, which takes job kwargs as `kwargs`."""
+    """Keyword form of enqueue_call's options for enqueue_at (job arguments as `args`/`kwargs`)."""
     return {
+        "args": data["args"],
         "kwargs": data["kwargs"],
         "job_timeout": data["timeout"],
         "result_ttl": data["result_ttl"],

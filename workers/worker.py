@@ -15,8 +15,11 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+import redis
+from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -36,6 +39,7 @@ log = logging.getLogger("kryonix.worker")
 HEARTBEAT_INTERVAL_S = 10  # how often a running job proves its worker is alive
 HEARTBEAT_GRACE_S = 20  # a job whose heartbeat is this late is abandoned (RQ uses 60)
 PR_SET_PDEATHSIG = 1
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 # RQ status after a run -> the counter it adds to (a retry is scheduled or requeued).
 _OUTCOMES = {
     "finished": "finished",
@@ -77,22 +81,56 @@ class KryonixWorker(Worker):
         configure_logging(logging.getLevelName(str(level).upper()), force=True)
         check_eviction_policy(self.connection)
 
-    def teardown(self) -> None:
-        self.job_stats.flush()
-        super().teardown()  # type: ignore[no-untyped-call]
-
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat (HSET + 2 EXPIRE) in one round trip instead of three.
 
         RQ calls it several times per job without a pipeline; on a no-op job that is a
-        third of all round trips.
+        third of all round trips. Without Redis, it waits for Redis instead of raising.
         """
         if pipeline is not None:
             super().heartbeat(timeout, pipeline=pipeline)
             return
-        with self.connection.pipeline(transaction=False) as pipe:
-            super().heartbeat(timeout, pipeline=pipe)
-            pipe.execute()
+
+        def beat() -> None:
+            with self.connection.pipeline(transaction=False) as pipe:
+                super(KryonixWorker, self).heartbeat(timeout, pipeline=pipe)
+                pipe.execute()
+
+        self._until_redis_answers(beat)
+
+    # RQ's work loop quits on any Redis error outside its dequeue call; these steps
+    # wait for Redis instead, so a worker rides over a Redis restart without a restart.
+    def check_for_suspension(self, burst: bool) -> None:
+        self._until_redis_answers(lambda: super(KryonixWorker, self).check_for_suspension(burst))
+
+    def run_maintenance_tasks(self) -> None:
+        self._until_redis_answers(super().run_maintenance_tasks)
+
+    def teardown(self) -> None:
+        try:
+            self.job_stats.flush()
+            super().teardown()  # type: ignore[no-untyped-call]
+        except REDIS_DOWN as exc:
+            log.warning(
+                "worker %s exits without Redis (%s); its registration expires by itself", self.name, exc
+            )
+
+    def _ping(self) -> None:
+        self.connection.ping()
+
+    def _until_redis_answers(self, step: Callable[[], None]) -> None:
+        """Run `step`, waiting with backoff while Redis is unreachable; give up only on a stop request."""
+        wait_s = 1.0
+        while True:
+            try:
+                step()
+                return
+            except REDIS_DOWN as exc:
+                if self._stop_requested:
+                    raise StopRequested() from exc
+                log.error("worker %s: Redis unreachable (%s); retrying in %.0f s", self.name, exc, wait_s)
+                time.sleep(wait_s)
+                wait_s = min(wait_s * 2, 30.0)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout and job.timeout > 0:
@@ -104,11 +142,19 @@ class KryonixWorker(Worker):
         started = time.monotonic()
         spec = QUEUES.get(queue.name)
         in_process = spec is not None and spec.in_process
-        if in_process:
-            self._execute_in_process(job, queue)
-        else:
-            super().execute_job(job, queue)
-        self._log_outcome(job, queue, time.monotonic() - started, in_process)
+        try:
+            if in_process:
+                self._execute_in_process(job, queue)
+            else:
+                super().execute_job(job, queue)
+            self._log_outcome(job, queue, time.monotonic() - started, in_process)
+        except REDIS_DOWN as exc:
+            # The job's end could not be recorded; it stays in the started registry and the
+            # maintenance loop retries it once its heartbeat lapses. Wait for Redis here.
+            log.error(
+                "worker %s: lost Redis during job %s (%s); it will be recovered", self.name, job.id, exc
+            )
+            self._until_redis_answers(self._ping)
         self._recycle_if_bloated()
 
     def _execute_in_process(self, job: Job, queue: Queue) -> None:

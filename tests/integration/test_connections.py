@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,8 @@ from cache.connections import Role, build_client, ping
 from cache.errors import ConfigError, RedisUnavailable
 from cache.health import check_eviction_policy, role_status
 from cache.settings import Settings
-from workers.servers import CACHE_CONF, PRIMARY_CONF, RedisServer, free_port, redis_server_binary
+from tests.integration.sentinel import SentinelCluster
+from workers.servers import CACHE_CONF, PRIMARY_CONF, RedisServer, free_port
 
 pytestmark = pytest.mark.connection
 
@@ -217,71 +218,9 @@ def test_status_marks_evicting_primary(redis_factory: Factory) -> None:
 # --- Sentinel: one master, one replica, three sentinels on loopback ---------------
 
 
-class SentinelCluster:
-    def __init__(self, root: Path, factory: Factory) -> None:
-        self.master = factory(PRIMARY_CONF, name="master")
-        self.replica = factory(
-            PRIMARY_CONF, "--replicaof", "127.0.0.1", str(self.master.port), name="replica"
-        )
-        self.sentinels: list[subprocess.Popen[bytes]] = []
-        self.ports: list[int] = []
-        for index in range(3):
-            port = free_port()
-            conf = root / f"sentinel-{index}.conf"
-            conf.write_text(
-                f"port {port}\n"
-                f"bind 127.0.0.1\n"
-                f"dir {root}\n"
-                f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 2\n"
-                "sentinel down-after-milliseconds mymaster 1000\n"
-                "sentinel failover-timeout mymaster 5000\n"
-                "sentinel parallel-syncs mymaster 1\n"
-            )
-            self.sentinels.append(
-                subprocess.Popen(
-                    [
-                        redis_server_binary(),
-                        str(conf),
-                        "--sentinel",
-                        "--logfile",
-                        str(root / f"s{index}.log"),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                )
-            )
-            self.ports.append(port)
-        for port in self.ports:
-            _wait_ping(port)
-
-    def stop(self) -> None:
-        for process in self.sentinels:
-            process.kill()
-            process.wait()
-
-
-def _wait_ping(port: int, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if redis.Redis(port=port, socket_timeout=0.5).ping():
-                return
-        except redis.RedisError:
-            time.sleep(0.1)
-    raise TimeoutError(f"port {port} does not answer PING")
-
-
-@pytest.fixture
-def sentinel_cluster(tmp_path: Path, redis_factory: Factory) -> Iterator[SentinelCluster]:
-    cluster = SentinelCluster(tmp_path, redis_factory)
-    yield cluster
-    cluster.stop()
-
-
 @pytest.mark.timeout(120)
 def test_sentinel_client_follows_failover(sentinel_cluster: SentinelCluster) -> None:
-    settings = Settings.from_env(
-        {"REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in sentinel_cluster.ports)}
-    )
+    settings = Settings.from_env({"REDIS_SENTINELS": sentinel_cluster.addresses})
     shipped_config = PRIMARY_CONF.read_bytes()
     client = build_client(Role.PRIMARY, settings)
     client.set("before-failover", "1")

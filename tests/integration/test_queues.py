@@ -105,10 +105,14 @@ def test_bulk_enqueue_in_one_pipeline(primary: redis.Redis) -> None:
 
 
 def test_scheduled_enqueue_goes_to_the_scheduled_registry(primary: redis.Redis) -> None:
-    job_id = enqueue("email", "jobs.diagnostics.noop", in_=dt.timedelta(minutes=5))
+    job_id = enqueue(
+        "email", "jobs.diagnostics.record", "k", kwargs={"token": "t"}, in_=dt.timedelta(minutes=5)
+    )
     queue = KryonixQueue("email", connection=primary)
     assert queue.count == 0
     assert job_id in queue.scheduled_job_registry.get_job_ids()
+    job = fetch_job(job_id)
+    assert job is not None and (job.args, job.kwargs) == (["k"], {"token": "t"})
 
 
 def test_enqueue_with_redis_down_is_a_clear_error(

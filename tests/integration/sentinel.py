@@ -1,0 +1,85 @@
+"""One master, one replica and three Sentinels on loopback ports, for failover tests."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from workers.servers import PRIMARY_CONF, RedisServer, free_port, redis_server_binary
+
+MASTER_NAME = "mymaster"
+
+
+class SentinelCluster:
+    def __init__(self, root: Path, factory: Callable[..., RedisServer]) -> None:
+        self.master = factory(PRIMARY_CONF, name="master")
+        self.replica = factory(
+            PRIMARY_CONF, "--replicaof", "127.0.0.1", str(self.master.port), name="replica"
+        )
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        self.ports: list[int] = []
+        for index in range(3):
+            port = free_port()
+            conf = root / f"sentinel-{index}.conf"
+            conf.write_text(
+                f"port {port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {root}\n"
+                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+                f"sentinel failover-timeout {MASTER_NAME} 5000\n"
+                f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+            )
+            log = str(root / f"sentinel-{index}.log")
+            command = [redis_server_binary(), str(conf), "--sentinel", "--logfile", log]
+            self.sentinels.append(
+                subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
+            )
+            self.ports.append(port)
+        for port in self.ports:
+            wait_ping(port)
+        wait_replica_synced(self.master)
+
+    @property
+    def addresses(self) -> str:
+        """The REDIS_SENTINELS value for this cluster."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            process.kill()
+            process.wait()
+
+
+def wait_ping(port: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis(port=port, socket_timeout=0.5).ping():
+                return
+        except redis.RedisError:
+            time.sleep(0.1)
+    raise TimeoutError(f"port {port} does not answer PING")
+
+
+def wait_replica_synced(master: RedisServer, timeout_s: float = 20) -> None:
+    client = master.client(decode_responses=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = client.info("replication")
+        if info.get("connected_slaves", 0) >= 1 and "online" in str(info.get("slave0", "")):
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the replica did not sync with its master")
+
+
+@pytest.fixture
+def sentinel_cluster(tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> Iterator[SentinelCluster]:
+    cluster = SentinelCluster(tmp_path, redis_factory)
+    yield cluster
+    cluster.stop()
