@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from cache.ratelimit import Decision, check_scope
+from cache.ratelimit_core import Decision, check_scope
 
 
 def _ceil_s(value: float) -> int:

@@ -6,8 +6,10 @@ child imports its target by name; each child builds its own client from the URL.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 
 from cache.connections import Role, build_client
@@ -27,24 +29,30 @@ class Outcome:
 class SlidingLog:
     """Executable specification of `cache/lua/ratelimit_check.lua`, in plain Python.
 
-    The log holds (admission time ms, cost), oldest first. A request at `now` counts
-    entries with time > now - window; it is admitted when they plus its cost fit the
-    limit. A denied request fits once enough of the oldest units have left the window.
+    The log holds (latest admission ms, units, first admission ms), oldest first. A
+    request at `now` counts entries with latest admission > now - window; it is
+    admitted when they plus its cost fit the limit, and joins the newest entry (which
+    moves to now) when that entry's first admission is less than `resolution` ms ago.
+    A denied request fits once enough of the oldest units have left the window.
     """
 
-    entries: list[tuple[int, int]] = field(default_factory=list)
+    entries: list[tuple[int, int, int]] = field(default_factory=list)
 
-    def check(self, now: int, limit: int, window: int, cost: int) -> Outcome:
+    def check(self, now: int, limit: int, window: int, cost: int, resolution: int = 1) -> Outcome:
         clock = now
         if self.entries and self.entries[-1][0] > now:
             now = self.entries[-1][0]
-        self.entries = [(at, units) for at, units in self.entries if at > now - window]
-        used = sum(units for _, units in self.entries)
+        self.entries = [entry for entry in self.entries if entry[0] > now - window]
+        used = sum(units for _, units, _ in self.entries)
         if used + cost <= limit:
-            self.entries.append((now, cost))
+            units, first = cost, now
+            if self.entries and now - self.entries[-1][2] < resolution:
+                _, merged, first = self.entries.pop()
+                units += merged
+            self.entries.append((now, units, first))
             return Outcome(True, used + cost, 0, now + window - clock)
         need, freed = used + cost - limit, 0
-        for at, units in self.entries:
+        for at, units, _ in self.entries:
             freed += units
             if freed >= need:
                 return Outcome(False, used, at + window - clock, self.entries[-1][0] + window - clock)
@@ -56,13 +64,14 @@ def limiter_for(url: str, *, scope: str = "test") -> RateLimiter:
     return RateLimiter(build_client(Role.PRIMARY, Settings.from_env({"REDIS_URL": url})), scope=scope)
 
 
-def admit_many(url: str, start: Event, requests: int, results: object) -> None:
-    """Child body: wait for the start signal, then check one shared 100/min key `requests` times."""
+def admit_many(url: str, start: Event, requests: int, ready: Queue[int], results: Queue[int]) -> None:
+    """Child body: load the script, say so, wait for the start, then check one shared
+    100/min key `requests` times and report how many were admitted."""
     limiter = limiter_for(url)
-    limiter.check("warm-up", 100, 60)  # load the script before the race; the parent counts these
-    start.wait(30)
-    admitted = sum(limiter.check("shared", 100, 60).allowed for _ in range(requests))
-    results.put(admitted)  # type: ignore[attr-defined]
+    limiter.check("warm-up", 100, 60)
+    ready.put(os.getpid())
+    start.wait(60)
+    results.put(sum(limiter.check("shared", 100, 60).allowed for _ in range(requests)))
 
 
 def burst_until_killed(url: str, max_checks: int, max_seconds: float) -> None:

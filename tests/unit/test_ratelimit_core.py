@@ -33,6 +33,7 @@ from cache.ratelimit import (
     ratelimit_stats,
     ratelimit_stats_by_scope,
     reset_ratelimit_stats,
+    resolution_to_ms,
     unavailable_decision,
     window_to_ms,
 )
@@ -85,6 +86,38 @@ def test_window_in_ms(window_s: float, expected_ms: int) -> None:
 def test_bad_windows(value: object) -> None:
     with pytest.raises(InvalidRateLimit, match="window_seconds must be"):
         window_to_ms(value)
+
+
+@pytest.mark.parametrize(
+    ("resolution_s", "window_ms", "expected_ms"),
+    [
+        (None, 60_000, 1),
+        (0.6, 60_000, 600),
+        (0.0001, 60_000, 1),
+        (60, 60_000, 60_000),
+        (36, 3_600_000, 36_000),
+        (16.19, 16_190, 16_190),  # 16.19 * 1000 is just above 16190 in floating point
+    ],
+)
+def test_resolution_in_ms(resolution_s: float | None, window_ms: int, expected_ms: int) -> None:
+    assert resolution_to_ms(resolution_s, window_ms) == expected_ms
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "resolution_seconds must be > 0 and <= the window (60 s), got 0"),
+        (-1, "resolution_seconds must be > 0 and <= the window (60 s), got -1"),
+        (61, "resolution_seconds must be > 0 and <= the window (60 s), got 61"),
+        (math.nan, "resolution_seconds must be > 0 and <= the window (60 s), got nan"),
+        (True, "resolution_seconds must be a number of seconds or None, got True"),
+        ("1", "resolution_seconds must be a number of seconds or None, got '1'"),
+    ],
+)
+def test_bad_resolutions(value: object, message: str) -> None:
+    with pytest.raises(InvalidRateLimit) as info:
+        resolution_to_ms(value, 60_000)
+    assert str(info.value) == message
 
 
 @pytest.mark.parametrize(
@@ -152,6 +185,8 @@ def test_default_presets(
     preset: Preset, scope: str, limit: int, window_s: int, policy: FailurePolicy, kind: IdentifierKind
 ) -> None:
     assert (preset.scope, preset.limit, preset.window_s) == (scope, limit, window_s)
+    # Exact, or 1% of the window: never over the limit, at most 1% late in giving units back.
+    assert preset.resolution_s is None or preset.resolution_s == window_s / 100
     assert (preset.failure_policy, preset.identifier_kind) == (policy, kind)
 
 
@@ -221,22 +256,32 @@ def test_what_counts_as_an_outage(error: redis.RedisError, outage: bool) -> None
 
 
 class StubRedis:
-    """Enough of a client for RateLimiter: `register_script` returns a callable."""
+    """Enough of a client for RateLimiter: `register_script` and `evalsha`."""
 
     def __init__(self) -> None:
         self.error: redis.RedisError | None = None
         self.reply: Sequence[int] = [1, 1, 0, 1_000]
         self.calls: list[tuple[list[str], list[object]]] = []
+        self.loaded = True
+        self.sha = "0" * 40
 
     def register_script(self, source: str) -> StubRedis:
         assert "KEYS[1]" in source
         return self
 
-    def __call__(self, keys: list[str], args: list[object]) -> Sequence[int]:
-        self.calls.append((keys, args))
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: object) -> Sequence[int]:
+        assert sha == self.sha
+        if not self.loaded:
+            raise redis.exceptions.NoScriptError("No matching script. Please use EVAL.")
+        self.calls.append(([str(k) for k in keys_and_args[:numkeys]], list(keys_and_args[numkeys:])))
         if self.error is not None:
             raise self.error
         return self.reply
+
+    def __call__(self, keys: list[str], args: list[object]) -> Sequence[int]:
+        """redis-py's Script.__call__: load the script, then EVALSHA."""
+        self.loaded = True
+        return self.evalsha(self.sha, len(keys), *keys, *args)
 
 
 class FakeClock:
@@ -258,9 +303,19 @@ def test_script_gets_key_and_arguments(stub: StubRedis) -> None:
     limiter.check("bob", 5, 30, cost=2, now_ms=1234)
     limiter.check("bob", 5, 30)
     assert stub.calls == [
-        (["kx:rl:{login:30000:bob}"], ["1234", 30_000, 5, 2]),
-        (["kx:rl:{login:30000:bob}"], ["", 30_000, 5, 1]),
+        (["kx:rl:{login:30000:bob}"], ["1234", 30_000, 5, 2, 1]),
+        (["kx:rl:{login:30000:bob}"], ["", 30_000, 5, 1, 1]),
     ]
+    stub.calls.clear()
+    limiter.check("bob", 5, 30, resolution_seconds=0.3)
+    limiter.limit_api("key")
+    assert [args[-1] for _, args in stub.calls] == [300, 36_000]
+
+
+def test_noscript_loads_the_script_and_retries(stub: StubRedis) -> None:
+    stub.loaded = False  # a SCRIPT FLUSH, or a failover to a server that never saw it
+    assert RateLimiter(stub).check("bob", 5, 30).allowed  # type: ignore[arg-type]
+    assert len(stub.calls) == 1
 
 
 def test_bad_input_never_reaches_redis(stub: StubRedis) -> None:
