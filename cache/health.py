@@ -18,9 +18,9 @@ SAFE_PRIMARY_POLICY = "noeviction"
 
 
 def eviction_policy(client: redis.Redis) -> str:
-    reply: dict[Any, Any] = client.config_get("maxmemory-policy")
-    value = next(iter(reply.values()), b"")
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """The server's maxmemory-policy, from INFO: managed Redis often refuses CONFIG."""
+    memory: dict[str, Any] = client.info("memory")
+    return str(memory.get("maxmemory_policy", "unknown"))
 
 
 def check_eviction_policy(client: redis.Redis | None = None) -> str | None:
@@ -35,9 +35,9 @@ def check_eviction_policy(client: redis.Redis | None = None) -> str | None:
         try:
             policy = eviction_policy(client)
         except redis.ResponseError:
-            # CONFIG is renamed or forbidden by ACL (managed Redis): say so instead of guessing.
+            # INFO is forbidden by ACL: say so instead of guessing.
             message = (
-                "cannot read maxmemory-policy of the primary Redis (CONFIG refused); verify it is noeviction"
+                "cannot read maxmemory-policy of the primary Redis (INFO refused); verify it is noeviction"
             )
             log.warning(message)
             return message

@@ -46,11 +46,18 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="Print nothing; only the exit code (for HEALTHCHECK).")
 def status(as_json: bool, quiet: bool) -> None:
     """Health of both Redis roles, queues and workers; exit 1 when unhealthy."""
-    from cache.connections import primary
+    from cache.connections import Role, cache_redis, primary
     from workers import queue_status
     from workers import status as status_module
+    from workers.status_sections import cache_section, diagnose_section
 
     status_module.EXTRA_SECTIONS.setdefault("queues", lambda: queue_status.section(primary()))
+    if not quiet:  # the health check needs only reachability and policy
+        status_module.EXTRA_SECTIONS.setdefault("cache_counters", lambda: cache_section(cache_redis()))
+        status_module.EXTRA_SECTIONS.setdefault("diagnose", lambda: diagnose_section(primary()))
+        status_module.EXTRA_SECTIONS.setdefault(
+            "diagnose_cache", lambda: diagnose_section(cache_redis(), role=Role.CACHE)
+        )
     report = status_module.collect()
     ok = status_module.healthy(report)
     if as_json:
@@ -61,6 +68,37 @@ def status(as_json: bool, quiet: bool) -> None:
     elif not quiet:
         click.echo(status_module.render(report))
     sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option("--port", default=9182, show_default=True, type=int)
+@click.option("--addr", default="127.0.0.1", show_default=True)
+def metrics(port: int, addr: str) -> None:
+    """Serve Prometheus metrics (read from Redis on every scrape) until SIGTERM."""
+    from workers.metrics import metrics_command
+
+    try:
+        metrics_command(port, addr)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("backup")
+@click.option("--timeout", "timeout_s", default=600.0, show_default=True, type=float)
+@click.option("--json", "as_json", is_flag=True)
+def backup_command(timeout_s: float, as_json: bool) -> None:
+    """BGSAVE the primary now, wait until it is on disk, report LASTSAVE, RDB path and size."""
+    from workers.backup import BackupError, backup, render_backup
+
+    connection = _primary()
+    try:
+        result = backup(connection, timeout_s)
+    except (BackupError, ValueError, RedisUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo("\n".join(render_backup(result)))
 
 
 @main.command()

@@ -112,3 +112,14 @@ def diagnose_section(
     """
     report = diagnose(connection, pings=pings, sample_keys=sample_keys, top=top, role=role)
     return {**report, "_text": render_diagnose(report)}
+
+
+def cache_section(connection: redis.Redis) -> dict[str, Any]:
+    """Cache counters summed over every process (hits, misses, fetches, lock waits, fail-open)."""
+    from cache.cache_stats import cache_stats
+
+    counters = cache_stats(connection)
+    lookups = counters.get("hits", 0) + counters.get("misses", 0)
+    ratio = f"{counters.get('hits', 0) / lookups:.1%}" if lookups else "-"
+    line = ", ".join(f"{name} {value}" for name, value in sorted(counters.items()))
+    return {**counters, "_text": [f"hit ratio {ratio}", line or "no cache activity recorded"]}

@@ -246,3 +246,12 @@ def test_sentinel_client_follows_failover(sentinel_cluster: SentinelCluster) -> 
     assert port == sentinel_cluster.replica.port != old_master_port
     # Sentinel rewrites the config of the servers it reconfigures: never the shipped file.
     assert PRIMARY_CONF.read_bytes() == shipped_config
+
+
+def test_status_works_when_config_is_renamed(redis_factory: Factory) -> None:
+    """Managed Redis often disables CONFIG: the policy is read from INFO instead."""
+    server = redis_factory(PRIMARY_CONF, "--rename-command", "CONFIG", '""')
+    status = role_status(Role.PRIMARY, server.client())
+    assert status.reachable
+    assert status.maxmemory_policy == "noeviction"
+    assert status.warning is None
