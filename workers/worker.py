@@ -25,6 +25,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import Worker, WorkerStatus
 
+from cache.cache_stats import flush_cache_stats
 from cache.connections import Role, build_client, set_process_role
 from cache.health import check_eviction_policy
 from cache.settings import get_settings
@@ -171,6 +172,15 @@ class KryonixWorker(Worker):
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         _die_with_parent()
         super().main_work_horse(job, queue)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        try:
+            return bool(super().perform_job(job, queue, execution))
+        finally:
+            if self._is_horse:
+                # A work horse exits with os._exit: counters its job kept in memory
+                # (cache hits, ...) are pushed now or never.
+                flush_cache_stats()
 
     def _log_outcome(self, job: Job, queue: Queue, duration_s: float, in_process: bool) -> None:
         try:
