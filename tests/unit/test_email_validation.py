@@ -1,0 +1,208 @@
+"""Pure input checks of email jobs: addresses, header values, attachments, context, payload."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache.errors import ConfigError
+from jobs.email.validation import (
+    MAX_ATTACHMENT_BYTES,
+    Attachment,
+    EmailRequest,
+    EmailValidationError,
+    Mailbox,
+    check_attachments,
+    check_context,
+    check_header_value,
+    check_idempotency_key,
+    check_locale,
+    parse_mailbox,
+    parse_recipients,
+    parse_sender,
+)
+
+pytestmark = pytest.mark.email
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("ana@example.com", Mailbox("", "ana@example.com")),
+        ("  ana@example.com ", Mailbox("", "ana@example.com")),
+        ("Ana <ana@example.com>", Mailbox("Ana", "ana@example.com")),
+        ('"Silva, Ana" <ana@example.com>', Mailbox("Silva, Ana", "ana@example.com")),
+        ('"Ana Sílva" <ana@exämple.com>', Mailbox("Ana Sílva", "ana@xn--exmple-cua.com")),
+        ("Ana@EXAMPLE.com", Mailbox("", "Ana@example.com")),
+    ],
+)
+def test_valid_addresses_are_normalised_to_ascii(raw: str, expected: Mailbox) -> None:
+    assert parse_mailbox(raw, "to") == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("nope", "must have an @-sign"),
+        ("ana@example", "should have a period"),
+        ("ana@localhost", "should have a period"),
+        ("ana@site.local", "special-use or reserved name"),
+        ("ü@example.com", "Internationalized characters before the @-sign"),
+        ("a@example.com, b@example.com", "is not a valid email address"),
+        ("ana@example.com\r\nBcc: x@example.com", "contains a CR character (header injection refused)"),
+        ("ana@example.com\nBcc: x@example.com", "contains a LF character"),
+        ("ana@example.com\0", "contains a NUL character"),
+        (42, "must be a string address, got int"),
+    ],
+)
+def test_invalid_addresses_are_refused_clearly(raw: object, expected: str) -> None:
+    with pytest.raises(EmailValidationError) as info:
+        parse_mailbox(raw, "to[0]")
+    assert expected in str(info.value)
+    assert "to[0]" in str(info.value)
+
+
+def test_recipients_deduplicated_case_insensitively_and_limited() -> None:
+    assert parse_recipients(["a@example.com", "A@EXAMPLE.COM", "b@example.com"]) == (
+        Mailbox("", "a@example.com"),
+        Mailbox("", "b@example.com"),
+    )
+    assert parse_recipients("a@example.com") == (Mailbox("", "a@example.com"),)
+    with pytest.raises(EmailValidationError, match="3 recipients exceed the limit of 2"):
+        parse_recipients(["a@example.com", "b@example.com", "c@example.com"], limit=2)
+    with pytest.raises(EmailValidationError, match="at least one recipient"):
+        parse_recipients([])
+    with pytest.raises(EmailValidationError, match="got set"):
+        parse_recipients({"a@example.com"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "expected"),
+    [
+        ("KRYONIX <no-reply@kryonix.local>", Mailbox("KRYONIX", "no-reply@kryonix.local")),
+        ("alerts@example.com", Mailbox("", "alerts@example.com")),
+    ],
+)
+def test_sender_allows_local_domains(mail_from: str, expected: Mailbox) -> None:
+    assert parse_sender(mail_from) == expected
+
+
+@pytest.mark.parametrize("mail_from", ["not an address", "KRYONIX <>", "a@b\r\nBcc: c@d", "ü@example.com"])
+def test_bad_sender_is_a_config_error_naming_mail_from(mail_from: str) -> None:
+    with pytest.raises(ConfigError, match="MAIL_FROM"):
+        parse_sender(mail_from)
+
+
+@pytest.mark.parametrize("value", ["a\rb", "a\nb", "a\0b"])
+def test_header_values_refuse_line_breaks(value: str) -> None:
+    with pytest.raises(EmailValidationError, match="header injection refused"):
+        check_header_value(value, "subject")
+
+
+@pytest.mark.parametrize(
+    ("locale", "ok"),
+    [
+        ("en", True),
+        ("pt_BR", True),
+        ("fil", True),
+        ("pt-BR", False),
+        ("PT", False),
+        ("en_us", False),
+        ("", False),
+    ],
+)
+def test_locale_shape(locale: str, ok: bool) -> None:
+    if ok:
+        assert check_locale(locale) == locale
+    else:
+        with pytest.raises(EmailValidationError, match="locale must look like"):
+            check_locale(locale)
+
+
+def test_attachment_limits_are_inclusive() -> None:
+    exactly = [Attachment("a.bin", b"\0" * MAX_ATTACHMENT_BYTES)]
+    assert check_attachments(exactly)[0].content_type == "application/octet-stream"
+    with pytest.raises(EmailValidationError, match="attachments total 5242881 bytes"):
+        check_attachments([Attachment("a.bin", b"\0" * MAX_ATTACHMENT_BYTES), Attachment("b", b"x")])
+
+
+def test_attachment_mappings_guess_the_type_and_read_paths(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "report.pdf"
+    path.write_bytes(b"%PDF")
+    [from_path, from_bytes] = check_attachments(
+        [{"path": str(path)}, {"filename": "Notes.TXT", "content": b"hi", "content_type": "Text/Plain"}]
+    )
+    assert from_path == Attachment("report.pdf", b"%PDF", "application/pdf")
+    assert from_bytes == Attachment("Notes.TXT", b"hi", "text/plain")
+
+
+def test_a_path_over_the_limit_is_refused_without_reading_it(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "huge.bin"
+    with open(path, "wb") as handle:
+        handle.truncate(MAX_ATTACHMENT_BYTES + 1)  # sparse: nothing to read
+    with pytest.raises(EmailValidationError, match="over the limit"):
+        check_attachments([{"path": str(path)}])
+
+
+@pytest.mark.parametrize(
+    ("context", "expected"),
+    [
+        ([("a", 1)], "must be a mapping"),
+        ({"not-an-identifier": 1}, "keys must be identifiers"),
+        ({1: "x"}, "keys must be identifiers"),
+        ({"subject": "x"}, "'subject' is reserved"),
+        ({"x": {1, 2}}, "builtins.set"),
+        ({"x": "y" * 100}, "over the limit of 50 bytes"),
+    ],
+)
+def test_bad_context(context: object, expected: str) -> None:
+    with pytest.raises(EmailValidationError, match=expected.replace("(", r"\(")):
+        check_context(context, limit=50, reserved={"subject"})
+
+
+def test_context_comes_back_as_the_worker_will_see_it() -> None:
+    import datetime as dt
+
+    moment = dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.UTC)
+    assert check_context({"at": moment, "pair": (1, 2), "nested": {"k": None}}) == {
+        "at": moment,
+        "pair": [1, 2],
+        "nested": {"k": None},
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "ok"), [("welcome-42", True), ("", False), (" ", False), ("a b", False), ("x" * 201, False)]
+)
+def test_idempotency_key(key: str, ok: bool) -> None:
+    if ok:
+        assert check_idempotency_key(key) == key
+    else:
+        with pytest.raises(EmailValidationError, match="idempotency_key"):
+            check_idempotency_key(key)
+
+
+def test_payload_round_trip_keeps_everything() -> None:
+    request = EmailRequest(
+        to=(Mailbox("Ana", "ana@example.com"), Mailbox("", "bob@example.com")),
+        template="welcome",
+        locale="pt_BR",
+        context={"name": "Ana", "login_url": "https://x"},
+        idempotency_key="k",
+        attachments=(Attachment("a.bin", bytes(range(256)), "application/octet-stream"),),
+        reply_to=Mailbox("", "help@example.com"),
+        requested_by="42",
+    )
+    assert EmailRequest.from_payload(request.to_payload()) == request
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"v": 2}, {"v": 1, "to": "x"}, {"v": 1, "to": [], "template": "t", "locale": "en", "context": {}}],
+)
+def test_malformed_payload_is_refused(payload: dict[str, object]) -> None:
+    with pytest.raises(EmailValidationError):
+        EmailRequest.from_payload(payload)
