@@ -102,6 +102,21 @@ def backup_command(timeout_s: float, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--user", "user_ids", multiple=True, help="Follow this user's events (repeatable).")
+@click.option("--system", is_flag=True, help="Follow system events.")
+def events(user_ids: tuple[str, ...], system: bool) -> None:
+    """Tail real-time events live (all users and system events when no filter is given)."""
+    from cache.realtime_envelope import InvalidEvent
+    from workers.events_tail import tail_events
+
+    _primary()
+    try:
+        tail_events(list(user_ids), system, sys.stdout)
+    except (InvalidEvent, RedisUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
 def dev() -> None:
     """Run the local stack (Redis roles, SMTP catcher) in the foreground until Ctrl-C."""
     from workers.localstack import run_local_stack
