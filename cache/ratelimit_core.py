@@ -20,7 +20,7 @@ from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, 
 from cache.errors import KryonixError
 from cache.identifiers import IdentifierKind
 
-MAX_LIMIT = 100_000  # one log member per admitted request: a full key of this size is ~9 MB
+MAX_LIMIT = 100_000  # an exact log keeps a member per admission: ~13 MB for a full key this size
 MAX_WINDOW_S = 366 * 86_400  # a longer window is a bug, and keeps times far from float limits
 MAX_NOW_MS = 2**53  # times travel to Lua as doubles, exact up to here
 FAIL_CLOSED_RETRY_AFTER_S = 5.0  # clients back off long enough not to hammer a recovering Redis
@@ -51,9 +51,11 @@ class RateLimitError(KryonixError):
     """Redis rejected the check for a reason that is not an outage (a bug, a foreign value at the key)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Decision:
+class Decision(NamedTuple):
     """The outcome of one check; times are seconds from the moment of the check.
+
+    An immutable record (a NamedTuple: built on every request, it costs a third of a
+    frozen dataclass). Build it with keywords.
 
     `remaining` counts units still available in the window after this request.
     `reset_after_s` is when the whole limit is available again (the window is empty);

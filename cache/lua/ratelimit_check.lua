@@ -1,12 +1,19 @@
--- Sliding-log rate limit: trim, count, then admit or deny one request, atomically.
+-- Sliding-log rate limit: count the window, then admit or deny one request, atomically.
 --
 -- KEYS[1]  the log of one identifier under one policy (keys.rate_limit_log): a sorted
 --          set with one member per admission (or per resolution step, see ARGV[5]),
 --          scored by the time of its latest admission in ms. A member is
---          "<total>:<units>:<age>": the running total of admitted units after it, as 12
---          hex digits (fixed width, so members of one score sort by total), the units
---          it holds, and how many ms before its score its first admission was.
---          Units in the window = newest total - (oldest total - oldest units).
+--          "<total>:<units>:<age>:<used>:<span>:<ttl>", all hex:
+--            total  running total of admitted units after it; 12 digits, fixed width,
+--                   so that members of one score sort by it (the newest sorts last)
+--            units  the units it holds
+--            age    ms from its first admission to its score (resolution merges)
+--            used   units in the window right after it was written
+--            span   ms from the oldest member at that moment to its score
+--            ttl    ms from its score to the key's expiry as last set
+--          Units in the window = total - (oldest total - oldest units). The newest
+--          member alone answers that while nothing left the window since it was
+--          written (score - span > now - window): the hot path reads one member.
 -- ARGV[1]  now in ms on the caller's clock, or "" to use the Redis server's clock (TIME)
 -- ARGV[2]  window in ms (> 0): a member counts while now - window < its time <= now
 -- ARGV[3]  limit: most units admitted in any window (>= 1)
@@ -19,8 +26,10 @@
 --
 -- Returns {allowed 1|0, units in the window after this request, retry after ms (0 when
 -- allowed), reset after ms (until the window is empty and the whole limit is back)}.
--- Writes only when it admits (ZADD + PEXPIRE together) or trims expired members, so the
--- key always carries a TTL: it lives exactly as long as its newest member counts.
+-- Writes only when it admits or trims members that left the window. The key always
+-- has a TTL: an admission that finds less than one window left sets it to two windows,
+-- so a key lives one to two windows after its last admission, and PEXPIRE runs about
+-- once per window instead of once per request.
 local key = KEYS[1]
 local window = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
@@ -40,75 +49,83 @@ else
   clock = tonumber(ARGV[1])
 end
 
-local function parse(member)
-  local total, units, age = string.match(member, '^(%x+):(%d+):(%d+)$')
-  return tonumber(total, 16), tonumber(units), tonumber(age)
+local function head(member) -- total and units
+  local total, units = string.match(member, '^(%x+):(%x+):')
+  return tonumber(total, 16), tonumber(units, 16)
 end
 
 -- Never record a request before the newest member (the clocks of several callers may
 -- disagree a little): recording it later keeps it counted longer, never shorter.
 local now = clock
-local total = 0
+local total, used = 0, 0
+local newest_at, newest_units, newest_first_at, oldest_at, ttl_end, oldest
 local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-local newest_at
 if newest[1] then
-  total = parse(newest[1])
+  local t, u, a, w, s, e = string.match(newest[1], '^(%x+):(%x+):(%x+):(%x+):(%x+):(%x+)$')
   newest_at = tonumber(newest[2])
+  total, newest_units, used = tonumber(t, 16), tonumber(u, 16), tonumber(w, 16)
+  newest_first_at = newest_at - tonumber(a, 16)
+  oldest_at, ttl_end = newest_at - tonumber(s, 16), newest_at + tonumber(e, 16)
   if newest_at > now then
     now = newest_at
   end
-end
-
--- Trim members that left the window, but only when there are any: each redis.call
--- costs about a microsecond, and on a busy key the oldest member is usually still in.
-local oldest = {}
-if newest[1] then
-  if newest_at <= now - window then
-    redis.call('DEL', key) -- everything left the window
-  else
+  local cutoff = now - window
+  if newest_at <= cutoff then
+    -- everything left the window: start afresh (the running total restarts too)
+    redis.call('DEL', key)
+    total, used, newest_at, oldest_at, ttl_end = 0, 0, nil, nil, nil
+  elseif oldest_at <= cutoff then
+    -- some members left: trim them and count from the new oldest (the newest survives)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
     oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if tonumber(oldest[2]) <= now - window then
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-      oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    end
+    local oldest_total, oldest_units = head(oldest[1])
+    used = total - (oldest_total - oldest_units)
+    oldest_at = tonumber(oldest[2])
   end
 end
-local base, oldest_cost = 0, 0
-if oldest[1] then
-  local oldest_total
-  oldest_total, oldest_cost = parse(oldest[1])
-  base = oldest_total - oldest_cost
-else
-  total = 0 -- empty log: restart the running total, which keeps the numbers small
-end
-local used = total - base
 
 if used + cost <= limit then
   local units, age = cost, 0
-  if oldest[1] then -- the log is not empty, so the newest member survived the trim
-    local _, newest_units, newest_age = parse(newest[1])
-    local first_at = newest_at - newest_age
-    if now - first_at < resolution then
-      units, age = units + newest_units, now - first_at
-      redis.call('ZREM', key, newest[1])
-    end
+  local merge = newest_at and now - newest_first_at < resolution
+  if merge then
+    units, age = newest_units + cost, now - newest_first_at
   end
-  redis.call('ZADD', key, now, string.format('%012x:%d:%d', total + cost, units, age))
-  redis.call('PEXPIRE', key, now + window - clock)
+  -- Scores are unique (a new member always starts after the newest), so the newest
+  -- member is also the oldest exactly when their times agree.
+  if not oldest_at or (merge and oldest_at == newest_at) then
+    oldest_at = now
+  end
+  local refresh = not ttl_end or ttl_end < now + window
+  if refresh then
+    ttl_end = now + 2 * window
+  end
+  redis.call('ZADD', key, now, string.format('%012x:%x:%x:%x:%x:%x',
+    total + cost, units, age, used + cost, now - oldest_at, ttl_end - now))
+  if merge then
+    redis.call('ZREM', key, newest[1]) -- after the ZADD, so the key never empties
+  end
+  if refresh then
+    redis.call('PEXPIRE', key, ttl_end - clock)
+  end
   return {1, used + cost, 0, now + window - clock}
 end
 
--- Denied (so used > 0 and the newest member survived the trim). The request fits once
--- `need` units have left the window: at the first member whose running total reaches
--- base + need. Usually the oldest; otherwise a binary search over ranks, O(log^2 n).
+-- Denied (so used > 0 and the log is not empty). The request fits once `need` units
+-- have left the window: at the first member whose running total reaches base + need.
+-- Usually the oldest; otherwise a binary search over ranks, O(log^2 n).
 local need = used + cost - limit
+if not oldest then
+  oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+end
+local oldest_total, oldest_units = head(oldest[1])
+local base = oldest_total - oldest_units
 local found = tonumber(oldest[2])
-if oldest_cost < need then
+if oldest_units < need then
   local lo, hi = 1, redis.call('ZCARD', key) - 1
   while lo <= hi do
     local mid = math.floor((lo + hi) / 2)
     local entry = redis.call('ZRANGE', key, mid, mid, 'WITHSCORES')
-    if parse(entry[1]) - base >= need then
+    if head(entry[1]) - base >= need then
       found = tonumber(entry[2])
       hi = mid - 1
     else

@@ -121,19 +121,31 @@ def test_server_clock_by_default(limiter: RateLimiter, primary: redis.Redis) -> 
     assert not denied.allowed
     assert 0 < denied.retry_after_s <= 30
     (key,) = limiter_keys(primary)
-    assert 0 < primary.pttl(key) <= 30_000
+    assert 20_000 < primary.pttl(key) <= 60_000  # one to two windows
     _, newest = primary.zrange(key, -1, -1, withscores=True)[0]
     seconds, micros = primary.time()
     assert abs(newest - (seconds * 1000 + micros // 1000)) < 30_000
 
 
-def test_every_key_has_a_ttl_no_longer_than_needed(limiter: RateLimiter, primary: redis.Redis) -> None:
+def test_every_key_has_a_ttl_of_one_to_two_windows(limiter: RateLimiter, primary: redis.Redis) -> None:
     for i in range(50):
         limiter.check(f"user-{i}", 3, 20, cost=1 + i % 3)
         limiter.check(f"user-{i}", 3, 20)
     found = limiter_keys(primary)
     assert len(found) == 50
-    assert all(0 < primary.pttl(key) <= 20_000 for key in found)
+    assert all(10_000 < primary.pttl(key) <= 40_000 for key in found)
+
+
+def test_ttl_is_refreshed_once_per_window_not_per_request(limiter: RateLimiter, primary: redis.Redis) -> None:
+    primary.config_resetstat()
+    for i in range(100):  # 100 admissions within one 60 s window: one PEXPIRE
+        assert limiter.check("lena", 1_000, 60, now_ms=T0 + i * 100).allowed
+    assert primary.info("commandstats")["cmdstat_pexpire"]["calls"] == 1
+    # Past the first window the TTL no longer covers a new member's window: refreshed.
+    assert limiter.check("lena", 1_000, 60, now_ms=T0 + 61_000).allowed
+    assert primary.info("commandstats")["cmdstat_pexpire"]["calls"] == 2
+    (key,) = limiter_keys(primary)
+    assert 60_000 < primary.pttl(key) <= 120_000
 
 
 def test_reloads_the_script_after_script_flush(limiter: RateLimiter, primary: redis.Redis) -> None:
@@ -284,38 +296,45 @@ def test_invalid_ip_is_rejected_before_redis(limiter: RateLimiter, primary: redi
 
 _fresh = itertools.count()
 
-# Windows of 10-100 s, because the log's TTL runs on real time while the test's clock
-# is fake: a tiny window could expire in Redis during a slow moment of the test.
-# Steps mix same-millisecond bursts with jumps of up to 40 s.
-requests = st.lists(
-    st.tuples(
-        st.one_of(st.integers(min_value=0, max_value=3), st.integers(min_value=0, max_value=40_000)),
-        st.integers(min_value=1, max_value=8),
-    ),
-    min_size=1,
-    max_size=60,
-)
-
 
 def _admitted_in_window(admitted: list[tuple[int, int]], end: int, window: int) -> int:
     return sum(cost for at, cost in admitted if end - window < at <= end)
 
 
 @st.composite
-def policies(draw: st.DrawFn) -> tuple[int, int, int]:
-    """(limit, window ms, resolution ms): half of them exact, the others coarser."""
+def scenarios(draw: st.DrawFn) -> tuple[int, int, int, list[tuple[int, int]]]:
+    """(limit, window ms, resolution ms, [(ms since the previous request, cost)]).
+
+    Windows are whole seconds from 10 to 60 s, because the log's TTL runs on real time
+    while the test's clock is fake: a tiny window could expire in Redis during a slow
+    moment of the test. Steps mix same-millisecond bursts, whole seconds (so that
+    requests land exactly on window boundaries) and steps of a window or a resolution
+    plus or minus one millisecond.
+    """
     limit = draw(st.integers(min_value=1, max_value=20))
-    window = draw(st.integers(min_value=10_000, max_value=100_000))
-    resolution = draw(st.one_of(st.just(1), st.integers(min_value=1, max_value=window)))
-    return limit, window, resolution
+    window = 1_000 * draw(st.integers(min_value=10, max_value=60))
+    resolution = draw(
+        st.one_of(
+            st.just(1),
+            st.integers(min_value=1, max_value=window // 1_000).map(lambda n: n * 1_000),
+            st.integers(min_value=1, max_value=window),
+        )
+    )
+    delta = st.one_of(
+        st.integers(min_value=0, max_value=3),
+        st.integers(min_value=0, max_value=2 * window // 1_000).map(lambda n: n * 1_000),
+        st.sampled_from([window - 1, window, window + 1, resolution - 1, resolution, resolution + 1]),
+    )
+    steps = draw(st.lists(st.tuples(delta, st.integers(min_value=1, max_value=8)), min_size=1, max_size=60))
+    return limit, window, resolution, steps
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(policy=policies(), steps=requests)
+@given(scenario=scenarios())
 def test_matches_the_reference_model_and_never_exceeds_the_limit(
-    limiter: RateLimiter, policy: tuple[int, int, int], steps: list[tuple[int, int]]
+    limiter: RateLimiter, scenario: tuple[int, int, int, list[tuple[int, int]]]
 ) -> None:
-    limit, window, resolution = policy
+    limit, window, resolution, steps = scenario
     identifier = f"prop-{next(_fresh)}"
     model = SlidingLog()
     admitted: list[tuple[int, int]] = []

@@ -86,7 +86,7 @@ def test_every_key_keeps_a_ttl_after_a_client_is_killed_mid_burst(
     assert len(names) >= 500
     without_ttl = [name for name in names if primary.pttl(name) <= 0]
     assert without_ttl == []
-    assert all(primary.pttl(name) <= 30_000 for name in names)
+    assert all(primary.pttl(name) <= 60_000 for name in names)  # at most two 30 s windows
 
 
 @pytest.fixture
