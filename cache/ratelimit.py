@@ -3,11 +3,11 @@
 The naive `INCR` then `EXPIRE` leaves a key without TTL when the process dies between
 the two calls (that client is locked out for good) and admits twice the limit across a
 fixed-window boundary. Here one Lua script (`lua/ratelimit_check.lua`, EVALSHA,
-reloaded on NOSCRIPT) trims the identifier's log of admitted requests to the window,
-counts what is left, and either admits (ZADD + PEXPIRE in the same atomic step) or
-denies with the exact time at which the request would fit. No window of
-`window_seconds` ever holds more than `limit` admitted units. docs/ratelimit.md has the
-algorithm, the key layout, memory per key, presets, headers and failure policy.
+reloaded on NOSCRIPT) keeps a log of admitted units per identifier, counts the units
+in the sliding window, and either admits (writing the log and its TTL in the same
+atomic step) or denies with the exact time at which the request would fit. No window
+of `window_seconds` ever holds more than `limit` admitted units. docs/ratelimit.md has
+the algorithm, the key layout, memory per key, presets, headers and failure policy.
 
 When Redis cannot answer, each limiter follows its failure policy: fail open (admit,
 log, count) or fail closed (deny with a reason); `ratelimit_stats()` has the counts.
