@@ -43,8 +43,7 @@ def retry_for(policy: RetryPolicy, rng: random.Random | None = None) -> Retry | 
     """RQ's Retry with one full-jitter interval per attempt, drawn now (RQ has no backoff of its own)."""
     if policy.attempts == 0:
         return None
-    draw = rng or random.Random()
-    return Retry(max=policy.attempts, interval=[policy.backoff(n, draw) for n in range(policy.attempts)])
+    return Retry(max=policy.attempts, interval=[policy.backoff(n, rng) for n in range(policy.attempts)])
 
 
 def _schedule(at: dt.datetime | None, in_: dt.timedelta | float | None) -> dt.datetime | None:
@@ -62,13 +61,6 @@ def _schedule(at: dt.datetime | None, in_: dt.timedelta | float | None) -> dt.da
     return None
 
 
-def _check_serializable(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-    try:
-        dumps([name, None, list(args), dict(kwargs)])
-    except UnserializableArgument as exc:
-        raise JobValidationError(f"arguments of {name}: {exc}") from None
-
-
 def _job_data(
     spec: QueueSpec,
     func: str | Callable[..., Any],
@@ -80,7 +72,6 @@ def _job_data(
 ) -> dict[str, Any]:
     name = function_name(func)
     kwargs = dict(kwargs or {})
-    _check_serializable(name, args, kwargs)
     job_meta = dict(meta or {})
     job_meta.setdefault("queue", spec.name)
     try:
@@ -139,9 +130,13 @@ def enqueue(
         raise JobValidationError(str(exc)) from None
     when = _schedule(at, in_)
     data = _job_data(spec, func, args, kwargs, idempotency_key, meta, retry)
+    try:  # RQ registers the queue before it encodes the job: check first, write nothing
+        dumps([data["func"], None, data["args"], data["kwargs"]])
+    except UnserializableArgument as exc:
+        raise JobValidationError(f"arguments of {data['func']}: {exc}") from None
     queue = KryonixQueue(spec.name, connection=connection or primary())
     unique = data["job_id"] is not None
-    with _enqueue_errors():
+    with _enqueue_errors(data["func"]):
         try:
             if when is not None:
                 job = queue.enqueue_at(when, data.pop("func"), unique=unique, **_call(data))
@@ -200,24 +195,36 @@ def enqueue_bulk(
         spec = spec_for(queue_name)
     except ValueError as exc:
         raise JobValidationError(str(exc)) from None
+    template = _job_data(spec, func, (), None, None, meta)  # name, meta and TTLs checked once
+    name = template.pop("func")
+    del template["job_id"], template["args"], template["kwargs"]
+    policy = spec.retry
     prepared = []
     for index, (args, kwargs) in enumerate(calls):
         if index >= MAX_BULK_JOBS:
             raise JobValidationError(f"more than {MAX_BULK_JOBS} jobs in one bulk enqueue; split the batch")
-        data = _job_data(spec, func, args, kwargs, None, meta)
-        data.pop("job_id")
-        prepared.append(KryonixQueue.prepare_data(data.pop("func"), args=data.pop("args"), **data))
+        options = {**template, "meta": dict(template["meta"]), "retry": retry_for(policy)}
+        prepared.append(KryonixQueue.prepare_data(name, args=list(args), kwargs=dict(kwargs), **options))
     if not prepared:
         return []
     queue = KryonixQueue(spec.name, connection=connection or primary())
-    with _enqueue_errors(), queue.connection.pipeline() as pipe:
+    # Bulk: RQ encodes each job while filling the pipeline; one bad argument raises before
+    # `execute`, so nothing of the batch is sent (see _enqueue_errors).
+    with _enqueue_errors(name), queue.connection.pipeline() as pipe:
         jobs = queue.enqueue_many(prepared, pipeline=pipe)
         pipe.execute()
     return [job.id for job in jobs]
 
 
 class _enqueue_errors:
-    """Redis down or full becomes `EnqueueUnavailable`, naming the setting and the cause."""
+    """Translate what can go wrong while RQ builds and sends the write.
+
+    An argument without a JSON form becomes `JobValidationError` (raised while encoding,
+    before anything was sent); Redis down or full becomes `EnqueueUnavailable`.
+    """
+
+    def __init__(self, func_name: str) -> None:
+        self.func_name = func_name
 
     def __enter__(self) -> None:
         return None
@@ -225,6 +232,8 @@ class _enqueue_errors:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if exc is None:
             return
+        if isinstance(exc, UnserializableArgument):
+            raise JobValidationError(f"arguments of {self.func_name}: {exc}") from None
         if isinstance(exc, redis.exceptions.OutOfMemoryError) or (
             isinstance(exc, redis.ResponseError) and "OOM" in str(exc)
         ):

@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 from rq import Queue
+from rq.job import Job
 
 from cache.connections import primary
 from jobs.retry import RetryPolicy
@@ -58,6 +59,18 @@ def spec_for(name: str) -> QueueSpec:
         raise ValueError(f"unknown queue {name!r}; known: {', '.join(QUEUES)}") from None
 
 
+class JsonJob(Job):
+    """An RQ job that is always JSON on the wire.
+
+    Assigned directly: RQ would otherwise check the serializer against its runtime
+    Protocol for every job created, a third of the cost of a bulk enqueue.
+    """
+
+    def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
+        super().__init__(id, connection=connection)
+        self.serializer = JSONSerializer
+
+
 class KryonixQueue(Queue):
     """An RQ queue that always uses the JSON serializer, whatever the caller passed.
 
@@ -67,6 +80,8 @@ class KryonixQueue(Queue):
 
     def __init__(self, name: str = "default", *args: Any, **kwargs: Any) -> None:
         kwargs["serializer"] = JSONSerializer
+        if kwargs.get("job_class") is None:
+            kwargs["job_class"] = JsonJob
         spec = QUEUES.get(name)
         if spec is not None:
             kwargs.setdefault("default_timeout", spec.job_timeout_s)

@@ -13,7 +13,7 @@ from rq.job import Job
 
 from jobs.allowlist import JobNotAllowed, resolve
 from jobs.errors import PermanentJobError
-from jobs.serialization import JSONSerializer
+from jobs.queues import JsonJob
 
 PERMANENT = "permanent"
 TRANSIENT = "transient"
@@ -29,15 +29,12 @@ def attempt_of(job: Job) -> int:
     return 1
 
 
-class KryonixJob(Job):
+class KryonixJob(JsonJob):
     """An RQ job that can only be JSON and can only run functions under `jobs.`.
 
     A job written straight into Redis that names `os.system`, carries pickle, or sets a
     callback outside the allow-list fails with a readable reason; nothing of it runs.
     """
-
-    def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
-        super().__init__(id, connection=connection, serializer=JSONSerializer)
 
     @property
     def func(self) -> Callable[..., Any]:
