@@ -10,17 +10,9 @@ from __future__ import annotations
 PREFIX = "kx"
 
 
-def cache_key(namespace: str, version: int, key: str) -> str:
-    """A cached value; `version` is the namespace generation that `clear()` bumps."""
-    return f"{PREFIX}:cache:{{{namespace}}}:v{version}:{key}"
-
 
 def cache_namespace_version(namespace: str) -> str:
     return f"{PREFIX}:cache:{{{namespace}}}:version"
-
-
-def cache_lock(namespace: str, version: int, key: str) -> str:
-    return f"{PREFIX}:cache:{{{namespace}}}:v{version}:lock:{key}"
 
 
 def cache_entry(namespace: str, key: str) -> str:
