@@ -10,7 +10,6 @@ from __future__ import annotations
 PREFIX = "kx"
 
 
-
 def cache_namespace_version(namespace: str) -> str:
     return f"{PREFIX}:cache:{{{namespace}}}:version"
 
