@@ -83,3 +83,21 @@ def test_secrets_are_not_in_repr() -> None:
     settings = Settings.from_env({"REDIS_PASSWORD": "hunter2", "SMTP_PASSWORD": "smtp-secret"})
     assert "hunter2" not in repr(settings)
     assert "smtp-secret" not in repr(settings)
+
+
+def test_env_example_lists_every_variable_the_settings_read() -> None:
+    import re
+
+    from workers.servers import PROJECT_ROOT
+
+    source = (PROJECT_ROOT / "cache" / "settings.py").read_text()
+    read = set(re.findall(r'env\.\w+\(\s*"([A-Z_]+)"', source)) | set(
+        re.findall(r'"(REDIS_SENTINEL\w*)"', source)
+    )
+    listed = {
+        line.split("=", 1)[0]
+        for line in (PROJECT_ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert read, "the pattern found no variable in settings.py"
+    assert read <= listed, f"missing from .env.example: {sorted(read - listed)}"
