@@ -38,7 +38,9 @@ EMAIL = QueueSpec(
     job_timeout_s=120,
     result_ttl_s=DAY_S,  # also the window in which a repeated idempotency key returns the same job
     failure_ttl_s=DEFAULT_FAILURE_TTL_S,
-    retry=RetryPolicy(attempts=5, base_s=10, factor=2, cap_s=3600),
+    # 8 retries: full jitter draws short waits too, and 5 would let a few emails exhaust
+    # their budget inside a 30 s SMTP outage; 8 ride out outages of many minutes.
+    retry=RetryPolicy(attempts=8, base_s=10, factor=2, cap_s=3600),
     in_process=True,
 )
 REPORT = QueueSpec(

@@ -220,3 +220,16 @@ def test_duration_parser() -> None:
     assert parse_duration("30m") == 1800
     with pytest.raises(click.BadParameter):
         parse_duration("soon")
+
+
+def test_email_policy_survives_a_thirty_second_outage() -> None:
+    """With full jitter some waits are short; the budget must still outlast a 30 s outage."""
+    from jobs.queues import EMAIL
+
+    rng = random.Random(7)
+    trials = 20_000
+    exhausted = 0
+    for _ in range(trials):
+        total = sum(EMAIL.retry.backoff(n, rng) for n in range(EMAIL.retry.attempts))
+        exhausted += total < 30
+    assert exhausted == 0
