@@ -7,8 +7,10 @@ pacing arrive as callbacks so the arithmetic stays pure and testable.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,25 @@ def _paced(
             sleep(delay)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cycle collector while rows stream through.
+
+    Rows are acyclic (tuples of scalars), so reference counting frees each batch as soon
+    as it is written. Left on, the collector promotes every batch that outlives a few
+    young collections and then re-traverses every long-lived object of the process
+    (all of SQLAlchemy, jinja2, rq...) about every fourth batch, finding nothing: a
+    fifth of the CPU time of a large report. Restored (and never left off) on exit.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def build_report(
     engine: Engine,
     report: ReportType,
@@ -124,7 +145,8 @@ def build_report(
             if on_progress is not None:
                 on_progress(done, total)
 
-        written = WRITERS[fmt](report, _paced(batches, rows_per_s, clock, sleep), out, on_batch, meta)
+        with gc_paused():
+            written = WRITERS[fmt](report, _paced(batches, rows_per_s, clock, sleep), out, on_batch, meta)
         path = out.commit()
     return ReportFile(
         report_id=report_id,

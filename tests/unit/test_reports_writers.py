@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gc
 import html.parser
 import io
 import json
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from jobs.reports.build import _paced, pace_delay_s, progress_percent
+from jobs.reports.build import _paced, gc_paused, pace_delay_s, progress_percent
 from jobs.reports.registry import get_report_type
 from jobs.reports.writers import (
     ReportMeta,
@@ -203,3 +204,18 @@ def test_paced_batches_sleep_on_a_fake_clock() -> None:
     assert slept == [0.5, 0.5, 0.5, 0.5] and now[0] == 2.0
     slept.clear()
     assert len(list(_paced(iter(batches), None, lambda: now[0], sleep))) == 4 and slept == []
+
+
+def test_gc_is_paused_while_streaming_and_restored() -> None:
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("write failed")
+    assert gc.isenabled(), "restored even when the report fails"
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled(), "a collector that was off stays off"
+    finally:
+        gc.enable()
