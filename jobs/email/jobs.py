@@ -19,6 +19,7 @@ from rq import get_current_job
 
 from cache.connections import primary
 from cache.errors import ConfigError, RedisUnavailable
+from cache.settings import Settings, get_settings
 from jobs.email import events, idempotency
 from jobs.email.bulk import DEFAULT_CONNECTIONS, ChunkReport, Item, deliver_all, items_from_payload
 from jobs.email.render import RenderedEmail, render_email
@@ -74,9 +75,10 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
     }
     _mark(request.idempotency_key, record)
     _pause_for_tests("after_marker")
-    events.publish(
-        request.requested_by, events.SENT, _event(request, message=message, refused=delivery.refused)
-    )
+    if request.requested_by is not None:
+        events.publish(
+            request.requested_by, events.SENT, _event(request, message=message, refused=delivery.refused)
+        )
     return {"status": "sent", **record}
 
 
@@ -147,11 +149,19 @@ def _request(payload: dict[str, Any]) -> EmailRequest:
         raise PermanentJobError(str(exc)) from None
 
 
+_smtp: tuple[Settings, SmtpSettings] | None = None
+
+
 def _smtp_settings() -> SmtpSettings:
-    try:
-        return SmtpSettings.from_settings()
-    except ConfigError as exc:
-        raise PermanentJobError(str(exc)) from None
+    """SMTP settings of the process's settings, parsed once per settings object."""
+    global _smtp
+    settings = get_settings()
+    if _smtp is None or _smtp[0] is not settings:
+        try:
+            _smtp = (settings, SmtpSettings.from_settings(settings))
+        except ConfigError as exc:
+            raise PermanentJobError(str(exc)) from None
+    return _smtp[1]
 
 
 def _fail(request: EmailRequest, reason: str) -> PermanentJobError:

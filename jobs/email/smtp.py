@@ -335,6 +335,8 @@ _runtime_pid = 0
 def process_runtime(settings: SmtpSettings | None = None) -> SmtpRuntime:
     """This process's runtime; rebuilt after fork or when the settings changed."""
     global _runtime, _runtime_pid
+    if _runtime is not None and _runtime.settings is settings and _runtime_pid == os.getpid():
+        return _runtime
     wanted = settings or SmtpSettings.from_settings()
     if _runtime is not None and (_runtime_pid != os.getpid() or _runtime.settings != wanted):
         if _runtime_pid == os.getpid():

@@ -77,6 +77,7 @@ class TemplateLibrary:
     def __init__(self, root: Path = TEMPLATE_ROOT) -> None:
         self.root = root
         self._envs: dict[str, jinja2.Environment] = {}
+        self._resolved: dict[tuple[str, str], str] = {}
         self._variables: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {}
         self._lock = threading.Lock()
 
@@ -91,6 +92,9 @@ class TemplateLibrary:
         Raises:
             EmailValidationError: no such template, or a malformed name or locale.
         """
+        found = self._resolved.get((name, locale))
+        if found is not None:
+            return found
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise EmailValidationError(
                 f"template name must be lowercase letters, digits and '_', got {name!r}"
@@ -98,6 +102,8 @@ class TemplateLibrary:
         check_locale(locale)
         for candidate in locale_chain(locale):
             if (self.root / candidate / name / PARTS[0]).is_file():
+                # Templates ship with the code (auto_reload is off too): resolve once per process.
+                self._resolved[(name, locale)] = candidate
                 return candidate
         raise EmailValidationError(f"unknown email template {name!r}; available: {', '.join(self.names())}")
 
