@@ -363,7 +363,7 @@ def _measure(url: str, sink: _Sink, logdir: str) -> list[dict[str, Any]]:
             TARGET_TRANSACTIONAL,
             messages=TRANSACTIONAL,
             baseline_messages=BASELINE,
-            baseline_desc="plain rq worker (forking, pickle), EmailMessage + new smtplib connection per email",
+            baseline_desc="plain rq worker (forking, pickle), EmailMessage + smtplib connection per email",
             duplicates=transactional_dups,
             enqueue_email_per_s=round(sorted(enqueue_rates)[len(enqueue_rates) // 2], 1),
             **common,
