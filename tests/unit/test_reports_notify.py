@@ -164,3 +164,17 @@ class _DeadlockDetected(Exception):
 )
 def test_transient_database_errors(error: BaseException, transient: bool) -> None:
     assert is_transient_db_error(error) is transient
+
+
+def test_sigterm_becomes_a_retryable_error_while_writing() -> None:
+    import os
+    import signal
+
+    from jobs.reports.jobs import ReportInterrupted, _sigterm_raises
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ReportInterrupted, match="interrupted by signal 15"), _sigterm_raises():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0.5)  # give the handler a bytecode boundary to run at
+    assert isinstance(ReportInterrupted("x"), TransientJobError)
+    assert signal.getsignal(signal.SIGTERM) is before, "the previous handler is restored"
