@@ -51,6 +51,14 @@ def rate_limit_log(scope: str, window_ms: int, identifier: str) -> str:
     return rate_limit(f"{scope}:{window_ms}", identifier)
 
 
+def rate_limit_counters() -> str:
+    """Hash `<scope>:<outcome>` -> checks, summed over every process that uses this primary.
+
+    Outside `RATE_LIMIT_SCAN_PATTERN` (`rl-`, not `rl:`): never counted as a client's log.
+    """
+    return f"{PREFIX}:rl-stats"
+
+
 RATE_LIMIT_SCAN_PATTERN = f"{PREFIX}:rl:*"
 """`SCAN MATCH` pattern of every rate-limit key (metrics count them per scope)."""
 
