@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from cache.errors import ConfigError, RedisUnavailable
+from workers.seed_cli import seed_demo
 
 
 def _primary() -> Any:
@@ -290,3 +291,6 @@ def _guard(call: Any) -> Any:
         return call()
     except (LookupError, ValueError) as exc:
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None
+
+
+main.add_command(seed_demo)  # `python -m workers seed-demo`, defined next to the report code it feeds

@@ -39,6 +39,25 @@ def local_environment(var: Path) -> dict[str, str]:
     }
 
 
+def _prepare_database(url: str) -> None:
+    """The platform schema, with a small demo company set the first time (reports need data)."""
+    import datetime as dt
+
+    from sqlalchemy import func, select
+
+    from cache.database import users
+    from jobs.reports.seed import SeedPlan, seed_demo
+
+    engine = make_engine(url)
+    create_schema(engine)
+    with engine.connect() as conn:
+        empty = conn.execute(select(func.count()).select_from(users)).scalar_one() == 0
+    if empty:
+        seed_demo(engine, SeedPlan(users=1000, until=dt.datetime.now(dt.UTC).date()))
+        print("Database       seeded with demo data (python -m workers seed-demo for more)")
+    engine.dispose()
+
+
 def run_local_stack(var: Path = PROJECT_ROOT / "var") -> None:
     stop = threading.Event()
 
@@ -60,7 +79,7 @@ def run_local_stack(var: Path = PROJECT_ROOT / "var") -> None:
         catcher = start_mail_catcher(var / "mail", port=LOCAL_SMTP_PORT)
         env = local_environment(var)
         (var / "local.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
-        create_schema(make_engine(env["DATABASE_URL"]))
+        _prepare_database(env["DATABASE_URL"])
         tree = subprocess.Popen(
             [sys.executable, "-m", "workers", "supervise", "--run-dir", env["KRYONIX_RUN_DIR"]],
             env={**os.environ, **env},
