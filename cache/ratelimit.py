@@ -10,7 +10,10 @@ of `window_seconds` ever holds more than `limit` admitted units. docs/ratelimit.
 the algorithm, the key layout, memory per key, presets, headers and failure policy.
 
 When Redis cannot answer, each limiter follows its failure policy: fail open (admit,
-log, count) or fail closed (deny with a reason); `ratelimit_stats()` has the counts.
+log, count) or fail closed (deny with a reason). Decisions are counted in memory
+(`ratelimit_stats()`) and added to one hash on the primary at most every 5 s, inside a
+check that already reached Redis, so `ratelimit_counters()` and the metrics exporter see
+every process's totals without a second round trip per check.
 The pure core (policies, validation, decisions) lives in `cache.ratelimit_core` and is
 re-exported here.
 """
@@ -31,16 +34,20 @@ from redis import Redis
 from redis.exceptions import NoScriptError
 
 from cache import connections, keys
+from cache.connections import Role
 from cache.identifiers import IdentifierKind, normalize
 from cache.ratelimit_core import (
     API,
     BY_IP,
     BY_USER,
+    COUNTERS_FLUSH_INTERVAL_S,
     FAIL_CLOSED_RETRY_AFTER_S,
     MAX_LIMIT,
     MAX_NOW_MS,
     MAX_WINDOW_S,
+    OUTCOMES,
     Decision,
+    DecisionCounters,
     FailurePolicy,
     InvalidRateLimit,
     Preset,
@@ -52,8 +59,10 @@ from cache.ratelimit_core import (
     check_limit,
     check_now_ms,
     check_scope,
+    counter_field,
     decision_from_reply,
     is_outage,
+    parse_counters,
     resolution_to_ms,
     unavailable_decision,
     window_to_ms,
@@ -63,11 +72,14 @@ __all__ = [
     "API",
     "BY_IP",
     "BY_USER",
+    "COUNTERS_FLUSH_INTERVAL_S",
     "FAIL_CLOSED_RETRY_AFTER_S",
     "MAX_LIMIT",
     "MAX_NOW_MS",
     "MAX_WINDOW_S",
+    "OUTCOMES",
     "Decision",
+    "DecisionCounters",
     "FailurePolicy",
     "InvalidRateLimit",
     "Preset",
@@ -78,9 +90,12 @@ __all__ = [
     "check_now_ms",
     "check_scope",
     "decision_from_reply",
+    "flush_ratelimit_stats",
     "is_outage",
+    "ratelimit_counters",
     "ratelimit_stats",
     "ratelimit_stats_by_scope",
+    "read_ratelimit_counters",
     "reset_ratelimit_stats",
     "resolution_to_ms",
     "unavailable_decision",
@@ -95,30 +110,7 @@ MAX_CACHED_SPECS = 256  # distinct (limit, window, resolution) a limiter remembe
 
 # --- counters and outage logging -----------------------------------------------------------
 
-OUTCOMES = ("allowed", "denied", "fail_open", "fail_closed")
-
-
-class _Stats:
-    """Per-process counters by scope and outcome, safe to share between threads."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.counts: dict[tuple[str, str], int] = {}
-
-    def add(self, scope: str, outcome: str) -> None:
-        with self.lock:
-            self.counts[scope, outcome] = self.counts.get((scope, outcome), 0) + 1
-
-    def by_scope(self) -> dict[str, dict[str, int]]:
-        with self.lock:
-            items = list(self.counts.items())
-        result: dict[str, dict[str, int]] = {}
-        for (scope, outcome), count in items:
-            result.setdefault(scope, dict.fromkeys(OUTCOMES, 0))[outcome] = count
-        return result
-
-
-_stats = _Stats()
+_stats = DecisionCounters()
 
 
 def ratelimit_stats() -> dict[str, int]:
@@ -131,14 +123,75 @@ def ratelimit_stats() -> dict[str, int]:
 
 
 def ratelimit_stats_by_scope() -> dict[str, dict[str, int]]:
-    """The same counts per scope (`ip`, `user`, `api`, ...), for labelled metrics."""
+    """The same counts per scope (`ip`, `user`, `api`, ...), for this process only."""
     return _stats.by_scope()
 
 
 def reset_ratelimit_stats() -> None:
-    """Zero the counters (tests; a forked child starts from zero on its own)."""
+    """Zero the counters (tests; a forked child starts from zero on its own, or it would
+    flush its parent's counts a second time)."""
     global _stats
-    _stats = _Stats()
+    _stats = DecisionCounters()
+
+
+def flush_counters(client: Redis, now: float | None = None) -> None:
+    """Add this process's unflushed counts to `keys.rate_limit_counters()`: one pipelined
+    round trip, none when there is nothing to add.
+
+    Raises:
+        redis.RedisError: Redis failed; the counts are kept for the next flush.
+    """
+    stats = _stats
+    pending = stats.take_pending(time.monotonic() if now is None else now)
+    if not pending:
+        return
+    try:
+        pipe = client.pipeline(transaction=False)
+        for (scope, outcome), count in pending.items():
+            pipe.hincrby(keys.rate_limit_counters(), counter_field(scope, outcome), count)
+        pipe.execute()
+    except BaseException:
+        stats.restore_pending(pending)
+        raise
+
+
+def read_ratelimit_counters(client: Redis) -> dict[str, dict[str, int]]:
+    """Every process's flushed totals, `{scope: {outcome: count}}`; reads only (metrics scrapes).
+
+    Raises:
+        redis.RedisError: Redis failed.
+        ValueError: a counter in the hash is not an integer.
+    """
+    return parse_counters(client.hgetall(keys.rate_limit_counters()))
+
+
+def ratelimit_counters(client: Redis | None = None) -> dict[str, dict[str, int]]:
+    """Decisions per scope summed over every process using this primary (this one flushed first).
+
+    What the status command reads; other processes' checks show up within their flush
+    interval (`COUNTERS_FLUSH_INTERVAL_S`) as long as they keep checking, or when they
+    call `flush_ratelimit_stats()` (e.g. at the end of a forked job).
+
+    Raises:
+        RedisUnavailable: the primary cannot be reached; the message names REDIS_URL.
+    """
+    redis_client = client if client is not None else connections.primary()
+    with connections.translate_errors(Role.PRIMARY):
+        flush_counters(redis_client)
+        return read_ratelimit_counters(redis_client)
+
+
+def flush_ratelimit_stats(client: Redis | None = None) -> bool:
+    """Push this process's unflushed counts now (before exit, at the end of a forked job).
+
+    Returns:
+        `False` instead of raising when Redis is unavailable; the counts are kept.
+    """
+    try:
+        flush_counters(client if client is not None else connections.primary())
+    except redis.RedisError:
+        return False
+    return True
 
 
 os.register_at_fork(after_in_child=reset_ratelimit_stats)
@@ -197,7 +250,8 @@ class RateLimiter:
         failure_policy: what `check` answers when Redis is unreachable.
         identifier_kind: how `check` normalises identifiers (IP, opaque, secret).
         by_ip, by_user, api: the presets behind `limit_by_ip`, `limit_by_user`, `limit_api`.
-        monotonic: clock for throttling outage warnings; injected by tests.
+        monotonic: clock for throttling outage warnings and for the counters' flush
+            interval; injected by tests.
 
     Raises:
         InvalidRateLimit: a bad scope or policy.
@@ -222,6 +276,7 @@ class RateLimiter:
         self.redis = redis if redis is not None else connections.primary()
         self._script = self.redis.register_script(_lua("ratelimit_check"))
         self._specs: dict[tuple[object, ...], Spec] = {}
+        self._monotonic = monotonic
         self._outages = _OutageLog(FAILURE_LOG_INTERVAL_S, monotonic)
 
     def check(
@@ -330,5 +385,15 @@ class RateLimiter:
             return decision
         self._outages.succeeded(scope)
         decision = decision_from_reply(reply, scope=scope, limit=limit, window_ms=window_ms)
-        _stats.add(scope, "allowed" if decision.allowed else "denied")
+        stats = _stats
+        stats.add(scope, "allowed" if decision.allowed else "denied")
+        # Only here, after Redis answered: a check during an outage never waits on a flush.
+        if stats.flush_due(now := self._monotonic()):
+            self._flush_counters(now)
         return decision
+
+    def _flush_counters(self, now: float) -> None:
+        try:
+            flush_counters(self.redis, now)
+        except redis.RedisError as exc:  # the counts are kept for the next flush; the check stands
+            logger.debug("rate limit counters not flushed: %s: %s", type(exc).__name__, exc)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -24,6 +25,8 @@ MAX_LIMIT = 100_000  # an exact log keeps a member per admission: ~13 MB for a f
 MAX_WINDOW_S = 366 * 86_400  # a longer window is a bug, and keeps times far from float limits
 MAX_NOW_MS = 2**53  # times travel to Lua as doubles, exact up to here
 FAIL_CLOSED_RETRY_AFTER_S = 5.0  # clients back off long enough not to hammer a recovering Redis
+COUNTERS_FLUSH_INTERVAL_S = 5.0  # shared decision counts lag by at most this; one HINCRBY batch per 5 s
+OUTCOMES = ("allowed", "denied", "fail_open", "fail_closed")  # Redis's answers, then the failure policy's
 
 _SCOPE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 # Replies that mean "Redis cannot serve us now" rather than "our call is wrong".
@@ -230,6 +233,100 @@ def is_outage(exc: redis.RedisError) -> bool:
 
 def _seconds(value: float) -> str:
     return f"{value:g} s"
+
+
+# --- decision counters ---------------------------------------------------------------------
+
+
+class DecisionCounters:
+    """One process's checks by scope and outcome: totals since start, and how much was flushed.
+
+    Counting is one dict update under a lock, as cheap as before the counts were shared;
+    the unflushed part (`totals - flushed`) is only computed when a flush is due, at most
+    once per `flush_interval_s`. Times are the caller's monotonic clock (`now`).
+    """
+
+    def __init__(self, flush_interval_s: float = COUNTERS_FLUSH_INTERVAL_S) -> None:
+        if isinstance(flush_interval_s, bool) or not isinstance(flush_interval_s, int | float):
+            raise InvalidRateLimit(f"flush_interval_s must be a number of seconds, got {flush_interval_s!r}")
+        if not 0 < flush_interval_s < math.inf:
+            raise InvalidRateLimit(f"flush_interval_s must be positive and finite, got {flush_interval_s!r}")
+        self.flush_interval_s = float(flush_interval_s)
+        self._lock = threading.Lock()
+        self._totals: dict[tuple[str, str], int] = {}
+        self._flushed: dict[tuple[str, str], int] = {}
+        self._next_flush_at: float | None = None  # the first `flush_due` sets it: one interval from start
+
+    def add(self, scope: str, outcome: str) -> None:
+        with self._lock:
+            self._totals[scope, outcome] = self._totals.get((scope, outcome), 0) + 1
+
+    def by_scope(self) -> dict[str, dict[str, int]]:
+        """Totals since start: `{scope: {outcome: count}}`, every outcome present."""
+        with self._lock:
+            items = list(self._totals.items())
+        return _by_scope(items)
+
+    def flush_due(self, now: float) -> bool:
+        next_at = self._next_flush_at
+        if next_at is None:
+            self._next_flush_at = now + self.flush_interval_s
+            return False
+        return now >= next_at
+
+    def take_pending(self, now: float) -> dict[tuple[str, str], int]:
+        """Hand over the unflushed counts (non-zero ones) and start a new interval at `now`.
+
+        Two threads never take the same counts: what is taken counts as flushed at once.
+        """
+        with self._lock:
+            pending = {
+                key: total - self._flushed.get(key, 0)
+                for key, total in self._totals.items()
+                if total != self._flushed.get(key, 0)
+            }
+            self._flushed.update(self._totals)
+            self._next_flush_at = now + self.flush_interval_s
+        return pending
+
+    def restore_pending(self, pending: Mapping[tuple[str, str], int]) -> None:
+        """Give back counts whose flush failed, so that the next flush carries them."""
+        with self._lock:
+            for key, count in pending.items():
+                self._flushed[key] -= count
+
+
+def counter_field(scope: str, outcome: str) -> str:
+    """The field of `keys.rate_limit_counters()` for one scope and outcome: `<scope>:<outcome>`."""
+    return f"{scope}:{outcome}"
+
+
+def parse_counters(raw: Mapping[bytes | str, bytes | str | int]) -> dict[str, dict[str, int]]:
+    """`{scope: {outcome: count}}` from the hash's fields (`HGETALL`), every outcome present.
+
+    Fields that are not `<scope>:<outcome>` are skipped (a newer version may add some).
+
+    Raises:
+        ValueError: a counter that is not an integer; the message names the field.
+    """
+    items: list[tuple[tuple[str, str], int]] = []
+    for name, value in raw.items():
+        field_name = name.decode() if isinstance(name, bytes) else name
+        scope, _, outcome = field_name.rpartition(":")
+        if outcome not in OUTCOMES or not _SCOPE.fullmatch(scope):
+            continue
+        try:
+            items.append(((scope, outcome), int(value)))
+        except ValueError:
+            raise ValueError(f"rate-limit counter {field_name!r} is not an integer: {value!r}") from None
+    return _by_scope(items)
+
+
+def _by_scope(items: Sequence[tuple[tuple[str, str], int]]) -> dict[str, dict[str, int]]:
+    result: dict[str, dict[str, int]] = {}
+    for (scope, outcome), count in sorted(items):
+        result.setdefault(scope, dict.fromkeys(OUTCOMES, 0))[outcome] = count
+    return result
 
 
 # --- presets -----------------------------------------------------------------------------
