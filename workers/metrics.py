@@ -2,7 +2,8 @@
 
 Everything comes from Redis, not from this process: queue and registry sizes, the job
 totals every worker flushes (`workers.job_stats`), live workers, the cache counters
-every process flushes (`cache.cache_stats`), rate-limit keys, and INFO of both roles.
+every process flushes (`cache.cache_stats`), the rate-limit decisions every process
+flushes (`cache.ratelimit`), rate-limit keys, and INFO of both roles.
 So one exporter per deployment is enough, it can restart at will, and counters never
 reset when it does. A scrape does not write to Redis.
 
@@ -31,6 +32,8 @@ from cache import connections, keys
 from cache.cache_stats import read_counters
 from cache.connections import Role
 from cache.errors import ConfigError, RedisUnavailable
+from cache.ratelimit import OUTCOMES as RATELIMIT_OUTCOMES
+from cache.ratelimit import read_ratelimit_counters
 from jobs.queues import QUEUES
 from workers.diagnose import info_summary
 from workers.job_stats import DURATION_BUCKETS_S, OUTCOMES, bucket_field, read_job_stats
@@ -271,7 +274,20 @@ class KryonixCollector(Collector):
             "0 when the bounded SCAN stopped before the end of the keyspace",
         )
         scanned.add_metric([], 1.0 if complete else 0.0)
-        return [active, scanned]
+        return [self._ratelimit_decisions(connection), active, scanned]
+
+    def _ratelimit_decisions(self, connection: redis.Redis) -> Metric:
+        # Read, not `ratelimit_counters()`: that would flush this process's counts first.
+        decisions = CounterMetricFamily(
+            "kryonix_ratelimit_decisions",
+            "Rate-limit checks per scope and decision, summed over every process "
+            "(allowed/denied by Redis; fail_open/fail_closed by the failure policy while Redis was down)",
+            labels=["scope", "decision"],
+        )
+        for scope, counts in read_ratelimit_counters(connection).items():
+            for decision in RATELIMIT_OUTCOMES:
+                decisions.add_metric([scope, decision], float(counts[decision]))
+        return decisions
 
 
 # --- the HTTP server ------------------------------------------------------------------------

@@ -123,3 +123,30 @@ def cache_section(connection: redis.Redis) -> dict[str, Any]:
     ratio = f"{counters.get('hits', 0) / lookups:.1%}" if lookups else "-"
     line = ", ".join(f"{name} {value}" for name, value in sorted(counters.items()))
     return {**counters, "_text": [f"hit ratio {ratio}", line or "no cache activity recorded"]}
+
+
+def ratelimit_section(connection: redis.Redis) -> dict[str, Any]:
+    """Rate-limit decisions per scope summed over every process (allowed, denied, fail-open/closed).
+
+    Fail-open and fail-closed counts are checks Redis never saw: non-zero means the
+    primary was unreachable for some requests (the per-process logs say when).
+
+    Raises:
+        RedisUnavailable: the primary is unreachable (`status` shows the error in place of
+            the section).
+    """
+    from cache.ratelimit import OUTCOMES, ratelimit_counters
+
+    scopes = ratelimit_counters(connection)
+    totals = {outcome: sum(counts[outcome] for counts in scopes.values()) for outcome in OUTCOMES}
+    if not scopes:
+        return {"totals": totals, "scopes": scopes, "_text": ["no rate-limit checks recorded"]}
+
+    def counts_text(counts: dict[str, int]) -> str:
+        return ", ".join(f"{name} {counts[name]}" for name in OUTCOMES)
+
+    answered = totals["allowed"] + totals["denied"]
+    denied = f"{totals['denied'] / answered:.1%}" if answered else "-"
+    lines = [f"{counts_text(totals)} (denied {denied} of the checks Redis answered)"]
+    lines.extend(f"  {scope}: {counts_text(counts)}" for scope, counts in scopes.items())
+    return {"totals": totals, "scopes": scopes, "_text": lines}
