@@ -50,11 +50,12 @@ def status(as_json: bool, quiet: bool) -> None:
     from cache.connections import Role, cache_redis, primary
     from workers import queue_status
     from workers import status as status_module
-    from workers.status_sections import cache_section, diagnose_section
+    from workers.status_sections import cache_section, diagnose_section, ratelimit_section
 
     status_module.EXTRA_SECTIONS.setdefault("queues", lambda: queue_status.section(primary()))
     if not quiet:  # the health check needs only reachability and policy
         status_module.EXTRA_SECTIONS.setdefault("cache_counters", lambda: cache_section(cache_redis()))
+        status_module.EXTRA_SECTIONS.setdefault("ratelimit", lambda: ratelimit_section(primary()))
         status_module.EXTRA_SECTIONS.setdefault("diagnose", lambda: diagnose_section(primary()))
         status_module.EXTRA_SECTIONS.setdefault(
             "diagnose_cache", lambda: diagnose_section(cache_redis(), role=Role.CACHE)

@@ -27,6 +27,7 @@ from rq.worker import Worker, WorkerStatus
 
 from cache.cache_stats import flush_cache_stats
 from cache.connections import Role, build_client, set_process_role
+from cache.ratelimit import flush_ratelimit_stats
 from cache.health import check_eviction_policy
 from cache.settings import get_settings
 from jobs.queues import QUEUES, KryonixQueue
@@ -179,8 +180,9 @@ class KryonixWorker(Worker):
         finally:
             if self._is_horse:
                 # A work horse exits with os._exit: counters its job kept in memory
-                # (cache hits, ...) are pushed now or never.
+                # (cache hits, rate-limit decisions) are pushed now or never.
                 flush_cache_stats()
+                flush_ratelimit_stats()
 
     def _log_outcome(self, job: Job, queue: Queue, duration_s: float, in_process: bool) -> None:
         try:
