@@ -174,19 +174,41 @@ async def deliver_all(
     pool: SmtpPool,
     items: Sequence[Item],
     render: Callable[[Item], RenderedEmail],
-    record: Callable[[str, str], None],
+    record: Callable[[Mapping[str, str]], None],
     *,
     connections: int = DEFAULT_CONNECTIONS,
 ) -> ChunkReport:
-    """Send one message per item over `connections` lanes; `record(address, outcome)` right after each answer.
+    """Send one message per item over `connections` lanes, recording each outcome as soon as it is known.
+
+    `record({address: outcome, ...})` is a group commit: a recorder task writes, in one
+    call, every answer that arrived since its last write, i.e. within one turn of the
+    event loop. The window between the server's answer and its record stays one loop
+    turn plus one round trip, at one write per batch instead of one per message.
 
     A configuration error (credentials, TLS) stops every lane; a lane that cannot reach
     the server stops after a few failures. What was not attempted is reported deferred.
     """
     todo = deque(items)
     report = ChunkReport()
+    pending: dict[str, str] = {}
+    wake = asyncio.Event()
+    lanes_left = max(1, min(connections, len(items)))
+
+    def note(address: str, outcome: str) -> None:
+        pending[address] = outcome
+        wake.set()
+
+    async def recorder() -> None:
+        while lanes_left or pending:
+            await wake.wait()
+            wake.clear()
+            if pending:
+                batch = dict(pending)
+                pending.clear()
+                record(batch)
 
     async def lane() -> None:
+        nonlocal lanes_left
         connection = pool.acquire()
         unreachable = 0
         try:
@@ -196,7 +218,7 @@ async def deliver_all(
                     message = render(item)
                 except EmailValidationError as exc:
                     report.refused[item.address] = f"invalid message: {exc}"
-                    record(item.address, f"{idempotency.REFUSED}:invalid message: {exc}")
+                    note(item.address, f"{idempotency.REFUSED}:invalid message: {exc}")
                     continue
                 try:
                     delivery = await connection.deliver(
@@ -209,22 +231,25 @@ async def deliver_all(
                 reason = delivery.refused.get(item.address, delivery.reason)  # the RCPT reply, if that was it
                 if delivery.verdict is Verdict.ACCEPTED:
                     report.sent += 1
-                    record(item.address, idempotency.SENT)
+                    note(item.address, idempotency.SENT)
                     unreachable = 0
                 elif delivery.verdict is Verdict.REFUSED:
                     report.refused[item.address] = reason
-                    record(item.address, f"{idempotency.REFUSED}:{reason}")
+                    note(item.address, f"{idempotency.REFUSED}:{reason}")
                     unreachable = 0
                 else:
                     report.deferred[item.address] = reason
-                    record(item.address, f"{idempotency.DEFERRED}:{reason}")
+                    note(item.address, f"{idempotency.DEFERRED}:{reason}")
                     unreachable = 0 if connection.connected else unreachable + 1
         finally:
             pool.release(connection)
+            lanes_left -= 1
+            wake.set()
 
     try:
         async with asyncio.TaskGroup() as group:
-            for _ in range(max(1, min(connections, len(items)))):
+            group.create_task(recorder())
+            for _ in range(lanes_left):
                 group.create_task(lane())
     except BaseExceptionGroup as errors:  # e.g. Redis down while recording: surface the error itself
         raise errors.exceptions[0] from None

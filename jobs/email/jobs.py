@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from rq import get_current_job
@@ -114,8 +115,8 @@ def send_bulk_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
         )
         return render_email(request, sender=settings.sender, now=dt.datetime.now(dt.UTC))
 
-    def record(address: str, outcome: str) -> None:
-        idempotency.record_outcomes(bulk_id, {address: outcome}, connection=client)
+    def record(outcomes: Mapping[str, str]) -> None:
+        idempotency.record_outcomes(bulk_id, outcomes, connection=client)
 
     runtime = process_runtime(settings)
     report = (

@@ -206,7 +206,7 @@ def _render(item: Item) -> RenderedEmail:
 def _run(pool: FakePool, items: Sequence[Item], connections: int = 4) -> tuple[Any, dict[str, str]]:
     recorded: dict[str, str] = {}
     report = asyncio.run(
-        deliver_all(pool, items, _render, recorded.__setitem__, connections=connections)  # type: ignore[arg-type]
+        deliver_all(pool, items, _render, recorded.update, connections=connections)  # type: ignore[arg-type]
     )
     return report, recorded
 
@@ -259,3 +259,24 @@ def test_an_unexpected_error_surfaces_itself_not_a_group() -> None:
     with pytest.raises(RuntimeError, match="redis went away"):
         _run(pool, _items(10), connections=3)
     assert pool.acquired == pool.released, "every connection went back to the pool"
+
+
+def test_outcomes_are_group_committed_and_all_written_before_returning() -> None:
+    pool = FakePool({})
+    batches: list[dict[str, str]] = []
+    report = asyncio.run(
+        deliver_all(pool, _items(40), _render, lambda b: batches.append(dict(b)), connections=4)  # type: ignore[arg-type]
+    )
+    assert report.sent == 40
+    assert sum(len(b) for b in batches) == 40 and len({a for b in batches for a in b}) == 40
+    assert len(batches) < 40, "answers arriving in one loop turn share one write"
+
+
+def test_a_failing_record_stops_the_chunk_with_its_own_error() -> None:
+    def broken(batch: object) -> None:
+        raise ConnectionError("PRIMARY unreachable")
+
+    pool = FakePool({})
+    with pytest.raises(ConnectionError, match="PRIMARY unreachable"):
+        asyncio.run(deliver_all(pool, _items(20), _render, broken, connections=2))  # type: ignore[arg-type]
+    assert pool.acquired == pool.released
