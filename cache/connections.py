@@ -103,20 +103,7 @@ def build_client(
         ConfigError: the URL cannot be used; the message names the setting.
     """
     settings = settings or get_settings()
-    kwargs: dict[str, Any] = {
-        "socket_timeout": None if pubsub else settings.socket_timeout_s,
-        "socket_connect_timeout": settings.connect_timeout_s,
-        "socket_keepalive": True,
-        "health_check_interval": settings.health_check_interval_s,
-        "retry": _NoRetryOnAuth(
-            ExponentialWithJitterBackoff(base=RETRY_BACKOFF_BASE_S, cap=RETRY_BACKOFF_CAP_S),
-            settings.retry_attempts,
-        ),
-        "client_name": f"kryonix:{role.value}:{_process_role}:{os.getpid()}",
-        "decode_responses": decode_responses,
-    }
-    if settings.redis_password:
-        kwargs["password"] = settings.redis_password
+    kwargs = _client_kwargs(role, settings, pubsub, decode_responses, _NoRetryOnAuth, _process_role)
     if uses_sentinel(role, settings):
         return _sentinel_client(settings, kwargs)
     url = url_for(role, settings)
@@ -124,6 +111,27 @@ def build_client(
         return redis.Redis.from_url(url, **kwargs)
     except ValueError as exc:
         raise ConfigError(f"{role.setting} cannot be used ({redact_url(url)}): {exc}") from None
+
+
+def _client_kwargs(
+    role: Role, settings: Settings, pubsub: bool, decode_responses: bool, retry_class: Any, process_role: str
+) -> dict[str, Any]:
+    """What every client of ours gets: timeouts, health checks, retry with backoff, a name."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": None if pubsub else settings.socket_timeout_s,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": settings.health_check_interval_s,
+        "retry": retry_class(
+            ExponentialWithJitterBackoff(base=RETRY_BACKOFF_BASE_S, cap=RETRY_BACKOFF_CAP_S),
+            settings.retry_attempts,
+        ),
+        "client_name": f"kryonix:{role.value}:{process_role}:{os.getpid()}",
+        "decode_responses": decode_responses,
+    }
+    if settings.redis_password:
+        kwargs["password"] = settings.redis_password
+    return kwargs
 
 
 def _sentinel_client(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:
@@ -155,20 +163,7 @@ def build_async_client(
 
     settings = settings or get_settings()
     url = url_for(role, settings)
-    kwargs: dict[str, Any] = {
-        "socket_timeout": None if pubsub else settings.socket_timeout_s,
-        "socket_connect_timeout": settings.connect_timeout_s,
-        "socket_keepalive": True,
-        "health_check_interval": settings.health_check_interval_s,
-        "retry": AsyncRetry(
-            ExponentialWithJitterBackoff(base=RETRY_BACKOFF_BASE_S, cap=RETRY_BACKOFF_CAP_S),
-            settings.retry_attempts,
-        ),
-        "client_name": f"kryonix:{role.value}:{_process_role}-async:{os.getpid()}",
-        "decode_responses": decode_responses,
-    }
-    if settings.redis_password:
-        kwargs["password"] = settings.redis_password
+    kwargs = _client_kwargs(role, settings, pubsub, decode_responses, AsyncRetry, f"{_process_role}-async")
     try:
         return redis.asyncio.Redis.from_url(url, **kwargs)
     except ValueError as exc:
