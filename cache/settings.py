@@ -67,6 +67,7 @@ class Settings:
     smtp_starttls: bool = False
     smtp_timeout_s: float = DEFAULT_SMTP_TIMEOUT_S
     mail_from: str = DEFAULT_MAIL_FROM
+    ops_emails: tuple[str, ...] = ()
     reports_dir: Path = Path(DEFAULT_REPORTS_DIR)
     log_format: str = "text"
     dashboard_bind: str = DEFAULT_DASHBOARD_BIND
@@ -110,6 +111,7 @@ class Settings:
             smtp_starttls=smtp_starttls,
             smtp_timeout_s=env.number("SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, float),
             mail_from=env.get("MAIL_FROM", DEFAULT_MAIL_FROM),
+            ops_emails=tuple(a.strip() for a in env.get("OPS_EMAIL", "").split(",") if a.strip()),
             reports_dir=Path(env.get("REPORTS_DIR", DEFAULT_REPORTS_DIR)),
             log_format=log_format,
             dashboard_bind=env.get("DASHBOARD_BIND", DEFAULT_DASHBOARD_BIND),

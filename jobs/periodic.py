@@ -57,6 +57,23 @@ class Periodic:
         return f"{self.job_id}-{slot}"
 
 
-# The platform's periodic jobs. Later features (failed-jobs digest email, scheduled
-# reports) add their entries here.
+# The platform's periodic jobs that need no configuration. Scheduled reports are added
+# here with `jobs.reports.scheduled_report(...)`.
 PERIODIC: tuple[Periodic, ...] = ()
+
+
+def declared() -> tuple[Periodic, ...]:
+    """Everything the scheduler runs: `PERIODIC`, plus the failed-jobs digest when OPS_EMAIL is set."""
+    from cache.settings import get_settings
+
+    operators = get_settings().ops_emails
+    if not operators:
+        return PERIODIC
+    digest = Periodic(
+        name="failed-jobs-digest",
+        func="jobs.email.digest.send_failed_jobs_digest",
+        queue="email",
+        cron="0 7 * * *",
+        args=(list(operators),),
+    )
+    return (*PERIODIC, digest)

@@ -29,7 +29,7 @@ from rq_scheduler import Scheduler
 from cache.connections import primary, set_process_role
 from cache.health import check_eviction_policy
 from jobs.enqueue import enqueue
-from jobs.periodic import PERIODIC, Periodic
+from jobs.periodic import Periodic, declared
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob
@@ -99,14 +99,16 @@ class SchedulerProcess:
     def __init__(
         self,
         connection: redis.Redis | None = None,
-        definitions: Iterable[Periodic] = PERIODIC,
+        definitions: Iterable[Periodic] | None = None,
         tick_s: float = 1.0,
         maintenance_interval_s: float = 5.0,
     ) -> None:
         self.connection = connection or primary()
         self.tick_s = tick_s
         self.maintenance_interval_s = maintenance_interval_s
-        self.periodic = PeriodicScheduler(definitions, self.connection, tick_s)
+        self.periodic = PeriodicScheduler(
+            declared() if definitions is None else definitions, self.connection, tick_s
+        )
         queues = [KryonixQueue(name, connection=self.connection) for name in QUEUES]
         self.rq_scheduler = RQScheduler(queues, connection=self.connection, serializer=JSONSerializer)
         self.stop_event = threading.Event()

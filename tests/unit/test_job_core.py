@@ -233,3 +233,19 @@ def test_email_policy_survives_a_thirty_second_outage() -> None:
         total = sum(EMAIL.retry.backoff(n, rng) for n in range(EMAIL.retry.attempts))
         exhausted += total < 30
     assert exhausted == 0
+
+
+def test_digest_is_scheduled_only_when_operators_are_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cache.settings import reset_settings
+    from jobs.periodic import declared
+
+    monkeypatch.delenv("OPS_EMAIL", raising=False)
+    reset_settings()
+    assert all(p.name != "failed-jobs-digest" for p in declared())
+    monkeypatch.setenv("OPS_EMAIL", "ops@example.com, oncall@example.com")
+    reset_settings()
+    try:
+        [digest] = [p for p in declared() if p.name == "failed-jobs-digest"]
+        assert digest.args == (["ops@example.com", "oncall@example.com"],)
+    finally:
+        reset_settings()
