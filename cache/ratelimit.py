@@ -6,7 +6,7 @@ fixed-window boundary. Here one Lua script (`lua/ratelimit_check.lua`, EVALSHA,
 reloaded on NOSCRIPT) keeps a log of admitted units per identifier, counts the units
 in the sliding window, and either admits (writing the log and its TTL in the same
 atomic step) or denies with the exact time at which the request would fit. No window
-of `window_seconds` ever holds more than `limit` admitted units. docs/ratelimit.md has
+of `window_seconds` ever holds more than `limit` admitted units. The README ("Rate limiting") has
 the algorithm, the key layout, memory per key, presets, headers and failure policy.
 
 When Redis cannot answer, each limiter follows its failure policy: fail open (admit,
@@ -241,7 +241,7 @@ def _lua(name: str) -> str:
 
 
 class RateLimiter:
-    """Sliding-window rate limits on the PRIMARY Redis; see docs/ratelimit.md.
+    """Sliding-window rate limits on the PRIMARY Redis; see the README, "Rate limiting".
 
     Args:
         redis: a PRIMARY client (never the evicting cache); defaults to `connections.primary()`.

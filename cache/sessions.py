@@ -251,7 +251,7 @@ def _failing_closed(action: str) -> Iterator[None]:
 
 
 class SessionService:
-    """Server-side sessions; see docs/sessions.md for the key layout and security properties.
+    """Server-side sessions; the README ("Server-side sessions") has the key layout and security properties.
 
     Args:
         redis: a PRIMARY client (never the evicting cache); defaults to `connections.primary()`.

@@ -2,10 +2,7 @@
 
 `send_failed_jobs_digest` is a job: it reads the failed registries and enqueues one
 `failed_jobs_digest` email (idempotency key per period, so a repeated run of the same
-period sends nothing new). To run it daily, add to `jobs/periodic.py`:
-
-    Periodic(name="failed-jobs-digest", func="jobs.email.digest.send_failed_jobs_digest",
-             queue="email", cron="0 7 * * *", args=(["ops@example.com"],))
+period sends nothing new). `OPS_EMAIL` schedules it daily (`jobs.periodic.declared`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
   retried.
 
 The window that remains (the process dies after the server's 250 and before the
-marker write) is documented in docs/email.md.
+marker write) is documented in the README, "Email jobs".
 """
 
 from __future__ import annotations
