@@ -12,8 +12,9 @@ import datetime as dt
 import logging
 import signal
 import threading
+import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -28,7 +29,7 @@ from jobs.errors import JobValidationError, PermanentJobError, TransientJobError
 from jobs.progress import report_progress
 from jobs.reports.api import ReportRequest, validate_request
 from jobs.reports.build import build_report, progress_percent
-from jobs.reports.notify import email_ready, publish_ready
+from jobs.reports.notify import email_ready, publish_progress, publish_ready
 from jobs.reports.output import InvalidReportId, check_report_id, remove_stale_temp_files
 from jobs.reports.queries import is_transient_db_error
 from jobs.reports.scheduled import window_filters
@@ -114,10 +115,23 @@ def _report_id(given: str | None) -> str:
         raise PermanentJobError(str(exc)) from None
 
 
-def _on_progress(done: int, total: int) -> None:
-    report_progress(
-        progress_percent(done, total), f"{done:,} / {total:,} rows", rows_done=done, rows_total=total
-    )
+PROGRESS_EVENT_INTERVAL_S = 1.0  # at most one `report.progress` event a second per report
+
+
+def _progress_reporter(request: ReportRequest, report_id: str) -> Callable[[int, int], None]:
+    """Progress into job meta every batch; to the requesting user at most once a second."""
+    last_event = 0.0
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal last_event
+        percent = progress_percent(done, total)
+        report_progress(percent, f"{done:,} / {total:,} rows", rows_done=done, rows_total=total)
+        now = time.monotonic()
+        if request.requested_by is not None and now - last_event >= PROGRESS_EVENT_INTERVAL_S:
+            last_event = now
+            publish_progress(request.requested_by, report_id, percent, done, total)
+
+    return on_progress
 
 
 def _run(request: ReportRequest, report_id: str) -> dict[str, Any]:
@@ -138,7 +152,7 @@ def _run(request: ReportRequest, report_id: str) -> dict[str, Any]:
                 request.format,
                 directory,
                 report_id,
-                on_progress=_on_progress,
+                on_progress=_progress_reporter(request, report_id),
                 rows_per_s=request.rows_per_s,
             )
     except SQLAlchemyError as exc:

@@ -31,6 +31,22 @@ def event_payload(report: ReportFile) -> dict[str, Any]:
     }
 
 
+PROGRESS_EVENT = "report.progress"
+
+
+def publish_progress(requested_by: str | int, report_id: str, percent: float, done: int, total: int) -> None:
+    """Publish `report.progress` to the user's channel; best effort, never fails the report."""
+    try:
+        from cache.realtime import RealtimeService
+
+        data = {"report_id": report_id, "percent": percent, "rows_done": done, "rows_total": total}
+        RealtimeService().publish_user_event(requested_by, PROGRESS_EVENT, data)
+    except Exception as exc:
+        log.warning(
+            "report %s: %s event for user %s not sent: %s", report_id, PROGRESS_EVENT, requested_by, exc
+        )
+
+
 def publish_ready(requested_by: str | int, report: ReportFile) -> str | None:
     """Publish `report.ready` to the user's channel; the event id, or None when it could not be sent."""
     try:

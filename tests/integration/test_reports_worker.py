@@ -124,8 +124,13 @@ def test_report_completes_with_progress_event_and_job_view(
 
     finished = processes.cli("job", job_id)
     assert "finished" in finished.stdout and "result:" in finished.stdout and str(path) in finished.stdout
-    [event] = [e for e in RealtimeService(primary).events_since(7) if e.event == "report.ready"]
+    events = RealtimeService(primary).events_since(7)
+    [event] = [e for e in events if e.event == "report.ready"]
     assert event.data["report_id"] == job_id and event.data["rows"] == ROWS
+    progress_events = [e.data for e in events if e.event == "report.progress"]
+    assert progress_events, "the requesting user is told how far the report is"
+    assert all(p["report_id"] == job_id and 0 <= p["percent"] <= 100 for p in progress_events)
+    assert events.index(event) > max(i for i, e in enumerate(events) if e.event == "report.progress")
     assert event.data["sha256"] == result["sha256"]
     if importlib.util.find_spec("jobs.email") is None:
         assert "'report ready' email to ['ops@example.com'] NOT sent" in log_of(worker)
