@@ -384,32 +384,14 @@ def _measure(url: str, sink: _Sink, logdir: str) -> list[dict[str, Any]]:
 
 
 def run() -> list[dict[str, Any]]:
-    import os
     import tempfile
-    from pathlib import Path
 
-    from cache import connections
-    from cache.settings import reset_settings
-    from workers.servers import PRIMARY_CONF, RedisServer, free_port
+    from bench.common import private_primary
+    from workers.servers import free_port
 
-    with tempfile.TemporaryDirectory(prefix="kx-bench-email-") as tmp:
-        server = RedisServer(PRIMARY_CONF, Path(tmp) / "primary").start()
+    with private_primary("email") as server, tempfile.TemporaryDirectory(prefix="kx-bench-email-") as tmp:
         sink = _Sink(free_port())
-        saved = {k: os.environ.get(k) for k in ("REDIS_URL", "CACHE_REDIS_URL", "MAIL_FROM")}
-        os.environ.update(
-            REDIS_URL=server.url, CACHE_REDIS_URL=server.url, MAIL_FROM="KRYONIX <no-reply@kryonix.local>"
-        )
-        reset_settings()
-        connections.reset_clients()
         try:
             return _measure(server.url, sink, tmp)
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            reset_settings()
-            connections.reset_clients()
             sink.stop()
-            server.stop()
