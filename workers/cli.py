@@ -294,4 +294,5 @@ def _guard(call: Any) -> Any:
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None
 
 
+main.add_command(dev, name="up")  # the design's name for "bring the local stack up"
 main.add_command(seed_demo)  # `python -m workers seed-demo`, defined next to the report code it feeds
