@@ -120,7 +120,7 @@ def events(user_ids: tuple[str, ...], system: bool) -> None:
 
 @main.command()
 def dev() -> None:
-    """Run the local stack (Redis roles, SMTP catcher) in the foreground until Ctrl-C."""
+    """Run the local stack (both Redis roles, SMTP catcher, worker tree) until Ctrl-C."""
     from workers.localstack import run_local_stack
 
     run_local_stack()
