@@ -139,11 +139,21 @@ class SmtpServer:
         return self
 
     def stop(self) -> None:
-        """Close every session (aiosmtpd's stop leaves them open), then the listener."""
-        if self._controller is not None:
-            asyncio.run_coroutine_threadsafe(self._close_sessions(), self._controller.loop).result(10)
-            self._controller.stop()
+        """Stop listening, close every session (aiosmtpd's stop leaves them open), then the loop.
+
+        The listener goes first: a client that connected between closing the sessions and
+        stopping the loop would leave an unclosed transport behind.
+        """
+        controller = self._controller
+        if controller is not None:
+            asyncio.run_coroutine_threadsafe(self._shutdown(controller), controller.loop).result(10)
+            controller.stop()
             self._controller = None
+
+    async def _shutdown(self, controller: _Controller) -> None:
+        if controller.server is not None:
+            controller.server.close()  # no new connection from here on
+        await self._close_sessions()
 
     async def _close_sessions(self) -> None:
         for session in self._sessions:
