@@ -96,6 +96,14 @@ def email_sent_marker(idempotency_key: str) -> str:
     return f"{PREFIX}:email:sent:{idempotency_key}"
 
 
+def email_sending_claim(idempotency_key: str) -> str:
+    """Set before an SMTP transaction, removed when its outcome is known (see jobs/email/idempotency.py)."""
+    return f"{PREFIX}:email:sending:{idempotency_key}"
+
+
+EMAIL_POSSIBLE_DUPLICATES = f"{PREFIX}:email:possible_duplicates"
+
+
 def email_bulk_info(bulk_id: str) -> str:
     """A bulk email send: template, recipient count, chunk job ids (JSON string)."""
     return f"{PREFIX}:email:bulk:{{{bulk_id}}}:info"

@@ -34,6 +34,7 @@ from cache.connections import Role
 from cache.errors import ConfigError, RedisUnavailable
 from cache.ratelimit import OUTCOMES as RATELIMIT_OUTCOMES
 from cache.ratelimit import read_ratelimit_counters
+from jobs.email.idempotency import possible_duplicates
 from jobs.queues import QUEUES
 from workers.diagnose import info_summary
 from workers.job_stats import DURATION_BUCKETS_S, OUTCOMES, bucket_field, read_job_stats
@@ -218,7 +219,12 @@ class KryonixCollector(Collector):
             for outcome in OUTCOMES:
                 totals.add_metric([queue, outcome], stats[outcome])
             duration.add_metric([queue], cumulative_buckets(stats), sum_value=stats.get("duration_sum", 0.0))
-        return [totals, duration]
+        duplicates = CounterMetricFamily(
+            "kryonix_email_possible_duplicates",
+            "Emails sent again after an earlier attempt died during its SMTP transaction",
+            value=float(possible_duplicates(connection=connection)),
+        )
+        return [totals, duration, duplicates]
 
     def _worker_families(self, connection: redis.Redis) -> list[Metric]:
         live = GaugeMetricFamily(

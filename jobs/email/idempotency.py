@@ -3,12 +3,19 @@
 - A transactional email's marker `kx:email:sent:<idempotency key>` is written only
   after the SMTP server accepted the message (250 after DATA), with a TTL. A retry or
   a duplicate job finds it and sends nothing.
+- Before each SMTP transaction a claim `kx:email:sending:<idempotency key>` is set, and
+  it is removed with the marker write, or when the server's answer proves it did not
+  take the message. An attempt that finds a claim left behind knows the previous one
+  died (or lost its connection) mid-transaction: it still sends, since an email lost
+  would be worse, but it flags the send as a possible duplicate (log, job result,
+  counter `kx:email:possible_duplicates`).
 - A bulk send keeps one hash `kx:email:bulk:{<id>}:outcomes`, recipient -> outcome;
   `sent` and `refused` are final and never sent again, `deferred` and `failed` are
   retried.
 
 The window that remains (the process dies after the server's 250 and before the
-marker write) is documented in the README, "Email jobs".
+marker write) cannot be closed over SMTP; the claim makes every send that may fall in
+it visible. See the README, "Email jobs".
 """
 
 from __future__ import annotations
@@ -42,13 +49,7 @@ def sent_record(idempotency_key: str, *, connection: redis.Redis | None = None) 
     client = connection or primary()
     with translate_errors(Role.PRIMARY):
         raw = client.get(keys.email_sent_marker(idempotency_key))
-    if raw is None:
-        return None
-    try:
-        record: dict[str, Any] = json.loads(raw)
-    except ValueError:
-        record = {"raw": raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)}
-    return record
+    return None if raw is None else _record(raw)
 
 
 def mark_sent(
@@ -64,8 +65,55 @@ def mark_sent(
         RedisUnavailable: the marker could not be written (the caller decides; see jobs.py).
     """
     client = connection or primary()
+    with translate_errors(Role.PRIMARY), client.pipeline(transaction=True) as pipe:
+        pipe.set(keys.email_sent_marker(idempotency_key), json.dumps(dict(record)), ex=ttl_s)
+        pipe.delete(keys.email_sending_claim(idempotency_key))
+        pipe.execute()
+
+
+def claim_send(
+    idempotency_key: str, attempt: Mapping[str, Any], *, connection: redis.Redis | None = None
+) -> dict[str, Any] | None:
+    """Claim the SMTP transaction for this attempt; returns the claim an earlier attempt left.
+
+    A claim left behind means that attempt may have been accepted by the server: the
+    caller flags its own send as a possible duplicate; it is counted here.
+
+    Raises:
+        RedisUnavailable: the PRIMARY cannot be written; do not send without the claim.
+    """
+    client = connection or primary()
     with translate_errors(Role.PRIMARY):
-        client.set(keys.email_sent_marker(idempotency_key), json.dumps(dict(record)), ex=ttl_s)
+        raw = client.set(
+            keys.email_sending_claim(idempotency_key), json.dumps(dict(attempt)), ex=MARKER_TTL_S, get=True
+        )
+        if not isinstance(raw, bytes | str):  # None: no claim was left behind
+            return None
+        client.incr(keys.EMAIL_POSSIBLE_DUPLICATES)
+    return _record(raw)
+
+
+def release_claim(idempotency_key: str, *, connection: redis.Redis | None = None) -> None:
+    """The server's answer proved it did not take the message: the next attempt is no duplicate."""
+    client = connection or primary()
+    with translate_errors(Role.PRIMARY):
+        client.delete(keys.email_sending_claim(idempotency_key))
+
+
+def possible_duplicates(*, connection: redis.Redis | None = None) -> int:
+    """How many sends went out after an earlier attempt died mid-transaction (ever, not reset)."""
+    client = connection or primary()
+    with translate_errors(Role.PRIMARY):
+        raw = client.get(keys.EMAIL_POSSIBLE_DUPLICATES)
+    return int(raw or 0)
+
+
+def _record(raw: bytes | str) -> dict[str, Any]:
+    try:
+        record: dict[str, Any] = json.loads(raw)
+    except ValueError:
+        record = {"raw": raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)}
+    return record
 
 
 def outcome(value: str | bytes | None) -> tuple[str | None, str]:

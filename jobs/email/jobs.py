@@ -40,7 +40,10 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
     """Send one transactional email, unless its idempotency marker says it was accepted already.
 
     Returns:
-        `{"status": "sent" | "already_sent", "message_id", "reply", "refused", "accepted_at"}`.
+        `{"status": "sent" | "already_sent", "message_id", "reply", "refused", "accepted_at",
+        "possible_duplicate", "interrupted_attempt"}`; `possible_duplicate` says an earlier
+        attempt (`interrupted_attempt`: job id, pid, time) died during its SMTP transaction,
+        so the server may hold this message twice, with the same Message-ID.
 
     Raises:
         PermanentJobError: refused (5xx), invalid message or SMTP configuration; no retry.
@@ -57,10 +60,22 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
     except EmailValidationError as exc:
         raise _fail(request, f"invalid message: {exc}") from None
     runtime = process_runtime(settings)
+    earlier = idempotency.claim_send(request.idempotency_key, _attempt())
+    if earlier is not None:
+        log.warning(
+            "email %s: an earlier attempt (%s) died during its SMTP transaction; sending again with "
+            "the same Message-ID, a possible duplicate",
+            request.idempotency_key,
+            earlier,
+        )
     try:
         delivery = runtime.run(runtime.pool.deliver(message.envelope_from, message.recipients, message.raw))
     except SmtpConfigError as exc:
+        if earlier is None:  # nothing reached DATA: no copy can exist
+            idempotency.release_claim(request.idempotency_key)
         raise _fail(request, str(exc)) from None
+    if delivery.verdict is not Verdict.ACCEPTED and not delivery.uncertain and earlier is None:
+        idempotency.release_claim(request.idempotency_key)  # the server's answer: it has no copy
     if delivery.verdict is Verdict.REFUSED:
         raise _fail(request, delivery.reason)
     if delivery.verdict is Verdict.DEFERRED:
@@ -73,6 +88,8 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
         "reply": delivery.reason,
         "refused": dict(delivery.refused),
         "accepted_at": time.time(),
+        "possible_duplicate": earlier is not None,
+        "interrupted_attempt": earlier,
     }
     _mark(request.idempotency_key, record)
     _pause_for_tests("after_marker")
@@ -177,6 +194,12 @@ def _mark(key: str, record: dict[str, Any]) -> None:
         # The server has the message: failing the job now would only make a retry send it
         # again. Log loudly and report success; this is the documented residual window.
         log.error("email %s accepted but its marker was not written (%s); a re-run could resend it", key, exc)
+
+
+def _attempt() -> dict[str, Any]:
+    """Who holds the SMTP transaction: logged by a later attempt that finds it left behind."""
+    job = get_current_job()
+    return {"job_id": job.id if job is not None else None, "pid": os.getpid(), "at": time.time()}
 
 
 def _last_attempt() -> bool:

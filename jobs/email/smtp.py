@@ -64,6 +64,7 @@ class Delivery:
     verdict: Verdict
     reason: str
     refused: Mapping[str, str] = field(default_factory=dict)
+    uncertain: bool = False  # the connection died during DATA: the server may have the message
 
 
 class SmtpConfigError(Exception):
@@ -198,6 +199,7 @@ class SmtpConnection:
         message: that is the one case where a retry can duplicate (see the README, "Email jobs").
         """
         self.in_transaction = True
+        data_started = False
         try:
             await self._mail(envelope_from)
             refused: dict[str, str] = {}
@@ -212,6 +214,7 @@ class SmtpConnection:
                 verdict = Verdict.DEFERRED if deferred else Verdict.REFUSED
                 summary = "; ".join(f"{r}: {text}" for r, text in refused.items())
                 return Delivery(verdict, f"every recipient was refused ({summary})", refused)
+            data_started = True
             response = await self._client.data(raw)
             return Delivery(Verdict.ACCEPTED, reply(response.code, response.message), refused)
         except _Deferred as deferred:
@@ -224,7 +227,8 @@ class SmtpConnection:
             return classify_reply(exc.code, exc.message, f"SMTP {_stage(exc)}")
         except (TimeoutError, SMTPException, OSError) as exc:
             self.close()
-            return Delivery(Verdict.DEFERRED, f"SMTP connection lost: {type(exc).__name__}: {exc}")
+            reason = f"SMTP connection lost: {type(exc).__name__}: {exc}"
+            return Delivery(Verdict.DEFERRED, reason, uncertain=data_started)
         finally:
             self.in_transaction = False
 

@@ -71,6 +71,7 @@ class ScriptedHandler:
         self.rcpt_replies: dict[str, str] = {}  # recipient -> reply, every time
         self.rcpt_replies_once: dict[str, str] = {}  # recipient -> reply, the first time only
         self.data_commands = 0
+        self.drop_after_data = 0  # this many DATA: keep the message, then hang up without a reply
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -91,6 +92,11 @@ class ScriptedHandler:
             self.received.append(
                 Received(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(envelope.original_content))
             )
+            if self.drop_after_data > 0:
+                # The message is taken but the client never hears so: the crash window.
+                self.drop_after_data -= 1
+                server.transport.close()
+                return "421 4.3.0 gone"
         return "250 2.0.0 OK queued"
 
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from cache import keys
-from jobs.email import Attachment, enqueue_email
+from jobs.email import Attachment, enqueue_email, idempotency
 from jobs.email.api import build_request
 from jobs.email.jobs import send_email
 from jobs.email.smtp import SmtpPool, SmtpSettings, Verdict, process_runtime
@@ -117,6 +117,52 @@ def test_same_idempotency_key_is_sent_once(email_env: SmtpServer, primary: redis
     assert len(email_env.received) == 1
     ttl = primary.ttl(keys.email_sent_marker("welcome-42"))
     assert 6 * 24 * 3600 < ttl <= 7 * 24 * 3600
+
+
+def test_connection_lost_after_data_flags_the_resend_as_a_possible_duplicate(
+    email_env: SmtpServer, primary: redis.Redis
+) -> None:
+    """The server kept the message but the answer never came: the retry must say it may duplicate."""
+    email_env.handler.drop_after_data = 1
+    payload = _payload(idempotency_key="reset-7")
+    with pytest.raises(TransientJobError, match="SMTP connection lost"):
+        send_email(payload)
+    assert primary.exists(keys.email_sending_claim("reset-7")), "the unresolved attempt is remembered"
+    result = send_email(payload)
+    assert result["status"] == "sent" and result["possible_duplicate"] is True
+    first, second = (r.message["Message-ID"] for r in email_env.received)
+    assert first == second == result["message_id"], "the copy can be collapsed by the mail client"
+    assert idempotency.possible_duplicates() == 1
+    assert not primary.exists(keys.email_sending_claim("reset-7")), "resolved by the marker"
+    assert send_email(payload)["status"] == "already_sent"
+
+
+def test_explicit_refusal_then_success_is_not_a_possible_duplicate(
+    email_env: SmtpServer, primary: redis.Redis
+) -> None:
+    """A 4xx reply proves the server has no copy: the next attempt is an ordinary send."""
+    email_env.handler.data_replies.append("451 4.3.0 Try again later")
+    payload = _payload(idempotency_key="reset-8")
+    with pytest.raises(TransientJobError, match="451"):
+        send_email(payload)
+    assert not primary.exists(keys.email_sending_claim("reset-8"))
+    result = send_email(payload)
+    assert result["status"] == "sent" and result["possible_duplicate"] is False
+    assert len(email_env.received) == 1
+    assert idempotency.possible_duplicates() == 0
+
+
+def test_claim_left_by_a_dead_attempt_survives_a_deferred_retry(
+    email_env: SmtpServer, primary: redis.Redis
+) -> None:
+    """The flag must not be lost when the retry after a crash is itself deferred."""
+    primary.set(keys.email_sending_claim("reset-9"), '{"pid": 1}')
+    email_env.handler.data_replies.append("451 4.3.0 Try again later")
+    payload = _payload(idempotency_key="reset-9")
+    with pytest.raises(TransientJobError):
+        send_email(payload)
+    assert primary.exists(keys.email_sending_claim("reset-9"))
+    assert send_email(payload)["possible_duplicate"] is True
 
 
 def test_duplicate_enqueue_with_the_same_key_is_one_job(email_env: SmtpServer) -> None:

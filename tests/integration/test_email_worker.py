@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from cache import keys
-from jobs.email import bulk_status, enqueue_bulk_email, enqueue_email
+from jobs.email import bulk_status, enqueue_bulk_email, enqueue_email, idempotency
 from jobs.email.jobs import TEST_PAUSE_ENV
 from jobs.enqueue import fetch_job
 from jobs.queues import KryonixQueue
@@ -117,7 +117,9 @@ def test_rerun_after_worker_killed_right_after_acceptance_does_not_resend(
     job = fetch_job(job_id)
     assert job is not None and attempt_of(job) >= 2, "the job really ran again"
     assert job.return_value()["status"] == "already_sent"
+    assert job.return_value()["possible_duplicate"] is False
     assert len(smtp_server.received) == 1, "the server received the message once"
+    assert idempotency.possible_duplicates() == 0
 
 
 @pytest.mark.timeout(240)
@@ -137,6 +139,12 @@ def test_residual_window_crash_between_acceptance_and_marker_sends_twice_with_on
     wait_until(lambda: _status(job_id) == "finished", 150, "job recovered and finished")
     first, second = (r.message["Message-ID"] for r in smtp_server.received)
     assert first == second
+    job = fetch_job(job_id)
+    assert job is not None
+    result = job.return_value()
+    assert result["possible_duplicate"] is True, "the resend says what it may be"
+    assert result["interrupted_attempt"]["pid"] == doomed.pid
+    assert idempotency.possible_duplicates() == 1
 
 
 @pytest.mark.timeout(240)

@@ -22,6 +22,7 @@ from cache.connections import Role
 from cache.errors import ConfigError
 from cache.ratelimit import RateLimiter
 from cache.settings import Settings
+from jobs.email import idempotency
 from jobs.enqueue import enqueue
 from jobs.queues import get_queue
 from tests.integration.processes import Processes, log_of, wait_until
@@ -90,6 +91,9 @@ def _make_known_state(primary: redis.Redis, cache_redis: redis.Redis, processes:
     limiter = RateLimiter(redis=primary)
     for ip in ("203.0.113.7", "203.0.113.8", "203.0.113.8"):
         assert limiter.limit_by_ip(ip).allowed
+
+    for attempt in (1, 2):  # the second finds the first's claim: one possible duplicate
+        idempotency.claim_send("welcome-1", {"attempt": attempt}, connection=primary)
     return email_ids
 
 
@@ -128,6 +132,8 @@ def test_scrape_reflects_a_known_state(
     assert value(s, "kryonix_job_duration_seconds_count", queue="email") == 4
     assert value(s, "kryonix_job_duration_seconds_sum", queue="email") == pytest.approx(7.35)
     assert value(s, "kryonix_job_duration_seconds_count", queue="report") == 1
+
+    assert value(s, "kryonix_email_possible_duplicates_total") == 1
 
     assert value(s, "kryonix_workers", queue="report") == 1, log_of(live)
     assert value(s, "kryonix_workers", queue="email") == 0
@@ -177,6 +183,7 @@ def test_empty_redis_still_exports_every_queue_series(metrics_server: MetricsSer
         assert value(s, "kryonix_job_duration_seconds_count", queue=queue) == 0
         for outcome in ("finished", "failed", "retried", "stopped"):
             assert value(s, "kryonix_jobs_total", queue=queue, outcome=outcome) == 0
+    assert value(s, "kryonix_email_possible_duplicates_total") == 0
 
 
 def test_scrape_writes_nothing(

@@ -1,7 +1,8 @@
 """Fault injection on the email path: killed workers, an SMTP server that goes away.
 
 Marker `reliability`. Each recipient gets one distinct email; "exactly once" is checked
-per recipient at the SMTP server.
+per recipient at the SMTP server, except for the copies the worker flagged as possible
+duplicates (a kill inside the SMTP transaction; see `_assert_once_unless_flagged`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from subprocess import Popen
 import pytest
 import redis
 
-from jobs.email import enqueue_email
+from jobs.email import enqueue_email, idempotency
 from jobs.enqueue import fetch_job
 from jobs.retry import RetryPolicy
 from tests.integration.email_fixtures import SmtpServer
@@ -43,6 +44,36 @@ def _unfinished(job_ids: list[str]) -> list[str]:
     return pending
 
 
+def _assert_once_unless_flagged(
+    server: SmtpServer, job_of: dict[str, str], killed_pids: set[int] | None = None
+) -> set[str]:
+    """Every recipient got the email; a second copy only where the job flagged it, same Message-ID.
+
+    A kill between the server's 250 and the marker write cannot be told apart from a kill
+    just before it, so exactly-once is checked for every email whose sending attempt did
+    not find an earlier one cut off mid-transaction; those few must carry the flag.
+    Returns the recipients whose job flagged a possible duplicate; with `killed_pids`, the
+    attempt it names as interrupted must be one of those processes.
+    """
+    deliveries = _deliveries(server)
+    assert set(deliveries) == set(job_of), "every recipient got the email"
+    flagged = set()
+    for recipient, job_id in job_of.items():
+        job = fetch_job(job_id)
+        assert job is not None
+        result = job.return_value()
+        if result["possible_duplicate"]:
+            if killed_pids is not None:
+                assert result["interrupted_attempt"]["pid"] in killed_pids, "flagged only after a kill"
+            flagged.add(recipient)
+    repeated = {rcpt: n for rcpt, n in deliveries.items() if n != 1}
+    assert set(repeated) <= flagged, f"delivered more than once without the flag: {repeated}"
+    for recipient in repeated:
+        assert repeated[recipient] == 2, f"{recipient}: more than one extra copy"
+        assert len({r.message["Message-ID"] for r in server.to(recipient)}) == 1
+    return flagged
+
+
 @pytest.fixture
 def smtp(processes: Processes) -> SmtpServer:
     server = SmtpServer().start()
@@ -52,7 +83,7 @@ def smtp(processes: Processes) -> SmtpServer:
 
 
 @pytest.mark.timeout(420)
-def test_twenty_worker_kills_deliver_every_email_exactly_once(
+def test_twenty_worker_kills_lose_no_email_and_flag_every_copy(
     primary: redis.Redis, processes: Processes, smtp: SmtpServer
 ) -> None:
     recipients = [f"user{i}@example.com" for i in range(1000)]
@@ -61,6 +92,7 @@ def test_twenty_worker_kills_deliver_every_email_exactly_once(
     processes.scheduler()  # recovers the jobs of killed workers
     rng = random.Random(20)
     kills = 0
+    killed_pids: set[int] = set()
 
     def driver() -> None:
         nonlocal kills
@@ -69,6 +101,7 @@ def test_twenty_worker_kills_deliver_every_email_exactly_once(
             victim = rng.choice([w for w in workers if w.poll() is None])
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait()
+            killed_pids.add(victim.pid)
             workers.remove(victim)
             workers.append(processes.worker("email", name=f"replacement{kills}"))  # as supervisord would
             kills += 1
@@ -84,10 +117,10 @@ def test_twenty_worker_kills_deliver_every_email_exactly_once(
         return not pending
 
     wait_until(all_finished, 300, "every email job finished", interval_s=2)
-    deliveries = _deliveries(smtp)
-    assert set(deliveries) == set(recipients), "every recipient got the email"
-    repeated = {rcpt: n for rcpt, n in deliveries.items() if n != 1}
-    assert not repeated, f"delivered more than once: {repeated}"
+    job_of = dict(zip(recipients, job_ids, strict=True))
+    flagged = _assert_once_unless_flagged(smtp, job_of, killed_pids)
+    assert idempotency.possible_duplicates() <= kills, "only a killed attempt leaves a claim behind"
+    assert len(flagged) <= idempotency.possible_duplicates()
 
 
 @pytest.mark.timeout(300)
@@ -110,6 +143,4 @@ def test_smtp_down_for_thirty_seconds(primary: redis.Redis, processes: Processes
         return not pending
 
     wait_until(all_finished, 180, "every email delivered after the server returned", interval_s=1)
-    deliveries = _deliveries(smtp)
-    assert set(deliveries) == set(recipients)
-    assert all(n == 1 for n in deliveries.values()), {r: n for r, n in deliveries.items() if n != 1}
+    _assert_once_unless_flagged(smtp, dict(zip(recipients, job_ids, strict=True)))
