@@ -40,16 +40,34 @@ FAILED = "failed"
 FINAL = (SENT, REFUSED)
 
 
-def sent_record(idempotency_key: str, *, connection: redis.Redis | None = None) -> dict[str, Any] | None:
-    """What was recorded when the email with this key was accepted, or None if it was not.
+def begin_send(
+    idempotency_key: str, attempt: Mapping[str, Any], *, connection: redis.Redis | None = None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Check the sent marker and claim the SMTP transaction for `attempt`, in one round trip.
+
+    Returns:
+        `(sent, earlier)`: what was recorded when the email was accepted (None if it was
+        not; then there is nothing to send and no claim is kept), and the claim an earlier
+        attempt left behind (None if none). A claim left behind means that attempt may have
+        been accepted: the caller flags its send as a possible duplicate; it is counted here.
 
     Raises:
-        RedisUnavailable: the PRIMARY cannot be read; do not send without knowing.
+        RedisUnavailable: the PRIMARY cannot be used; do not send without knowing.
     """
     client = connection or primary()
+    claim = keys.email_sending_claim(idempotency_key)
     with translate_errors(Role.PRIMARY):
-        raw = client.get(keys.email_sent_marker(idempotency_key))
-    return None if raw is None else _record(raw)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get(keys.email_sent_marker(idempotency_key))
+            pipe.set(claim, json.dumps(dict(attempt)), ex=MARKER_TTL_S, get=True)
+            sent, earlier = pipe.execute()
+        if sent is not None:
+            client.delete(claim)  # the marker is written in one MULTI with the claim's removal
+            return _record(sent), None
+        if earlier is None:
+            return None, None
+        client.incr(keys.EMAIL_POSSIBLE_DUPLICATES)
+    return None, _record(earlier)
 
 
 def mark_sent(
@@ -69,28 +87,6 @@ def mark_sent(
         pipe.set(keys.email_sent_marker(idempotency_key), json.dumps(dict(record)), ex=ttl_s)
         pipe.delete(keys.email_sending_claim(idempotency_key))
         pipe.execute()
-
-
-def claim_send(
-    idempotency_key: str, attempt: Mapping[str, Any], *, connection: redis.Redis | None = None
-) -> dict[str, Any] | None:
-    """Claim the SMTP transaction for this attempt; returns the claim an earlier attempt left.
-
-    A claim left behind means that attempt may have been accepted by the server: the
-    caller flags its own send as a possible duplicate; it is counted here.
-
-    Raises:
-        RedisUnavailable: the PRIMARY cannot be written; do not send without the claim.
-    """
-    client = connection or primary()
-    with translate_errors(Role.PRIMARY):
-        raw = client.set(
-            keys.email_sending_claim(idempotency_key), json.dumps(dict(attempt)), ex=MARKER_TTL_S, get=True
-        )
-        if not isinstance(raw, bytes | str):  # None: no claim was left behind
-            return None
-        client.incr(keys.EMAIL_POSSIBLE_DUPLICATES)
-    return _record(raw)
 
 
 def release_claim(idempotency_key: str, *, connection: redis.Redis | None = None) -> None:

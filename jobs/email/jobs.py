@@ -50,32 +50,36 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
         TransientJobError: deferred (4xx, connection, timeout); retried with backoff.
     """
     request = _request(email)
-    previous = idempotency.sent_record(request.idempotency_key)
+    key = request.idempotency_key
+    previous, earlier = idempotency.begin_send(key, _attempt())
     if previous is not None:
-        log.info("email %s was accepted before; not sending again", request.idempotency_key)
+        log.info("email %s was accepted before; not sending again", key)
         return {"status": "already_sent", **previous}
-    settings = _smtp_settings()
-    try:
-        message = render_email(request, sender=settings.sender, now=dt.datetime.now(dt.UTC))
-    except EmailValidationError as exc:
-        raise _fail(request, f"invalid message: {exc}") from None
-    runtime = process_runtime(settings)
-    earlier = idempotency.claim_send(request.idempotency_key, _attempt())
     if earlier is not None:
         log.warning(
-            "email %s: an earlier attempt (%s) died during its SMTP transaction; sending again with "
-            "the same Message-ID, a possible duplicate",
-            request.idempotency_key,
+            "email %s: an earlier attempt (%s) was cut off during its SMTP transaction; sending "
+            "again with the same Message-ID, a possible duplicate",
+            key,
             earlier,
         )
     try:
-        delivery = runtime.run(runtime.pool.deliver(message.envelope_from, message.recipients, message.raw))
-    except SmtpConfigError as exc:
+        settings = _smtp_settings()
+        try:
+            message = render_email(request, sender=settings.sender, now=dt.datetime.now(dt.UTC))
+        except EmailValidationError as exc:
+            raise _fail(request, f"invalid message: {exc}") from None
+        runtime = process_runtime(settings)
+        sending = runtime.pool.deliver(message.envelope_from, message.recipients, message.raw)
+        try:
+            delivery = runtime.run(sending)
+        except SmtpConfigError as exc:
+            raise _fail(request, str(exc)) from None
+    except PermanentJobError:
         if earlier is None:  # nothing reached DATA: no copy can exist
-            idempotency.release_claim(request.idempotency_key)
-        raise _fail(request, str(exc)) from None
+            idempotency.release_claim(key)
+        raise
     if delivery.verdict is not Verdict.ACCEPTED and not delivery.uncertain and earlier is None:
-        idempotency.release_claim(request.idempotency_key)  # the server's answer: it has no copy
+        idempotency.release_claim(key)  # the server's answer proves it kept no copy
     if delivery.verdict is Verdict.REFUSED:
         raise _fail(request, delivery.reason)
     if delivery.verdict is Verdict.DEFERRED:
@@ -91,7 +95,7 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
         "possible_duplicate": earlier is not None,
         "interrupted_attempt": earlier,
     }
-    _mark(request.idempotency_key, record)
+    _mark(key, record)
     _pause_for_tests("after_marker")
     if request.requested_by is not None:
         events.publish(

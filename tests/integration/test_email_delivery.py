@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from cache import keys
+from cache import connections, keys
 from jobs.email import Attachment, enqueue_email, idempotency
 from jobs.email.api import build_request
 from jobs.email.jobs import send_email
@@ -115,6 +115,8 @@ def test_same_idempotency_key_is_sent_once(email_env: SmtpServer, primary: redis
     assert first["status"] == "sent" and second["status"] == "already_sent"
     assert second["message_id"] == first["message_id"]
     assert len(email_env.received) == 1
+    assert not primary.exists(keys.email_sending_claim("welcome-42")), "no claim outlives the send"
+    assert idempotency.possible_duplicates() == 0
     ttl = primary.ttl(keys.email_sent_marker("welcome-42"))
     assert 6 * 24 * 3600 < ttl <= 7 * 24 * 3600
 
@@ -135,6 +137,17 @@ def test_connection_lost_after_data_flags_the_resend_as_a_possible_duplicate(
     assert idempotency.possible_duplicates() == 1
     assert not primary.exists(keys.email_sending_claim("reset-7")), "resolved by the marker"
     assert send_email(payload)["status"] == "already_sent"
+
+
+def test_an_unrenderable_email_fails_without_leaving_a_claim(
+    email_env: SmtpServer, primary: redis.Redis
+) -> None:
+    payload = _payload(idempotency_key="broken-1")
+    payload["context"] = {}  # the template's variables are missing: the render fails
+    with pytest.raises(PermanentJobError):
+        send_email(payload)
+    assert not primary.exists(keys.email_sending_claim("broken-1"))
+    assert email_env.received == []
 
 
 def test_explicit_refusal_then_success_is_not_a_possible_duplicate(
@@ -235,6 +248,7 @@ def test_wrong_credentials_are_permanent_with_a_clear_reason(
         assert "SMTP_USERNAME/SMTP_PASSWORD" in str(info.value)
         assert "535" in str(info.value)
         assert server.received == []
+        assert connections.primary().keys(keys.email_sending_claim("*")) == [], "no claim left"
     finally:
         server.stop()
 

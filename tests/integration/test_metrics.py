@@ -93,7 +93,7 @@ def _make_known_state(primary: redis.Redis, cache_redis: redis.Redis, processes:
         assert limiter.limit_by_ip(ip).allowed
 
     for attempt in (1, 2):  # the second finds the first's claim: one possible duplicate
-        idempotency.claim_send("welcome-1", {"attempt": attempt}, connection=primary)
+        idempotency.begin_send("welcome-1", {"attempt": attempt}, connection=primary)
     return email_ids
 
 
