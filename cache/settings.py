@@ -69,6 +69,7 @@ class Settings:
     mail_from: str = DEFAULT_MAIL_FROM
     ops_emails: tuple[str, ...] = ()
     reports_dir: Path = Path(DEFAULT_REPORTS_DIR)
+    reports_base_url: str | None = None
     log_format: str = "text"
     dashboard_bind: str = DEFAULT_DASHBOARD_BIND
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
@@ -113,6 +114,7 @@ class Settings:
             mail_from=env.get("MAIL_FROM", DEFAULT_MAIL_FROM),
             ops_emails=tuple(a.strip() for a in env.get("OPS_EMAIL", "").split(",") if a.strip()),
             reports_dir=Path(env.get("REPORTS_DIR", DEFAULT_REPORTS_DIR)),
+            reports_base_url=env.http_url("REPORTS_BASE_URL"),
             log_format=log_format,
             dashboard_bind=env.get("DASHBOARD_BIND", DEFAULT_DASHBOARD_BIND),
             dashboard_port=env.port("DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT),
@@ -185,6 +187,19 @@ class _Env:
         if db and not db.isdigit():
             raise ConfigError(f"{name} database must be a number (e.g. /0), got {_redact(value)!r}")
         return value
+
+    def http_url(self, name: str) -> str | None:
+        """An optional http(s) URL without query or fragment, returned without a trailing slash."""
+        value = self._environ.get(name, "").strip()
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(
+                f"{name} must be an http:// or https:// URL with a host and no query "
+                f"(e.g. https://app.example.com/reports), got {_redact(value)!r}"
+            )
+        return value.rstrip("/")
 
     def database_url(self) -> str:
         value = self.get("DATABASE_URL", DEFAULT_DATABASE_URL)

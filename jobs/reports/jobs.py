@@ -174,8 +174,8 @@ def _run(request: ReportRequest, report_id: str) -> dict[str, Any]:
         built.path,
     )
     if request.requested_by is not None:
-        publish_ready(request.requested_by, built)
-    email_ready(request.recipients, built, request.report.title)
+        publish_ready(request.requested_by, built, settings.reports_base_url)
+    email_ready(request.recipients, built, request.report.title, settings.reports_base_url)
     return built.as_result()
 
 

@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from jobs.errors import EnqueueUnavailable, JobValidationError, TransientJobError
 from jobs.reports.build import ReportFile
@@ -23,12 +24,19 @@ READY_TEMPLATE = "report_ready"
 ATTACH_MAX_BYTES = 5 * 1024 * 1024  # the email queue's attachment limit; larger files go as a path
 
 
-def event_payload(report: ReportFile) -> dict[str, Any]:
+def download_url(report: ReportFile, base_url: str | None) -> str | None:
+    """Where the web tier serves the file (`REPORTS_BASE_URL` + file name), or None. Pure."""
+    return None if base_url is None else f"{base_url}/{quote(report.path.name)}"
+
+
+def event_payload(report: ReportFile, base_url: str | None = None) -> dict[str, Any]:
     """What the web tier needs to offer the download; no file content."""
     result = report.as_result()
-    return {
+    payload = {
         k: result[k] for k in ("report_id", "report_type", "format", "rows", "size_bytes", "sha256", "path")
     }
+    payload["download_url"] = download_url(report, base_url)
+    return payload
 
 
 PROGRESS_EVENT = "report.progress"
@@ -47,12 +55,13 @@ def publish_progress(requested_by: str | int, report_id: str, percent: float, do
         )
 
 
-def publish_ready(requested_by: str | int, report: ReportFile) -> str | None:
+def publish_ready(requested_by: str | int, report: ReportFile, base_url: str | None = None) -> str | None:
     """Publish `report.ready` to the user's channel; the event id, or None when it could not be sent."""
     try:
         from cache.realtime import RealtimeService
 
-        return RealtimeService().publish_user_event(requested_by, READY_EVENT, event_payload(report))
+        payload = event_payload(report, base_url)
+        return RealtimeService().publish_user_event(requested_by, READY_EVENT, payload)
     except Exception as exc:  # events are best effort: the report itself is done
         log.warning(
             "report %s: %s event for user %s not sent: %s", report.report_id, READY_EVENT, requested_by, exc
@@ -60,10 +69,11 @@ def publish_ready(requested_by: str | int, report: ReportFile) -> str | None:
         return None
 
 
-def email_context(report: ReportFile, title: str, to: str) -> dict[str, Any]:
+def email_context(report: ReportFile, title: str, to: str, base_url: str | None = None) -> dict[str, Any]:
     """The `report_ready` template context for one recipient. Pure.
 
-    Small files are attached (`download_url` None); larger ones are named by their path.
+    Small files are attached (`download_url` None); larger ones are linked under
+    `base_url` (`REPORTS_BASE_URL`), or named by their path when there is none.
     """
     attach = report.size_bytes <= ATTACH_MAX_BYTES
     return {
@@ -71,7 +81,7 @@ def email_context(report: ReportFile, title: str, to: str) -> dict[str, Any]:
         "name": to.split("@", 1)[0],
         "report_name": title,
         "title": f"Report ready: {title}",
-        "download_url": None if attach else str(report.path),
+        "download_url": None if attach else (download_url(report, base_url) or str(report.path)),
         "filename": report.path.name,
         "attached": attach,
     }
@@ -82,7 +92,9 @@ def ready_email_key(report_id: str, to: str) -> str:
     return f"report-ready:{report_id}:{hashlib.sha256(to.lower().encode()).hexdigest()[:24]}"
 
 
-def email_ready(recipients: Iterable[str], report: ReportFile, title: str) -> list[str]:
+def email_ready(
+    recipients: Iterable[str], report: ReportFile, title: str, base_url: str | None = None
+) -> list[str]:
     """Enqueue one "report ready" email per recipient; returns the email job ids.
 
     Raises:
@@ -113,7 +125,7 @@ def email_ready(recipients: Iterable[str], report: ReportFile, title: str) -> li
                     enqueue_email(
                         to,
                         READY_TEMPLATE,
-                        email_context(report, title, to),
+                        email_context(report, title, to, base_url),
                         attachments=attachments,
                         idempotency_key=ready_email_key(report.report_id, to),
                     )

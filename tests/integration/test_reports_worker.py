@@ -101,6 +101,7 @@ def test_report_completes_with_progress_event_and_job_view(
         notify_email="ops@example.com",
         throttle_rows_per_s=40_000,  # about 2.5 s: long enough to watch it run
     )
+    processes.env["REPORTS_BASE_URL"] = "https://app.example.com/reports/"
     worker = _worker(processes, db_engine, reports_dir)
     wait_until(lambda: _progress(job_id).get("rows_done", 0) > 0, 60, "progress while running")
     running = processes.cli("job", job_id)
@@ -132,6 +133,7 @@ def test_report_completes_with_progress_event_and_job_view(
     assert all(p["report_id"] == job_id and 0 <= p["percent"] <= 100 for p in progress_events)
     assert events.index(event) > max(i for i, e in enumerate(events) if e.event == "report.progress")
     assert event.data["sha256"] == result["sha256"]
+    assert event.data["download_url"] == f"https://app.example.com/reports/{job_id}.csv", "REPORTS_BASE_URL"
     if importlib.util.find_spec("jobs.email") is None:
         assert "'report ready' email to ['ops@example.com'] NOT sent" in log_of(worker)
     else:

@@ -92,6 +92,29 @@ def test_large_report_goes_as_a_path(sent: list[dict[str, Any]]) -> None:
     assert context["attached"] is False and context["download_url"] == "/srv/reports/r-1.csv"
 
 
+def test_large_report_is_linked_under_the_base_url(sent: list[dict[str, Any]]) -> None:
+    big = _report(notify.ATTACH_MAX_BYTES + 1, Path("/srv/reports/r 1.csv"))
+    notify.email_ready(["a@example.com"], big, "Users", "https://app.example.com/reports")
+    context = sent[0]["context"]
+    assert context["download_url"] == "https://app.example.com/reports/r%201.csv", "quoted file name"
+    assert sent[0]["attachments"] == []
+
+
+def test_small_report_stays_attached_with_a_base_url(sent: list[dict[str, Any]], tmp_path: Path) -> None:
+    path = tmp_path / "r-1.csv"
+    path.write_bytes(b"id\r\n")
+    notify.email_ready(["a@example.com"], _report(4, path), "Users", "https://app.example.com/reports")
+    assert sent[0]["context"]["download_url"] is None and len(sent[0]["attachments"]) == 1
+
+
+def test_ready_event_carries_the_link_only_with_a_base_url() -> None:
+    report = _report(10)
+    assert notify.event_payload(report)["download_url"] is None
+    linked = notify.event_payload(report, "https://app.example.com/reports")
+    assert linked["download_url"] == "https://app.example.com/reports/r-1.csv"
+    assert linked["path"] == "/srv/reports/r-1.csv"
+
+
 def test_email_queue_down_makes_the_job_retry(sent: list[dict[str, Any]]) -> None:
     with pytest.raises(TransientJobError, match="its email could not be queued"):
         notify.email_ready(["down@example.com"], _report(notify.ATTACH_MAX_BYTES + 1), "Users")
@@ -143,6 +166,7 @@ def test_event_payload_carries_no_content() -> None:
         "size_bytes": 10,
         "sha256": "ab" * 32,
         "path": "/srv/reports/r-1.csv",
+        "download_url": None,
     }
 
 

@@ -17,6 +17,12 @@ def test_defaults_without_environment() -> None:
     assert settings.sentinel is None
     assert settings.database_url.startswith("sqlite:///")
     assert settings.reports_dir == Path("var/reports")
+    assert settings.reports_base_url is None
+
+
+def test_reports_base_url_loses_its_trailing_slash() -> None:
+    settings = Settings.from_env({"REPORTS_BASE_URL": "https://app.example.com/reports/"})
+    assert settings.reports_base_url == "https://app.example.com/reports"
 
 
 def test_cache_url_defaults_to_primary_url() -> None:
@@ -50,6 +56,9 @@ def test_accepted_redis_urls(url: str) -> None:
         ({"REDIS_SENTINELS": "a:1,b:notaport"}, "REDIS_SENTINELS", "host:port"),
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL", "sqlite:///"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "'text' or 'json'"),
+        ({"REPORTS_BASE_URL": "ftp://files.example.com"}, "REPORTS_BASE_URL", "http:// or https://"),
+        ({"REPORTS_BASE_URL": "https://"}, "REPORTS_BASE_URL", "with a host"),
+        ({"REPORTS_BASE_URL": "https://x.example.com/r?token=1"}, "REPORTS_BASE_URL", "no query"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], named: str, expected: str) -> None:
