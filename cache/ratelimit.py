@@ -67,6 +67,7 @@ from cache.ratelimit_core import (
     unavailable_decision,
     window_to_ms,
 )
+from cache.settings import get_settings
 
 __all__ = [
     "API",
@@ -249,7 +250,8 @@ class RateLimiter:
         scope: names the limits `check` keeps (part of every key), e.g. `login`.
         failure_policy: what `check` answers when Redis is unreachable.
         identifier_kind: how `check` normalises identifiers (IP, opaque, secret).
-        by_ip, by_user, api: the presets behind `limit_by_ip`, `limit_by_user`, `limit_api`.
+        by_ip, by_user, api: the presets behind `limit_by_ip`, `limit_by_user`, `limit_api`;
+            by default the settings' (`RATELIMIT_BY_IP`, `RATELIMIT_BY_USER`, `RATELIMIT_API`).
         monotonic: clock for throttling outage warnings and for the counters' flush
             interval; injected by tests.
 
@@ -264,15 +266,18 @@ class RateLimiter:
         scope: str = "default",
         failure_policy: FailurePolicy = FailurePolicy.OPEN,
         identifier_kind: IdentifierKind = IdentifierKind.OPAQUE,
-        by_ip: Preset = BY_IP,
-        by_user: Preset = BY_USER,
-        api: Preset = API,
+        by_ip: Preset | None = None,
+        by_user: Preset | None = None,
+        api: Preset | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.scope = check_scope(scope)
         self.failure_policy = check_failure_policy(failure_policy)
         self.identifier_kind = check_identifier_kind(identifier_kind)
-        self.by_ip, self.by_user, self.api = by_ip, by_user, api
+        settings = get_settings()  # RATELIMIT_BY_IP, RATELIMIT_BY_USER, RATELIMIT_API
+        self.by_ip = by_ip or settings.ratelimit_by_ip
+        self.by_user = by_user or settings.ratelimit_by_user
+        self.api = api or settings.ratelimit_api
         self.redis = redis if redis is not None else connections.primary()
         self._script = self.redis.register_script(_lua("ratelimit_check"))
         self._specs: dict[tuple[object, ...], Spec] = {}

@@ -15,6 +15,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from cache.errors import ConfigError
+from cache.ratelimit_core import API, BY_IP, BY_USER, Preset
+from cache.ratelimit_presets import PRESET_VARIABLES, parse_preset
 
 T = TypeVar("T")
 
@@ -70,6 +72,9 @@ class Settings:
     ops_emails: tuple[str, ...] = ()
     reports_dir: Path = Path(DEFAULT_REPORTS_DIR)
     reports_base_url: str | None = None
+    ratelimit_by_ip: Preset = BY_IP
+    ratelimit_by_user: Preset = BY_USER
+    ratelimit_api: Preset = API
     log_format: str = "text"
     dashboard_bind: str = DEFAULT_DASHBOARD_BIND
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
@@ -115,6 +120,9 @@ class Settings:
             ops_emails=tuple(a.strip() for a in env.get("OPS_EMAIL", "").split(",") if a.strip()),
             reports_dir=Path(env.get("REPORTS_DIR", DEFAULT_REPORTS_DIR)),
             reports_base_url=env.http_url("REPORTS_BASE_URL"),
+            ratelimit_by_ip=env.preset("RATELIMIT_BY_IP"),
+            ratelimit_by_user=env.preset("RATELIMIT_BY_USER"),
+            ratelimit_api=env.preset("RATELIMIT_API"),
             log_format=log_format,
             dashboard_bind=env.get("DASHBOARD_BIND", DEFAULT_DASHBOARD_BIND),
             dashboard_port=env.port("DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT),
@@ -187,6 +195,11 @@ class _Env:
         if db and not db.isdigit():
             raise ConfigError(f"{name} database must be a number (e.g. /0), got {_redact(value)!r}")
         return value
+
+    def preset(self, name: str) -> Preset:
+        base = PRESET_VARIABLES[name]
+        raw = self._environ.get(name, "").strip()
+        return parse_preset(name, raw, base) if raw else base
 
     def http_url(self, name: str) -> str | None:
         """An optional http(s) URL without query or fragment, returned without a trailing slash."""
