@@ -36,11 +36,12 @@ from cache.realtime_envelope import (
     validate_pattern,
     validate_user_id,
 )
+from cache.settings import DEFAULT_EVENTS_STREAM_MAXLEN, DEFAULT_EVENTS_STREAM_TTL_S, get_settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STREAM_MAXLEN = 1000  # per channel: enough to cover a reconnect, small enough for noeviction
-DEFAULT_STREAM_TTL_S = 24 * 3600  # a channel nobody publishes to for a day frees its stream
+DEFAULT_STREAM_MAXLEN = DEFAULT_EVENTS_STREAM_MAXLEN
+DEFAULT_STREAM_TTL_S = DEFAULT_EVENTS_STREAM_TTL_S
 DEFAULT_REPLAY_COUNT = 1000  # events per channel per replay call; page with the last id for more
 
 
@@ -80,11 +81,14 @@ class RealtimeCore:
     def __init__(
         self,
         *,
-        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
-        stream_ttl_s: int = DEFAULT_STREAM_TTL_S,
+        stream_maxlen: int | None = None,
+        stream_ttl_s: int | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        settings = get_settings()  # EVENTS_STREAM_MAXLEN, EVENTS_STREAM_TTL
+        stream_maxlen = settings.events_stream_maxlen if stream_maxlen is None else stream_maxlen
+        stream_ttl_s = settings.events_stream_ttl_s if stream_ttl_s is None else stream_ttl_s
         check_limits(stream_maxlen, stream_ttl_s, max_event_bytes)
         self.stream_maxlen = stream_maxlen
         self.stream_ttl_s = stream_ttl_s
@@ -125,8 +129,9 @@ class RealtimeService(RealtimeCore):
         client: a PRIMARY client; defaults to `connections.primary()`.
         stream_maxlen: each channel's stream keeps about this many recent events
             (`XADD MAXLEN ~`: Redis trims whole nodes, so it may briefly hold up to one
-            node, `stream-node-max-entries`, more).
-        stream_ttl_s: a stream expires this long after its last event.
+            node, `stream-node-max-entries`, more); default `EVENTS_STREAM_MAXLEN`.
+        stream_ttl_s: a stream expires this long after its last event; default
+            `EVENTS_STREAM_TTL`.
         max_event_bytes: larger encoded events are refused.
         clock: returns the current aware time; injected by tests.
 
@@ -138,8 +143,8 @@ class RealtimeService(RealtimeCore):
         self,
         client: redis.Redis | None = None,
         *,
-        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
-        stream_ttl_s: int = DEFAULT_STREAM_TTL_S,
+        stream_maxlen: int | None = None,
+        stream_ttl_s: int | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:

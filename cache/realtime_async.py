@@ -24,8 +24,6 @@ from cache import connections, keys
 from cache.connections import Role
 from cache.realtime import (
     DEFAULT_REPLAY_COUNT,
-    DEFAULT_STREAM_MAXLEN,
-    DEFAULT_STREAM_TTL_S,
     RealtimeCore,
     lua_source,
     redis_errors,
@@ -62,8 +60,8 @@ class AsyncRealtimeService(RealtimeCore):
         self,
         client: redis.asyncio.Redis | None = None,
         *,
-        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
-        stream_ttl_s: int = DEFAULT_STREAM_TTL_S,
+        stream_maxlen: int | None = None,
+        stream_ttl_s: int | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:

@@ -33,6 +33,8 @@ DEFAULT_SMTP_PORT = 1025  # the local SMTP catcher of `make run`
 DEFAULT_SMTP_TIMEOUT_S = 10.0
 DEFAULT_MAIL_FROM = "KRYONIX <no-reply@kryonix.local>"
 DEFAULT_REPORTS_DIR = "var/reports"
+DEFAULT_EVENTS_STREAM_MAXLEN = 1000  # per channel: enough to cover a reconnect, small enough for noeviction
+DEFAULT_EVENTS_STREAM_TTL_S = 24 * 3600  # a channel nobody publishes to for a day frees its stream
 DEFAULT_DASHBOARD_BIND = "127.0.0.1"  # never exposed beyond loopback unless asked
 DEFAULT_DASHBOARD_PORT = 9181  # rq-dashboard's own default
 
@@ -75,6 +77,8 @@ class Settings:
     ratelimit_by_ip: Preset = BY_IP
     ratelimit_by_user: Preset = BY_USER
     ratelimit_api: Preset = API
+    events_stream_maxlen: int = DEFAULT_EVENTS_STREAM_MAXLEN
+    events_stream_ttl_s: int = DEFAULT_EVENTS_STREAM_TTL_S
     log_format: str = "text"
     dashboard_bind: str = DEFAULT_DASHBOARD_BIND
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
@@ -123,6 +127,8 @@ class Settings:
             ratelimit_by_ip=env.preset("RATELIMIT_BY_IP"),
             ratelimit_by_user=env.preset("RATELIMIT_BY_USER"),
             ratelimit_api=env.preset("RATELIMIT_API"),
+            events_stream_maxlen=env.number("EVENTS_STREAM_MAXLEN", DEFAULT_EVENTS_STREAM_MAXLEN, int),
+            events_stream_ttl_s=env.number("EVENTS_STREAM_TTL", DEFAULT_EVENTS_STREAM_TTL_S, int),
             log_format=log_format,
             dashboard_bind=env.get("DASHBOARD_BIND", DEFAULT_DASHBOARD_BIND),
             dashboard_port=env.port("DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT),
