@@ -1,5 +1,7 @@
 """Server-side sessions on the PRIMARY Redis: secure ids, idle and absolute expiry, rotation.
 
+The Redis shell; ids, deadlines and the record's encoding live in `cache.sessions_core`.
+
 A session is one hash `session:<id>` holding its user id, created-at, last-seen, idle
 TTL, absolute deadline and one field per data item (`d:<name>`, JSON), so concurrent
 updates of different items never overwrite each other. A per-user sorted set of ids
@@ -10,220 +12,51 @@ becomes `SessionStoreUnavailable`: the service fails closed, never open.
 
 from __future__ import annotations
 
-import logging
-import math
-import re
-import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any, TypeGuard
+from typing import Any
 
-import orjson
 from redis import AuthenticationError, Redis, RedisError
 from redis.commands.core import Script
 from redis.exceptions import AuthorizationError
 
 from cache import connections, keys
-from cache.errors import KryonixError, RedisUnavailable
+from cache.sessions_core import (
+    BATCH_SIZE,
+    DATA_PREFIX,
+    DEFAULT_ABSOLUTE_TTL_S,
+    DEFAULT_IDLE_TTL_S,
+    MAX_DESTROY_ROUNDS,
+    MAX_FIELDS,
+    MAX_ID_ATTEMPTS,
+    InvalidSessionArgument,
+    Session,
+    SessionError,
+    SessionStoreUnavailable,
+    as_text,
+    check_field_name,
+    check_user_id,
+    decode_session,
+    encode_data,
+    is_well_formed_id,
+    new_session_id,
+    pairs_to_dict,
+    plan_deadlines,
+)
 
-logger = logging.getLogger(__name__)
-
-SESSION_ID_BYTES = 32  # 256 bits from `secrets`: unguessable, as OWASP asks (>= 64 bits)
-DEFAULT_IDLE_TTL_S = 86_400  # 24 h without a request and the session is gone
-DEFAULT_ABSOLUTE_TTL_S = 7 * 86_400  # a week after login the user signs in again, however active
-MAX_TTL_S = 366 * 86_400  # a longer session is a bug, and keeps deadlines far from float limits
-MAX_USER_ID_LENGTH = 256  # user ids become part of a key name
-MAX_FIELD_NAME_LENGTH = 256
-MAX_FIELDS = 1_000  # bounds the Lua argument lists
-BATCH_SIZE = 500  # sessions per script call in list/destroy-all: keeps each call short
-MAX_ID_ATTEMPTS = 3  # a 256-bit collision is impossible in practice; bounded all the same
-MAX_DESTROY_ROUNDS = 100_000  # 50 M sessions of one user; only reached if creation never stops
-
-# token_urlsafe(32): 43 base64url characters; the last one carries 4 bits plus 2 zero
-# bits, so only 16 letters can end a genuine id. Anything else was not made by us.
-_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
-_ID_LENGTH = 43
-_DATA_PREFIX = "d:"
-_META_FIELDS = ("uid", "created", "seen", "idle", "abs")
-
-
-class SessionError(KryonixError):
-    """Base of the session service's own errors."""
-
-
-class InvalidSessionArgument(SessionError, ValueError):
-    """A caller passed a user id, TTL or data item the service will not store."""
-
-
-class SessionStoreUnavailable(RedisUnavailable):
-    """The PRIMARY Redis could not be reached or refused the operation: fail closed."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Session:
-    """One live session; times are seconds on the service clock."""
-
-    id: str = field(repr=False)  # a bearer secret: never in logs or reprs
-    user_id: str
-    data: dict[str, Any]
-    created_at: float
-    last_seen: float
-    idle_ttl_s: float
-    absolute_expires_at: float
-
-    @property
-    def expires_at(self) -> float:
-        """When the session ends unless a request slides the idle timeout."""
-        return min(self.last_seen + self.idle_ttl_s, self.absolute_expires_at)
-
-
-# --- pure core ---------------------------------------------------------------------------
-
-
-def new_session_id() -> str:
-    """A fresh 256-bit URL-safe id from the OS CSPRNG."""
-    return secrets.token_urlsafe(SESSION_ID_BYTES)
-
-
-def is_well_formed_id(value: object) -> TypeGuard[str]:
-    """Whether `value` has the exact shape of an id `new_session_id` makes.
-
-    Checked before any Redis call, so garbage, tampered or oversized ids cost nothing
-    and never reach a key name.
-    """
-    return isinstance(value, str) and len(value) == _ID_LENGTH and _ID_PATTERN.fullmatch(value) is not None
-
-
-def ttl_ms(name: str, value: object) -> int:
-    """A TTL in seconds, checked, as whole milliseconds.
-
-    Raises:
-        InvalidSessionArgument: not a finite number in (0, MAX_TTL_S]; the message names `name`.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidSessionArgument(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or not 0 < value <= MAX_TTL_S:
-        raise InvalidSessionArgument(f"{name} must be > 0 and <= {MAX_TTL_S} seconds, got {value!r}")
-    return max(1, round(value * 1000))
-
-
-@dataclass(frozen=True)
-class Deadlines:
-    """What `create` stores: the idle TTL, the absolute deadline and the key's first TTL (ms)."""
-
-    idle_ttl_ms: int
-    absolute_deadline_ms: int
-    key_ttl_ms: int
-
-
-def plan_deadlines(now_ms: int, ttl_s: object, absolute_ttl_s: object) -> Deadlines:
-    """Deadlines of a session created at `now_ms`.
-
-    Raises:
-        InvalidSessionArgument: a TTL is out of range, or the absolute TTL is shorter than
-            the idle one (which would make the idle timeout meaningless).
-    """
-    idle = ttl_ms("ttl", ttl_s)
-    absolute = ttl_ms("absolute_ttl", absolute_ttl_s)
-    if absolute < idle:
-        raise InvalidSessionArgument(
-            f"absolute_ttl ({absolute_ttl_s} s) must not be shorter than ttl ({ttl_s} s): "
-            "no activity extends a session past its absolute timeout"
-        )
-    deadline = now_ms + absolute
-    return Deadlines(idle, deadline, expires_at_ms(now_ms, idle, deadline) - now_ms)
-
-
-def expires_at_ms(last_seen_ms: int, idle_ttl_ms: int, absolute_deadline_ms: int) -> int:
-    """A session lives until its idle or its absolute deadline, whichever comes first."""
-    return min(last_seen_ms + idle_ttl_ms, absolute_deadline_ms)
-
-
-def is_expired(now_ms: int, last_seen_ms: int, idle_ttl_ms: int, absolute_deadline_ms: int) -> bool:
-    """Whether a session with these stored values is dead at `now_ms` (Lua applies the same rule)."""
-    return now_ms >= expires_at_ms(last_seen_ms, idle_ttl_ms, absolute_deadline_ms)
-
-
-def check_user_id(user_id: object) -> str:
-    """The user id as the string stored and used in the index key name.
-
-    Raises:
-        InvalidSessionArgument: not a non-empty string (or int) without control characters.
-    """
-    if isinstance(user_id, int) and not isinstance(user_id, bool):
-        user_id = str(user_id)
-    if not isinstance(user_id, str) or not user_id:
-        raise InvalidSessionArgument(f"user_id must be a non-empty string or an int, got {user_id!r}")
-    if len(user_id) > MAX_USER_ID_LENGTH:
-        raise InvalidSessionArgument(f"user_id is longer than {MAX_USER_ID_LENGTH} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in user_id):
-        raise InvalidSessionArgument(f"user_id must not contain control characters, got {user_id!r}")
-    return user_id
-
-
-def _field_name(name: object) -> str:
-    if not isinstance(name, str) or not name or len(name) > MAX_FIELD_NAME_LENGTH:
-        raise InvalidSessionArgument(
-            f"session data keys must be non-empty strings of at most {MAX_FIELD_NAME_LENGTH} "
-            f"characters, got {name!r}"
-        )
-    return _DATA_PREFIX + name
-
-
-def encode_data(data: Mapping[str, Any]) -> list[str | bytes]:
-    """Session data as flat hash field, JSON value pairs.
-
-    Raises:
-        InvalidSessionArgument: not a mapping, too many items, a bad key, or a value JSON cannot hold.
-    """
-    if not isinstance(data, Mapping):
-        raise InvalidSessionArgument(f"session data must be a mapping, got {type(data).__name__}")
-    if len(data) > MAX_FIELDS:
-        raise InvalidSessionArgument(f"session data has {len(data)} items; at most {MAX_FIELDS} allowed")
-    pairs: list[str | bytes] = []
-    for name, value in data.items():
-        hash_field = _field_name(name)
-        try:
-            encoded = orjson.dumps(value)
-        except TypeError as exc:
-            raise InvalidSessionArgument(f"session data {name!r} is not JSON-serialisable: {exc}") from None
-        pairs += [hash_field, encoded]
-    return pairs
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def decode_session(session_id: str, raw: Mapping[Any, Any]) -> Session | None:
-    """A `Session` from its hash, or None when the record is not one of ours."""
-    fields = {_text(k): v for k, v in raw.items()}
-    try:
-        meta = {name: _text(fields[name]) for name in _META_FIELDS}
-        data = {
-            k[len(_DATA_PREFIX) :]: orjson.loads(v) for k, v in fields.items() if k.startswith(_DATA_PREFIX)
-        }
-        created, seen, idle, absolute = (int(meta[n]) for n in _META_FIELDS[1:])
-    except (KeyError, ValueError):
-        logger.warning("a session record is malformed; treated as no session")
-        return None
-    return Session(
-        id=session_id,
-        user_id=meta["uid"],
-        data=data,
-        created_at=created / 1000,
-        last_seen=seen / 1000,
-        idle_ttl_s=idle / 1000,
-        absolute_expires_at=absolute / 1000,
-    )
-
-
-def _pairs_to_dict(flat: list[Any]) -> dict[Any, Any]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+__all__ = [
+    "DEFAULT_ABSOLUTE_TTL_S",
+    "DEFAULT_IDLE_TTL_S",
+    "InvalidSessionArgument",
+    "Session",
+    "SessionError",
+    "SessionService",
+    "SessionStoreUnavailable",
+    "new_session_id",
+]
 
 
 @cache
@@ -339,7 +172,7 @@ class SessionService:
             return None
         slide = self.slide_on_get if touch is None else touch
         raw = self._touch(session_id, "read a session", slide=slide, fetch=True)
-        return decode_session(session_id, _pairs_to_dict(raw)) if isinstance(raw, list) else None
+        return decode_session(session_id, pairs_to_dict(raw)) if isinstance(raw, list) else None
 
     def refresh(self, session_id: object) -> bool:
         """Slide the idle timeout (never past the absolute deadline); False when there is no session.
@@ -366,10 +199,10 @@ class SessionService:
         pairs = encode_data(changes)
         if isinstance(remove, str | bytes):
             raise InvalidSessionArgument(f"remove must be a collection of item names, got {remove!r}")
-        removed = [_field_name(name) for name in remove]
+        removed = [check_field_name(name) for name in remove]
         both = set(removed) & {str(name) for name in pairs[::2]}
         if both:
-            names = sorted(n[len(_DATA_PREFIX) :] for n in both)
+            names = sorted(n[len(DATA_PREFIX) :] for n in both)
             raise InvalidSessionArgument(f"session data items both set and removed: {names}")
         if len(removed) > MAX_FIELDS:
             raise InvalidSessionArgument(f"at most {MAX_FIELDS} session data items can be removed at once")
@@ -414,7 +247,7 @@ class SessionService:
             uid = self.redis.hget(keys.session(session_id), "uid")
         if uid is None:
             return None
-        user_id = _text(uid)
+        user_id = as_text(uid)
         for _ in range(MAX_ID_ATTEMPTS):
             new_id = new_session_id()
             with _failing_closed("rotate a session"):
@@ -438,7 +271,7 @@ class SessionService:
             uid = self.redis.hget(keys.session(session_id), "uid")
             if uid is None:
                 return False
-            user_id = _text(uid)
+            user_id = as_text(uid)
             result = self._scripts["destroy"](
                 keys=[keys.session(session_id), keys.user_sessions(user_id)],
                 args=[session_id, user_id, self._now_ms()],
@@ -457,14 +290,14 @@ class SessionService:
         now = self._now_ms()
         sessions: list[Session] = []
         with _failing_closed("list a user's sessions"):
-            ids = [_text(i) for i in self.redis.zrangebyscore(index, f"({now}", "+inf")]
+            ids = [as_text(i) for i in self.redis.zrangebyscore(index, f"({now}", "+inf")]
             for start in range(0, len(ids), BATCH_SIZE):
                 batch = ids[start : start + BATCH_SIZE]
                 flat = self._scripts["list"](
                     keys=[index, *(keys.session(i) for i in batch)], args=[now, uid, *batch]
                 )
-                for sid, raw in _pairs_to_dict(flat).items():
-                    session = decode_session(_text(sid), _pairs_to_dict(raw))
+                for sid, raw in pairs_to_dict(flat).items():
+                    session = decode_session(as_text(sid), pairs_to_dict(raw))
                     if session is not None:
                         sessions.append(session)
         return sorted(sessions, key=lambda s: s.created_at)
@@ -483,7 +316,7 @@ class SessionService:
         destroyed = 0
         with _failing_closed("log a user out everywhere"):
             for _ in range(MAX_DESTROY_ROUNDS):
-                batch = [_text(i) for i in self.redis.zrange(index, 0, BATCH_SIZE - 1)]
+                batch = [as_text(i) for i in self.redis.zrange(index, 0, BATCH_SIZE - 1)]
                 if not batch:
                     return destroyed
                 count, remaining = self._scripts["destroy_many"](

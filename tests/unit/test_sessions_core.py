@@ -10,13 +10,13 @@ import pytest
 import redis
 
 from cache.errors import KryonixError, RedisUnavailable
-from cache.sessions import (
+from cache.sessions import SessionService
+from cache.sessions_core import (
     MAX_FIELDS,
     MAX_TTL_S,
     Deadlines,
     InvalidSessionArgument,
     Session,
-    SessionService,
     SessionStoreUnavailable,
     check_user_id,
     decode_session,
