@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
 
@@ -30,8 +31,21 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def dashboard_redis_url(settings: Settings) -> str:
+    """The URL rq-dashboard connects with: REDIS_URL, or a `redis+sentinel://` URL. Pure.
+
+    rq-dashboard reads `redis+sentinel://host:port,.../<master>/<db>` (redis-sentinel-url)
+    and asks the Sentinels for the master on every new connection, as our workers do.
+    """
+    if settings.sentinel is None:
+        return settings.redis_url
+    hosts = ",".join(f"{host}:{port}" for host, port in settings.sentinel.addresses)
+    db = urlsplit(settings.redis_url).path.strip("/") or "0"
+    return f"redis+sentinel://{hosts}/{settings.sentinel.master_name}/{db}"
+
+
 def create_app(settings: Settings | None = None) -> Flask:
-    """The rq-dashboard Flask app for the PRIMARY Redis.
+    """The rq-dashboard Flask app for the PRIMARY Redis (through Sentinel when configured).
 
     Raises:
         ConfigError: a non-loopback bind without credentials, or only one of the two set.
@@ -50,8 +64,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
     dashboard_web.config.serializer = JSONSerializer  # job arguments display, pickle never loads
     app: Flask = make_flask_app(None, None, None, "")
-    app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
+    app.config["RQ_DASHBOARD_REDIS_URL"] = dashboard_redis_url(settings)
     app.config["RQ_DASHBOARD_REDIS_PASSWORD"] = settings.redis_password
+    if settings.sentinel is not None:
+        app.config["RQ_DASHBOARD_REDIS_SENTINEL_PASSWORD"] = settings.sentinel.password
     if username and password:
         app.before_request(_basic_auth(username, password))
     dashboard_web.setup_rq_connection(app)

@@ -16,10 +16,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from cache import connections
+from cache.connections import Role
 from cache.errors import ConfigError
 from cache.settings import Settings
 from jobs.enqueue import enqueue, fetch_job
+from jobs.queues import KryonixQueue
 from tests.integration.processes import Processes, log_of, wait_until
+from tests.integration.sentinel import SentinelCluster
 from workers.dashboard import create_app, is_loopback
 from workers.servers import PROJECT_ROOT, free_port, wait_for_port
 
@@ -165,6 +169,38 @@ def test_dashboard_requires_credentials_and_lists_our_queues(
     queues = {q["name"]: q for q in json.loads(body)["queues"]}
     assert {"email", "report"} <= set(queues)
     assert queues["email"]["count"] == 1
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_follows_sentinel_to_the_new_master(sentinel_cluster: SentinelCluster) -> None:
+    settings = Settings.from_env(
+        {"REDIS_URL": sentinel_cluster.master.url, "REDIS_SENTINELS": sentinel_cluster.addresses}
+    )
+    app = create_app(settings)
+    client = app.test_client()
+
+    def email_count() -> int | None:
+        response = client.get("/0/data/queues.json")
+        if response.status_code != 200:  # e.g. while the Sentinels elect the new master
+            return None
+        return {q["name"]: q for q in response.get_json()["queues"]}["email"]["count"]
+
+    workers_client = connections.build_client(Role.PRIMARY, settings)
+    KryonixQueue("email", connection=workers_client).enqueue("jobs.diagnostics.noop")
+    assert workers_client.wait(1, 5_000) == 1, "the replica has the job before the master dies"
+    assert email_count() == 1
+    sentinel_cluster.master.kill()
+
+    def enqueued_on_the_new_master() -> bool:
+        try:
+            KryonixQueue("email", connection=workers_client).enqueue("jobs.diagnostics.noop")
+        except redis.RedisError:
+            return False
+        return True
+
+    wait_until(enqueued_on_the_new_master, 60, "enqueue through Sentinel after the failover", interval_s=0.5)
+    wait_until(lambda: email_count() == 2, 30, "the dashboard reads the new master")
+    assert workers_client.connection_pool.get_master_address()[1] == sentinel_cluster.replica.port  # type: ignore[attr-defined]
 
 
 def test_dashboard_refuses_public_bind_without_credentials() -> None:
