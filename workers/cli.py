@@ -27,6 +27,20 @@ def _primary() -> Any:
     return primary()
 
 
+def _primary_when_up() -> Any:
+    """The PRIMARY client once it answers: daemons wait out an outage instead of exiting."""
+    from cache.connections import primary
+    from cache.settings import get_settings
+    from workers.startup import wait_for_primary
+
+    try:
+        get_settings()
+        wait_for_primary()
+    except (ConfigError, RedisUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    return primary()
+
+
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -126,6 +140,21 @@ def dev() -> None:
     run_local_stack()
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("rq_args", nargs=-1, type=click.UNPROCESSED)
+def worker(rq_args: tuple[str, ...]) -> None:
+    """Wait for the PRIMARY Redis, then become `rq worker RQ_ARGS...` (supervisord's command)."""
+    from cache.connections import set_process_role
+    from workers.startup import exec_rq_worker, wait_for_primary
+
+    set_process_role("worker-start")
+    try:
+        wait_for_primary()
+    except (ConfigError, RedisUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    exec_rq_worker(rq_args)
+
+
 @main.command()
 def dashboard() -> None:
     """Serve rq-dashboard (DASHBOARD_BIND/PORT; basic auth from DASHBOARD_USERNAME/PASSWORD)."""
@@ -164,7 +193,7 @@ def maintain(once: bool, interval: float) -> None:
     from workers.maintenance import recover, run_forever
 
     set_process_role("maintenance")
-    connection = _primary()
+    connection = _primary() if once else _primary_when_up()
     if once:
         report = recover(connection)
         click.echo(f"recovered {report.total} job(s)")
@@ -185,7 +214,7 @@ def scheduler(tick: float, maintenance_interval: float) -> None:
     """Run periodic jobs, move due retries/scheduled jobs, and recover crashed jobs."""
     from workers.scheduler import SchedulerProcess
 
-    SchedulerProcess(_primary(), tick_s=tick, maintenance_interval_s=maintenance_interval).run()
+    SchedulerProcess(_primary_when_up(), tick_s=tick, maintenance_interval_s=maintenance_interval).run()
 
 
 @main.group()

@@ -7,6 +7,7 @@ timing assertions.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from rq.worker import Worker
 from sqlalchemy import Engine, insert
 
 from cache import connections
@@ -25,7 +27,7 @@ from cache.settings import reset_settings
 from jobs.enqueue import enqueue, fetch_job
 from jobs.errors import EnqueueUnavailable
 from jobs.queues import KryonixQueue
-from tests.integration.processes import Processes, process_env, wait_until
+from tests.integration.processes import Processes, log_of, process_env, wait_until
 from tests.integration.sentinel import SentinelCluster
 from workers.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
 
@@ -277,3 +279,26 @@ def test_redis_unreachable_client_is_typed(private_env: dict[str, object]) -> No
     with pytest.raises(EnqueueUnavailable) as info:
         enqueue("email", "jobs.diagnostics.noop")
     assert isinstance(info.value.__cause__, redis.ConnectionError)
+
+
+@pytest.mark.timeout(180)
+def test_worker_and_scheduler_started_during_an_outage_wait_for_redis(
+    private_env: dict[str, object], private_processes: Processes
+) -> None:
+    """What supervisord runs survives a Redis that is down when it starts (plain `rq worker` exits)."""
+    server: RedisServer = private_env["primary"]  # type: ignore[assignment]
+    server.kill()
+    plain = private_processes.worker("email", name="plain-rq")
+    late = private_processes.start(sys.executable, "-m", "workers", "worker", "email", name="late-worker")
+    scheduler = private_processes.start(sys.executable, "-m", "workers", "scheduler", name="late-scheduler")
+    assert plain.wait(timeout=60) != 0, "plain `rq worker` gives up at once"
+    wait_until(lambda: "waiting for Redis" in log_of(late), 60, "the worker says it waits")
+    wait_until(lambda: "waiting for Redis" in log_of(scheduler), 60, "the scheduler says it waits")
+    assert late.poll() is None and scheduler.poll() is None, log_of(late)
+
+    server.start()  # same port and directory
+    job_id = enqueue("email", "jobs.diagnostics.record", "kx:ran", "late")
+    wait_until(lambda: _status(job_id) == "finished", 90, "the late worker ran the job")
+    workers = Worker.all(connection=connections.primary())
+    assert [w.pid for w in workers] == [late.pid], "the same process, now `rq worker` (exec)"
+    assert scheduler.poll() is None, log_of(scheduler)

@@ -106,8 +106,8 @@ def test_supervisord_programs_run_existing_commands() -> None:
     parser.read(PROJECT_ROOT / "supervisord.conf")
     programs = {s.split(":", 1)[1]: parser[s] for s in parser.sections() if s.startswith("program:")}
     assert set(programs) == {"email-worker", "report-worker", "scheduler", "dashboard"}
-    assert programs["email-worker"]["command"] == "rq worker email", "one queue per process"
-    assert programs["report-worker"]["command"] == "rq worker report"
+    assert programs["email-worker"]["command"] == "python -m workers worker email", "one queue per process"
+    assert programs["report-worker"]["command"] == "python -m workers worker report"
     for name, program in programs.items():
         words = program["command"].split()
         if words[:3] == ["python", "-m", "workers"]:
