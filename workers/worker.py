@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import signal
 import threading
@@ -40,6 +41,7 @@ log = logging.getLogger("kryonix.worker")
 
 HEARTBEAT_INTERVAL_S = 10  # how often a running job proves its worker is alive
 HEARTBEAT_GRACE_S = 20  # a job whose heartbeat is this late is abandoned (RQ uses 60)
+HEARTBEAT_COALESCE_S = 1.0  # a worker beat this recent makes the next one redundant
 PR_SET_PDEATHSIG = 1
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 # RQ status after a run -> the counter it adds to (a retry is scheduled or requeued).
@@ -72,6 +74,8 @@ class KryonixWorker(Worker):
         super().__init__(queues, *args, **kwargs)
         self.job_stats = JobStats(self.connection)
         self._heartbeat: _Heartbeat | None = None
+        self._last_beat: tuple[float, int] = (-math.inf, 0)  # (monotonic time, TTL) of the last beat sent
+        self._monotonic: Callable[[], float] = time.monotonic  # injected by tests
         max_rss = os.environ.get(MAX_RSS_ENV, "").strip()
         self.max_rss_bytes = int(max_rss) * 1024 * 1024 if max_rss else None
 
@@ -86,19 +90,29 @@ class KryonixWorker(Worker):
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat (HSET + 2 EXPIRE) in one round trip instead of three.
 
-        RQ calls it several times per job without a pipeline; on a no-op job that is a
-        third of all round trips. Without Redis, it waits for Redis instead of raising.
+        RQ calls it three times per job without a pipeline; on a no-op job that is a
+        third of all round trips. A beat within HEARTBEAT_COALESCE_S of the last one, asking
+        for no longer a TTL, is skipped (the key's TTL falls short by at most that). Without
+        Redis, it waits for Redis instead of raising.
         """
         if pipeline is not None:
             super().heartbeat(timeout, pipeline=pipeline)
             return
+        ttl = timeout or self.worker_ttl + 60
+        now_s = self._monotonic()
+        sent_at, sent_ttl = self._last_beat
+        if now_s - sent_at < HEARTBEAT_COALESCE_S and ttl <= sent_ttl:
+            # RQ beats after a job, at the top of its dequeue loop and after the dequeue:
+            # back to back when the queue is busy. The TTL set a moment ago covers this one.
+            return
 
         def beat() -> None:
             with self.connection.pipeline(transaction=False) as pipe:
-                super(KryonixWorker, self).heartbeat(timeout, pipeline=pipe)
+                super(KryonixWorker, self).heartbeat(ttl, pipeline=pipe)
                 pipe.execute()
 
         self._until_redis_answers(beat)
+        self._last_beat = (now_s, ttl)
 
     # RQ's work loop quits on any Redis error outside its dequeue call; these steps
     # wait for Redis instead, so a worker rides over a Redis restart without a restart.
