@@ -1,0 +1,109 @@
+"""`make run`: the local stack starts, delivers an email end to end, and stops cleanly (marker `ops`).
+
+It runs on fixed ports (16379, 16380, 1025, 9181), as `make run` does; the test is
+skipped, saying which, when one of them is already taken on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+from rq.worker import Worker
+
+from cache import connections
+from cache.settings import reset_settings
+from jobs.email import enqueue_email
+from tests.integration.processes import wait_until
+from workers.localstack import LOCAL_CACHE_PORT, LOCAL_PRIMARY_PORT, LOCAL_SMTP_PORT
+from workers.servers import PROJECT_ROOT
+
+pytestmark = pytest.mark.ops
+
+DASHBOARD_PORT = 9181
+PORTS = (LOCAL_PRIMARY_PORT, LOCAL_CACHE_PORT, LOCAL_SMTP_PORT, DASHBOARD_PORT)
+OWN_VARIABLES = (
+    "RQ_",
+    "REDIS_",
+    "CACHE_REDIS",
+    "SMTP_",
+    "DATABASE_URL",
+    "REPORTS_",
+    "KRYONIX_",
+    "DASHBOARD_",
+)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _local_env(path: Path) -> dict[str, str]:
+    pairs = (line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if line)
+    return {name: value for name, value in pairs}
+
+
+@pytest.mark.timeout(300)
+def test_local_stack_delivers_an_email_and_stops_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = [port for port in PORTS if _listening(port)]
+    if busy:
+        pytest.skip(f"the local stack's ports are taken on this machine: {busy}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
+    log = tmp_path / "stack.log"
+    var = tmp_path / "var"
+    script = (
+        "from pathlib import Path; from workers.localstack import run_local_stack; "
+        f"run_local_stack(Path({str(var)!r}))"
+    )
+    with open(log, "wb") as out:
+        stack = subprocess.Popen(
+            [sys.executable, "-c", script],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: "Ctrl-C stops everything." in log.read_text(), 120, "the stack is up")
+        local = _local_env(var / "local.env")
+        for name, value in local.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        connections.reset_clients()
+        client = redis.Redis.from_url(local["REDIS_URL"])
+        wait_until(
+            lambda: len(Worker.all(connection=client)) >= 3, 90, "2 email + 1 report workers registered"
+        )
+
+        enqueue_email(
+            "ana@example.com", "welcome", {"name": "Ana", "login_url": "https://app.example.com/login"}
+        )
+        mail = var / "mail"
+        wait_until(lambda: list(mail.glob("*.eml")), 60, "the catcher stored the message")
+        [message] = list(mail.glob("*.eml"))
+        assert "ana@example.com" in message.read_text(errors="replace")
+        with urllib.request.urlopen(f"http://127.0.0.1:{DASHBOARD_PORT}/", timeout=10) as response:
+            assert response.status == 200, "the dashboard answers on loopback"
+        client.close()
+    finally:
+        if stack.poll() is None:
+            stack.send_signal(signal.SIGTERM)
+        stack.wait(180)
+        reset_settings()
+        connections.reset_clients()
+    text = log.read_text()
+    assert stack.returncode == 0, text
+    assert "local stack stopped" in text
+    wait_until(lambda: not any(_listening(port) for port in PORTS), 30, "every port of the stack is closed")
