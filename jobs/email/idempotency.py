@@ -7,8 +7,8 @@
   it is removed with the marker write, or when the server's answer proves it did not
   take the message. An attempt that finds a claim left behind knows the previous one
   died (or lost its connection) mid-transaction: it still sends, since an email lost
-  would be worse, but it flags the send as a possible duplicate (log, job result,
-  counter `kx:email:possible_duplicates`).
+  would be worse, but it flags the send as a possible duplicate (log, job result, and
+  once accepted the counter `kx:email:possible_duplicates`).
 - A bulk send keeps one hash `kx:email:bulk:{<id>}:outcomes`, recipient -> outcome;
   `sent` and `refused` are final and never sent again, `deferred` and `failed` are
   retried.
@@ -49,7 +49,7 @@ def begin_send(
         `(sent, earlier)`: what was recorded when the email was accepted (None if it was
         not; then there is nothing to send and no claim is kept), and the claim an earlier
         attempt left behind (None if none). A claim left behind means that attempt may have
-        been accepted: the caller flags its send as a possible duplicate; it is counted here.
+        been accepted: the caller flags its send as a possible duplicate.
 
     Raises:
         RedisUnavailable: the PRIMARY cannot be used; do not send without knowing.
@@ -64,10 +64,7 @@ def begin_send(
         if sent is not None:
             client.delete(claim)  # the marker is written in one MULTI with the claim's removal
             return _record(sent), None
-        if earlier is None:
-            return None, None
-        client.incr(keys.EMAIL_POSSIBLE_DUPLICATES)
-    return None, _record(earlier)
+    return None, None if earlier is None else _record(earlier)
 
 
 def mark_sent(
@@ -77,7 +74,9 @@ def mark_sent(
     ttl_s: int = MARKER_TTL_S,
     connection: redis.Redis | None = None,
 ) -> None:
-    """Record that the SMTP server accepted the email with this key.
+    """Record that the SMTP server accepted the email with this key, and drop its claim.
+
+    A send flagged `possible_duplicate` in `record` is counted in the same MULTI.
 
     Raises:
         RedisUnavailable: the marker could not be written (the caller decides; see jobs.py).
@@ -86,18 +85,30 @@ def mark_sent(
     with translate_errors(Role.PRIMARY), client.pipeline(transaction=True) as pipe:
         pipe.set(keys.email_sent_marker(idempotency_key), json.dumps(dict(record)), ex=ttl_s)
         pipe.delete(keys.email_sending_claim(idempotency_key))
+        if record.get("possible_duplicate"):
+            pipe.incr(keys.EMAIL_POSSIBLE_DUPLICATES)
         pipe.execute()
 
 
-def release_claim(idempotency_key: str, *, connection: redis.Redis | None = None) -> None:
-    """The server's answer proved it did not take the message: the next attempt is no duplicate."""
+def release_claim(
+    idempotency_key: str, earlier: Mapping[str, Any] | None = None, *, connection: redis.Redis | None = None
+) -> None:
+    """This attempt proved it left no copy (a refusal, a render error): undo its claim.
+
+    The claim goes back to `earlier`, the one this attempt found: that attempt is still
+    unresolved, so the next attempt must still find it (and flag its send).
+    """
     client = connection or primary()
+    claim = keys.email_sending_claim(idempotency_key)
     with translate_errors(Role.PRIMARY):
-        client.delete(keys.email_sending_claim(idempotency_key))
+        if earlier is None:
+            client.delete(claim)
+        else:
+            client.set(claim, json.dumps(dict(earlier)), keepttl=True)
 
 
 def possible_duplicates(*, connection: redis.Redis | None = None) -> int:
-    """How many sends went out after an earlier attempt died mid-transaction (ever, not reset)."""
+    """Accepted sends flagged as possible duplicates (ever, not reset): a counter for metrics."""
     client = connection or primary()
     with translate_errors(Role.PRIMARY):
         raw = client.get(keys.EMAIL_POSSIBLE_DUPLICATES)

@@ -75,11 +75,10 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
         except SmtpConfigError as exc:
             raise _fail(request, str(exc)) from None
     except PermanentJobError:
-        if earlier is None:  # nothing reached DATA: no copy can exist
-            idempotency.release_claim(key)
+        idempotency.release_claim(key, earlier)  # nothing reached DATA: this attempt left no copy
         raise
-    if delivery.verdict is not Verdict.ACCEPTED and not delivery.uncertain and earlier is None:
-        idempotency.release_claim(key)  # the server's answer proves it kept no copy
+    if delivery.verdict is not Verdict.ACCEPTED and not delivery.uncertain:
+        idempotency.release_claim(key, earlier)  # the server's answer proves it kept no copy
     if delivery.verdict is Verdict.REFUSED:
         raise _fail(request, delivery.reason)
     if delivery.verdict is Verdict.DEFERRED:

@@ -174,8 +174,11 @@ def test_claim_left_by_a_dead_attempt_survives_a_deferred_retry(
     payload = _payload(idempotency_key="reset-9")
     with pytest.raises(TransientJobError):
         send_email(payload)
-    assert primary.exists(keys.email_sending_claim("reset-9"))
-    assert send_email(payload)["possible_duplicate"] is True
+    assert primary.get(keys.email_sending_claim("reset-9")) == b'{"pid": 1}', "the dead attempt's claim"
+    assert idempotency.possible_duplicates() == 0, "nothing flagged went out yet"
+    result = send_email(payload)
+    assert result["possible_duplicate"] is True and result["interrupted_attempt"] == {"pid": 1}
+    assert idempotency.possible_duplicates() == 1
 
 
 def test_duplicate_enqueue_with_the_same_key_is_one_job(email_env: SmtpServer) -> None:

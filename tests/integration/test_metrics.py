@@ -94,6 +94,7 @@ def _make_known_state(primary: redis.Redis, cache_redis: redis.Redis, processes:
 
     for attempt in (1, 2):  # the second finds the first's claim: one possible duplicate
         idempotency.begin_send("welcome-1", {"attempt": attempt}, connection=primary)
+    idempotency.mark_sent("welcome-1", {"possible_duplicate": True}, connection=primary)
     return email_ids
 
 
