@@ -274,10 +274,12 @@ class RateLimiter:
         self.scope = check_scope(scope)
         self.failure_policy = check_failure_policy(failure_policy)
         self.identifier_kind = check_identifier_kind(identifier_kind)
-        settings = get_settings()  # RATELIMIT_BY_IP, RATELIMIT_BY_USER, RATELIMIT_API
-        self.by_ip = by_ip or settings.ratelimit_by_ip
-        self.by_user = by_user or settings.ratelimit_by_user
-        self.api = api or settings.ratelimit_api
+        if by_ip is None or by_user is None or api is None:
+            settings = get_settings()  # RATELIMIT_BY_IP, RATELIMIT_BY_USER, RATELIMIT_API
+            by_ip = by_ip or settings.ratelimit_by_ip
+            by_user = by_user or settings.ratelimit_by_user
+            api = api or settings.ratelimit_api
+        self.by_ip, self.by_user, self.api = by_ip, by_user, api
         self.redis = redis if redis is not None else connections.primary()
         self._script = self.redis.register_script(_lua("ratelimit_check"))
         self._specs: dict[tuple[object, ...], Spec] = {}

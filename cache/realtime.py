@@ -86,9 +86,10 @@ class RealtimeCore:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        settings = get_settings()  # EVENTS_STREAM_MAXLEN, EVENTS_STREAM_TTL
-        stream_maxlen = settings.events_stream_maxlen if stream_maxlen is None else stream_maxlen
-        stream_ttl_s = settings.events_stream_ttl_s if stream_ttl_s is None else stream_ttl_s
+        if stream_maxlen is None or stream_ttl_s is None:
+            settings = get_settings()  # EVENTS_STREAM_MAXLEN, EVENTS_STREAM_TTL
+            stream_maxlen = settings.events_stream_maxlen if stream_maxlen is None else stream_maxlen
+            stream_ttl_s = settings.events_stream_ttl_s if stream_ttl_s is None else stream_ttl_s
         check_limits(stream_maxlen, stream_ttl_s, max_event_bytes)
         self.stream_maxlen = stream_maxlen
         self.stream_ttl_s = stream_ttl_s

@@ -36,9 +36,17 @@ def dashboard_redis_url(settings: Settings) -> str:
 
     rq-dashboard reads `redis+sentinel://host:port,.../<master>/<db>` (redis-sentinel-url)
     and asks the Sentinels for the master on every new connection, as our workers do.
+
+    Raises:
+        ConfigError: an IPv6 Sentinel address, which that URL form cannot carry.
     """
     if settings.sentinel is None:
         return settings.redis_url
+    if any(":" in host for host, _ in settings.sentinel.addresses):
+        raise ConfigError(
+            "REDIS_SENTINELS: rq-dashboard cannot reach Sentinels by IPv6 address "
+            "(redis-sentinel-url splits host:port at the first ':'); use host names or IPv4"
+        )
     hosts = ",".join(f"{host}:{port}" for host, port in settings.sentinel.addresses)
     db = urlsplit(settings.redis_url).path.strip("/") or "0"
     return f"redis+sentinel://{hosts}/{settings.sentinel.master_name}/{db}"

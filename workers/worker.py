@@ -95,11 +95,14 @@ class KryonixWorker(Worker):
         for no longer a TTL, is skipped (the key's TTL falls short by at most that). Without
         Redis, it waits for Redis instead of raising.
         """
-        if pipeline is not None:
-            super().heartbeat(timeout, pipeline=pipeline)
-            return
         ttl = timeout or self.worker_ttl + 60
         now_s = self._monotonic()
+        if pipeline is not None:
+            super().heartbeat(ttl, pipeline=pipeline)
+            # Recorded too: a job's beat may set a shorter TTL (the job's timeout plus a
+            # grace), and the next beat asking for more must then be sent, not skipped.
+            self._last_beat = (now_s, ttl)
+            return
         sent_at, sent_ttl = self._last_beat
         if now_s - sent_at < HEARTBEAT_COALESCE_S and ttl <= sent_ttl:
             # RQ beats after a job, at the top of its dequeue loop and after the dequeue:

@@ -64,7 +64,12 @@ def begin_send(
         if sent is not None:
             client.delete(claim)  # the marker is written in one MULTI with the claim's removal
             return _record(sent), None
-    return None, None if earlier is None else _record(earlier)
+    if earlier is None:
+        return None, None
+    found = _record(earlier)
+    if "nonce" in attempt and found.get("nonce") == attempt["nonce"]:
+        return None, None  # our own claim: the client resent the pipeline after a lost reply
+    return None, found
 
 
 def mark_sent(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -75,10 +76,10 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
         except SmtpConfigError as exc:
             raise _fail(request, str(exc)) from None
     except PermanentJobError:
-        idempotency.release_claim(key, earlier)  # nothing reached DATA: this attempt left no copy
+        _release(key, earlier)  # nothing reached DATA: this attempt left no copy
         raise
     if delivery.verdict is not Verdict.ACCEPTED and not delivery.uncertain:
-        idempotency.release_claim(key, earlier)  # the server's answer proves it kept no copy
+        _release(key, earlier)  # the server's answer proves it kept no copy
     if delivery.verdict is Verdict.REFUSED:
         raise _fail(request, delivery.reason)
     if delivery.verdict is Verdict.DEFERRED:
@@ -200,9 +201,26 @@ def _mark(key: str, record: dict[str, Any]) -> None:
 
 
 def _attempt() -> dict[str, Any]:
-    """Who holds the SMTP transaction: logged by a later attempt that finds it left behind."""
+    """Who holds the SMTP transaction: logged by a later attempt that finds it left behind.
+
+    The nonce lets `begin_send` recognise its own claim when the client retried the
+    pipeline after a lost reply.
+    """
     job = get_current_job()
-    return {"job_id": job.id if job is not None else None, "pid": os.getpid(), "at": time.time()}
+    return {
+        "job_id": job.id if job is not None else None,
+        "pid": os.getpid(),
+        "at": time.time(),
+        "nonce": secrets.token_hex(8),
+    }
+
+
+def _release(key: str, earlier: dict[str, Any] | None) -> None:
+    """Put the claim back; a Redis error here must not change how the job ends."""
+    try:
+        idempotency.release_claim(key, earlier)
+    except RedisUnavailable as exc:
+        log.warning("email %s: claim not released (%s); a retry may be flagged needlessly", key, exc)
 
 
 def _last_attempt() -> bool:

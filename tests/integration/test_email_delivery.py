@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from cache import connections, keys
+from cache.errors import RedisUnavailable
 from jobs.email import Attachment, enqueue_email, idempotency
 from jobs.email.api import build_request
 from jobs.email.jobs import send_email
@@ -148,6 +149,27 @@ def test_an_unrenderable_email_fails_without_leaving_a_claim(
         send_email(payload)
     assert not primary.exists(keys.email_sending_claim("broken-1"))
     assert email_env.received == []
+
+
+def test_a_resent_claim_pipeline_does_not_flag_the_attempt_itself(primary: redis.Redis) -> None:
+    """The client retries a pipeline whose reply was lost: the claim it finds is its own."""
+    attempt = {"job_id": "j-1", "pid": 7, "at": 1.0, "nonce": "n-1"}
+    assert idempotency.begin_send("retried-1", attempt) == (None, None)
+    assert idempotency.begin_send("retried-1", attempt) == (None, None), "its own claim"
+    other = {**attempt, "nonce": "n-2"}
+    assert idempotency.begin_send("retried-1", other) == (None, attempt), "another attempt's claim"
+
+
+def test_a_failed_claim_release_does_not_change_how_the_job_ends(
+    email_env: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*_: Any, **__: Any) -> None:
+        raise RedisUnavailable("primary Redis: unreachable", role="primary", setting="REDIS_URL")
+
+    monkeypatch.setattr(idempotency, "release_claim", unreachable)
+    email_env.handler.data_reply = "550 5.7.1 Message rejected"
+    with pytest.raises(PermanentJobError, match="550"):
+        send_email(_payload())
 
 
 def test_explicit_refusal_then_success_is_not_a_possible_duplicate(

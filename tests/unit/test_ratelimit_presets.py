@@ -71,3 +71,18 @@ def test_limiter_uses_the_settings_presets_unless_given_its_own(monkeypatch: pyt
     finally:
         monkeypatch.delenv("RATELIMIT_BY_IP")
         reset_settings()
+
+
+def test_a_limiter_given_every_preset_does_not_read_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTP_TLS", "1")
+    monkeypatch.setenv("SMTP_STARTTLS", "1")  # an unrelated bad setting
+    reset_settings()
+    try:
+        limiter = RateLimiter(fakeredis.FakeRedis(), by_ip=BY_IP, by_user=BY_USER, api=API)
+        assert limiter.api == API
+        with pytest.raises(ConfigError, match="SMTP_TLS"):
+            RateLimiter(fakeredis.FakeRedis())
+    finally:
+        monkeypatch.delenv("SMTP_TLS")
+        monkeypatch.delenv("SMTP_STARTTLS")
+        reset_settings()
