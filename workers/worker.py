@@ -24,6 +24,7 @@ from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+from rq.utils import now
 from rq.worker import Worker, WorkerStatus
 
 from cache.cache_stats import flush_cache_stats
@@ -42,6 +43,7 @@ log = logging.getLogger("kryonix.worker")
 HEARTBEAT_INTERVAL_S = 10  # how often a running job proves its worker is alive
 HEARTBEAT_GRACE_S = 20  # a job whose heartbeat is this late is abandoned (RQ uses 60)
 HEARTBEAT_COALESCE_S = 1.0  # a worker beat this recent makes the next one redundant
+SUSPENSION_CHECK_INTERVAL_S = 1.0  # `rq suspend` takes effect within this
 PR_SET_PDEATHSIG = 1
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 # RQ status after a run -> the counter it adds to (a retry is scheduled or requeued).
@@ -76,6 +78,8 @@ class KryonixWorker(Worker):
         self._heartbeat: _Heartbeat | None = None
         self._last_beat: tuple[float, int] = (-math.inf, 0)  # (monotonic time, TTL) of the last beat sent
         self._monotonic: Callable[[], float] = time.monotonic  # injected by tests
+        self._written_state: str | None = None  # the `state` field as this process last wrote it
+        self._suspension_checked_at = -math.inf
         max_rss = os.environ.get(MAX_RSS_ENV, "").strip()
         self.max_rss_bytes = int(max_rss) * 1024 * 1024 if max_rss else None
 
@@ -117,10 +121,43 @@ class KryonixWorker(Worker):
         self._until_redis_answers(beat)
         self._last_beat = (now_s, ttl)
 
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """RQ's state write, skipped when it would write the state already written.
+
+        RQ marks the worker idle after each job and again before each dequeue: on a busy
+        queue the second HSET is a round trip that changes nothing.
+        """
+        if pipeline is None and state == self._written_state:
+            self._state = state
+            return
+        super().set_state(state, pipeline=pipeline)
+        self._written_state = state
+
     # RQ's work loop quits on any Redis error outside its dequeue call; these steps
     # wait for Redis instead, so a worker rides over a Redis restart without a restart.
     def check_for_suspension(self, burst: bool) -> None:
+        """RQ's `rq suspend` check, at most once per SUSPENSION_CHECK_INTERVAL_S.
+
+        RQ checks before every job (a round trip); on a busy queue once a second is
+        enough: a suspension takes effect within a second instead of at the next job.
+        """
+        now_s = self._monotonic()
+        if now_s - self._suspension_checked_at < SUSPENSION_CHECK_INTERVAL_S:
+            return
         self._until_redis_answers(lambda: super(KryonixWorker, self).check_for_suspension(burst))
+        self._suspension_checked_at = now_s
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        """RQ's, without its own round trip when no callback will run.
+
+        RQ stamps the job's `last_heartbeat` here so that a long success or failure
+        callback looks alive; with no callback, the stamp rides in the job's next save.
+        """
+        if job.success_callback is not None or job.failure_callback is not None:
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+            return
+        job.ended_at = now()
+        job.last_heartbeat = job.ended_at
 
     def run_maintenance_tasks(self) -> None:
         self._until_redis_answers(super().run_maintenance_tasks)
@@ -185,7 +222,12 @@ class KryonixWorker(Worker):
             self.perform_job(job, queue, execution)
         finally:
             self._heartbeat.watch(None, None)
-        self.set_state(WorkerStatus.IDLE)
+        # Idle again, and the worker key's long TTL back (the job's beat shortened it), in
+        # one round trip: RQ's own beat right after this is then coalesced away.
+        with self.connection.pipeline(transaction=False) as pipe:
+            self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+            self.heartbeat(pipeline=pipe)
+            pipe.execute()
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         _die_with_parent()
