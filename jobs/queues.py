@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +76,11 @@ class JsonJob(Job):
         self.serializer = JSONSerializer
 
 
+QUEUE_REGISTRATION_REFRESH_S = 60.0  # how stale this process's "queue is in rq:queues" may get
+# client -> queue key -> when this process last added the queue to `rq:queues`.
+_registered_at: weakref.WeakKeyDictionary[redis.Redis, dict[str, float]] = weakref.WeakKeyDictionary()
+
+
 class KryonixQueue(Queue):
     """An RQ queue that always uses the JSON serializer, whatever the caller passed.
 
@@ -88,6 +96,29 @@ class KryonixQueue(Queue):
         if spec is not None:
             kwargs.setdefault("default_timeout", spec.job_timeout_s)
         super().__init__(name, *args, **kwargs)
+
+    def enqueue_job(
+        self, job: Job, pipeline: Any = None, at_front: bool = False, unique: bool = False
+    ) -> Job:
+        """RQ's enqueue, without re-adding the queue to `rq:queues` on every call.
+
+        RQ sends that SADD as a round trip of its own before each job; here a process
+        sends it at most once per QUEUE_REGISTRATION_REFRESH_S per client (so a deleted
+        set heals within a minute). Jobs with dependencies or rate limits, or enqueued
+        into a caller's pipeline, take RQ's own path unchanged.
+        """
+        registered = _registered_at.setdefault(self.connection, {})
+        plain = pipeline is None and self._is_async and not job._dependency_ids and not job.has_rate_limit
+        stale = time.monotonic() - registered.get(self.key, -math.inf) >= QUEUE_REGISTRATION_REFRESH_S
+        if not plain or stale:
+            enqueued = super().enqueue_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
+            if pipeline is None:
+                registered[self.key] = time.monotonic()
+            return enqueued
+        if unique and not job._id:
+            raise ValueError("unique=True requires an explicit job_id")
+        job.origin = self.name
+        return self._enqueue_job(job, at_front=at_front, unique=unique)
 
 
 def get_queue(name: str, connection: redis.Redis | None = None) -> KryonixQueue:
