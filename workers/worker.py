@@ -94,10 +94,9 @@ class KryonixWorker(Worker):
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat (HSET + 2 EXPIRE) in one round trip instead of three.
 
-        RQ calls it three times per job without a pipeline; on a no-op job that is a
-        third of all round trips. A beat within HEARTBEAT_COALESCE_S of the last one, asking
-        for no longer a TTL, is skipped (the key's TTL falls short by at most that). Without
-        Redis, it waits for Redis instead of raising.
+        RQ beats several times around each job. A beat within HEARTBEAT_COALESCE_S of the
+        last one (pipelined beats included), asking for no longer a TTL, is skipped: the
+        key's TTL falls short by at most that. Without Redis, it waits instead of raising.
         """
         ttl = timeout or self.worker_ttl + 60
         now_s = self._monotonic()
