@@ -36,12 +36,10 @@ from cache.realtime_envelope import (
     validate_pattern,
     validate_user_id,
 )
-from cache.settings import DEFAULT_EVENTS_STREAM_MAXLEN, DEFAULT_EVENTS_STREAM_TTL_S, get_settings
+from cache.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STREAM_MAXLEN = DEFAULT_EVENTS_STREAM_MAXLEN
-DEFAULT_STREAM_TTL_S = DEFAULT_EVENTS_STREAM_TTL_S
 DEFAULT_REPLAY_COUNT = 1000  # events per channel per replay call; page with the last id for more
 
 

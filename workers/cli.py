@@ -27,17 +27,24 @@ def _primary() -> Any:
     return primary()
 
 
-def _primary_when_up() -> Any:
-    """The PRIMARY client once it answers: daemons wait out an outage instead of exiting."""
-    from cache.connections import primary
-    from cache.settings import get_settings
+def _wait_for_primary() -> None:
+    """Block until the PRIMARY answers: daemons wait out an outage instead of exiting.
+
+    A bad setting or a refused password is a clean CLI error, not waited out.
+    """
     from workers.startup import wait_for_primary
 
     try:
-        get_settings()
         wait_for_primary()
     except (ConfigError, RedisUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _primary_when_up() -> Any:
+    """The PRIMARY client once it answers."""
+    from cache.connections import primary
+
+    _wait_for_primary()
     return primary()
 
 
@@ -145,13 +152,10 @@ def dev() -> None:
 def worker(rq_args: tuple[str, ...]) -> None:
     """Wait for the PRIMARY Redis, then become `rq worker RQ_ARGS...` (supervisord's command)."""
     from cache.connections import set_process_role
-    from workers.startup import exec_rq_worker, wait_for_primary
+    from workers.startup import exec_rq_worker
 
     set_process_role("worker-start")
-    try:
-        wait_for_primary()
-    except (ConfigError, RedisUnavailable) as exc:
-        raise click.ClickException(str(exc)) from None
+    _wait_for_primary()
     exec_rq_worker(rq_args)
 
 
