@@ -24,6 +24,23 @@ from workers.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """`settings_env(NAME="value", ...)` sets variables and rebuilds the process settings.
+
+    The variables are restored by monkeypatch; the settings are rebuilt from the restored
+    environment on their next use.
+    """
+
+    def apply(**variables: str) -> None:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+
+    yield apply
+    reset_settings()
+
+
 @pytest.fixture(scope="session")
 def primary_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(PRIMARY_CONF, tmp_path_factory.mktemp("redis-primary")).start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import fakeredis
 import pytest
 
@@ -9,7 +11,7 @@ from cache.errors import ConfigError
 from cache.ratelimit import RateLimiter
 from cache.ratelimit_core import API, BY_IP, BY_USER, FailurePolicy
 from cache.ratelimit_presets import parse_preset
-from cache.settings import Settings, reset_settings
+from cache.settings import Settings
 
 pytestmark = pytest.mark.ratelimit
 
@@ -61,28 +63,16 @@ def test_settings_read_the_three_variables() -> None:
         Settings.from_env({"RATELIMIT_API": "lots"})
 
 
-def test_limiter_uses_the_settings_presets_unless_given_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RATELIMIT_BY_IP", "2/60")
-    reset_settings()
-    try:
-        limiter = RateLimiter(fakeredis.FakeRedis())
-        assert limiter.by_ip.limit == 2 and limiter.by_user == BY_USER
-        assert RateLimiter(fakeredis.FakeRedis(), by_ip=BY_IP).by_ip == BY_IP
-    finally:
-        monkeypatch.delenv("RATELIMIT_BY_IP")
-        reset_settings()
+def test_limiter_uses_the_settings_presets_unless_given_its_own(settings_env: Callable[..., None]) -> None:
+    settings_env(RATELIMIT_BY_IP="2/60")
+    limiter = RateLimiter(fakeredis.FakeRedis())
+    assert limiter.by_ip.limit == 2 and limiter.by_user == BY_USER
+    assert RateLimiter(fakeredis.FakeRedis(), by_ip=BY_IP).by_ip == BY_IP
 
 
-def test_a_limiter_given_every_preset_does_not_read_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SMTP_TLS", "1")
-    monkeypatch.setenv("SMTP_STARTTLS", "1")  # an unrelated bad setting
-    reset_settings()
-    try:
-        limiter = RateLimiter(fakeredis.FakeRedis(), by_ip=BY_IP, by_user=BY_USER, api=API)
-        assert limiter.api == API
-        with pytest.raises(ConfigError, match="SMTP_TLS"):
-            RateLimiter(fakeredis.FakeRedis())
-    finally:
-        monkeypatch.delenv("SMTP_TLS")
-        monkeypatch.delenv("SMTP_STARTTLS")
-        reset_settings()
+def test_a_limiter_given_every_preset_does_not_read_the_settings(settings_env: Callable[..., None]) -> None:
+    settings_env(SMTP_TLS="1", SMTP_STARTTLS="1")  # an unrelated bad setting
+    limiter = RateLimiter(fakeredis.FakeRedis(), by_ip=BY_IP, by_user=BY_USER, api=API)
+    assert limiter.api == API
+    with pytest.raises(ConfigError, match="SMTP_TLS"):
+        RateLimiter(fakeredis.FakeRedis())

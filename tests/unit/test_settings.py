@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -112,25 +113,17 @@ def test_env_example_lists_every_variable_the_settings_read() -> None:
     assert read <= listed, f"missing from .env.example: {sorted(read - listed)}"
 
 
-def test_event_stream_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_event_stream_limits_come_from_the_environment(settings_env: Callable[..., None]) -> None:
     import fakeredis
 
     from cache.realtime import RealtimeService
-    from cache.settings import reset_settings
 
     assert Settings.from_env({}).events_stream_maxlen == 1000
     with pytest.raises(ConfigError, match="EVENTS_STREAM_MAXLEN must be an integer"):
         Settings.from_env({"EVENTS_STREAM_MAXLEN": "lots"})
     with pytest.raises(ConfigError, match="EVENTS_STREAM_TTL must be greater than 0"):
         Settings.from_env({"EVENTS_STREAM_TTL": "0"})
-    monkeypatch.setenv("EVENTS_STREAM_MAXLEN", "50")
-    monkeypatch.setenv("EVENTS_STREAM_TTL", "600")
-    reset_settings()
-    try:
-        service = RealtimeService(fakeredis.FakeRedis())
-        assert (service.stream_maxlen, service.stream_ttl_s) == (50, 600)
-        assert RealtimeService(fakeredis.FakeRedis(), stream_maxlen=7).stream_maxlen == 7
-    finally:
-        monkeypatch.delenv("EVENTS_STREAM_MAXLEN")
-        monkeypatch.delenv("EVENTS_STREAM_TTL")
-        reset_settings()
+    settings_env(EVENTS_STREAM_MAXLEN="50", EVENTS_STREAM_TTL="600")
+    service = RealtimeService(fakeredis.FakeRedis())
+    assert (service.stream_maxlen, service.stream_ttl_s) == (50, 600)
+    assert RealtimeService(fakeredis.FakeRedis(), stream_maxlen=7).stream_maxlen == 7
