@@ -8,6 +8,7 @@ start-up instead of at the first job.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,7 @@ class Settings:
     ops_emails: tuple[str, ...] = ()
     reports_dir: Path = Path(DEFAULT_REPORTS_DIR)
     reports_base_url: str | None = None
+    reports_notify_domains: tuple[str, ...] = ()  # empty: report emails may go to any domain
     ratelimit_by_ip: Preset = BY_IP
     ratelimit_by_user: Preset = BY_USER
     ratelimit_api: Preset = API
@@ -124,6 +126,7 @@ class Settings:
             ops_emails=tuple(a.strip() for a in env.get("OPS_EMAIL", "").split(",") if a.strip()),
             reports_dir=Path(env.get("REPORTS_DIR", DEFAULT_REPORTS_DIR)),
             reports_base_url=env.http_url("REPORTS_BASE_URL"),
+            reports_notify_domains=env.domains("REPORTS_NOTIFY_DOMAINS"),
             ratelimit_by_ip=env.preset("RATELIMIT_BY_IP"),
             ratelimit_by_user=env.preset("RATELIMIT_BY_USER"),
             ratelimit_api=env.preset("RATELIMIT_API"),
@@ -229,6 +232,20 @@ class _Env:
             )
         return value
 
+    def domains(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list of DNS domains, lowercased (`example.com,corp.example`)."""
+        found = []
+        for item in self._environ.get(name, "").split(","):
+            domain = item.strip().lower().rstrip(".")
+            if not domain:
+                continue
+            if not _DOMAIN.fullmatch(domain):
+                raise ConfigError(
+                    f"{name} must be a comma-separated list of domains (e.g. example.com), got item {item!r}"
+                )
+            found.append(domain)
+        return tuple(dict.fromkeys(found))
+
     def sentinel(self) -> Sentinel | None:
         raw = self._environ.get("REDIS_SENTINELS", "").strip()
         if not raw:
@@ -246,6 +263,9 @@ class _Env:
             master_name=self.get("REDIS_SENTINEL_MASTER", DEFAULT_SENTINEL_MASTER),
             password=self.optional("REDIS_SENTINEL_PASSWORD"),
         )
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def _redact(url: str) -> str:

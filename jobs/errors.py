@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from cache.errors import KryonixError, RedisUnavailable
 
 
@@ -26,3 +28,17 @@ class PermanentJobError(KryonixError):
 
 class TransientJobError(KryonixError):
     """Raise from a job when a retry may succeed (SMTP 4xx, timeouts, lost connections, deadlocks)."""
+
+
+def refuse_extra_arguments(function: str, extra: Sequence[object], unknown: Mapping[str, object]) -> None:
+    """Refuse arguments the enqueue API never passes (a job written into Redis by hand).
+
+    Without this, Python's own TypeError would count as transient and be retried.
+
+    Raises:
+        PermanentJobError: naming the unexpected arguments.
+    """
+    if extra or unknown:
+        raise PermanentJobError(
+            f"{function} refused: unexpected argument(s) {len(extra)} positional, keyword {sorted(unknown)}"
+        )

@@ -2,7 +2,8 @@
 
 Nothing reaches Redis before the input is known good: addresses (email-validator, no
 DNS), header values (no CR/LF), the template and every variable it needs, a trial
-render, attachment and recipient limits.
+render, attachment and recipient limits. The checks run on the job's JSON form, in
+`jobs.email.payloads`, and the job runs the same function again in the worker.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import redis
 
-from cache.realtime_envelope import InvalidEvent, validate_user_id
 from cache.settings import get_settings
 from jobs.email.bulk import (
     DEFAULT_CHUNK_SIZE,
@@ -27,14 +27,14 @@ from jobs.email.bulk import (
     plan_recipients,
     store_info,
 )
-from jobs.email.render import render_email
+from jobs.email.payloads import MAX_BULK_CONNECTIONS, validate_bulk_chunk, validate_email_payload
 from jobs.email.templates import PROVIDED, TemplateLibrary, default_library
 from jobs.email.validation import (
     PAYLOAD_VERSION,
     Attachment,
     EmailRequest,
     EmailValidationError,
-    Mailbox,
+    attachment_payload,
     check_attachments,
     check_context,
     check_idempotency_key,
@@ -48,16 +48,6 @@ from jobs.retry import RetryPolicy
 
 SEND_EMAIL = "jobs.email.jobs.send_email"
 SEND_BULK_CHUNK = "jobs.email.jobs.send_bulk_chunk"
-MAX_BULK_CONNECTIONS = 16
-
-
-def _requester(requested_by: str | int | None) -> str | None:
-    if requested_by is None:
-        return None
-    try:
-        return validate_user_id(requested_by)
-    except InvalidEvent as exc:
-        raise EmailValidationError(f"requested_by: {exc}") from None
 
 
 def build_request(
@@ -74,35 +64,28 @@ def build_request(
 ) -> EmailRequest:
     """Validate one email completely, including a trial render; no I/O.
 
+    The input is put into the job's JSON form and checked by `validate_email_payload`,
+    the function the job runs again in the worker.
+
     Raises:
         EmailValidationError: the first problem found, named clearly.
     """
-    library = library or default_library()
-    recipients = parse_recipients(to)
-    locale = check_locale(locale)
-    library.resolve_locale(template, locale)
-    values = check_context(context, reserved=PROVIDED)
-    library.check_context(template, locale, values)
-    request = EmailRequest(
-        to=recipients,
-        template=template,
-        locale=locale,
-        context=values,
-        idempotency_key=(
-            check_idempotency_key(idempotency_key)
-            if idempotency_key is not None
-            else f"auto-{uuid.uuid4().hex}"
-        ),
-        attachments=check_attachments(attachments),
-        reply_to=parse_mailbox(reply_to, "reply_to") if reply_to is not None else None,
-        requested_by=_requester(requested_by),
-    )
-    # Catches what the variable list cannot: a missing attribute, a bad type, a subject
-    # that spans lines. The worker renders again at send time, from the same JSON.
-    render_email(
-        request, sender=parse_sender(get_settings().mail_from), now=dt.datetime.now(dt.UTC), library=library
-    )
-    return request
+    attached = check_attachments(attachments)  # reads `path` attachments, within the size limit
+    payload = {
+        "v": PAYLOAD_VERSION,
+        "to": [list(mailbox) for mailbox in parse_recipients(to)],
+        "template": template,
+        "locale": locale,
+        "context": context,
+        "idempotency_key": f"auto-{uuid.uuid4().hex}" if idempotency_key is None else idempotency_key,
+        "attachments": [attachment_payload(a) for a in attached],
+        "reply_to": list(parse_mailbox(reply_to, "reply_to")) if reply_to is not None else None,
+        "requested_by": requested_by,
+    }
+    sender = parse_sender(get_settings().mail_from)
+    return validate_email_payload(
+        payload, sender=sender, now=dt.datetime.now(dt.UTC), library=library
+    ).request
 
 
 def enqueue_email(
@@ -216,15 +199,12 @@ def enqueue_bulk_email(
     library.resolve_locale(template, locale)
     shared = check_context(context or {}, reserved=PROVIDED)
     items, duplicates = plan_recipients(template, recipients, shared=shared, locale=locale, library=library)
-    requester = _requester(requested_by)
     if idempotency_key is not None:
         bulk_id = hashlib.sha256(check_idempotency_key(idempotency_key).encode()).hexdigest()[:32]
     else:
         bulk_id = uuid.uuid4().hex
-    _trial_render(template, shared, items, locale, library)
-    job_ids = []
-    for number, chunk in enumerate(chunked(items, chunk_size)):
-        payload = {
+    payloads = [
+        {
             "v": PAYLOAD_VERSION,
             "bulk_id": bulk_id,
             "template": template,
@@ -232,13 +212,22 @@ def enqueue_bulk_email(
             "context": shared,
             "recipients": chunk,
             "connections": connections,
-            "requested_by": requester,
+            "requested_by": requested_by,
         }
+        for chunk in chunked(items, chunk_size)
+    ]
+    sender, now = parse_sender(get_settings().mail_from), dt.datetime.now(dt.UTC)
+    checked = [
+        validate_bulk_chunk(payload, sender=sender, now=now, library=library, first_index=number * chunk_size)
+        for number, payload in enumerate(payloads)
+    ]  # every chunk is checked, as its job will check it, before the first is enqueued
+    job_ids = []
+    for number, chunk in enumerate(checked):
         job_ids.append(
             enqueue(
                 "email",
                 SEND_BULK_CHUNK,
-                payload,
+                chunk.to_payload(),
                 idempotency_key=f"bulk:{bulk_id}:{number}",
                 at=at,
                 in_=in_,
@@ -249,32 +238,3 @@ def enqueue_bulk_email(
         )
     store_info(bulk_id, new_bulk_info(template, locale, len(items), job_ids), connection=connection)
     return BulkEmail(bulk_id=bulk_id, job_ids=tuple(job_ids), recipients=len(items), duplicates=duplicates)
-
-
-def _trial_render(
-    template: str,
-    shared: Mapping[str, Any],
-    items: Sequence[Mapping[str, Any]],
-    locale: str,
-    library: TemplateLibrary,
-) -> None:
-    """Render the first recipient of each locale: variables alone cannot catch a missing attribute."""
-    sender = parse_sender(get_settings().mail_from)
-    now = dt.datetime.now(dt.UTC)
-    done: set[str] = set()
-    for item in items:
-        item_locale = str(item.get("locale", locale))
-        if item_locale in done:
-            continue
-        done.add(item_locale)
-        request = EmailRequest(
-            to=(Mailbox(*item["to"]),),
-            template=template,
-            locale=item_locale,
-            context={**shared, **item.get("context", {})},
-            idempotency_key="trial",
-        )
-        try:
-            render_email(request, sender=sender, now=now, library=library)
-        except EmailValidationError as exc:
-            raise EmailValidationError(f"recipient {item['to'][1]}: {exc}") from None

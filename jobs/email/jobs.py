@@ -23,11 +23,12 @@ from cache.connections import primary
 from cache.errors import ConfigError, RedisUnavailable
 from cache.settings import Settings, get_settings
 from jobs.email import events, idempotency
-from jobs.email.bulk import DEFAULT_CONNECTIONS, ChunkReport, Item, deliver_all, items_from_payload
+from jobs.email.bulk import ChunkReport, Item, deliver_all
+from jobs.email.payloads import BulkChunk, ValidEmail, validate_bulk_chunk, validate_email_payload
 from jobs.email.render import RenderedEmail, render_email
 from jobs.email.smtp import SmtpConfigError, SmtpSettings, Verdict, process_runtime
 from jobs.email.validation import EmailRequest, EmailValidationError
-from jobs.errors import PermanentJobError, TransientJobError
+from jobs.errors import PermanentJobError, TransientJobError, refuse_extra_arguments
 
 log = logging.getLogger("kryonix.email")
 
@@ -37,7 +38,7 @@ log = logging.getLogger("kryonix.email")
 TEST_PAUSE_ENV = "KRYONIX_EMAIL_TEST_PAUSE"
 
 
-def send_email(email: dict[str, Any]) -> dict[str, Any]:
+def send_email(email: dict[str, Any], *extra: Any, **unknown: Any) -> dict[str, Any]:
     """Send one transactional email, unless its idempotency marker says it was accepted already.
 
     Returns:
@@ -50,7 +51,10 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
         PermanentJobError: refused (5xx), invalid message or SMTP configuration; no retry.
         TransientJobError: deferred (4xx, connection, timeout); retried with backoff.
     """
-    request = _request(email)
+    refuse_extra_arguments("send_email", extra, unknown)
+    settings = _smtp_settings()
+    valid = _valid_email(email, settings)
+    request, message = valid.request, valid.message
     key = request.idempotency_key
     previous, earlier = idempotency.begin_send(key, _attempt())
     if previous is not None:
@@ -64,11 +68,6 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
             earlier,
         )
     try:
-        settings = _smtp_settings()
-        try:
-            message = render_email(request, sender=settings.sender, now=dt.datetime.now(dt.UTC))
-        except EmailValidationError as exc:
-            raise _fail(request, f"invalid message: {exc}") from None
         runtime = process_runtime(settings)
         sending = runtime.pool.deliver(message.envelope_from, message.recipients, message.raw)
         try:
@@ -104,7 +103,7 @@ def send_email(email: dict[str, Any]) -> dict[str, Any]:
     return {"status": "sent", **record}
 
 
-def send_bulk_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
+def send_bulk_chunk(chunk: dict[str, Any], *extra: Any, **unknown: Any) -> dict[str, Any]:
     """Send one chunk of a bulk email; recipients with a final outcome are skipped.
 
     Returns:
@@ -114,34 +113,23 @@ def send_bulk_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
         TransientJobError: some recipients were deferred; the retry tries only those.
         PermanentJobError: the SMTP configuration cannot work, or the payload is malformed.
     """
-    try:
-        bulk_id = str(chunk["bulk_id"])
-        template, locale, shared = str(chunk["template"]), str(chunk["locale"]), dict(chunk["context"])
-        items = items_from_payload(chunk["recipients"], locale)
-        lanes = int(chunk.get("connections") or DEFAULT_CONNECTIONS)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PermanentJobError(f"malformed bulk chunk payload: {exc!r}") from None
+    refuse_extra_arguments("send_bulk_chunk", extra, unknown)
+    settings = _smtp_settings()
+    checked = _valid_chunk(chunk, settings)
+    bulk_id, items = checked.bulk_id, checked.items
     client = primary()
     previous = idempotency.bulk_outcomes(bulk_id, [item.address for item in items], connection=client)
     todo = [item for item in items if not idempotency.is_final(previous[item.address])]
-    settings = _smtp_settings()
 
     def render(item: Item) -> RenderedEmail:
-        request = EmailRequest(
-            to=(item.mailbox,),
-            template=template,
-            locale=item.locale,
-            context={**shared, **item.context},
-            idempotency_key=f"bulk:{bulk_id}:{item.address}",
-        )
-        return render_email(request, sender=settings.sender, now=dt.datetime.now(dt.UTC))
+        return render_email(checked.request_for(item), sender=settings.sender, now=dt.datetime.now(dt.UTC))
 
     def record(outcomes: Mapping[str, str]) -> None:
         idempotency.record_outcomes(bulk_id, outcomes, connection=client)
 
     runtime = process_runtime(settings)
     report = (
-        runtime.run(deliver_all(runtime.pool, todo, render, record, connections=lanes))
+        runtime.run(deliver_all(runtime.pool, todo, render, record, connections=checked.connections))
         if todo
         else ChunkReport()
     )
@@ -149,9 +137,10 @@ def send_bulk_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
     if report.aborted is not None or (report.deferred and _last_attempt()):
         failed = {address: f"{idempotency.FAILED}:{reason}" for address, reason in report.deferred.items()}
         idempotency.record_outcomes(bulk_id, failed, connection=client)
-    requester = chunk.get("requested_by")
     events.publish(
-        requester, events.BULK_PROGRESS, {"bulk_id": bulk_id, **summary, "deferred": len(report.deferred)}
+        checked.requested_by,
+        events.BULK_PROGRESS,
+        {"bulk_id": bulk_id, **summary, "deferred": len(report.deferred)},
     )
     if report.aborted is not None:
         raise PermanentJobError(f"bulk {bulk_id}: {report.aborted} ({summary})")
@@ -164,11 +153,23 @@ def send_bulk_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _request(payload: dict[str, Any]) -> EmailRequest:
+def _valid_email(payload: object, settings: SmtpSettings) -> ValidEmail:
+    """The enqueue API's own check, again: the job may have been written into Redis by hand."""
     try:
-        return EmailRequest.from_payload(payload)
+        return validate_email_payload(payload, sender=settings.sender, now=dt.datetime.now(dt.UTC))
     except EmailValidationError as exc:
-        raise PermanentJobError(str(exc)) from None
+        raise PermanentJobError(f"invalid email job: {exc}") from None
+    except ConfigError as exc:  # e.g. the templates directory is missing: no retry can fix it
+        raise PermanentJobError(f"configuration error: {exc}") from None
+
+
+def _valid_chunk(payload: object, settings: SmtpSettings) -> BulkChunk:
+    try:
+        return validate_bulk_chunk(payload, sender=settings.sender, now=dt.datetime.now(dt.UTC))
+    except EmailValidationError as exc:
+        raise PermanentJobError(f"invalid bulk chunk job: {exc}") from None
+    except ConfigError as exc:
+        raise PermanentJobError(f"configuration error: {exc}") from None
 
 
 _smtp: tuple[Settings, SmtpSettings] | None = None

@@ -25,7 +25,14 @@ from typing import Any
 import jinja2
 from jinja2 import meta
 
-from jobs.email.validation import DEFAULT_LOCALE, EmailValidationError, check_locale
+from cache.errors import ConfigError
+from jobs.email.validation import (
+    DEFAULT_LOCALE,
+    EmailValidationError,
+    check_locale,
+    control_character,
+    describe_character,
+)
 
 TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "templates" / "email"
 PARTS = ("subject.txt", "body.txt", "body.html")
@@ -38,6 +45,10 @@ _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # `{# optional: download_url, name #}` in a template part: these may be left out of the
 # context and are then None (every other variable is required).
 _OPTIONAL = re.compile(r"\{#-?\s*optional:\s*([A-Za-z_][A-Za-z0-9_,\s]*?)\s*-?#\}")
+
+
+class TemplatesMissing(ConfigError):
+    """The templates directory is not there: an installation problem no retry can fix."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,11 @@ class TemplateLibrary:
     def names(self) -> list[str]:
         """Every template available (those present in the default locale)."""
         base = self.root / DEFAULT_LOCALE
+        if not base.is_dir():
+            raise TemplatesMissing(
+                f"email templates directory {base} is missing: the installation is incomplete "
+                f"(jobs/templates/email/ ships with the package)"
+            )
         return sorted(p.name for p in base.iterdir() if p.is_dir() and (p / PARTS[0]).exists())
 
     def resolve_locale(self, name: str, locale: str) -> str:
@@ -91,15 +107,16 @@ class TemplateLibrary:
 
         Raises:
             EmailValidationError: no such template, or a malformed name or locale.
+            TemplatesMissing: the templates directory itself is missing (a ConfigError).
         """
-        found = self._resolved.get((name, locale))
-        if found is not None:
-            return found
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise EmailValidationError(
                 f"template name must be lowercase letters, digits and '_', got {name!r}"
             )
         check_locale(locale)
+        found = self._resolved.get((name, locale))
+        if found is not None:
+            return found
         for candidate in locale_chain(locale):
             if (self.root / candidate / name / PARTS[0]).is_file():
                 # Templates ship with the code (auto_reload is off too): resolve once per process.
@@ -209,9 +226,15 @@ class TemplateLibrary:
             ) from None
         if not subject:
             raise EmailValidationError(f"template {name!r} ({resolved}) rendered an empty subject")
-        if "\r" in subject or "\n" in subject:
+        char = control_character(subject)
+        if char is not None:
+            problem = (
+                "spans several lines"
+                if char in "\r\n"
+                else f"contains a {describe_character(char)} character"
+            )
             raise EmailValidationError(
-                f"subject of template {name!r} spans several lines (header injection refused): {subject!r}"
+                f"subject of template {name!r} {problem} (header injection refused): {subject!r}"
             )
         if len(subject) > MAX_SUBJECT_LENGTH:
             raise EmailValidationError(f"subject is {len(subject)} characters, over {MAX_SUBJECT_LENGTH}")

@@ -1,16 +1,17 @@
 """Input checks for email jobs (pure): addresses, header values, attachments, limits.
 
-Everything an email job needs is checked here before anything reaches Redis, and the
-result is an `EmailRequest`: the validated email in a JSON-able form that travels as
-the job's one argument and is rebuilt unchanged in the worker.
+These are the building blocks; `jobs.email.payloads` assembles them into the one check
+of each job's payload, which the enqueue API runs before anything reaches Redis and the
+job runs again in the worker (a job can be written into Redis by hand). The result is
+an `EmailRequest`, whose JSON form travels as the job's one argument.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import mimetypes
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parseaddr
@@ -38,6 +39,10 @@ PAYLOAD_VERSION = 1
 _LOCALE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 _CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 _FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
+# Control characters (C0, DEL, C1), line/paragraph separators and lone surrogates: none
+# belongs in a header, and CR/LF/NUL would start a new header or cut the message.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+_CHAR_NAMES = {"\r": "CR", "\n": "LF", "\0": "NUL", "\t": "TAB"}
 _SENDER = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
 
 
@@ -83,59 +88,87 @@ class EmailRequest:
             "locale": self.locale,
             "context": dict(self.context),
             "idempotency_key": self.idempotency_key,
-            "attachments": [
-                {
-                    "filename": a.filename,
-                    "content_type": a.content_type,
-                    "data": base64.b64encode(a.content).decode("ascii"),
-                }
-                for a in self.attachments
-            ],
+            "attachments": [attachment_payload(a) for a in self.attachments],
             "reply_to": list(self.reply_to) if self.reply_to else None,
             "requested_by": self.requested_by,
         }
 
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> EmailRequest:
-        """Rebuild the request in the worker.
 
-        Raises:
-            EmailValidationError: the payload is not one `to_payload` wrote.
-        """
-        try:
-            if payload.get("v") != PAYLOAD_VERSION:
-                raise EmailValidationError(f"unsupported email payload version {payload.get('v')!r}")
-            reply_to = payload.get("reply_to")
-            return cls(
-                to=tuple(Mailbox(str(n), str(a)) for n, a in payload["to"]),
-                template=str(payload["template"]),
-                locale=str(payload["locale"]),
-                context=dict(payload["context"]),
-                idempotency_key=str(payload["idempotency_key"]),
-                attachments=tuple(
-                    Attachment(a["filename"], base64.b64decode(a["data"], validate=True), a["content_type"])
-                    for a in payload.get("attachments") or ()
-                ),
-                reply_to=Mailbox(str(reply_to[0]), str(reply_to[1])) if reply_to else None,
-                requested_by=payload.get("requested_by"),
-            )
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            if isinstance(exc, EmailValidationError):
-                raise
-            raise EmailValidationError(f"malformed email payload: {exc!r}") from None
+def attachment_payload(attachment: Attachment) -> dict[str, str]:
+    """An attachment's JSON form in the job payload (content base64-encoded)."""
+    return {
+        "filename": attachment.filename,
+        "content_type": attachment.content_type,
+        "data": base64.b64encode(attachment.content).decode("ascii"),
+    }
+
+
+def control_character(value: str) -> str | None:
+    """The first control character (C0, DEL, C1, U+2028/9, surrogate) in `value`, or None. Pure."""
+    if value.isascii() and value.isprintable():
+        return None  # the common case, without a per-character lookup
+    return next((char for char in value if unicodedata.category(char) in _CONTROL_CATEGORIES), None)
+
+
+def describe_character(char: str) -> str:
+    """`CR`, `LF`, `NUL`, `TAB` or `U+XXXX`, for error messages."""
+    return _CHAR_NAMES.get(char, f"U+{ord(char):04X}")
 
 
 def check_header_value(value: str, what: str) -> str:
-    """Refuse CR, LF and NUL: in a header they would start a new header (header injection)."""
+    """Refuse control characters: CR, LF and NUL would start a new header (header injection)."""
     if not isinstance(value, str):
         raise EmailValidationError(f"{what} must be a string, got {type(value).__name__}")
-    for char in _FORBIDDEN_IN_HEADERS:
-        if char in value:
-            raise EmailValidationError(
-                f"{what} contains a {'CR' if char == chr(13) else 'LF' if char == chr(10) else 'NUL'} "
-                f"character (header injection refused): {value!r}"
-            )
+    char = control_character(value)
+    if char is not None:
+        raise EmailValidationError(
+            f"{what} contains a {describe_character(char)} character (header injection refused): {value!r}"
+        )
     return value
+
+
+def check_address(address: object, what: str) -> str:
+    """One bare address (no display name), validated by email-validator, in its ASCII form.
+
+    Raises:
+        EmailValidationError: not a string, control characters, or not a valid address.
+    """
+    if not isinstance(address, str):
+        raise EmailValidationError(f"{what} must be a string address, got {type(address).__name__}")
+    check_header_value(address, what)
+    try:
+        result = validate_email(address, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise EmailValidationError(f"{what} {address!r} is not a valid email address: {exc}") from None
+    return str(result.ascii_email or result.normalized)
+
+
+def check_mailbox(name: object, address: object, what: str) -> Mailbox:
+    """A (display name, address) pair as the job payload carries it; the one mailbox check.
+
+    The name may hold anything printable (it is quoted or RFC 2047-encoded in the header),
+    never a control character.
+
+    Raises:
+        EmailValidationError: names the field and the problem.
+    """
+    return Mailbox(_display_name(name, what), check_address(address, what))
+
+
+def _display_name(name: object, what: str) -> str:
+    if not isinstance(name, str):
+        raise EmailValidationError(f"{what}: display name must be a string, got {type(name).__name__}")
+    check_header_value(name, f"{what} display name")
+    if len(name) > MAX_DISPLAY_NAME_LENGTH:
+        raise EmailValidationError(f"{what}: display name longer than {MAX_DISPLAY_NAME_LENGTH} characters")
+    return name.strip()
+
+
+def mailbox_from_payload(entry: object, what: str) -> Mailbox:
+    """`[name, address]` from a job payload, checked by `check_mailbox`."""
+    if not isinstance(entry, list | tuple) or len(entry) != 2:
+        raise EmailValidationError(f"{what} must be a [display name, address] pair, got {entry!r}")
+    return check_mailbox(entry[0], entry[1], what)
 
 
 def parse_mailbox(value: object, what: str) -> Mailbox:
@@ -159,11 +192,8 @@ def parse_mailbox(value: object, what: str) -> Mailbox:
         )
     except EmailNotValidError as exc:
         raise EmailValidationError(f"{what} {value!r} is not a valid email address: {exc}") from None
-    name = (result.display_name or "").strip()
-    if len(name) > MAX_DISPLAY_NAME_LENGTH:
-        raise EmailValidationError(f"{what}: display name longer than {MAX_DISPLAY_NAME_LENGTH} characters")
-    address = result.ascii_email or result.normalized
-    return Mailbox(name, address)
+    # The job's payload check (`check_mailbox`) validates the address again, in the worker too.
+    return Mailbox(_display_name(result.display_name or "", what), result.ascii_email or result.normalized)
 
 
 def parse_sender(mail_from: str) -> Mailbox:
@@ -319,6 +349,8 @@ def check_idempotency_key(key: object) -> str:
         raise EmailValidationError("idempotency_key must be a non-empty string")
     if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise EmailValidationError(f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
-    if any(char.isspace() for char in key):
-        raise EmailValidationError(f"idempotency_key must not contain whitespace, got {key!r}")
+    if any(char.isspace() or not char.isprintable() for char in key):
+        raise EmailValidationError(
+            f"idempotency_key must not contain whitespace or control characters, got {key!r}"
+        )
     return key

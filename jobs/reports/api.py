@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from email_validator import EmailNotValidError, validate_email
 
 from cache.realtime_envelope import validate_user_id
+from cache.settings import get_settings
+from jobs.email.validation import check_address
 from jobs.enqueue import enqueue
+from jobs.errors import JobValidationError
 from jobs.queues import REPORT
 from jobs.reports.registry import (
     ReportDefinitionError,
@@ -47,21 +49,31 @@ class ReportRequest:
         }
 
 
-def _recipients(notify_email: str | Sequence[str] | None) -> tuple[str, ...]:
+def _recipients(notify_email: object, allowed_domains: Sequence[str]) -> tuple[str, ...]:
+    """The addresses as the email queue will check them, within `allowed_domains` when set."""
     if notify_email is None:
         return ()
     addresses = [notify_email] if isinstance(notify_email, str) else notify_email
-    if not isinstance(addresses, Sequence) or len(addresses) > MAX_RECIPIENTS:
+    if not isinstance(addresses, list | tuple) or len(addresses) > MAX_RECIPIENTS:
         raise ReportDefinitionError(f"notify_email must be an address or a list of at most {MAX_RECIPIENTS}")
     clean = []
     for address in addresses:
-        if not isinstance(address, str):
-            raise ReportDefinitionError(f"notify_email entries must be strings, got {type(address).__name__}")
         try:
-            clean.append(validate_email(address, check_deliverability=False).normalized)
-        except EmailNotValidError as exc:
-            raise ReportDefinitionError(f"notify_email {address!r} is not a valid address: {exc}") from None
+            checked = check_address(address, "notify_email")
+        except JobValidationError as exc:
+            raise ReportDefinitionError(str(exc)) from None
+        if allowed_domains and not in_domains(checked, allowed_domains):
+            raise ReportDefinitionError(
+                f"notify_email {checked!r} is outside REPORTS_NOTIFY_DOMAINS ({', '.join(allowed_domains)})"
+            )
+        clean.append(checked)
     return tuple(dict.fromkeys(clean))
+
+
+def in_domains(address: str, domains: Sequence[str]) -> bool:
+    """Whether the address's domain is one of `domains` or a subdomain of one. Pure."""
+    domain = address.rpartition("@")[2].lower()
+    return any(domain == allowed or domain.endswith(f".{allowed}") for allowed in domains)
 
 
 def _rows_per_s(value: object) -> int | None:
@@ -83,7 +95,10 @@ def validate_request(
     notify_email: str | Sequence[str] | None = None,
     throttle_rows_per_s: object = None,
 ) -> ReportRequest:
-    """Check a report request completely; the same check runs again inside the job.
+    """Check a report request completely; the job runs this same check again in the worker.
+
+    `notify_email` addresses are checked as the email queue checks them (ASCII, no display
+    name) and, when `REPORTS_NOTIFY_DOMAINS` is set, must be in one of those domains.
 
     Raises:
         ReportDefinitionError: with a message naming what is wrong and what is expected.
@@ -102,7 +117,7 @@ def validate_request(
         filters=clean,
         format=fmt,
         requested_by=user,
-        recipients=_recipients(notify_email),
+        recipients=_recipients(notify_email, get_settings().reports_notify_domains),
         rows_per_s=_rows_per_s(throttle_rows_per_s),
     )
 

@@ -24,8 +24,9 @@ from rq import get_current_job
 from sqlalchemy.exc import SQLAlchemyError
 
 from cache.database import make_engine
+from cache.errors import ConfigError
 from cache.settings import get_settings
-from jobs.errors import JobValidationError, PermanentJobError, TransientJobError
+from jobs.errors import JobValidationError, PermanentJobError, TransientJobError, refuse_extra_arguments
 from jobs.progress import report_progress
 from jobs.reports.api import ReportRequest, validate_request
 from jobs.reports.build import build_report, progress_percent
@@ -46,15 +47,18 @@ def generate_report(
     notify_email: str | Sequence[str] | None = None,
     throttle_rows_per_s: int | None = None,
     report_id: str | None = None,
+    **unknown: Any,
 ) -> dict[str, Any]:
     """Write one report file; returns path, format, rows, size_bytes, sha256 (and more).
 
     Enqueue it with `jobs.reports.enqueue_report`, which validates first.
 
     Raises:
-        PermanentJobError: invalid report definition (e.g. a job written into Redis by hand).
+        PermanentJobError: invalid report definition (e.g. a job written into Redis by hand:
+            `enqueue_report`'s own check runs again here), or a configuration error.
         TransientJobError: database or disk trouble; the queue retries.
     """
+    refuse_extra_arguments("generate_report", (), unknown)
     request = _validated(report_type, filters, format, requested_by, notify_email, throttle_rows_per_s)
     return _run(request, _report_id(report_id))
 
@@ -67,12 +71,16 @@ def generate_scheduled_report(
     format: str = "csv",
     recipients: Sequence[str] = (),
     window_days: int | None = None,
+    **unknown: Any,
 ) -> dict[str, Any]:
     """One run of a scheduled report (see `jobs.reports.scheduled.scheduled_report`).
 
     With `window_days`, the report covers the `window_days` whole UTC days before the
     slot that fired it (a daily 06:00 run with window_days=1 reports yesterday).
     """
+    refuse_extra_arguments("generate_scheduled_report", (), unknown)
+    if not isinstance(recipients, list | tuple):
+        raise PermanentJobError(f"scheduled report {name!r}: recipients must be a list")
     job = get_current_job()
     slot = job.meta.get("slot") if job is not None else None
     fired = dt.datetime.fromtimestamp(slot, dt.UTC) if isinstance(slot, int) else dt.datetime.now(dt.UTC)
@@ -105,6 +113,13 @@ def _validated(
         raise PermanentJobError(f"invalid report definition: {exc}") from None
 
 
+def _run(request: ReportRequest, report_id: str) -> dict[str, Any]:
+    try:
+        return _build_and_notify(request, report_id)
+    except ConfigError as exc:  # e.g. a templates directory is missing: no retry can fix it
+        raise PermanentJobError(f"configuration error: {exc}") from None
+
+
 def _report_id(given: str | None) -> str:
     """The report id names the file: the job id inside a job, a fresh uuid outside one."""
     job = get_current_job()
@@ -134,7 +149,7 @@ def _progress_reporter(request: ReportRequest, report_id: str) -> Callable[[int,
     return on_progress
 
 
-def _run(request: ReportRequest, report_id: str) -> dict[str, Any]:
+def _build_and_notify(request: ReportRequest, report_id: str) -> dict[str, Any]:
     settings = get_settings()
     directory = Path(settings.reports_dir)
     remove_stale_temp_files(directory, report_id)  # a SIGKILLed earlier attempt cannot clean up itself

@@ -22,7 +22,8 @@ from types import TracebackType
 
 log = logging.getLogger(__name__)
 
-REPORT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # no '/', never hidden
+# fullmatch, never `$` (which accepts a trailing newline): no '/', never hidden
+REPORT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 FILE_MODE = 0o640  # reports hold personal data (emails): not world-readable
 DIR_MODE = 0o750
 _TEMP_SUFFIX = ".tmp"
@@ -34,7 +35,7 @@ class InvalidReportId(ValueError):
 
 def check_report_id(report_id: str) -> str:
     """Raises InvalidReportId unless `report_id` is safe as a file name."""
-    if not isinstance(report_id, str) or not REPORT_ID_PATTERN.match(report_id):
+    if not isinstance(report_id, str) or not REPORT_ID_PATTERN.fullmatch(report_id):
         raise InvalidReportId(
             f"report id {report_id!r} must be 1-128 letters, digits or '_.-', starting with a letter or digit"
         )

@@ -23,6 +23,7 @@ from sqlalchemy import (
     exc,
     func,
     literal,
+    or_,
     select,
     text,
 )
@@ -31,8 +32,21 @@ from cache.database import activity, companies, projects, users
 from jobs.reports.registry import ReportType
 
 # Spreadsheets run a cell starting with one of these as a formula ("CSV injection");
-# OWASP's remedy is a leading apostrophe. Applied in SQL, for CSV only, to text columns.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# OWASP's remedy is a leading apostrophe. TAB, CR and LF are dangerous first characters
+# themselves, and whitespace or control characters before = + - @ are skipped by some
+# spreadsheets, so those cells are guarded too. Applied in SQL, for CSV only, to every
+# text column (the registry's "str" columns; a test checks none is left out).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
+FORMULA_STARTS = ("=", "+", "-", "@")
+# Stripped before looking at the first character: C0 controls but NUL (PostgreSQL text
+# cannot hold it), DEL, C1 controls and Unicode whitespace.
+IGNORED_LEADING = (
+    "".join(chr(c) for c in range(1, 33))
+    + "\x7f"
+    + "".join(chr(c) for c in range(0x80, 0xA1))
+    + "\u1680\u180e\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    + "\u200b\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,11 @@ def _guard(column: ColumnElement[Any], name: str, guard_formulas: bool) -> Colum
     if not guard_formulas:
         return column.label(name)
     prefixed = literal("'", String) + column
-    return case((func.substr(column, 1, 1).in_(FORMULA_PREFIXES), prefixed), else_=column).label(name)
+    stripped = func.ltrim(column, literal(IGNORED_LEADING, String))
+    dangerous = or_(
+        func.substr(column, 1, 1).in_(FORMULA_PREFIXES), func.substr(stripped, 1, 1).in_(FORMULA_STARTS)
+    )
+    return case((dangerous, prefixed), else_=column).label(name)
 
 
 def _day_start(day: dt.date) -> dt.datetime:
@@ -69,7 +87,7 @@ def _users(filters: Mapping[str, Any], guard: bool) -> ReportQuery:
             _guard(users.c.name, "name", guard),
             users.c.company_id,
             _guard(companies.c.name, "company_name", guard),
-            users.c.status,
+            _guard(users.c.status, "status", guard),
             users.c.created_at,
             users.c.last_login_at,
         )
@@ -105,7 +123,7 @@ def _company_projects(filters: Mapping[str, Any], guard: bool) -> ReportQuery:
         select(
             companies.c.id.label("company_id"),
             _guard(companies.c.name, "company_name", guard),
-            companies.c.plan,
+            _guard(companies.c.plan, "plan", guard),
             n_projects.label("projects"),
             func.coalesce(per_company.c.active_projects, 0).label("active_projects"),
             func.coalesce(members.c.users, 0).label("users"),

@@ -21,7 +21,7 @@ MAX_DB_ID = 2**31 - 1  # the Integer primary keys of the platform schema
 USER_STATUSES = ("active", "invited", "suspended", "deleted")
 PLANS = ("free", "pro", "enterprise")
 MAX_ACTIVITY_DAYS = 366  # one year of daily rows per report: bounded work, and what the UI offers
-ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,39}$")  # fits activity.action String(40)
+ACTION_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,39}")  # fullmatch: fits activity.action String(40)
 EARLIEST_DATE = dt.date(2000, 1, 1)
 LATEST_DATE = dt.date(2100, 12, 31)
 
@@ -264,7 +264,7 @@ def _coerce(report: ReportType, declared: Filter, value: Any) -> Any:
             raise ReportDefinitionError(f"{where} must be one of {', '.join(declared.choices)}; {got}")
         return value
     if declared.kind == "action":
-        if not isinstance(value, str) or not ACTION_PATTERN.match(value):
+        if not isinstance(value, str) or not ACTION_PATTERN.fullmatch(value):
             raise ReportDefinitionError(
                 f"{where} must be an action name (lowercase letters, digits, '_.-', up to 40); {got}"
             )

@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template, TemplateNotFound, select_autoescape
 
+from cache.errors import ConfigError
 from jobs.reports.registry import ReportType
 
 HTML_MAX_ROWS = 10_000  # rows shown in the HTML table; summary, totals and chart cover all rows
 CHART_WIDTH = 720
 CHART_HEIGHT = 240
 CHART_PAD = 40
+REPORT_TEMPLATE = "reports/report.html"
 
 Row = Sequence[Any]
 Batches = Iterable[Sequence[Row]]
@@ -191,6 +193,10 @@ class _HtmlAccumulator:
         self.rows += len(batch)
 
 
+class ReportTemplatesMissing(ConfigError):
+    """The HTML report template is not installed: a configuration problem, not a transient one."""
+
+
 def _environment() -> Environment:
     return Environment(
         loader=PackageLoader("jobs", "templates"),
@@ -219,7 +225,7 @@ def write_html(
         acc.add(batch)
         on_batch(acc.rows)
     chart = line_chart(sorted(acc.series.items())) if report.series else None
-    template = _environment().get_template("reports/report.html")
+    template = _report_template()
     chunks: Iterator[str] = template.generate(
         report=report,
         meta=meta,
@@ -239,6 +245,16 @@ def write_html(
             pending.clear()
     sink.write("".join(pending).encode())
     return WriteResult(rows=acc.rows, truncated=acc.rows > len(acc.preview), totals=dict(acc.totals))
+
+
+def _report_template() -> Template:
+    try:
+        return _environment().get_template(REPORT_TEMPLATE)
+    except (TemplateNotFound, ValueError) as exc:  # ValueError: PackageLoader found no directory
+        raise ReportTemplatesMissing(
+            f"HTML report template jobs/templates/{REPORT_TEMPLATE} is missing: the installation is "
+            f"incomplete ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 Writer = Callable[[ReportType, Batches, Sink, OnBatch, ReportMeta], WriteResult]

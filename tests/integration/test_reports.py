@@ -305,7 +305,7 @@ def test_unreachable_database_is_transient(
         ),
         (("activity", {"date_from": "2020-01-01", "date_to": "2025-01-01"}), {}, "at most 366 allowed"),
         (("users", {}), {"format": "xml"}, "unknown report format 'xml'"),
-        (("users", {}), {"notify_email": "nope"}, "notify_email 'nope' is not a valid address"),
+        (("users", {}), {"notify_email": "nope"}, "notify_email 'nope' is not a valid email address"),
         (("users", {}), {"requested_by": "a:b"}, "requested_by"),
     ],
 )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from cache.errors import ConfigError
+from jobs.email.payloads import validate_email_payload
 from jobs.email.validation import (
     MAX_ATTACHMENT_BYTES,
     Attachment,
@@ -22,6 +25,9 @@ from jobs.email.validation import (
 )
 
 pytestmark = pytest.mark.email
+
+SENDER = Mailbox("KRYONIX", "no-reply@kryonix.example")
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 @pytest.mark.parametrize(
@@ -196,7 +202,7 @@ def test_payload_round_trip_keeps_everything() -> None:
         reply_to=Mailbox("", "help@example.com"),
         requested_by="42",
     )
-    assert EmailRequest.from_payload(request.to_payload()) == request
+    assert validate_email_payload(request.to_payload(), sender=SENDER, now=NOW).request == request
 
 
 @pytest.mark.parametrize(
@@ -205,4 +211,4 @@ def test_payload_round_trip_keeps_everything() -> None:
 )
 def test_malformed_payload_is_refused(payload: dict[str, object]) -> None:
     with pytest.raises(EmailValidationError):
-        EmailRequest.from_payload(payload)
+        validate_email_payload(payload, sender=SENDER, now=NOW)
