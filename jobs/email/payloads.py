@@ -213,7 +213,7 @@ def _sequence(value: object, what: str, limit: int) -> Sequence[Any]:
     if not isinstance(value, list | tuple):
         raise EmailValidationError(f"{what} must be a list, got {type(value).__name__}")
     if len(value) > limit:
-        raise EmailValidationError(f"{len(value)} {what} exceed the limit of {limit} per job")
+        raise EmailValidationError(f"{what} has {len(value)} entries, over the limit of {limit} per job")
     return value
 
 

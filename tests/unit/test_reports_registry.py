@@ -214,7 +214,7 @@ def test_scheduled_report_is_a_periodic_entry_on_the_report_queue() -> None:
         (("x", "0 6 * * *", "activity"), {}, "filter 'date_from' is required"),
         (("x", "not cron", "activity"), {"window_days": 1}, "invalid cron expression 'not cron'"),
         (("bad name!", "0 6 * * *", "users"), {}, "name must be letters, digits"),
-        (("x", "0 6 * * *", "users", {}, ["nobody"]), {}, "notify_email 'nobody' is not a valid email address"),
+        (("x", "0 6 * * *", "users", {}, ["nobody"]), {}, "'nobody' is not a valid email address"),
         (("x", "0 6 * * *", "users"), {"format": "pdf"}, "unknown report format 'pdf'"),
     ],
 )
