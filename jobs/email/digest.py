@@ -17,11 +17,14 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from cache.connections import primary
+from jobs.email.validation import EmailValidationError, parse_recipients
+from jobs.errors import JobValidationError, PermanentJobError, refuse_extra_arguments
 from jobs.queues import QUEUES
 from jobs.serialization import JSONSerializer
 
 MAX_LISTED = 50  # the email lists the newest failures; the total is always exact
 MAX_REASON_CHARS = 300
+MAX_HOURS = 31 * 24  # the failed registry keeps a job for a week by default; a month is plenty
 
 
 def collect_failures(
@@ -60,24 +63,43 @@ def _row(job: Job, queue: str) -> dict[str, Any]:
     }
 
 
-def send_failed_jobs_digest(to: list[str], since_hours: int = 24) -> str | None:
+def send_failed_jobs_digest(to: list[str], since_hours: int = 24, **unknown: Any) -> str | None:
     """Job: email `to` the jobs that failed in the last `since_hours`; None when there were none.
+
+    The arguments are checked first, whether or not anything failed, so a digest job written
+    into Redis by hand with a bad address fails permanently instead of waiting for a failure.
 
     Returns:
         The id of the digest email's job.
+
+    Raises:
+        PermanentJobError: a bad address or `since_hours`, or an unexpected argument.
     """
     from jobs.email.api import enqueue_email
 
-    now = time.time()
-    failures, total = collect_failures(primary(), since=now - since_hours * 3600)
-    if total == 0:
-        return None
-    job = get_current_job()
-    period = job.meta.get("slot") if job is not None and isinstance(job.meta, dict) else None
-    period = period if period is not None else int(now // 3600)
-    return enqueue_email(
-        to,
-        "failed_jobs_digest",
-        {"failures": failures, "total": total, "since_hours": since_hours},
-        idempotency_key=f"failed-jobs-digest-{period}",
-    )
+    refuse_extra_arguments("send_failed_jobs_digest", (), unknown)
+    try:
+        parse_recipients(to)
+        if (
+            isinstance(since_hours, bool)
+            or not isinstance(since_hours, int)
+            or not 1 <= since_hours <= MAX_HOURS
+        ):
+            raise EmailValidationError(
+                f"since_hours must be an integer from 1 to {MAX_HOURS}, got {since_hours!r}"
+            )
+        now = time.time()
+        failures, total = collect_failures(primary(), since=now - since_hours * 3600)
+        if total == 0:
+            return None
+        job = get_current_job()
+        period = job.meta.get("slot") if job is not None and isinstance(job.meta, dict) else None
+        period = period if period is not None else int(now // 3600)
+        return enqueue_email(
+            to,
+            "failed_jobs_digest",
+            {"failures": failures, "total": total, "since_hours": since_hours},
+            idempotency_key=f"failed-jobs-digest-{period}",
+        )
+    except JobValidationError as exc:
+        raise PermanentJobError(f"invalid digest job: {exc}") from None

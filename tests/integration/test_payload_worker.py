@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import Engine
 
 from cache.database import activity, companies, projects, users
@@ -47,6 +48,7 @@ __all__ = ["email_env", "report_settings", "reports_dir", "smtp_server"]  # fixt
 
 pytestmark = pytest.mark.security
 
+DIGEST = "jobs.email.digest.send_failed_jobs_digest"
 REPORT = "jobs.reports.jobs.generate_report"
 SCHEDULED_REPORT = "jobs.reports.jobs.generate_scheduled_report"
 WELCOME = {"name": "Ana", "login_url": "https://app.example.com/login"}
@@ -105,13 +107,18 @@ def test_hand_written_hostile_email_jobs_fail_permanently_and_send_nothing(
         "extra keyword",
         "keyword ['bcc']",
     )
+    for label, args, expected in [
+        ("digest to a Bcc line", [["ops@example.com\r\nBcc: all@evil.example"]], "header injection refused"),
+        ("digest to 60 recipients", [[f"user{i}" for i in range(60)]], "60 recipients exceed the limit"),
+        ("digest over a year", [["ops@example.com"], 9000], "since_hours must be an integer from 1 to 744"),
+    ]:  # fmt: skip
+        refused[write_job(primary, "email", DIGEST, args, {})] = (label, expected)
     good_id = write_job(primary, "email", SEND_EMAIL, [good], {})
     worker = processes.worker("email", burst=True, **smtp_server.env())
     assert worker.wait(120) == 0, log_of(worker)
     failed = assert_refused(primary, "email", refused, "")
-    assert all(
-        row.reason.startswith(("invalid email job: ", "send_email refused: ")) for row in failed.values()
-    )
+    prefixes = ("invalid email job: ", "send_email refused: ", "invalid digest job: ")
+    assert all(row.reason.startswith(prefixes) for row in failed.values())
     assert good_id not in failed
     assert [r.rcpt_tos for r in smtp_server.received] == [["good@example.com"]], "nothing else reached SMTP"
     assert b"Bcc" not in smtp_server.received[0].data
@@ -244,9 +251,10 @@ def test_missing_email_templates_are_a_permanent_configuration_failure(
 
 
 def test_missing_report_template_is_a_permanent_configuration_failure(
-    db_engine: Engine, report_settings: Path, monkeypatch: pytest.MonkeyPatch
+    db_engine: Engine, report_settings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(writers, "REPORT_TEMPLATE", "reports/not-installed.html")
+    not_installed = Environment(loader=FileSystemLoader(tmp_path / "not-installed"))
+    monkeypatch.setattr(writers, "_environment", lambda: not_installed)
     with pytest.raises(PermanentJobError, match=r"configuration error: HTML report template .* is missing"):
         report_jobs.generate_report("users", {}, format="html", report_id="no-template")
     assert visible_files(report_settings) == []
