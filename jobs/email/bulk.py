@@ -163,13 +163,6 @@ def plan_recipients(
     return items, duplicates
 
 
-def items_from_payload(payload: Sequence[Mapping[str, Any]], locale: str) -> list[Item]:
-    return [
-        Item(Mailbox(*entry["to"]), dict(entry.get("context") or {}), str(entry.get("locale") or locale))
-        for entry in payload
-    ]
-
-
 async def deliver_all(
     pool: SmtpPool,
     items: Sequence[Item],
