@@ -1,6 +1,8 @@
-"""The RQ job functions of the `email` queue: thin glue of render + SMTP + markers.
+"""The RQ job functions of the `email` queue: thin glue of payload check + render + SMTP + markers.
 
-`send_email` checks the marker, renders, sends over the process's open SMTP connection
+Each job first runs the enqueue API's own payload check (`jobs.email.payloads`): a job
+written into Redis by hand gets no further than that. `send_email` then checks the
+marker, sends the message the check rendered over the process's open SMTP connection
 and writes the marker once the server accepted; `send_bulk_chunk` does the same per
 recipient over a few connections at once. Failures are classified for the job core:
 `PermanentJobError` (5xx, invalid message, configuration) fails at once,
@@ -48,7 +50,8 @@ def send_email(email: dict[str, Any], *extra: Any, **unknown: Any) -> dict[str, 
         so the server may hold this message twice, with the same Message-ID.
 
     Raises:
-        PermanentJobError: refused (5xx), invalid message or SMTP configuration; no retry.
+        PermanentJobError: the payload fails the enqueue API's check (e.g. a job written into
+            Redis by hand), refused (5xx), or SMTP configuration; no retry, nothing sent.
         TransientJobError: deferred (4xx, connection, timeout); retried with backoff.
     """
     refuse_extra_arguments("send_email", extra, unknown)
@@ -111,7 +114,8 @@ def send_bulk_chunk(chunk: dict[str, Any], *extra: Any, **unknown: Any) -> dict[
 
     Raises:
         TransientJobError: some recipients were deferred; the retry tries only those.
-        PermanentJobError: the SMTP configuration cannot work, or the payload is malformed.
+        PermanentJobError: the payload fails the enqueue API's check (nothing is sent to anyone
+            in the chunk), or the SMTP configuration cannot work.
     """
     refuse_extra_arguments("send_bulk_chunk", extra, unknown)
     settings = _smtp_settings()
