@@ -7,7 +7,9 @@ start-up instead of at the first job.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +86,7 @@ class Settings:
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
     dashboard_username: str | None = None
     dashboard_password: str | None = field(default=None, repr=False)
+    dashboard_allowed_hosts: tuple[str, ...] = ()  # besides the bind address and loopback names
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -134,6 +137,9 @@ class Settings:
             dashboard_port=env.port("DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT),
             dashboard_username=env.optional("DASHBOARD_USERNAME"),
             dashboard_password=env.optional("DASHBOARD_PASSWORD"),
+            dashboard_allowed_hosts=_host_list(
+                "DASHBOARD_ALLOWED_HOSTS", env.get("DASHBOARD_ALLOWED_HOSTS", "")
+            ),
         )
 
 
@@ -246,6 +252,29 @@ class _Env:
             master_name=self.get("REDIS_SENTINEL_MASTER", DEFAULT_SENTINEL_MASTER),
             password=self.optional("REDIS_SENTINEL_PASSWORD"),
         )
+
+
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _host_list(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated host names or IP addresses (no port, no wildcard), lower-cased; IPv6 bracketed."""
+    hosts = []
+    for item in (part.strip().lower() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            address = ipaddress.ip_address(item.strip("[]"))
+        except ValueError:
+            if not _HOST_NAME.fullmatch(item.rstrip(".")):
+                raise ConfigError(
+                    f"{name} must be comma-separated host names or IP addresses without port "
+                    f"(e.g. jobs.example.com,10.0.0.5), got item {item!r}"
+                ) from None
+            hosts.append(item.rstrip("."))
+            continue
+        hosts.append(f"[{address}]" if address.version == 6 else str(address))
+    return tuple(hosts)
 
 
 def _redact(url: str) -> str:
