@@ -20,7 +20,7 @@ CHROMIUM_PACKAGE = "chromium"
 
 def _apt_install() -> None:
     """`apt-get install -y chromium`, refreshing the package lists once if that fails."""
-    command = ["apt-get", "install", "-y", "--no-install-recommends", CHROMIUM_PACKAGE]
+    command = ["apt-get", "install", "-y", CHROMIUM_PACKAGE]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if subprocess.run(command, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update"], env=env, check=True, capture_output=True)
