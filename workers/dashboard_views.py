@@ -31,11 +31,16 @@ def install(app: Flask) -> None:
     app.register_error_handler(NoSuchJobError, _no_such_job)
 
 
-def serialize_job(job: Job) -> dict[str, Any]:
-    """One row of a job list, as rq-dashboard's own, with unreadable fields marked."""
+def serialize_job(job: Job, latest: Any = None) -> dict[str, Any]:
+    """One row of a job list, as rq-dashboard's own, with unreadable fields marked.
+
+    Args:
+        job: the job of the row.
+        latest: its latest result (or UNDECODABLE) when the caller read it already.
+    """
     import rq_dashboard.web as dashboard_web
 
-    latest = decoded(job.latest_result)
+    latest = latest if latest is not None else decoded(job.latest_result)
     return {
         "id": job.id,
         "created_at": dashboard_web.serialize_date(job.created_at),
@@ -67,8 +72,8 @@ def job_info(instance_number: int, job_id: str) -> tuple[Response, dict[str, str
     del instance_number  # the connection was chosen by rq-dashboard's before_request
     connection = current_app.redis_conn  # type: ignore[attr-defined]
     job = Job.fetch(job_id, connection=connection)
-    row = serialize_job(job)
     latest = decoded(job.latest_result)
+    row = serialize_job(job, latest)
     row.update(
         enqueued_at=dashboard_web.serialize_date(job.enqueued_at),
         origin=job.origin,
