@@ -4,18 +4,22 @@
 500 on any job with dependencies (it calls `.decode()` on the `str` ids rq 3 returns)
 and on any meta/result that does not decode. `serialize_job` (every job list) and
 `serialize_current_job` (the workers page: the job's call string needs its data) are
-replaced so one undecodable field cannot fail a whole page. All return plain data;
-escaping is the templates' job (`workers.dashboard_templates`).
+replaced so one undecodable field cannot fail a whole page, and the list pages fetch
+through `DashboardQueue`, so an entry whose job cannot be read at all (a malformed id,
+a garbled hash) is one "undecodable" row instead of a 500 for the whole list. All
+return plain data; escaping is the templates' job (`workers.dashboard_templates`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
+from rq.queue import Queue
 
 from workers.dashboard_serializer import UNDECODABLE, decoded
 
@@ -28,10 +32,35 @@ def install(app: Flask) -> None:
     # rq-dashboard's views look both up in their module at call time.
     dashboard_web.serialize_job = serialize_job
     dashboard_web.serialize_current_job = serialize_current_job
+    dashboard_web.Queue = DashboardQueue
     app.register_error_handler(NoSuchJobError, _no_such_job)
+    for error in UNREADABLE_ERRORS:
+        app.register_error_handler(error, _unreadable_job)
 
 
-def serialize_job(job: Job, latest: Any = None) -> dict[str, Any]:
+# What reading a garbled job hash or a malformed job id raises inside RQ.
+UNREADABLE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, DeserializationError)
+
+
+@dataclass(frozen=True)
+class UnreadableJob:
+    """A queue or registry entry whose job RQ cannot read; shown as a row saying so."""
+
+    id: str
+    reason: str
+
+
+class DashboardQueue(Queue):
+    """rq-dashboard's Queue, whose `fetch_job` turns an unreadable job into an UnreadableJob."""
+
+    def fetch_job(self, job_id: str) -> Job | None:
+        try:
+            return super().fetch_job(job_id)
+        except UNREADABLE_ERRORS as exc:
+            return UnreadableJob(job_id, type(exc).__name__)  # type: ignore[return-value]
+
+
+def serialize_job(job: Job | UnreadableJob, latest: Any = None) -> dict[str, Any]:
     """One row of a job list, as rq-dashboard's own, with unreadable fields marked.
 
     Args:
@@ -40,6 +69,9 @@ def serialize_job(job: Job, latest: Any = None) -> dict[str, Any]:
     """
     import rq_dashboard.web as dashboard_web
 
+    if isinstance(job, UnreadableJob):
+        empty = dict.fromkeys(("created_at", "started_at", "ended_at", "exc_info"))
+        return {"id": job.id, **empty, "description": f"{UNDECODABLE} ({job.reason})"}
     latest = latest if latest is not None else decoded(job.latest_result)
     return {
         "id": job.id,
@@ -116,3 +148,8 @@ def _jsonable(value: Any) -> Any:
 
 def _no_such_job(error: NoSuchJobError) -> tuple[Response, int]:
     return jsonify(status="ERROR", error=f"no such job: {error}"), 404
+
+
+def _unreadable_job(error: Exception) -> tuple[Response, int]:
+    reason = f"job data is {UNDECODABLE} ({type(error).__name__})"
+    return jsonify(status="ERROR", error=reason), 422

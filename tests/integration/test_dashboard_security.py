@@ -428,3 +428,26 @@ def test_the_csp_blocks_an_inline_handler_even_if_markup_got_in(
     page.page.wait_for_function("window.__violations.length > 0", timeout=20_000)
     assert page.page.evaluate("window.__pwned") is None
     assert any(v.startswith("script-src") for v in page.page.evaluate("window.__violations"))
+
+
+def test_an_unreadable_entry_is_one_row_not_a_broken_list(dashboard: Dashboard, primary: redis.Redis) -> None:
+    failed = FailedJobRegistry(QUEUE, connection=primary, serializer=JSONSerializer)
+    good = Job.create("jobs.diagnostics.noop", connection=primary, serializer=JSONSerializer, origin=QUEUE)
+    good.save()
+    failed.add(good, ttl=3600)
+    garbled = Job.create(
+        "jobs.diagnostics.noop", connection=primary, serializer=JSONSerializer, origin=QUEUE, id="garbled"
+    )
+    garbled.save()
+    primary.hset(garbled.key, mapping={"created_at": "not a date", "status": "bogus"})
+    primary.zadd(failed.key, {"garbled": 1e12, "bad.id/../x": 1e12})  # hand-written entries
+
+    reply = dashboard.get(f"/0/data/jobs/{QUEUE}/failed/20/asc/1.json")
+    assert reply.status == 200, reply.text()[-500:]
+    rows = {row["id"]: row["description"] for row in json.loads(reply.body)["jobs"]}
+    assert rows[good.id] == good.description
+    assert rows["garbled"].startswith("undecodable")
+    assert rows["bad.id/../x"].startswith("undecodable")
+    page = dashboard.get("/0/data/job/garbled.json")
+    assert page.status == 422
+    assert "job data is undecodable" in page.text()
