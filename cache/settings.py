@@ -7,6 +7,7 @@ start-up instead of at the first job.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -86,6 +87,7 @@ class Settings:
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
     dashboard_username: str | None = None
     dashboard_password: str | None = field(default=None, repr=False)
+    dashboard_allowed_hosts: tuple[str, ...] = ()  # besides the bind address and loopback names
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +139,9 @@ class Settings:
             dashboard_port=env.port("DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT),
             dashboard_username=env.optional("DASHBOARD_USERNAME"),
             dashboard_password=env.optional("DASHBOARD_PASSWORD"),
+            dashboard_allowed_hosts=_host_list(
+                "DASHBOARD_ALLOWED_HOSTS", env.get("DASHBOARD_ALLOWED_HOSTS", "")
+            ),
         )
 
 
@@ -266,6 +271,29 @@ class _Env:
 
 
 _DOMAIN = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _host_list(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated host names or IP addresses (no port, no wildcard), lower-cased; IPv6 bracketed."""
+    hosts = []
+    for item in (part.strip().lower() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            address = ipaddress.ip_address(item.strip("[]"))
+        except ValueError:
+            if not _HOST_NAME.fullmatch(item.rstrip(".")):
+                raise ConfigError(
+                    f"{name} must be comma-separated host names or IP addresses without port "
+                    f"(e.g. jobs.example.com,10.0.0.5), got item {item!r}"
+                ) from None
+            hosts.append(item.rstrip("."))
+            continue
+        hosts.append(f"[{address}]" if address.version == 6 else str(address))
+    return tuple(hosts)
 
 
 def _redact(url: str) -> str:

@@ -1,8 +1,15 @@
-"""rq-dashboard for operators: our serializer, basic auth from the environment, loopback by default.
+"""rq-dashboard for operators, wrapped so hostile job data cannot act through it.
 
 `python -m workers dashboard` refuses to listen on a non-loopback address unless
 DASHBOARD_USERNAME and DASHBOARD_PASSWORD are set; when they are set, every request
-(pages, JSON, static files) needs them.
+(pages, JSON, static files) needs them. The adaptations of rq-dashboard 0.9 live one
+concern per module:
+
+- `dashboard_serializer`: no pickle can load in this process (JSON only);
+- `dashboard_templates`: every value from job data is escaped on every page;
+- `dashboard_guard`: Host allow-list, POST-only state changes with a same-origin
+  check, CSP and the other security headers;
+- `dashboard_views`: the job views that break on rq 3 or on undecodable fields.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from flask import Flask, Response, request
 
 from cache.errors import ConfigError
 from cache.settings import Settings, get_settings
-from jobs.serialization import JSONSerializer
+from workers import dashboard_guard, dashboard_templates, dashboard_views
+from workers.dashboard_serializer import install_json_only
 
 log = logging.getLogger("kryonix.dashboard")
 
@@ -55,6 +63,8 @@ def dashboard_redis_url(settings: Settings) -> str:
 def create_app(settings: Settings | None = None) -> Flask:
     """The rq-dashboard Flask app for the PRIMARY Redis (through Sentinel when configured).
 
+    Makes JSON RQ's only serializer in this process (see `workers.dashboard_serializer`).
+
     Raises:
         ConfigError: a non-loopback bind without credentials, or only one of the two set.
     """
@@ -70,8 +80,13 @@ def create_app(settings: Settings | None = None) -> Flask:
             f"refusing to serve the dashboard on {settings.dashboard_bind} without authentication: "
             "set DASHBOARD_USERNAME and DASHBOARD_PASSWORD, or DASHBOARD_BIND=127.0.0.1"
         )
-    dashboard_web.config.serializer = JSONSerializer  # job arguments display, pickle never loads
+    install_json_only()
     app: Flask = make_flask_app(None, None, None, "")
+    dashboard_guard.install(
+        app, dashboard_guard.allowed_hosts(settings.dashboard_bind, settings.dashboard_allowed_hosts)
+    )
+    dashboard_templates.install(app.jinja_env)
+    dashboard_views.install(app)
     app.config["RQ_DASHBOARD_REDIS_URL"] = dashboard_redis_url(settings)
     app.config["RQ_DASHBOARD_REDIS_PASSWORD"] = settings.redis_password
     if settings.sentinel is not None:
