@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from jobs.enqueue import enqueue, fetch_job
-from tests.integration.poison import PickleCanary, Listener, job_hash, push, webhook_listener
+from tests.integration.poison import Listener, PickleCanary, job_hash, push, webhook_listener
 from tests.integration.processes import Processes, log_of, rq_bin, wait_until
 from workers.failed import list_failed
 

@@ -1,4 +1,4 @@
-"""Pure checks of the worker's hardening: start-up environment, settings, id and name rules (marker `security`)."""
+"""Pure checks of worker hardening: start-up environment, settings, ids and names (marker `security`)."""
 
 from __future__ import annotations
 
