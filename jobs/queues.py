@@ -216,32 +216,36 @@ class KryonixQueue(Queue):
         """Quarantine what RQ's cleanup would choke on; returns the ids set aside.
 
         Entries of the intermediate list that are not a readable job (RQ decodes and
-        fetches each), and expired started-registry entries that cannot be read (RQ
-        fetches each to retry or fail it). A readable job is left alone.
+        fetches each), and due entries of the started and scheduled registries that
+        cannot be read (RQ fetches each to retry, fail or enqueue it). Readable jobs
+        are left alone.
         """
         set_aside = []
         for raw_id in raw_ids(self.connection.lrange(self.intermediate_queue_key, 0, -1)):
             reason = self._unreadable(raw_id, missing_is_poison=True)
             if reason is not None:
-                quarantine(
-                    self.connection,
-                    queue=self.name,
-                    raw_id=raw_id,
-                    reason=reason,
-                    source=self.intermediate_queue_key,
-                )
+                source = self.intermediate_queue_key
+                quarantine(self.connection, queue=self.name, raw_id=raw_id, reason=reason, source=source)
                 set_aside.append(id_text(raw_id))
-        started = self.started_job_registry.key
-        for raw_entry in raw_ids(
-            self.connection.zrangebyscore(started, 0, time.time() if now is None else now)
-        ):
+        set_aside += self._set_aside_due(self.started_job_registry.key, now)
+        set_aside += self.set_aside_unreadable_scheduled(now)
+        return set_aside
+
+    def set_aside_unreadable_scheduled(self, now: float | None = None) -> list[str]:
+        """Quarantine due scheduled entries RQ's scheduler could not read (it would raise)."""
+        return self._set_aside_due(self.scheduled_job_registry.key, now)
+
+    def _set_aside_due(self, registry_key: str, now: float | None) -> list[str]:
+        set_aside = []
+        moment = time.time() if now is None else now
+        for raw_entry in raw_ids(self.connection.zrangebyscore(registry_key, 0, moment)):
             reason = self._unreadable(raw_entry, missing_is_poison=False)
             if reason is not None:
                 with self.connection.pipeline() as pipe:
                     quarantine(
                         self.connection, queue=self.name, raw_id=raw_entry, reason=reason, pipeline=pipe
                     )
-                    pipe.zrem(started, raw_entry)
+                    pipe.zrem(registry_key, raw_entry)
                     pipe.execute()
                 set_aside.append(id_text(raw_entry))
         return set_aside

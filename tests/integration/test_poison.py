@@ -29,7 +29,7 @@ from tests.integration.poison import (
     push,
     webhook_listener,
 )
-from tests.integration.processes import Processes, log_of
+from tests.integration.processes import Processes, log_of, wait_until
 from workers.failed import list_failed
 from workers.maintenance import STUCK_AFTER_S, recover
 
@@ -160,3 +160,26 @@ def test_a_bad_dependent_does_not_stop_the_worker(primary: redis.Redis, processe
     assert worker.wait(60) == 0, log_of(worker)  # type: ignore[attr-defined]
     assert fetch_job(good).get_status().value == "finished"  # type: ignore[union-attr]
     assert fetch_job(parent).get_status().value == "finished"  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(120)
+def test_poison_in_scheduled_registries_stops_neither_the_scheduler_nor_due_jobs(
+    primary: redis.Redis, processes: Processes
+) -> None:
+    queue = KryonixQueue("email", connection=primary)
+    bad_scheduled = [b"bad/scheduled", b"\xffbad", b"bad.scheduled"]
+    primary.zadd(queue.scheduled_job_registry.key, dict.fromkeys(bad_scheduled, 0))
+    primary.zadd(queue.scheduled_job_registry.key, {b"ghost-scheduled": 0})  # no hash: RQ drops it
+    bad_periodic = [b"\xfe-periodic", b"evil/periodic"]
+    primary.zadd("rq:scheduler:scheduled_jobs", dict.fromkeys(bad_periodic, 0))
+    due = enqueue("email", "jobs.diagnostics.noop", in_=1)
+
+    scheduler = processes.scheduler()
+    wait_until(lambda: due in queue.get_job_ids(), 60, "the due job moved to its queue")
+    assert scheduler.poll() is None, log_of(scheduler)
+    quarantined = {(entry.queue, entry.id) for entry in list_quarantined(primary)}
+    assert {("email", id_text(job_id)) for job_id in bad_scheduled} <= quarantined
+    assert {("periodic", id_text(job_id)) for job_id in bad_periodic} <= quarantined
+    assert primary.zcard(queue.scheduled_job_registry.key) == 0
+    assert primary.zcard("rq:scheduler:scheduled_jobs") == 0
+    assert "Traceback" not in log_of(scheduler)
