@@ -62,9 +62,14 @@ class KryonixJob(JsonJob):
         """Refuse, before anything runs, what a job written straight into Redis may carry.
 
         Raises:
-            JobNotAllowed: a callback outside the allow-list, webhooks while they are off,
-                or a dependency that does not exist or has not finished.
+            JobNotAllowed: meta that is not JSON, webhooks while they are off, a function
+                or callback outside the allow-list, or a dependency that does not exist
+                or has not finished.
         """
+        if self._unreadable_meta is not None:
+            # Dropped, so the refusal can be recorded in a JSON meta of its own.
+            self.meta, self._unreadable_meta = {}, None
+            raise JobNotAllowed("job meta is not JSON (pickle or garbage written by hand); refused")
         if self.webhooks and not get_settings().allow_job_webhooks:
             urls = ", ".join(sorted({hook.url for hook in self.webhooks}))[:200]
             raise JobNotAllowed(

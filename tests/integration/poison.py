@@ -113,6 +113,10 @@ def _pickle(ctx: Context) -> bytes:
     return pickle.dumps(("jobs.diagnostics.noop", None, [PickleCanary(ctx.canary_dir / "pickle")], {}))
 
 
+def _pickle_meta(ctx: Context) -> bytes:
+    return pickle.dumps({"progress": PickleCanary(ctx.canary_dir / "meta")})
+
+
 def _system(ctx: Context) -> bytes:
     return _data("os.system", f"touch {ctx.canary_dir / 'system'}")
 
@@ -127,6 +131,7 @@ POISONS = [
     Poison("garbage data", FAILED, "not a JSON job", _hash(data=b"\x00\xff not json")),
     Poison("JSON of the wrong shape", FAILED, "not a JSON job", _hash(data=b'{"a": 1}')),
     Poison("pickle data", FAILED, "not a JSON job", _hash(data=_pickle)),
+    Poison("pickle meta", FAILED, "meta is not JSON", _hash(meta=_pickle_meta)),
     Poison("bad created_at", QUARANTINE, "unreadable", _hash(created_at="yesterday")),
     Poison("bad status", QUARANTINE, "unreadable", _hash(status="exploded")),
     Poison("bad timeout", QUARANTINE, "unreadable", _hash(timeout="soon")),
