@@ -9,7 +9,7 @@ import redis
 from rq.utils import utcparse
 from rq.worker import Worker
 
-from jobs.quarantine import list_quarantined
+from jobs.quarantine import list_quarantined, raw_ids
 from jobs.queues import QUEUES, KryonixQueue
 from workers.job import KryonixJob
 from workers.worker import CLASS_FIELD
@@ -47,9 +47,16 @@ def _text(value: bytes | str) -> str:
 
 
 def worker_facts(connection: redis.Redis) -> list[dict[str, Any]]:
+    """One row per registered worker; a registration RQ cannot read is a row with its `error`."""
     rows = []
-    for worker in Worker.all(connection=connection):
-        job_id = worker.get_current_job_id()
+    for key in raw_ids(connection.smembers(Worker.redis_workers_keys)):
+        try:
+            worker = Worker.find_by_key(_text(key), connection=connection)
+        except Exception as exc:  # written by hand: shown, never hiding the other workers
+            rows.append(_unreadable_worker(_text(key), exc))
+            continue
+        if worker is None:
+            continue
         worker_class = connection.hget(worker.key, CLASS_FIELD)
         rows.append(
             {
@@ -58,13 +65,26 @@ def worker_facts(connection: redis.Redis) -> list[dict[str, Any]]:
                 "class": _text(worker_class) if worker_class else None,
                 "queues": worker.queue_names(),
                 "state": str(worker.get_state()),
-                "current_job": job_id,
+                "current_job": worker.get_current_job_id(),
                 "pid": worker.pid,
                 "successful_jobs": worker.successful_job_count,
                 "failed_jobs": worker.failed_job_count,
             }
         )
     return sorted(rows, key=lambda row: row["name"])
+
+
+def _unreadable_worker(key: str, exc: Exception) -> dict[str, Any]:
+    return {
+        "name": key,
+        "class": None,
+        "queues": [],
+        "state": f"unreadable registration: {type(exc).__name__}: {exc}",
+        "current_job": None,
+        "pid": None,
+        "successful_jobs": 0,
+        "failed_jobs": 0,
+    }
 
 
 def render_queues(section: dict[str, Any]) -> list[str]:

@@ -183,3 +183,19 @@ def test_poison_in_scheduled_registries_stops_neither_the_scheduler_nor_due_jobs
     assert primary.zcard(queue.scheduled_job_registry.key) == 0
     assert primary.zcard("rq:scheduler:scheduled_jobs") == 0
     assert "Traceback" not in log_of(scheduler)
+
+
+def test_a_forged_worker_registration_does_not_hide_status(
+    primary: redis.Redis, processes: Processes
+) -> None:
+    primary.sadd("rq:workers", "rq:worker:forged", "not-a-worker-key")
+    primary.hset("rq:worker:forged", mapping={"pid": "abc", "birth": "yesterday", "queues": "email"})
+    enqueue("email", "jobs.diagnostics.noop")
+    result = processes.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    section = json.loads(result.stdout)["queues"]
+    assert "error" not in section, section
+    assert section["queues"]["email"]["queued"] == 1
+    states = {w["name"]: w["state"] for w in section["workers"]}
+    assert states.keys() == {"rq:worker:forged", "not-a-worker-key"}
+    assert all(state.startswith("unreadable registration") for state in states.values())
