@@ -40,8 +40,15 @@ class UnreadableJob(NoSuchJobError):
 
 
 def id_text(raw_id: bytes | str) -> str:
-    """The id as reports show it: its text, with escapes where it is not UTF-8."""
-    return raw_id if isinstance(raw_id, str) else raw_id.decode("utf-8", errors="backslashreplace")
+    """The id as reports show it: its text, escaped where it is not UTF-8 or not printable.
+
+    Escaped so that an id carrying terminal control sequences cannot act on the
+    operator's terminal in `failed list` or `status`.
+    """
+    text = raw_id if isinstance(raw_id, str) else raw_id.decode("utf-8", errors="backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def parse_id(raw_id: bytes | str) -> str:

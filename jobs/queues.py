@@ -79,7 +79,7 @@ class JsonJob(Job):
         self.serializer = JSONSerializer
 
     @classmethod
-    def fetch(cls, id: str, connection: Any = None, serializer: Any = None) -> Job:
+    def fetch(cls, id: bytes | str, connection: Any = None, serializer: Any = None) -> Job:
         """RQ's fetch, raising only NoSuchJobError (or its UnreadableJob) for a bad entry.
 
         RQ raises ValueError on a malformed id and anything at all on a hash it cannot

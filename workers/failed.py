@@ -80,7 +80,7 @@ def list_failed(connection: redis.Redis, queue: str | None = None) -> list[Faile
         registry = _registry(connection, name)
         for raw_id in raw_ids(connection.zrange(registry.key, 0, -1)):
             try:
-                job = KryonixJob.fetch(id_text(raw_id), connection=connection)
+                job = KryonixJob.fetch(raw_id, connection=connection)
             except UnreadableJob as exc:
                 rows.append(
                     FailedJob(id_text(raw_id), name, "<unreadable>", None, 0, "unreadable", exc.reason)
@@ -89,10 +89,11 @@ def list_failed(connection: redis.Redis, queue: str | None = None) -> list[Faile
             except NoSuchJobError:
                 continue
             rows.append(_describe(job, name))
-        rows.extend(
-            FailedJob(entry.id, entry.queue, "<unreadable>", entry.at, 0, "quarantined", entry.reason)
-            for entry in list_quarantined(connection, name)
-        )
+    rows.extend(
+        FailedJob(entry.id, entry.queue, "<unreadable>", entry.at, 0, "quarantined", entry.reason)
+        for entry in list_quarantined(connection)
+        if entry.queue in _queues(queue) or (queue is None and entry.queue not in QUEUES)
+    )
     return sorted(rows, key=lambda row: row.failed_at or 0, reverse=True)
 
 

@@ -126,6 +126,7 @@ POISONS = [
     Poison("dot id", QUARANTINE, "malformed", _id_only(b"job.with.dots")),
     Poison("empty id", QUARANTINE, "malformed", _id_only(b"")),
     Poison("binary id", QUARANTINE, "not UTF-8", _id_only(b"\xff\xfe\x00bad")),
+    Poison("terminal escapes in the id", QUARANTINE, "malformed", _id_only(b"\x1b[2J\x1b]0;owned\x07")),
     Poison("missing hash", QUARANTINE, "no job hash", _missing_hash),
     Poison("hash without data", QUARANTINE, "unreadable", _hash(data=None)),
     Poison("garbage data", FAILED, "not a JSON job", _hash(data=b"\x00\xff not json")),

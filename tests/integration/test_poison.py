@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from jobs.enqueue import enqueue, fetch_job
-from jobs.quarantine import list_quarantined
+from jobs.quarantine import id_text, list_quarantined
 from jobs.queues import KryonixQueue
 from tests.integration.poison import (
     FAILED,
@@ -36,11 +36,6 @@ from workers.maintenance import STUCK_AFTER_S, recover
 __all__ = ["webhook_listener"]
 
 pytestmark = pytest.mark.security
-
-
-def id_text(job_id: bytes) -> str:
-    """How reports name an id: its text, or escapes where it is not UTF-8."""
-    return job_id.decode("utf-8", errors="backslashreplace")
 
 
 def python_worker(processes: Processes, queue: str, **env: str) -> object:
@@ -91,6 +86,7 @@ def test_each_poison_is_set_aside_and_the_job_behind_it_runs(
     listed = processes.cli("failed", "list")
     assert listed.returncode == 0, listed.stderr
     assert id_text(job_id) in listed.stdout
+    assert "\x1b" not in listed.stdout, "an id reached the operator's terminal unescaped"
     status = processes.cli("status", "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["queues"]["quarantined"] == len(list_quarantined(primary))
