@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 from cache.connections import Role, ping
 from cache.errors import ConfigError, RedisUnavailable
@@ -124,10 +125,20 @@ def worker_environment(environ: dict[str, str], arguments: Sequence[str]) -> dic
             raise ConfigError(f"--serializer {given!r} refused: jobs are JSON only")
     env = {**environ, **SAFE_CLASSES}
     if not env.get("RQ_REDIS_URL", "").strip():
-        from cache.settings import get_settings
-
-        env["RQ_REDIS_URL"] = get_settings().redis_url
+        env["RQ_REDIS_URL"] = _rq_redis_url()
     return env
+
+
+def _rq_redis_url() -> str:
+    """REDIS_URL as the `rq` CLI needs it: with REDIS_PASSWORD, which RQ does not read."""
+    from cache.settings import get_settings
+
+    settings = get_settings()
+    url = settings.redis_url
+    if settings.redis_password and urlsplit(url).password is None:
+        separator = "&" if urlsplit(url).query else "?"
+        url += separator + urlencode({"password": settings.redis_password})  # redis-py reads it
+    return url
 
 
 def exec_rq_worker(arguments: Sequence[str]) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import click
 import pytest
+import redis
 
 from cache.errors import ConfigError
 from cache.settings import Settings
@@ -27,6 +28,19 @@ def test_worker_environment_sets_the_safe_classes_and_falls_back_to_redis_url(
     assert {k: env[k] for k in SAFE_CLASSES} == SAFE_CLASSES
     assert env["RQ_REDIS_URL"] == URL
     assert env["PATH"] == "/bin"
+
+
+def test_the_fallback_url_carries_redis_password(settings_env: Callable[..., None]) -> None:
+    settings_env(REDIS_URL=URL, REDIS_PASSWORD="s3 cr&t")
+    env = worker_environment({}, ["email"])
+    client = redis.Redis.from_url(env["RQ_REDIS_URL"])
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"]) == (
+        "10.1.2.3",
+        6390,
+        2,
+        "s3 cr&t",
+    )
 
 
 def test_worker_environment_keeps_an_explicit_rq_redis_url_and_the_same_classes() -> None:
