@@ -105,8 +105,10 @@ def show_failed(connection: redis.Redis, job_id: str) -> dict[str, Any]:
     """
     try:
         job = KryonixJob.fetch(job_id, connection=connection)
+    except UnreadableJob as exc:
+        raise LookupError(f"job {id_text(job_id)!r} cannot be shown: {exc.reason}") from None
     except NoSuchJobError:
-        raise LookupError(f"no job {job_id!r} (never existed, or expired)") from None
+        raise LookupError(f"no job {id_text(job_id)!r} (never existed, or expired)") from None
     details = _describe(job, job.origin).as_dict()
     try:
         details.update(args=job.args, kwargs=job.kwargs)

@@ -139,9 +139,14 @@ def test_malformed_ids_in_registries_stop_neither_maintenance_nor_failed_list(
     assert failed in listed.stdout and "permanent: real failure" in listed.stdout
     for bad in ("bad/failed", "bad.f"):
         assert bad in listed.stdout
-    assert processes.cli("failed", "list", "--json").returncode == 0
-    assert processes.cli("failed", "purge").returncode == 0
+    rows = json.loads(processes.cli("failed", "list", "--json").stdout)
+    kinds = {row["id"]: row["kind"] for row in rows}
+    assert kinds["bad/failed"] == "unreadable" and kinds["bad/started:exec"] == "quarantined"
+    shown = processes.cli("failed", "show", "bad/failed")
+    assert shown.returncode == 1 and "malformed" in shown.stderr and "Traceback" not in shown.stderr
     assert processes.cli("status").returncode == 0
+    assert processes.cli("failed", "purge").returncode == 0
+    assert list_failed(primary) == [] and list_quarantined(primary) == []
 
 
 @pytest.mark.timeout(120)
