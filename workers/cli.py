@@ -317,7 +317,7 @@ def job(job_id: str, watch: bool, as_json: bool) -> None:
         time.sleep(1)
 
 
-_DURATION = re.compile(r"(\d+)([smhd])")
+_DURATION = re.compile(r"([0-9]+)([smhd])")  # used with fullmatch: no trailing newline, ASCII digits
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

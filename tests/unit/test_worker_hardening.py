@@ -90,7 +90,9 @@ def test_worker_max_rss_and_webhooks_defaults() -> None:
         Settings.from_env({"ALLOW_JOB_WEBHOOKS": "perhaps"})
 
 
-@pytest.mark.parametrize("text", ["7d\n", "7d\r\n", "12h ", "\n30m", "7", "d", "7w", "-1d", "7d7d"])
+@pytest.mark.parametrize(
+    "text", ["7d\n", "7d\r\n", "12h ", "\n30m", "7", "d", "7w", "-1d", "7d7d", "\u0667d"]
+)
 def test_duration_refuses_anything_but_a_bare_duration(text: str) -> None:
     with pytest.raises(click.BadParameter):
         parse_duration(text)
