@@ -117,3 +117,9 @@ def email_bulk_outcomes(bulk_id: str) -> str:
 def job_counters(queue: str) -> str:
     """Hash of totals per queue: finished, failed, retried, stopped, duration buckets and sum."""
     return f"{PREFIX}:stats:jobs:{queue}"
+
+
+QUARANTINE = f"{PREFIX}:quarantine"
+"""Hash `<queue>/<job id>` -> JSON {queue, id, reason, source, at}: queue entries too broken
+for the failed registry (malformed id, missing or unreadable job hash), set aside so no
+worker meets them again. Shown by `status` and `failed list`."""

@@ -88,6 +88,8 @@ class Settings:
     dashboard_username: str | None = None
     dashboard_password: str | None = field(default=None, repr=False)
     dashboard_allowed_hosts: tuple[str, ...] = ()  # besides the bind address and loopback names
+    worker_max_rss_mb: int | None = None
+    allow_job_webhooks: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +144,8 @@ class Settings:
             dashboard_allowed_hosts=_host_list(
                 "DASHBOARD_ALLOWED_HOSTS", env.get("DASHBOARD_ALLOWED_HOSTS", "")
             ),
+            worker_max_rss_mb=env.optional_int("WORKER_MAX_RSS_MB", example=512),
+            allow_job_webhooks=env.boolean("ALLOW_JOB_WEBHOOKS", False),
         )
 
 
@@ -171,6 +175,12 @@ class _Env:
         if value <= 0:  # type: ignore[operator]
             raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
         return value
+
+    def optional_int(self, name: str, *, example: int) -> int | None:
+        """A positive integer, or None when unset."""
+        if not self._environ.get(name, "").strip():
+            return None
+        return self.number(name, example, int)
 
     def port(self, name: str, default: int) -> int:
         value = self.number(name, default, int)

@@ -16,7 +16,7 @@ from typing import Any
 from jobs.errors import JobValidationError
 
 ALLOWED_PACKAGE = "jobs"
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")  # used with fullmatch
 
 
 class JobNotAllowed(JobValidationError):
@@ -24,7 +24,7 @@ class JobNotAllowed(JobValidationError):
 
 
 def _check_name(name: str) -> tuple[str, str]:
-    if not isinstance(name, str) or not _DOTTED.match(name):
+    if not isinstance(name, str) or not _DOTTED.fullmatch(name):
         raise JobNotAllowed(f"job function {name!r} is not a dotted name like 'jobs.email.send_email'")
     module, _, attribute = name.rpartition(".")
     if module != ALLOWED_PACKAGE and not module.startswith(ALLOWED_PACKAGE + "."):

@@ -10,9 +10,12 @@ from typing import Any
 
 import redis
 from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.utils import as_text, backend_class, get_version
 
 from cache.connections import primary
+from jobs.quarantine import UnreadableJob, id_text, missing_hash_reason, parse_id, quarantine, raw_ids
 from jobs.retry import RetryPolicy
 from jobs.serialization import JSONSerializer
 
@@ -75,6 +78,44 @@ class JsonJob(Job):
         super().__init__(id, connection=connection)
         self.serializer = JSONSerializer
 
+    @classmethod
+    def fetch(cls, id: bytes | str, connection: Any = None, serializer: Any = None) -> Job:
+        """RQ's fetch, raising only NoSuchJobError (or its UnreadableJob) for a bad entry.
+
+        RQ raises ValueError on a malformed id and anything at all on a hash it cannot
+        restore; every RQ path that meets such an entry (dequeue, registry cleanup,
+        dependents) would raise out of the worker's loop. As NoSuchJobError they skip it.
+
+        Raises:
+            UnreadableJob: malformed id, hash without data, or a field RQ cannot parse.
+            NoSuchJobError: no job hash.
+        """
+        job_id = parse_id(id)
+        try:
+            return super().fetch(job_id, connection=connection, serializer=serializer)
+        except UnreadableJob:
+            raise
+        except NoSuchJobError as exc:
+            if "Unexpected job format" in str(exc):
+                raise UnreadableJob(f"job hash rq:job:{job_id} is unreadable: it has no data field") from None
+            raise
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            reason = f"job hash rq:job:{job_id} is unreadable: {type(exc).__name__}: {exc}"
+            raise UnreadableJob(reason) from None
+
+    @classmethod
+    def fetch_many(cls, job_ids: Any, connection: Any, serializer: Any = None) -> list[Any]:
+        """RQ's fetch_many with None (as for a missing job) in place of each unreadable one."""
+        jobs: list[Any] = []
+        for job_id in job_ids:
+            try:
+                jobs.append(cls.fetch(job_id, connection=connection, serializer=serializer))
+            except NoSuchJobError:
+                jobs.append(None)
+        return jobs
+
 
 QUEUE_REGISTRATION_REFRESH_S = 60.0  # how stale this process's "queue is in rq:queues" may get
 # client -> queue key -> when this process last added the queue to `rq:queues`.
@@ -119,6 +160,106 @@ class KryonixQueue(Queue):
             raise ValueError("unique=True requires an explicit job_id")
         job.origin = self.name
         return self._enqueue_job(job, at_front=at_front, unique=unique)
+
+    @classmethod
+    def dequeue_any(
+        cls,
+        queues: Any,
+        timeout: int | None,
+        connection: Any,
+        job_class: Any = None,
+        serializer: Any = None,
+        death_penalty_class: Any = None,
+    ) -> tuple[Job, Queue] | None:
+        """RQ's dequeue, setting aside every entry that is not a readable job instead of raising.
+
+        RQ decodes the id before looking at it and lets a malformed one raise out of the
+        worker's loop, leaving it in the intermediate list for the next worker.
+        """
+        queue_keys = [queue.key for queue in queues]
+        while True:
+            if len(queue_keys) == 1 and get_version(connection) >= (6, 2, 0):
+                popped = cls.lmove(connection, queue_keys[0], timeout)
+            else:
+                popped = cls.lpop(queue_keys, timeout, connection=connection)
+            if popped is None:
+                return None
+            queue_key, raw_id = popped
+            queue: KryonixQueue = cls.from_queue_key(  # type: ignore[assignment]
+                as_text(queue_key),
+                connection=connection,
+                job_class=backend_class(cls, "job_class", override=job_class),
+                serializer=serializer,
+                death_penalty_class=death_penalty_class,
+            )
+            job = queue.take(raw_id)
+            if job is not None:
+                return job, queue
+
+    def take(self, raw_id: bytes | str) -> Job | None:
+        """The job `raw_id` names, just dequeued; None after setting an unreadable entry aside."""
+        try:
+            job_id = parse_id(raw_id)
+            job: Job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except UnreadableJob as exc:
+            reason = exc.reason
+        except NoSuchJobError:
+            reason = missing_hash_reason(job_id)
+        else:
+            return job
+        quarantine(
+            self.connection, queue=self.name, raw_id=raw_id, reason=reason, source=self.intermediate_queue_key
+        )
+        return None
+
+    def set_aside_unreadable(self, now: float | None = None) -> list[str]:
+        """Quarantine what RQ's cleanup would choke on; returns the ids set aside.
+
+        Entries of the intermediate list that are not a readable job (RQ decodes and
+        fetches each), and due entries of the started and scheduled registries that
+        cannot be read (RQ fetches each to retry, fail or enqueue it). Readable jobs
+        are left alone.
+        """
+        set_aside = []
+        for raw_id in raw_ids(self.connection.lrange(self.intermediate_queue_key, 0, -1)):
+            reason = self._unreadable(raw_id, missing_is_poison=True)
+            if reason is not None:
+                source = self.intermediate_queue_key
+                quarantine(self.connection, queue=self.name, raw_id=raw_id, reason=reason, source=source)
+                set_aside.append(id_text(raw_id))
+        set_aside += self._set_aside_due(self.started_job_registry.key, now)
+        set_aside += self.set_aside_unreadable_scheduled(now)
+        return set_aside
+
+    def set_aside_unreadable_scheduled(self, now: float | None = None) -> list[str]:
+        """Quarantine due scheduled entries RQ's scheduler could not read (it would raise)."""
+        return self._set_aside_due(self.scheduled_job_registry.key, now)
+
+    def _set_aside_due(self, registry_key: str, now: float | None) -> list[str]:
+        set_aside = []
+        moment = time.time() if now is None else now
+        for raw_entry in raw_ids(self.connection.zrangebyscore(registry_key, 0, moment)):
+            reason = self._unreadable(raw_entry, missing_is_poison=False)
+            if reason is not None:
+                with self.connection.pipeline() as pipe:
+                    quarantine(
+                        self.connection, queue=self.name, raw_id=raw_entry, reason=reason, pipeline=pipe
+                    )
+                    pipe.zrem(registry_key, raw_entry)
+                    pipe.execute()
+                set_aside.append(id_text(raw_entry))
+        return set_aside
+
+    def _unreadable(self, raw_id: bytes | str, *, missing_is_poison: bool) -> str | None:
+        """Why `raw_id` is no readable job, or None when it is one."""
+        try:
+            job_id = parse_id(raw_id)
+            self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except UnreadableJob as exc:
+            return exc.reason
+        except NoSuchJobError:
+            return missing_hash_reason(job_id) if missing_is_poison else None
+        return None
 
 
 def get_queue(name: str, connection: redis.Redis | None = None) -> KryonixQueue:

@@ -150,13 +150,20 @@ def dev() -> None:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("rq_args", nargs=-1, type=click.UNPROCESSED)
 def worker(rq_args: tuple[str, ...]) -> None:
-    """Wait for the PRIMARY Redis, then become `rq worker RQ_ARGS...` (supervisord's command)."""
+    """Wait for the PRIMARY Redis, then become `rq worker RQ_ARGS...` with our safe classes.
+
+    The worker, job and queue classes and RQ_REDIS_URL (default REDIS_URL) are set here
+    whatever the environment says; another class or serializer is refused.
+    """
     from cache.connections import set_process_role
     from workers.startup import exec_rq_worker
 
     set_process_role("worker-start")
     _wait_for_primary()
-    exec_rq_worker(rq_args)
+    try:
+        exec_rq_worker(rq_args)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -207,6 +214,9 @@ def maintain(once: bool, interval: float) -> None:
         for queue, ids in report.requeued_from_intermediate.items():
             for job_id in ids:
                 click.echo(f"  {queue}: requeued stranded {job_id}")
+        for queue, ids in report.set_aside.items():
+            for job_id in ids:
+                click.echo(f"  {queue}: quarantined unreadable entry {job_id!r}")
         return
     run_forever(connection, interval)
 
@@ -307,13 +317,13 @@ def job(job_id: str, watch: bool, as_json: bool) -> None:
         time.sleep(1)
 
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION = re.compile(r"([0-9]+)([smhd])")  # used with fullmatch: no trailing newline, ASCII digits
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> int:
     """'7d' -> 604800. Raises click.BadParameter for anything else."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text)
     if not match:
         raise click.BadParameter(f"{text!r} is not a duration like 30m, 12h or 7d")
     return int(match.group(1)) * _UNIT_S[match.group(2)]

@@ -1,4 +1,8 @@
-"""The failed-job registry, for operators: list, show, requeue, purge (per queue)."""
+"""The failed-job registry, for operators: list, show, requeue, purge (per queue).
+
+`list` and `purge` cover the quarantine too (entries too broken for the registry), and
+an entry of the registry that cannot be read is listed with its reason, never raised.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
+from jobs.quarantine import UnreadableJob, id_text, list_quarantined, purge_quarantined, raw_ids
 from jobs.queues import QUEUES
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob, attempt_of
@@ -69,15 +74,26 @@ def _describe(job: Job, queue: str) -> FailedJob:
 
 
 def list_failed(connection: redis.Redis, queue: str | None = None) -> list[FailedJob]:
+    """Failed and quarantined jobs of `queue` (or all), newest first; unreadable entries included."""
     rows = []
     for name in _queues(queue):
         registry = _registry(connection, name)
-        for job_id in registry.get_job_ids():
+        for raw_id in raw_ids(connection.zrange(registry.key, 0, -1)):
             try:
-                job = KryonixJob.fetch(job_id, connection=connection)
+                job = KryonixJob.fetch(raw_id, connection=connection)
+            except UnreadableJob as exc:
+                rows.append(
+                    FailedJob(id_text(raw_id), name, "<unreadable>", None, 0, "unreadable", exc.reason)
+                )
+                continue
             except NoSuchJobError:
                 continue
             rows.append(_describe(job, name))
+    rows.extend(
+        FailedJob(entry.id, entry.queue, "<unreadable>", entry.at, 0, "quarantined", entry.reason)
+        for entry in list_quarantined(connection)
+        if entry.queue in _queues(queue) or (queue is None and entry.queue not in QUEUES)
+    )
     return sorted(rows, key=lambda row: row.failed_at or 0, reverse=True)
 
 
@@ -89,8 +105,10 @@ def show_failed(connection: redis.Redis, job_id: str) -> dict[str, Any]:
     """
     try:
         job = KryonixJob.fetch(job_id, connection=connection)
+    except UnreadableJob as exc:
+        raise LookupError(f"job {id_text(job_id)!r} cannot be shown: {exc.reason}") from None
     except NoSuchJobError:
-        raise LookupError(f"no job {job_id!r} (never existed, or expired)") from None
+        raise LookupError(f"no job {id_text(job_id)!r} (never existed, or expired)") from None
     details = _describe(job, job.origin).as_dict()
     try:
         details.update(args=job.args, kwargs=job.kwargs)
@@ -126,7 +144,8 @@ def requeue(connection: redis.Redis, job_id: str) -> str:
 def requeue_all(connection: redis.Redis, queue: str | None = None) -> list[str]:
     done = []
     for name in _queues(queue):
-        for job_id in _registry(connection, name).get_job_ids():
+        for raw_id in raw_ids(connection.zrange(_registry(connection, name).key, 0, -1)):
+            job_id = id_text(raw_id)
             try:
                 requeue(connection, job_id)
                 done.append(job_id)
@@ -141,14 +160,17 @@ def purge(connection: redis.Redis, queue: str | None = None, older_than_s: float
     purged = []
     for name in _queues(queue):
         registry = _registry(connection, name)
-        for job_id in registry.get_job_ids():
+        for raw_id in raw_ids(connection.zrange(registry.key, 0, -1)):
+            job_id = id_text(raw_id)
             try:
                 job = KryonixJob.fetch(job_id, connection=connection)
-            except NoSuchJobError:
-                registry.remove(job_id)
+            except NoSuchJobError:  # unreadable ones too: nothing to keep
+                connection.zrem(registry.key, raw_id)
                 continue
             if cutoff is not None and job.ended_at and job.ended_at.timestamp() > cutoff:
                 continue
             registry.remove(job, delete_job=True)
             purged.append(job_id)
+        if cutoff is None:
+            purge_quarantined(connection, name)
     return purged

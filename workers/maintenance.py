@@ -1,6 +1,8 @@
 """Crash recovery: find jobs whose worker died and put them back to work.
 
-Two places a crash strands a job:
+Poison entries (malformed ids, missing or unreadable job hashes) are quarantined first
+(`KryonixQueue.set_aside_unreadable`), so they are never requeued. Two places a crash
+strands a job:
 - the StartedJobRegistry, with a heartbeat that stopped: RQ's own cleanup retries it
   (per its retry policy) or fails it as abandoned;
 - a queue's intermediate list, between BLMOVE and registration: the job never started,
@@ -21,6 +23,7 @@ import redis
 from rq.registry import StartedJobRegistry, clean_registries
 from rq.worker_registration import clean_worker_registry
 
+from jobs.quarantine import id_text, raw_ids
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob
@@ -35,6 +38,7 @@ SEEN_KEY_TTL_S = 3600
 class RecoveryReport:
     abandoned: dict[str, list[str]] = field(default_factory=dict)
     requeued_from_intermediate: dict[str, list[str]] = field(default_factory=dict)
+    set_aside: dict[str, list[str]] = field(default_factory=dict)  # quarantined poison entries
 
     @property
     def total(self) -> int:
@@ -51,6 +55,7 @@ def recover(
     moment = time.time() if now is None else now
     for name in queue_names:
         queue = KryonixQueue(name, connection=connection, job_class=KryonixJob)
+        report.set_aside[name] = queue.set_aside_unreadable(moment)  # before RQ's cleanup meets them
         report.abandoned[name] = _recover_abandoned(queue, moment)
         report.requeued_from_intermediate[name] = _recover_intermediate(queue, moment)
         clean_registries(queue)  # expire finished/failed/deferred entries past their TTL
@@ -76,7 +81,8 @@ def _recover_intermediate(queue: KryonixQueue, now: float) -> list[str]:
         queue.name, connection=connection, job_class=KryonixJob, serializer=JSONSerializer
     )
     requeued = []
-    for job_id in intermediate.get_job_ids():
+    for raw_id in raw_ids(connection.lrange(intermediate.key, 0, -1)):
+        job_id = id_text(raw_id)
         if job_id in started:
             continue
         seen_key = f"{intermediate.key}:kx-seen:{job_id}"

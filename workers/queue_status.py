@@ -9,8 +9,10 @@ import redis
 from rq.utils import utcparse
 from rq.worker import Worker
 
+from jobs.quarantine import list_quarantined, raw_ids
 from jobs.queues import QUEUES, KryonixQueue
 from workers.job import KryonixJob
+from workers.worker import CLASS_FIELD
 
 
 def queue_facts(connection: redis.Redis) -> dict[str, Any]:
@@ -22,8 +24,12 @@ def queue_facts(connection: redis.Redis) -> dict[str, Any]:
         first = connection.lindex(queue.key, 0)
         if first is not None:
             enqueued = connection.hget(KryonixJob.key_for(_text(first)), "enqueued_at")
-            if enqueued:
-                oldest_age = round(time.time() - utcparse(_text(enqueued)).timestamp(), 1)
+            try:
+                oldest_age = (
+                    round(time.time() - utcparse(_text(enqueued)).timestamp(), 1) if enqueued else None
+                )
+            except ValueError:  # a hand-written entry: its age is unknown, the queue is still shown
+                oldest_age = None
         facts[name] = {
             "queued": queue.count,
             "oldest_queued_age_s": oldest_age,
@@ -37,25 +43,48 @@ def queue_facts(connection: redis.Redis) -> dict[str, Any]:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
 
 
 def worker_facts(connection: redis.Redis) -> list[dict[str, Any]]:
+    """One row per registered worker; a registration RQ cannot read is a row with its `error`."""
     rows = []
-    for worker in Worker.all(connection=connection):
-        job_id = worker.get_current_job_id()
+    for key in raw_ids(connection.smembers(Worker.redis_workers_keys)):
+        try:
+            worker = Worker.find_by_key(_text(key), connection=connection)
+        except Exception as exc:  # written by hand: shown, never hiding the other workers
+            rows.append(_unreadable_worker(_text(key), exc))
+            continue
+        if worker is None:
+            continue
+        worker_class = connection.hget(worker.key, CLASS_FIELD)
         rows.append(
             {
                 "name": worker.name,
+                # None: not a KryonixWorker (e.g. plain `rq worker`: unpickles, runs any function).
+                "class": _text(worker_class) if worker_class else None,
                 "queues": worker.queue_names(),
                 "state": str(worker.get_state()),
-                "current_job": job_id,
+                "current_job": worker.get_current_job_id(),
                 "pid": worker.pid,
                 "successful_jobs": worker.successful_job_count,
                 "failed_jobs": worker.failed_job_count,
             }
         )
     return sorted(rows, key=lambda row: row["name"])
+
+
+def _unreadable_worker(key: str, exc: Exception) -> dict[str, Any]:
+    return {
+        "name": key,
+        "class": None,
+        "queues": [],
+        "state": f"unreadable registration: {type(exc).__name__}: {exc}",
+        "current_job": None,
+        "pid": None,
+        "successful_jobs": 0,
+        "failed_jobs": 0,
+    }
 
 
 def render_queues(section: dict[str, Any]) -> list[str]:
@@ -72,9 +101,32 @@ def render_queues(section: dict[str, Any]) -> list[str]:
     for w in workers:
         current = f" running {w['current_job']}" if w["current_job"] else ""
         lines.append(f"  {w['name']} [{','.join(w['queues'])}] {w['state']}{current}")
+    for name in section["unsafe_workers"]:
+        lines.append(
+            f"  WARNING: worker {name} is not a KryonixWorker: it may unpickle and run any function "
+            "(start workers with `python -m workers worker`)"
+        )
+    lines.append(f"{section['quarantined']} quarantined entr{'y' if section['quarantined'] == 1 else 'ies'}")
+    lines.extend(
+        f"  {q['queue']} {q['id']!r}: {q['reason']}" for q in section["quarantine"][:QUARANTINE_SHOWN]
+    )
     return lines
 
 
+QUARANTINE_SHOWN = 20  # newest entries listed in the text; `failed list` shows them all
+
+
 def section(connection: redis.Redis) -> dict[str, Any]:
-    data = {"queues": queue_facts(connection), "workers": worker_facts(connection)}
+    """Queues, live workers (those of another class named in `unsafe_workers`) and the quarantine."""
+    workers = worker_facts(connection)
+    ours = set(QUEUES)
+    unsafe = [w["name"] for w in workers if w["class"] is None and ours & set(w["queues"])]
+    quarantined = [entry.as_dict() for entry in list_quarantined(connection)]
+    data = {
+        "queues": queue_facts(connection),
+        "workers": workers,
+        "unsafe_workers": unsafe,
+        "quarantined": len(quarantined),
+        "quarantine": quarantined,
+    }
     return {**data, "_text": render_queues(data)}

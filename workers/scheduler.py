@@ -30,6 +30,7 @@ from cache.connections import primary, set_process_role
 from cache.health import check_eviction_policy
 from jobs.enqueue import enqueue
 from jobs.periodic import Periodic, declared
+from jobs.quarantine import id_text, quarantine, raw_ids
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob
@@ -50,13 +51,26 @@ class PeriodicScheduler(Scheduler):  # type: ignore[misc]
         )
         self.definitions = {d.job_id: d for d in definitions}
 
+    def drop_undeclared(self) -> None:
+        """Remove every slot entry that is no declared definition; others are quarantined.
+
+        Only declared definitions ever fire; a hand-written entry (a malformed or binary
+        id included, on which rq-scheduler raises) must not stop the ones behind it.
+        """
+        for raw_id in raw_ids(self.connection.zrange(self.scheduled_jobs_key, 0, -1)):
+            job_id = id_text(raw_id)
+            if job_id in self.definitions:
+                continue
+            self.connection.zrem(self.scheduled_jobs_key, raw_id)
+            if job_id.startswith(PERIODIC_PREFIX):
+                log.info("periodic %s is no longer declared: removed", job_id)
+            else:
+                reason = "not a declared periodic job (written by hand?)"
+                quarantine(self.connection, queue="periodic", raw_id=raw_id, reason=reason)
+
     def register(self, now: float) -> None:
         """Store every definition (keeping a pending slot) and drop entries no longer declared."""
-        for job_id in self.connection.zrange(self.scheduled_jobs_key, 0, -1):
-            job_id = job_id.decode()
-            if job_id.startswith(PERIODIC_PREFIX) and job_id not in self.definitions:
-                self.connection.zrem(self.scheduled_jobs_key, job_id)
-                log.info("periodic %s is no longer declared: removed", job_id)
+        self.drop_undeclared()
         for definition in self.definitions.values():
             job = self._create_job(
                 definition.func,
@@ -109,8 +123,10 @@ class SchedulerProcess:
         self.periodic = PeriodicScheduler(
             declared() if definitions is None else definitions, self.connection, tick_s
         )
-        queues = [KryonixQueue(name, connection=self.connection) for name in QUEUES]
-        self.rq_scheduler = RQScheduler(queues, connection=self.connection, serializer=JSONSerializer)
+        self.queues = [
+            KryonixQueue(name, connection=self.connection, job_class=KryonixJob) for name in QUEUES
+        ]
+        self.rq_scheduler = RQScheduler(self.queues, connection=self.connection, serializer=JSONSerializer)
         self.stop_event = threading.Event()
 
     def run(self, *, install_signals: bool = True) -> None:
@@ -131,6 +147,8 @@ class SchedulerProcess:
                         last_maintenance = time.monotonic()
                 except redis.RedisError as exc:  # Redis away: keep trying, never exit
                     log.error("scheduler tick failed: %s", exc)
+                except Exception:  # a bad entry RQ raises on must not stop retries and periodic jobs
+                    log.exception("scheduler tick failed; next tick in %.1f s", self.tick_s)
                 self.stop_event.wait(self.tick_s)
         finally:
             self._shutdown()
@@ -139,11 +157,15 @@ class SchedulerProcess:
         self.periodic.heartbeat()
         if self.periodic.acquire_lock():
             try:
+                self.periodic.drop_undeclared()
                 self.periodic.enqueue_jobs()
             finally:
                 self.periodic.remove_lock()
         self.rq_scheduler.acquire_locks()  # type: ignore[no-untyped-call]
         if self.rq_scheduler.acquired_locks:
+            # RQ's scheduler fetches with RQ's own Job class: one malformed id would raise.
+            for queue in self.queues:
+                queue.set_aside_unreadable_scheduled()
             self.rq_scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:

@@ -5,6 +5,9 @@ FATAL after `startretries` quick exits (about a minute): a Redis outage during a
 deploy or a host reboot would leave the workers down for good. `python -m workers
 worker ...` waits here, then becomes `rq worker ...` (exec: same pid, signals go to RQ).
 A refused password is a configuration error and is not waited out.
+
+It also sets the safe classes itself: a worker started without RQ's environment would
+otherwise be RQ's own, which unpickles and runs any function a job names.
 """
 
 from __future__ import annotations
@@ -16,14 +19,32 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 from cache.connections import Role, ping
-from cache.errors import RedisUnavailable
+from cache.errors import ConfigError, RedisUnavailable
 
 log = logging.getLogger("kryonix.startup")
 
 FIRST_WAIT_S = 1.0
 MAX_WAIT_S = 30.0
+# The classes every worker of ours runs, as the `rq` CLI reads them (`python -m workers
+# supervise` exports the same). JSON is forced by KryonixWorker whatever --serializer says.
+SAFE_CLASSES = {
+    "RQ_WORKER_CLASS": "workers.worker.KryonixWorker",
+    "RQ_JOB_CLASS": "workers.job.KryonixJob",
+    "RQ_QUEUE_CLASS": "jobs.queues.KryonixQueue",
+}
+# `rq worker` options that would pick another class, and the variable each stands for.
+_CLASS_OPTIONS = {
+    "-w": "RQ_WORKER_CLASS",
+    "--worker-class": "RQ_WORKER_CLASS",
+    "-j": "RQ_JOB_CLASS",
+    "--job-class": "RQ_JOB_CLASS",
+    "--queue-class": "RQ_QUEUE_CLASS",
+}
+_SERIALIZER_OPTIONS = ("-S", "--serializer")
+_JSON_SERIALIZERS = ("json", "jobs.serialization.JSONSerializer")
 
 
 def wait_for_primary(
@@ -62,7 +83,70 @@ def rq_executable() -> str:
     return found
 
 
+def _option_values(arguments: Sequence[str], names: Sequence[str]) -> list[str]:
+    """Values given to any of `names` in `arguments` (`-w X`, `--worker-class X`, `--worker-class=X`)."""
+    values = []
+    for index, argument in enumerate(arguments):
+        name, equals, value = argument.partition("=")
+        if name in names and equals:
+            values.append(value)
+        elif argument in names and index + 1 < len(arguments):
+            values.append(arguments[index + 1])
+        else:  # a short option with its value attached: -wmy.Worker
+            values.extend(
+                argument[len(short) :]
+                for short in names
+                if not short.startswith("--") and argument.startswith(short) and len(argument) > len(short)
+            )
+    return values
+
+
+def worker_environment(environ: dict[str, str], arguments: Sequence[str]) -> dict[str, str]:
+    """`environ` with the safe classes and RQ_REDIS_URL set, for `rq worker <arguments>`.
+
+    RQ_REDIS_URL falls back to REDIS_URL, never to RQ's localhost:6379 (another server).
+
+    Raises:
+        ConfigError: the environment or `arguments` name another worker, job or queue
+            class, or a serializer other than JSON.
+    """
+    for variable, safe in SAFE_CLASSES.items():
+        given = environ.get(variable, "").strip()
+        if given and given != safe:
+            raise ConfigError(f"{variable}={given!r} refused: our workers run only {safe}")
+    for option, variable in _CLASS_OPTIONS.items():
+        for given in _option_values(arguments, [option]):
+            if given != SAFE_CLASSES[variable]:
+                raise ConfigError(
+                    f"{option} {given!r} refused: our workers run only {SAFE_CLASSES[variable]}"
+                )
+    for given in _option_values(arguments, _SERIALIZER_OPTIONS):
+        if given not in _JSON_SERIALIZERS:
+            raise ConfigError(f"--serializer {given!r} refused: jobs are JSON only")
+    env = {**environ, **SAFE_CLASSES}
+    if not env.get("RQ_REDIS_URL", "").strip():
+        env["RQ_REDIS_URL"] = _rq_redis_url()
+    return env
+
+
+def _rq_redis_url() -> str:
+    """REDIS_URL as the `rq` CLI needs it: with REDIS_PASSWORD, which RQ does not read."""
+    from cache.settings import get_settings
+
+    settings = get_settings()
+    url = settings.redis_url
+    if settings.redis_password and urlsplit(url).password is None:
+        separator = "&" if urlsplit(url).query else "?"
+        url += separator + urlencode({"password": settings.redis_password})  # redis-py reads it
+    return url
+
+
 def exec_rq_worker(arguments: Sequence[str]) -> None:
-    """Replace this process with `rq worker <arguments>`; never returns."""
+    """Replace this process with `rq worker <arguments>` under the safe classes; never returns.
+
+    Raises:
+        ConfigError: another class or serializer was asked for (see `worker_environment`).
+    """
+    env = worker_environment(dict(os.environ), arguments)
     executable = rq_executable()
-    os.execv(executable, [executable, "worker", *arguments])  # noqa: S606 - a fixed argv, no shell
+    os.execve(executable, [executable, "worker", *arguments], env)  # noqa: S606 - a fixed argv, no shell

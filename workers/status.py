@@ -28,9 +28,13 @@ def collect() -> dict[str, Any]:
 
 
 def healthy(report: dict[str, Any]) -> bool:
-    """Unhealthy when a role is unreachable or the primary may evict."""
+    """Unhealthy when a role is unreachable, the primary may evict, or a worker of another
+    class (one that may unpickle and run any function) serves our queues."""
     roles = report["roles"]
     if not all(r["reachable"] for r in roles.values()):
+        return False
+    queues = report.get("queues")
+    if isinstance(queues, dict) and queues.get("unsafe_workers"):
         return False
     return bool(roles[Role.PRIMARY.value]["maxmemory_policy"] == "noeviction")
 

@@ -1,7 +1,8 @@
 """`python -m workers supervise`: run supervisord on the shipped `supervisord.conf`.
 
-Fills in the defaults the config file expects and the RQ environment every worker
-needs, so the same tree runs under `make run`, in Docker and on a plain host.
+Fills in the defaults the config file expects and the RQ classes (for a `rq worker`
+run by hand from this environment; `python -m workers worker` sets them itself), so
+the same tree runs under `make run`, in Docker and on a plain host.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def supervisor_environment(base: dict[str, str], run_dir: Path) -> dict[str, str
     env.setdefault("KRYONIX_RUN_DIR", str(run_dir))
     for name, value in {**DEFAULTS, **RQ_ENVIRONMENT}.items():
         env.setdefault(name, value)
-    env.setdefault("RQ_REDIS_URL", env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    # RQ_REDIS_URL is left to `python -m workers worker`: it derives it from REDIS_URL
+    # and REDIS_PASSWORD (RQ reads no password variable of ours).
     # Programs run `rq` and `python` from the interpreter's own environment.
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from rq.exceptions import StopRequested
+from rq.exceptions import DeserializationError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -34,7 +34,7 @@ from cache.ratelimit import flush_ratelimit_stats
 from cache.settings import get_settings
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
-from workers.job import KryonixJob, attempt_of
+from workers.job import KryonixJob, attempt_of, not_a_json_job
 from workers.job_stats import JobStats
 from workers.logs import configure_logging
 
@@ -55,6 +55,9 @@ _OUTCOMES = {
     "queued": "retried",
 }
 MAX_RSS_ENV = "WORKER_MAX_RSS_MB"
+# Worker hash field naming the class; RQ 3 stores none, so `status` tells our workers
+# from a plain `rq worker` (pickle, any function) by this marker.
+CLASS_FIELD = "kx_worker_class"
 
 
 class KryonixWorker(Worker):
@@ -80,8 +83,23 @@ class KryonixWorker(Worker):
         self._monotonic: Callable[[], float] = time.monotonic  # injected by tests
         self._written_state: str | None = None  # the `state` field as this process last wrote it
         self._suspension_checked_at = -math.inf
-        max_rss = os.environ.get(MAX_RSS_ENV, "").strip()
-        self.max_rss_bytes = int(max_rss) * 1024 * 1024 if max_rss else None
+        max_rss_mb = get_settings().worker_max_rss_mb
+        self.max_rss_bytes = max_rss_mb * 1024 * 1024 if max_rss_mb else None
+
+    def serialize(self) -> dict[str, Any]:
+        """RQ's worker hash plus CLASS_FIELD, written at registration."""
+        return {**super().serialize(), CLASS_FIELD: f"{type(self).__module__}.{type(self).__qualname__}"}
+
+    def clean_registries(self) -> None:
+        """RQ's registry cleanup, after setting aside entries RQ cannot read.
+
+        RQ's cleanup decodes every intermediate-list entry and fetches each expired
+        started job; one malformed entry would stop every worker at start.
+        """
+        for queue in self.queues:
+            if isinstance(queue, KryonixQueue):
+                queue.set_aside_unreadable()
+        super().clean_registries()  # type: ignore[no-untyped-call]
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         set_process_role("worker-" + "-".join(self.queue_names()))
@@ -152,7 +170,8 @@ class KryonixWorker(Worker):
         RQ stamps the job's `last_heartbeat` here so that a long success or failure
         callback looks alive; with no callback, the stamp rides in the job's next save.
         """
-        if job.success_callback is not None or job.failure_callback is not None:
+        # By name: resolving a refused callback here would raise out of the worker loop.
+        if job._success_callback_name or job._failure_callback_name:
             super().handle_execution_ended(job, queue, heartbeat_ttl)
             return
         job.ended_at = now()
@@ -228,6 +247,20 @@ class KryonixWorker(Worker):
             self.heartbeat(pipeline=pipe)
             pipe.execute()
 
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ's, with undecodable job data refused as a permanent failure with its reason.
+
+        RQ decodes the data first for the process title, so the refusal in the job's
+        `perform` never sees a pickle or garbage payload.
+        """
+        try:
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+        except DeserializationError as exc:
+            refusal = not_a_json_job(exc)
+            if isinstance(job, KryonixJob):
+                job.fail_permanently(refusal)
+            raise refusal from None
+
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         _die_with_parent()
         super().main_work_horse(job, queue)
@@ -251,11 +284,15 @@ class KryonixWorker(Worker):
         outcome = _OUTCOMES.get(status.value if status is not None else "", "finished")
         self.job_stats.record(queue.name, outcome, duration_s)
         attempt = attempt_of(job)
+        try:
+            func_name = job.func_name
+        except DeserializationError:
+            func_name = "<not a JSON job>"
         log.info(
             "job %s queue=%s func=%s attempt=%d status=%s duration_ms=%.1f",
             job.id,
             queue.name,
-            job.func_name,
+            func_name,
             attempt,
             status.value if status is not None else "gone",
             duration_s * 1000,
