@@ -135,6 +135,7 @@ def test_enqueue_with_redis_down_is_a_clear_error(
 def test_enqueue_on_a_full_primary_is_refused_and_nothing_is_lost(primary: redis.Redis) -> None:
     kept = enqueue("email", "jobs.diagnostics.record", "k", "kept")
     used = int(primary.info("memory")["used_memory"])
+    configured = primary.config_get("maxmemory")["maxmemory"]  # the session server's, from redis.conf
     primary.config_set("maxmemory", used + 1024)
     try:
         with pytest.raises(EnqueueUnavailable) as info:
@@ -142,7 +143,7 @@ def test_enqueue_on_a_full_primary_is_refused_and_nothing_is_lost(primary: redis
                 enqueue("email", "jobs.diagnostics.record", "k", "x" * 4096, kwargs={"token": str(i)})
         assert "full" in str(info.value)
     finally:
-        primary.config_set("maxmemory", 0)
+        primary.config_set("maxmemory", configured)
     assert fetch_job(kept) is not None
     assert kept in KryonixQueue("email", connection=primary).job_ids
 
