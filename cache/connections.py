@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import replace
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
-from redis.backoff import ExponentialWithJitterBackoff
+import redis.connection
+from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel as RedisSentinel
+from redis.utils import SENTINEL
 
 from cache.errors import ConfigError, RedisUnavailable
 from cache.settings import Settings, get_settings, redact_url
@@ -30,12 +36,59 @@ RETRY_BACKOFF_BASE_S = 0.05  # first retry after ~50 ms
 RETRY_BACKOFF_CAP_S = 1.0  # never wait more than 1 s between two attempts
 
 
-class _NoRetryOnAuth(Retry):
-    """redis-py's Retry, except that a refused password fails at once.
+# The deadline of the Redis call running in this thread (or task), and whether a retry
+# loop is already running in it. redis-py nests retry loops (command > connect > handshake
+# > health-check PING), each with the full attempt count: with a server that accepts
+# connections but never answers, 7 x 7 attempts of a 5 s read each blocked a call for
+# minutes. With these, only the outermost loop retries, and only within the deadline.
+_deadline: ContextVar[float | None] = ContextVar("kryonix_redis_deadline", default=None)
+_retrying: ContextVar[bool] = ContextVar("kryonix_redis_retrying", default=False)
 
-    AuthenticationError subclasses ConnectionError, so plain Retry would back off and
-    retry a wrong password for seconds before saying anything.
+MIN_ATTEMPT_S = 0.01  # a retry with less time left than this cannot succeed: fail now
+
+
+def remaining_s() -> float | None:
+    """Seconds left before the running call's deadline; None outside a bounded call."""
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+@contextmanager
+def call_deadline(seconds: float | None) -> Iterator[None]:
+    """Bound every Redis read, connect and retry inside to `seconds` in total.
+
+    A deadline already running (an outer call) is kept: nested calls never extend it.
     """
+    if seconds is None or _deadline.get() is not None:
+        yield
+        return
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+class BoundedRetry(Retry):
+    """redis-py's Retry, with three changes that keep a call bounded in time.
+
+    A refused password fails at once (AuthenticationError subclasses ConnectionError, so
+    plain Retry would back off and retry it); a loop nested in another runs its operation
+    once and lets the outer loop retry, so attempts never multiply; and with a
+    `call_timeout_s`, no retry starts that the call's deadline cannot fit.
+
+    Args:
+        backoff: the delay before each retry.
+        retries: retries after the first attempt.
+        call_timeout_s: the total bound of one call, all attempts included; None for
+            clients whose calls may block on purpose (workers, subscribers).
+    """
+
+    def __init__(
+        self, backoff: AbstractBackoff, retries: int, *, call_timeout_s: float | None = None
+    ) -> None:
+        super().__init__(backoff, retries)
+        self.call_timeout_s = call_timeout_s
 
     def call_with_retry(
         self,
@@ -49,7 +102,102 @@ class _NoRetryOnAuth(Retry):
                 return False
             return is_retryable(error) if is_retryable else True
 
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
+        if _retrying.get():
+            return self._once(do, fail, retryable, with_failure_count)
+        token = _retrying.set(True)
+        try:
+            with call_deadline(self.call_timeout_s):
+                return self._loop(do, fail, retryable, with_failure_count)
+        finally:
+            _retrying.reset(token)
+
+    def _once(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        retryable: Callable[[Exception], bool],
+        count: bool,
+    ) -> T:
+        try:
+            return do()
+        except self._supported_errors as error:
+            if retryable(error):
+                fail(error, 1) if count else fail(error)
+            raise
+
+    def _loop(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        retryable: Callable[[Exception], bool],
+        count: bool,
+    ) -> T:
+        self._backoff.reset()  # type: ignore[no-untyped-call]
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                if not retryable(error):
+                    raise
+                failures += 1
+                fail(error, failures) if count else fail(error)
+                if failures > self._retries:
+                    raise
+                backoff = self._backoff.compute(failures)
+                left = remaining_s()
+                if left is not None and backoff + MIN_ATTEMPT_S >= left:
+                    raise
+                if backoff > 0:
+                    time.sleep(backoff)
+
+
+class _BoundedConnection(redis.connection.AbstractConnection):
+    """Mixed into the pool's connection class: no read or connect outlives the call's deadline."""
+
+    def read_response(self, *args: Any, timeout: Any = SENTINEL, **kwargs: Any) -> Any:
+        left = remaining_s()
+        if left is not None and timeout is SENTINEL:
+            if left <= 0:
+                self.disconnect()  # type: ignore[no-untyped-call]  # a late reply must not meet the next command
+                raise redis.TimeoutError("Timeout: the call's deadline (REDIS_CALL_TIMEOUT) has passed")
+            if self.socket_timeout is None or left < self.socket_timeout:
+                timeout = left
+        return cast(Any, super()).read_response(*args, timeout=timeout, **kwargs)
+
+    def _connect(self) -> Any:
+        left = remaining_s()
+        if left is None:
+            return cast(Any, super())._connect()
+        if left <= 0:
+            raise TimeoutError("the call's deadline (REDIS_CALL_TIMEOUT) has passed")  # -> redis TimeoutError
+        configured = self.socket_connect_timeout
+        self.socket_connect_timeout = left if configured is None else min(configured, left)
+        try:
+            return cast(Any, super())._connect()
+        finally:
+            self.socket_connect_timeout = configured
+
+
+_bounded_classes: dict[type[Any], type[Any]] = {}
+
+
+def _bounded_connection_class(base: type[Any]) -> type[Any]:
+    bounded = _bounded_classes.get(base)
+    if bounded is None:
+        bounded = type(f"Bounded{base.__name__}", (_BoundedConnection, base), {})
+        _bounded_classes[base] = bounded
+    return bounded
+
+
+class BoundedRedis(redis.Redis):
+    """A client whose every command, connect and retry included, ends within `call_timeout_s`."""
+
+    call_timeout_s: float | None = None
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        with call_deadline(self.call_timeout_s):
+            return cast(Any, super()).execute_command(*args, **options)
 
 
 class Role(StrEnum):
@@ -90,6 +238,7 @@ def build_client(
     *,
     pubsub: bool = False,
     decode_responses: bool = False,
+    call_timeout_s: float | None = None,
 ) -> redis.Redis:
     """A new client for `role`, with timeouts, health checks and retry on connection errors.
 
@@ -98,23 +247,49 @@ def build_client(
         settings: defaults to the process settings.
         pubsub: a client for a subscriber: no socket timeout, since it blocks on reads.
         decode_responses: return `str` instead of `bytes`.
+        call_timeout_s: bound every command, connect and retries included, to this many
+            seconds (the web tier's `REDIS_CALL_TIMEOUT`); None for clients that block on
+            purpose (an RQ worker's dequeue), which are bounded by their socket timeout
+            times their attempts.
 
     Raises:
         ConfigError: the URL cannot be used; the message names the setting.
     """
     settings = settings or get_settings()
-    kwargs = _client_kwargs(role, settings, pubsub, decode_responses, _NoRetryOnAuth, _process_role)
+    if call_timeout_s is not None:
+        settings = web_tier_settings(settings, call_timeout_s)
+    retry = BoundedRetry(_backoff(), settings.retry_attempts, call_timeout_s=call_timeout_s)
+    kwargs = _client_kwargs(role, settings, pubsub, decode_responses, retry, _process_role)
     if uses_sentinel(role, settings):
-        return _sentinel_client(settings, kwargs)
-    url = url_for(role, settings)
-    try:
-        return redis.Redis.from_url(url, **kwargs)
-    except ValueError as exc:
-        raise ConfigError(f"{role.setting} cannot be used ({redact_url(url)}): {exc}") from None
+        client = _sentinel_client(settings, kwargs)
+    else:
+        url = url_for(role, settings)
+        try:
+            client = BoundedRedis.from_url(url, **kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"{role.setting} cannot be used ({redact_url(url)}): {exc}") from None
+    if call_timeout_s is not None:
+        client.call_timeout_s = call_timeout_s  # type: ignore[attr-defined]
+        pool = client.connection_pool
+        pool.connection_class = _bounded_connection_class(pool.connection_class)
+    return client
+
+
+def web_tier_settings(settings: Settings, call_timeout_s: float) -> Settings:
+    """`settings` with no single read or connect longer than the whole call may take."""
+    return replace(
+        settings,
+        socket_timeout_s=min(settings.socket_timeout_s, call_timeout_s),
+        connect_timeout_s=min(settings.connect_timeout_s, call_timeout_s),
+    )
+
+
+def _backoff() -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(base=RETRY_BACKOFF_BASE_S, cap=RETRY_BACKOFF_CAP_S)
 
 
 def _client_kwargs(
-    role: Role, settings: Settings, pubsub: bool, decode_responses: bool, retry_class: Any, process_role: str
+    role: Role, settings: Settings, pubsub: bool, decode_responses: bool, retry: Any, process_role: str
 ) -> dict[str, Any]:
     """What every client of ours gets: timeouts, health checks, retry with backoff, a name."""
     kwargs: dict[str, Any] = {
@@ -122,10 +297,7 @@ def _client_kwargs(
         "socket_connect_timeout": settings.connect_timeout_s,
         "socket_keepalive": True,
         "health_check_interval": settings.health_check_interval_s,
-        "retry": retry_class(
-            ExponentialWithJitterBackoff(base=RETRY_BACKOFF_BASE_S, cap=RETRY_BACKOFF_CAP_S),
-            settings.retry_attempts,
-        ),
+        "retry": retry,
         "client_name": f"kryonix:{role.value}:{process_role}:{os.getpid()}",
         "decode_responses": decode_responses,
     }
@@ -146,7 +318,7 @@ def _sentinel_client(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:
     # The SentinelConnectionPool asks the sentinels for the master on every new
     # connection, so after a failover the same client object follows the new master.
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        settings.sentinel.master_name, **kwargs
+        settings.sentinel.master_name, redis_class=BoundedRedis, **kwargs
     )
     return client
 
@@ -163,7 +335,8 @@ def build_async_client(
 
     settings = settings or get_settings()
     url = url_for(role, settings)
-    kwargs = _client_kwargs(role, settings, pubsub, decode_responses, AsyncRetry, f"{_process_role}-async")
+    retry = AsyncRetry(_backoff(), settings.retry_attempts)
+    kwargs = _client_kwargs(role, settings, pubsub, decode_responses, retry, f"{_process_role}-async")
     try:
         return redis.asyncio.Redis.from_url(url, **kwargs)
     except ValueError as exc:
@@ -171,14 +344,22 @@ def build_async_client(
 
 
 def get_client(role: Role = Role.PRIMARY, *, decode_responses: bool = False) -> redis.Redis:
-    """The process's shared client for `role`, built on first use."""
+    """The process's shared client for `role`, built on first use.
+
+    The web tier's client: every command, retries included, ends within
+    `REDIS_CALL_TIMEOUT` (default 1 s), so a Redis that never answers costs a request
+    about a second, not minutes.
+    """
     key = (role, decode_responses)
     client = _clients.get(key)
     if client is None:
         with _lock:
             client = _clients.get(key)
             if client is None:
-                client = build_client(role, decode_responses=decode_responses)
+                settings = get_settings()
+                client = build_client(
+                    role, settings, decode_responses=decode_responses, call_timeout_s=settings.call_timeout_s
+                )
                 _clients[key] = client
     return client
 

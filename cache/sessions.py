@@ -46,6 +46,7 @@ from cache.sessions_core import (
     pairs_to_dict,
     plan_deadlines,
 )
+from cache.settings import get_settings
 
 __all__ = [
     "DEFAULT_ABSOLUTE_TTL_S",
@@ -91,6 +92,8 @@ class SessionService:
         idle_ttl_s: default idle timeout of new sessions.
         absolute_ttl_s: default absolute timeout of new sessions, counted from creation.
         slide_on_get: whether `get` slides the idle timeout by default.
+        max_data_bytes: most encoded bytes of data one create, update or rotate may
+            write; by default `SESSION_MAX_BYTES` (64 KiB).
         clock: seconds since the epoch; injectable so tests need not sleep.
     """
 
@@ -101,9 +104,15 @@ class SessionService:
         idle_ttl_s: float = DEFAULT_IDLE_TTL_S,
         absolute_ttl_s: float = DEFAULT_ABSOLUTE_TTL_S,
         slide_on_get: bool = True,
+        max_data_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         plan_deadlines(0, idle_ttl_s, absolute_ttl_s)  # reject bad defaults now, not at first login
+        if max_data_bytes is None:
+            max_data_bytes = get_settings().session_max_bytes
+        if isinstance(max_data_bytes, bool) or not isinstance(max_data_bytes, int) or max_data_bytes < 1:
+            raise InvalidSessionArgument(f"max_data_bytes must be a positive int, got {max_data_bytes!r}")
+        self.max_data_bytes = max_data_bytes
         self.redis = redis if redis is not None else connections.primary()
         self.idle_ttl_s = idle_ttl_s
         self.absolute_ttl_s = absolute_ttl_s
@@ -138,7 +147,7 @@ class SessionService:
             SessionStoreUnavailable: Redis is unreachable; the caller gets no id.
         """
         uid = check_user_id(user_id)
-        pairs = encode_data(data or {})
+        pairs = encode_data(data or {}, max_bytes=self.max_data_bytes)
         now = self._now_ms()
         plan = plan_deadlines(
             now,
@@ -196,7 +205,7 @@ class SessionService:
             InvalidSessionArgument: bad data, or an item both set and removed.
             SessionStoreUnavailable: Redis is unreachable.
         """
-        pairs = encode_data(changes)
+        pairs = encode_data(changes, max_bytes=self.max_data_bytes)
         if isinstance(remove, str | bytes):
             raise InvalidSessionArgument(f"remove must be a collection of item names, got {remove!r}")
         removed = [check_field_name(name) for name in remove]
@@ -240,7 +249,7 @@ class SessionService:
             InvalidSessionArgument: bad `changes`.
             SessionStoreUnavailable: Redis is unreachable; the old id may still be valid.
         """
-        pairs = encode_data(changes or {})
+        pairs = encode_data(changes or {}, max_bytes=self.max_data_bytes)
         if not is_well_formed_id(session_id):
             return None
         with _failing_closed("rotate a session"):
