@@ -7,6 +7,7 @@ start-up instead of at the first job.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -63,7 +64,7 @@ class Sentinel:
 
     addresses: tuple[tuple[str, int], ...]
     master_name: str = DEFAULT_SENTINEL_MASTER
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,6 +199,8 @@ class _Env:
         except ValueError:
             expected = "an integer" if kind is int else "a number"
             raise ConfigError(f"{name} must be {expected} (e.g. {default}), got {raw!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number (e.g. {default}), got {raw!r}")
         if value <= 0:  # type: ignore[operator]
             raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
         return value
@@ -215,17 +218,13 @@ class _Env:
         return value
 
     def addresses(self, name: str) -> tuple[str, ...]:
-        """A comma-separated list of bare addresses; an empty item is an error, not skipped."""
+        """A comma-separated list of mailboxes; an empty item is an error, not skipped."""
         raw = self._environ.get(name, "").strip()
         if not raw:
             return ()
         items = tuple(item.strip() for item in raw.split(","))
         for index, item in enumerate(items):
-            if not _ADDRESS.fullmatch(item) or len(item) > MAX_ADDRESS_LENGTH:
-                raise ConfigError(
-                    f"{name} must be comma-separated email addresses (ops@example.com,oncall@example.com); "
-                    f"item {index + 1} is {item!r}"
-                )
+            _check_mailbox(f"{name} (item {index + 1})", item)
         return items
 
     def port(self, name: str, default: int) -> int:
@@ -292,7 +291,10 @@ class _Env:
 
     def database_url(self) -> str:
         value = self.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-        scheme = urlsplit(value).scheme
+        try:
+            scheme = urlsplit(value).scheme
+        except ValueError as exc:
+            raise ConfigError(f"DATABASE_URL is not a valid URL ({exc}): {_redact(value)!r}") from None
         if not scheme or not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
             raise ConfigError(
                 f"DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL, got {_redact(value)!r}"
