@@ -202,7 +202,8 @@ class SessionService:
             False when there is no live session (nothing was written).
 
         Raises:
-            InvalidSessionArgument: bad data, or an item both set and removed.
+            InvalidSessionArgument: bad data, an item both set and removed, or data that
+                would be over `max_data_bytes` with these changes; nothing was written.
             SessionStoreUnavailable: Redis is unreachable.
         """
         pairs = encode_data(changes, max_bytes=self.max_data_bytes)
@@ -231,9 +232,19 @@ class SessionService:
         removed: list[str] | None = None,
     ) -> Any:
         pairs = pairs or []
-        args = [self._now_ms(), int(slide), int(fetch), len(pairs) // 2, *pairs, *(removed or [])]
+        head: list[str | bytes | int] = [self._now_ms(), int(slide), int(fetch), len(pairs) // 2]
+        args = [*head, self.max_data_bytes, *pairs, *(removed or [])]
         with _failing_closed(action):
-            return self._scripts["touch"](keys=[keys.session(session_id)], args=args)
+            result = self._scripts["touch"](keys=[keys.session(session_id)], args=args)
+        if result == -2:
+            raise self._too_large()
+        return result
+
+    def _too_large(self) -> InvalidSessionArgument:
+        return InvalidSessionArgument(
+            f"session data would be over {self.max_data_bytes} bytes encoded (SESSION_MAX_BYTES) "
+            "with these changes; nothing was written"
+        )
 
     def rotate(self, session_id: object, *, changes: Mapping[str, Any] | None = None) -> str | None:
         """Give a live session a new id, atomically destroying the old one (against fixation).
@@ -246,7 +257,8 @@ class SessionService:
             The new id, or None when there is no live session under `session_id`.
 
         Raises:
-            InvalidSessionArgument: bad `changes`.
+            InvalidSessionArgument: bad `changes`, or data that would be over
+                `max_data_bytes` with them; nothing was written and the old id still works.
             SessionStoreUnavailable: Redis is unreachable; the old id may still be valid.
         """
         pairs = encode_data(changes or {}, max_bytes=self.max_data_bytes)
@@ -262,8 +274,10 @@ class SessionService:
             with _failing_closed("rotate a session"):
                 result = self._scripts["rotate"](
                     keys=[keys.session(session_id), keys.session(new_id), keys.user_sessions(user_id)],
-                    args=[session_id, new_id, user_id, self._now_ms(), *pairs],
+                    args=[session_id, new_id, user_id, self._now_ms(), self.max_data_bytes, *pairs],
                 )
+            if result == -2:
+                raise self._too_large()
             if result != -1:
                 return new_id if result == 1 else None
         raise SessionError(f"could not draw an unused session id in {MAX_ID_ATTEMPTS} attempts")
