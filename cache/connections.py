@@ -8,6 +8,7 @@ shared across a fork.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 import redis.connection
-from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
+from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel as RedisSentinel
 from redis.utils import SENTINEL
@@ -311,6 +312,9 @@ def _sentinel_client(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": settings.connect_timeout_s,
         "socket_connect_timeout": settings.connect_timeout_s,
+        # No retry: discovery moves on to the next Sentinel, and retries would multiply
+        # the time a new connection waits on a Sentinel that never answers.
+        "retry": Retry(NoBackoff(), 0),
     }
     if settings.sentinel.password:
         sentinel_kwargs["password"] = settings.sentinel.password
@@ -330,17 +334,47 @@ def build_async_client(
     pubsub: bool = False,
     decode_responses: bool = True,
 ) -> redis.asyncio.Redis:
-    """A `redis.asyncio` client for ASGI code, configured like `build_client` (no Sentinel)."""
+    """A `redis.asyncio` client for ASGI code, configured like `build_client` (no Sentinel).
+
+    The web tier's: unless it is a subscriber's (`pubsub`, which blocks on purpose),
+    every command ends within `REDIS_CALL_TIMEOUT`, retries included.
+    """
     from redis.asyncio.retry import Retry as AsyncRetry
 
     settings = settings or get_settings()
+    call_timeout_s = None if pubsub else settings.call_timeout_s
+    if call_timeout_s is not None:
+        settings = web_tier_settings(settings, call_timeout_s)
     url = url_for(role, settings)
     retry = AsyncRetry(_backoff(), settings.retry_attempts)
     kwargs = _client_kwargs(role, settings, pubsub, decode_responses, retry, f"{_process_role}-async")
     try:
-        return redis.asyncio.Redis.from_url(url, **kwargs)
+        client = cast(BoundedAsyncRedis, BoundedAsyncRedis.from_url(url, **kwargs))
     except ValueError as exc:
         raise ConfigError(f"{role.setting} cannot be used ({redact_url(url)}): {exc}") from None
+    client.call_timeout_s = call_timeout_s
+    return client
+
+
+class BoundedAsyncRedis(redis.asyncio.Redis):
+    """An asyncio client whose every command, connect and retries included, ends within `call_timeout_s`.
+
+    Cancelling a command is safe: redis-py closes a connection interrupted mid-reply.
+    """
+
+    call_timeout_s: float | None = None
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        parent = cast(Any, super())
+        if self.call_timeout_s is None:
+            return await parent.execute_command(*args, **options)
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                return await parent.execute_command(*args, **options)
+        except TimeoutError as exc:  # asyncio's (the builtin), not redis-py's: callers catch RedisError
+            raise redis.TimeoutError(
+                f"Timeout: no reply within REDIS_CALL_TIMEOUT ({self.call_timeout_s} s)"
+            ) from exc
 
 
 def get_client(role: Role = Role.PRIMARY, *, decode_responses: bool = False) -> redis.Redis:

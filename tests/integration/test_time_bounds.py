@@ -10,6 +10,7 @@ health-check interval (263 s in the issue's report).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -25,6 +26,7 @@ from cache.cache_stats import CacheStats
 from cache.errors import RedisUnavailable
 from cache.ratelimit import RateLimiter
 from cache.realtime import RealtimeService
+from cache.realtime_async import AsyncRealtimeService
 from cache.sessions import SessionService, SessionStoreUnavailable
 from cache.settings import DEFAULT_CALL_TIMEOUT_S
 from jobs.email import enqueue_email
@@ -115,6 +117,7 @@ def _web_tier_calls(s: Services) -> dict[str, tuple[Callable[[], object], Callab
             lambda: s.realtime.publish_user_event("u1", "order.shipped", {"id": 1}),
             raised(RedisUnavailable),
         ),
+        "AsyncRealtimeService.publish": (_publish_async, raised(RedisUnavailable)),
         "jobs.enqueue.enqueue": (
             lambda: enqueue("email", "jobs.diagnostics.noop"),
             raised(EnqueueUnavailable),
@@ -124,6 +127,17 @@ def _web_tier_calls(s: Services) -> dict[str, tuple[Callable[[], object], Callab
             raised(EnqueueUnavailable),
         ),
     }
+
+
+def _publish_async() -> str:
+    async def publish() -> str:
+        service = AsyncRealtimeService()  # its default client, on this event loop
+        try:
+            return await service.publish_user_event("u1", "order.shipped", {"id": 1})
+        finally:
+            await service.client.aclose()
+
+    return asyncio.run(publish())
 
 
 def _run(call: Callable[[], object]) -> tuple[float, object]:

@@ -1,0 +1,83 @@
+"""BoundedRetry: nested retry loops never multiply, and no retry outlives the call (marker `security`).
+
+redis-py runs a retry loop per command and another inside it per connect, handshake and
+health-check PING, each with the full attempt count; against a server that never
+answers that multiplied into minutes per call (issue 14, finding 9).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from redis.backoff import ConstantBackoff, NoBackoff
+
+from cache.connections import BoundedRetry, call_deadline, remaining_s
+
+pytestmark = pytest.mark.security
+
+
+class Failing:
+    """An operation that fails `failures` times with `error`, then returns "ok"."""
+
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
+        self.failures = failures
+        self.error = error or redis.ConnectionError("connection refused")
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return "ok"
+
+
+def test_a_loop_nested_in_another_runs_once_and_the_outer_one_retries() -> None:
+    retry = BoundedRetry(NoBackoff(), 6)
+    inner = Failing(failures=100)
+    outer_attempts = 0
+    failed: list[Exception] = []
+
+    def attempt() -> str:
+        nonlocal outer_attempts
+        outer_attempts += 1
+        return retry.call_with_retry(inner, failed.append)  # e.g. the reconnect inside a command
+
+    with pytest.raises(redis.ConnectionError):
+        retry.call_with_retry(attempt, lambda error: None)
+    assert (outer_attempts, inner.calls) == (7, 7)  # not 7 x 7
+    assert len(failed) == 7  # the inner failure handler (disconnect) still runs every time
+
+
+def test_without_a_deadline_the_attempt_count_is_kept() -> None:
+    operation = Failing(failures=3)
+    assert BoundedRetry(NoBackoff(), 6).call_with_retry(operation, lambda error: None) == "ok"
+    assert operation.calls == 4
+
+
+def test_a_refused_password_is_not_retried() -> None:
+    operation = Failing(failures=10, error=redis.AuthenticationError("invalid password"))
+    with pytest.raises(redis.AuthenticationError):
+        BoundedRetry(NoBackoff(), 6).call_with_retry(operation, lambda error: None)
+    assert operation.calls == 1
+
+
+def test_no_retry_starts_that_the_deadline_cannot_fit() -> None:
+    retry = BoundedRetry(ConstantBackoff(0.05), 1000, call_timeout_s=0.3)
+    operation = Failing(failures=10_000)
+    start = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        retry.call_with_retry(operation, lambda error: None)
+    assert time.monotonic() - start < 1.0  # 0.3 s of budget, generous margin
+    assert operation.calls <= 7  # stopped by the deadline, not by its 1000 retries
+
+
+def test_a_call_deadline_is_never_extended_by_a_nested_one() -> None:
+    assert remaining_s() is None
+    with call_deadline(0.5):
+        outer = remaining_s()
+        with call_deadline(60):
+            inner = remaining_s()
+        assert outer is not None and inner is not None and inner <= outer <= 0.5
+    assert remaining_s() is None
