@@ -9,6 +9,7 @@ shared across a fork.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 import time
@@ -44,6 +45,9 @@ RETRY_BACKOFF_CAP_S = 1.0  # never wait more than 1 s between two attempts
 # minutes. With these, only the outermost loop retries, and only within the deadline.
 _deadline: ContextVar[float | None] = ContextVar("kryonix_redis_deadline", default=None)
 _retrying: ContextVar[bool] = ContextVar("kryonix_redis_retrying", default=False)
+_blocking: ContextVar[bool] = ContextVar(
+    "kryonix_redis_blocking", default=False
+)  # reads may use all time left
 
 MIN_ATTEMPT_S = 0.01  # a retry with less time left than this cannot succeed: fail now
 
@@ -162,7 +166,7 @@ class _BoundedConnection(redis.connection.AbstractConnection):
             if left <= 0:
                 self.disconnect()  # type: ignore[no-untyped-call]  # a late reply must not meet the next command
                 raise redis.TimeoutError("Timeout: the call's deadline (REDIS_CALL_TIMEOUT) has passed")
-            if self.socket_timeout is None or left < self.socket_timeout:
+            if self.socket_timeout is None or left < self.socket_timeout or _blocking.get():
                 timeout = left
         return cast(Any, super()).read_response(*args, timeout=timeout, **kwargs)
 
@@ -191,14 +195,61 @@ def _bounded_connection_class(base: type[Any]) -> type[Any]:
     return bounded
 
 
+# Commands that wait on the server on purpose: where their own timeout is (seconds or ms).
+_BLOCK_LAST_ARG_S = frozenset({"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX"})
+_BLOCK_FIRST_ARG_S = frozenset({"BLMPOP", "BZMPOP"})
+
+
+def blocking_s(args: tuple[Any, ...]) -> float | None:
+    """How long a command may block on the server by design (inf: forever), or None.
+
+    A call's deadline is its bound plus this: `WAIT 1 2000` must get its 2 s, and a
+    blocking read without a timeout gets no deadline at all.
+    """
+    if not args:
+        return None
+    name = (args[0].decode() if isinstance(args[0], bytes) else str(args[0])).upper()
+    try:
+        if name in _BLOCK_LAST_ARG_S:
+            seconds = float(args[-1])
+        elif name in _BLOCK_FIRST_ARG_S:
+            seconds = float(args[1])
+        elif name == "WAIT":
+            seconds = float(args[2]) / 1000
+        elif name == "WAITAOF":
+            seconds = float(args[3]) / 1000
+        elif name in ("XREAD", "XREADGROUP"):
+            words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
+            upper = [w.upper() for w in words]
+            if "BLOCK" not in upper:
+                return None
+            seconds = float(words[upper.index("BLOCK") + 1]) / 1000
+        else:
+            return None
+    except (IndexError, ValueError):
+        return None  # malformed: Redis refuses it, at once
+    return math.inf if seconds == 0 else seconds
+
+
 class BoundedRedis(redis.Redis):
-    """A client whose every command, connect and retry included, ends within `call_timeout_s`."""
+    """A client whose every command, connect and retry included, ends within `call_timeout_s`.
+
+    A blocking command (`WAIT`, `BLPOP`, `XREAD BLOCK` ...) gets its own timeout on top.
+    """
 
     call_timeout_s: float | None = None
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        with call_deadline(self.call_timeout_s):
-            return cast(Any, super()).execute_command(*args, **options)
+        bound, extra = self.call_timeout_s, blocking_s(args)
+        if bound is None or extra is None:
+            with call_deadline(bound):
+                return cast(Any, super()).execute_command(*args, **options)
+        token = _blocking.set(True)
+        try:
+            with call_deadline(None if math.isinf(extra) else bound + extra):
+                return cast(Any, super()).execute_command(*args, **options)
+        finally:
+            _blocking.reset(token)
 
 
 class Role(StrEnum):
@@ -343,8 +394,6 @@ def build_async_client(
 
     settings = settings or get_settings()
     call_timeout_s = None if pubsub else settings.call_timeout_s
-    if call_timeout_s is not None:
-        settings = web_tier_settings(settings, call_timeout_s)
     url = url_for(role, settings)
     retry = AsyncRetry(_backoff(), settings.retry_attempts)
     kwargs = _client_kwargs(role, settings, pubsub, decode_responses, retry, f"{_process_role}-async")
@@ -366,15 +415,16 @@ class BoundedAsyncRedis(redis.asyncio.Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         parent = cast(Any, super())
-        if self.call_timeout_s is None:
+        bound, extra = self.call_timeout_s, blocking_s(args)
+        if bound is not None and extra is not None:
+            bound = None if math.isinf(extra) else bound + extra
+        if bound is None:
             return await parent.execute_command(*args, **options)
         try:
-            async with asyncio.timeout(self.call_timeout_s):
+            async with asyncio.timeout(bound):
                 return await parent.execute_command(*args, **options)
         except TimeoutError as exc:  # asyncio's (the builtin), not redis-py's: callers catch RedisError
-            raise redis.TimeoutError(
-                f"Timeout: no reply within REDIS_CALL_TIMEOUT ({self.call_timeout_s} s)"
-            ) from exc
+            raise redis.TimeoutError(f"Timeout: no reply within REDIS_CALL_TIMEOUT ({bound} s)") from exc
 
 
 def get_client(role: Role = Role.PRIMARY, *, decode_responses: bool = False) -> redis.Redis:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+import redis
 
 from cache import connections
 from cache.breaker import CircuitBreaker
@@ -179,3 +180,9 @@ def test_the_same_services_work_again_once_redis_answers(stalled: tuple[RedisSer
     assert session is not None and session.data == {"cart": [1]}
     assert services.limiter.limit_api("key-1").degraded is False
     assert services.cache.get_or_set("fresh", lambda: "v") == "v"
+
+
+def test_a_blocking_command_gets_its_own_timeout_on_top_of_the_bound(primary: redis.Redis) -> None:
+    """`WAIT 1 2000` (durable enqueue) and BLPOP with a timeout must not be cut at 1 s."""
+    assert primary.blpop(["nothing-here"], timeout=1.5) is None  # answered: not a TimeoutError at 1 s
+    assert primary.wait(0, 1500) == 0

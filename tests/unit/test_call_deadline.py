@@ -7,13 +7,14 @@ answers that multiplied into minutes per call (issue 14, finding 9).
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 import redis
 from redis.backoff import ConstantBackoff, NoBackoff
 
-from cache.connections import BoundedRetry, call_deadline, remaining_s
+from cache.connections import BoundedRetry, blocking_s, call_deadline, remaining_s
 
 pytestmark = pytest.mark.security
 
@@ -81,3 +82,29 @@ def test_a_call_deadline_is_never_extended_by_a_nested_one() -> None:
             inner = remaining_s()
         assert outer is not None and inner is not None and inner <= outer <= 0.5
     assert remaining_s() is None
+
+
+@pytest.mark.parametrize(
+    ("command", "seconds"),
+    [
+        (("WAIT", 1, 2000), 2.0),
+        ((b"wait", b"1", b"500"), 0.5),
+        (("WAITAOF", 1, 0, 1500), 1.5),
+        (("BLPOP", "a", "b", 3), 3.0),
+        (("BLMOVE", "src", "dst", "LEFT", "RIGHT", 0.5), 0.5),
+        (("BZPOPMIN", "z", 0), math.inf),  # blocks forever: no deadline
+        (("BLMPOP", 2, 1, "k", "LEFT"), 2.0),
+        (("XREAD", "COUNT", 10, "BLOCK", 250, "STREAMS", "s", "$"), 0.25),
+        (("XREADGROUP", "GROUP", "g", "c", "block", 0, "STREAMS", "s", ">"), math.inf),
+        (("XREAD", "STREAMS", "s", "0"), None),
+        (("GET", "k"), None),
+        (("EVALSHA", "abc", 1, "WAIT"), None),
+        (("WAIT", 1, "soon"), None),  # malformed: Redis refuses it at once
+        (("BLPOP",), None),
+        ((), None),
+    ],
+)
+def test_blocking_commands_get_their_own_timeout_on_top_of_the_bound(
+    command: tuple[object, ...], seconds: float | None
+) -> None:
+    assert blocking_s(command) == seconds
