@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
 from enum import StrEnum
@@ -72,6 +72,15 @@ def call_deadline(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+def bounded_call(client: object) -> AbstractContextManager[None]:
+    """One deadline, `client.call_timeout_s`, for a service call of several round trips.
+
+    E.g. a session's HGET then its script, or EVALSHA then the script load after
+    NOSCRIPT: together, not each, within the bound. A no-op for clients without one.
+    """
+    return call_deadline(getattr(client, "call_timeout_s", None))
 
 
 class BoundedRetry(Retry):

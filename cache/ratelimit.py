@@ -384,7 +384,8 @@ class RateLimiter:
         now_arg = "" if now_ms is None else str(check_now_ms(now_ms))
         key = keys.rate_limit_log(scope, window_ms, normalize(identifier, kind, ipv6_prefix=self.ipv6_prefix))
         try:
-            reply = self._evalsha(key, [now_arg, window_ms, limit, units, resolution_ms])
+            with connections.bounded_call(self.redis):  # EVALSHA and, after NOSCRIPT, the reload
+                reply = self._evalsha(key, [now_arg, window_ms, limit, units, resolution_ms])
         except redis.RedisError as exc:
             if not is_outage(exc):
                 raise RateLimitError(

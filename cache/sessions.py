@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, wraps
 from importlib import resources
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis import AuthenticationError, Redis, RedisError
 from redis.commands.core import Script
@@ -60,9 +60,26 @@ __all__ = [
 ]
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 @cache
 def _lua(name: str) -> str:
     return (resources.files("cache") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _one_deadline(
+    method: Callable[Concatenate[SessionService, P], R],
+) -> Callable[Concatenate[SessionService, P], R]:
+    """All round trips of one call share the client's deadline (REDIS_CALL_TIMEOUT)."""
+
+    @wraps(method)
+    def bounded(service: SessionService, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with connections.bounded_call(service.redis):
+            return method(service, *args, **kwargs)
+
+    return bounded
 
 
 @contextmanager
@@ -126,6 +143,7 @@ class SessionService:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    @_one_deadline
     def create(
         self,
         user_id: str | int,
@@ -167,6 +185,7 @@ class SessionService:
                 return session_id
         raise SessionError(f"could not draw an unused session id in {MAX_ID_ATTEMPTS} attempts")
 
+    @_one_deadline
     def get(self, session_id: object, *, touch: bool | None = None) -> Session | None:
         """The live session for `session_id`, or None: malformed, unknown or expired ids alike.
 
@@ -183,6 +202,7 @@ class SessionService:
         raw = self._touch(session_id, "read a session", slide=slide, fetch=True)
         return decode_session(session_id, pairs_to_dict(raw)) if isinstance(raw, list) else None
 
+    @_one_deadline
     def refresh(self, session_id: object) -> bool:
         """Slide the idle timeout (never past the absolute deadline); False when there is no session.
 
@@ -193,6 +213,7 @@ class SessionService:
             return False
         return bool(self._touch(session_id, "refresh a session", slide=True) == 1)
 
+    @_one_deadline
     def update(self, session_id: object, changes: Mapping[str, Any], *, remove: Iterable[str] = ()) -> bool:
         """Set `changes` and delete `remove` items in one atomic step; counts as activity.
 
@@ -246,6 +267,7 @@ class SessionService:
             "with these changes; nothing was written"
         )
 
+    @_one_deadline
     def rotate(self, session_id: object, *, changes: Mapping[str, Any] | None = None) -> str | None:
         """Give a live session a new id, atomically destroying the old one (against fixation).
 
@@ -282,6 +304,7 @@ class SessionService:
                 return new_id if result == 1 else None
         raise SessionError(f"could not draw an unused session id in {MAX_ID_ATTEMPTS} attempts")
 
+    @_one_deadline
     def destroy(self, session_id: object) -> bool:
         """End one session (logout); True when a live session was destroyed.
 
