@@ -266,6 +266,7 @@ class _Env:
         db = parts.path.strip("/") if parts.scheme != "unix" else ""
         if db and not db.isdigit():
             raise ConfigError(f"{name} database must be a number (e.g. /0), got {_redact(value)!r}")
+        _check_redis_options(name, value)
         return value
 
     def preset(self, name: str) -> Preset:
@@ -318,6 +319,16 @@ class _Env:
             master_name=self.get("REDIS_SENTINEL_MASTER", DEFAULT_SENTINEL_MASTER),
             password=self.optional("REDIS_SENTINEL_PASSWORD"),
         )
+
+
+def _check_redis_options(name: str, value: str) -> None:
+    """Query options (`?socket_timeout=...`) as redis-py will read them: a bad one stops start-up."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(value)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ConfigError(f"{name} cannot be used ({exc}): {_redact(value)!r}") from None
 
 
 def _check_mailbox(name: str, value: str) -> None:

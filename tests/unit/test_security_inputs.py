@@ -104,6 +104,8 @@ BAD_SETTINGS = [
     ({"REDIS_URL": "rediss://[zz::1]/0"}, "REDIS_URL"),
     ({"REDIS_URL": "redis://::1/0"}, "REDIS_URL"),
     ({"REDIS_URL": "redis://h:99999/0"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://h:6379/0?socket_timeout=soon"}, "REDIS_URL"),
+    ({"CACHE_REDIS_URL": "redis://h:6379/0?health_check_interval=x"}, "CACHE_REDIS_URL"),
     ({"CACHE_REDIS_URL": "redis://[::1/0"}, "CACHE_REDIS_URL"),
     ({"DATABASE_URL": "postgresql+psycopg://u:p@[::1/db"}, "DATABASE_URL"),
     ({"REPORTS_BASE_URL": "https://[::1/reports"}, "REPORTS_BASE_URL"),
