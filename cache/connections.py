@@ -271,6 +271,9 @@ class Role(StrEnum):
 
 
 _process_role = "app"
+# Process roles off the request path: their shared clients keep riding over a Redis
+# restart with the full retries instead of the web tier's REDIS_CALL_TIMEOUT.
+BACKGROUND_ROLES = ("worker", "maintenance", "scheduler")
 _clients: dict[tuple[Role, bool], redis.Redis] = {}
 _lock = threading.Lock()
 
@@ -439,9 +442,10 @@ class BoundedAsyncRedis(redis.asyncio.Redis):
 def get_client(role: Role = Role.PRIMARY, *, decode_responses: bool = False) -> redis.Redis:
     """The process's shared client for `role`, built on first use.
 
-    The web tier's client: every command, retries included, ends within
-    `REDIS_CALL_TIMEOUT` (default 1 s), so a Redis that never answers costs a request
-    about a second, not minutes.
+    In a web process (any role but `BACKGROUND_ROLES`) every command, retries included,
+    ends within `REDIS_CALL_TIMEOUT` (default 1 s), so a Redis that never answers costs a
+    request about a second, not minutes. Workers and maintenance get no call deadline:
+    `REDIS_SOCKET_TIMEOUT` per read and `REDIS_RETRY_ATTEMPTS`, never multiplied.
     """
     key = (role, decode_responses)
     client = _clients.get(key)
@@ -450,9 +454,9 @@ def get_client(role: Role = Role.PRIMARY, *, decode_responses: bool = False) -> 
             client = _clients.get(key)
             if client is None:
                 settings = get_settings()
-                client = build_client(
-                    role, settings, decode_responses=decode_responses, call_timeout_s=settings.call_timeout_s
-                )
+                background = _process_role.startswith(BACKGROUND_ROLES)
+                bound = None if background else settings.call_timeout_s
+                client = build_client(role, settings, decode_responses=decode_responses, call_timeout_s=bound)
                 _clients[key] = client
     return client
 

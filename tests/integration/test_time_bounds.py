@@ -65,6 +65,7 @@ def stalled(
     settings_env(
         REDIS_URL=server.url, CACHE_REDIS_URL=server.url, MAIL_FROM="KRYONIX <no-reply@kryonix.local>"
     )
+    monkeypatch.setattr(connections, "_process_role", "app")  # a web process, whatever ran before
     connections.reset_clients()
     services = Services(
         cache=CacheService(namespace="bounds", stats=CacheStats(), breaker=CircuitBreaker(enabled=False)),

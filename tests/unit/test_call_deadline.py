@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
 from redis.backoff import ConstantBackoff, NoBackoff
 
+from cache import connections
 from cache.connections import BoundedRetry, blocking_s, call_deadline, remaining_s
 
 pytestmark = pytest.mark.security
@@ -108,3 +110,22 @@ def test_blocking_commands_get_their_own_timeout_on_top_of_the_bound(
     command: tuple[object, ...], seconds: float | None
 ) -> None:
     assert blocking_s(command) == seconds
+
+
+@pytest.mark.parametrize(
+    ("process_role", "bound"),
+    [("app", 1.0), ("dashboard", 1.0), ("metrics", 1.0), ("worker-email", None), ("maintenance", None)],
+)
+def test_the_shared_clients_are_bounded_in_web_processes_only(
+    monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., None],
+    process_role: str,
+    bound: float | None,
+) -> None:
+    settings_env(REDIS_URL="redis://127.0.0.1:1/0")  # never contacted: clients connect lazily
+    monkeypatch.setattr(connections, "_process_role", process_role)
+    connections.reset_clients()
+    try:
+        assert getattr(connections.primary(), "call_timeout_s", None) == bound
+    finally:
+        connections.reset_clients()
