@@ -4,6 +4,11 @@ Two roles: PRIMARY (queues, sessions, rate limits, events; must not evict) and C
 (evicting, losing it costs misses). Clients are built lazily, once per process, and
 rebuilt in a forked child, so nothing connects at import time and no socket is
 shared across a fork.
+
+Every call is bounded in time (README, "Time bounds"): retries never nest, and the web
+tier's clients carry a per-call deadline (`REDIS_CALL_TIMEOUT`) that caps each connect,
+read and retry, so a Redis that accepts connections but never answers costs a request
+about a second.
 """
 
 from __future__ import annotations
@@ -45,9 +50,8 @@ RETRY_BACKOFF_CAP_S = 1.0  # never wait more than 1 s between two attempts
 # minutes. With these, only the outermost loop retries, and only within the deadline.
 _deadline: ContextVar[float | None] = ContextVar("kryonix_redis_deadline", default=None)
 _retrying: ContextVar[bool] = ContextVar("kryonix_redis_retrying", default=False)
-_blocking: ContextVar[bool] = ContextVar(
-    "kryonix_redis_blocking", default=False
-)  # reads may use all time left
+# Set while a blocking command (WAIT, BLPOP ...) runs: its reads may use all the time left.
+_blocking: ContextVar[bool] = ContextVar("kryonix_redis_blocking", default=False)
 
 MIN_ATTEMPT_S = 0.01  # a retry with less time left than this cannot succeed: fail now
 
