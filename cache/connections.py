@@ -18,9 +18,9 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar, Token
 from dataclasses import replace
 from enum import StrEnum
 from typing import Any, TypeVar, cast
@@ -62,20 +62,30 @@ def remaining_s() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-@contextmanager
-def call_deadline(seconds: float | None) -> Iterator[None]:
+class call_deadline:
     """Bound every Redis read, connect and retry inside to `seconds` in total.
 
     A deadline already running (an outer call) is kept: nested calls never extend it.
+    A class, not a generator: it wraps every command, and costs a fraction of one.
     """
-    if seconds is None or _deadline.get() is not None:
-        yield
-        return
-    token = _deadline.set(time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
+
+    __slots__ = ("seconds", "token")
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.token: Token[float | None] | None = None
+
+    def __enter__(self) -> None:
+        if self.seconds is not None and _deadline.get() is None:
+            self.token = _deadline.set(time.monotonic() + self.seconds)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.token is not None:
+            _deadline.reset(self.token)
+            self.token = None
+
+
+_NO_DEADLINE = nullcontext()
 
 
 def bounded_call(client: object) -> AbstractContextManager[None]:
@@ -84,7 +94,8 @@ def bounded_call(client: object) -> AbstractContextManager[None]:
     E.g. a session's HGET then its script, or EVALSHA then the script load after
     NOSCRIPT: together, not each, within the bound. A no-op for clients without one.
     """
-    return call_deadline(getattr(client, "call_timeout_s", None))
+    seconds = getattr(client, "call_timeout_s", None)
+    return _NO_DEADLINE if seconds is None else call_deadline(seconds)
 
 
 class BoundedRetry(Retry):
@@ -124,6 +135,8 @@ class BoundedRetry(Retry):
             return self._once(do, fail, retryable, with_failure_count)
         token = _retrying.set(True)
         try:
+            if self.call_timeout_s is None:
+                return self._loop(do, fail, retryable, with_failure_count)
             with call_deadline(self.call_timeout_s):
                 return self._loop(do, fail, retryable, with_failure_count)
         finally:
@@ -179,7 +192,9 @@ class _BoundedConnection(redis.connection.AbstractConnection):
             if left <= 0:
                 self.disconnect()  # type: ignore[no-untyped-call]  # a late reply must not meet the next command
                 raise redis.TimeoutError("Timeout: the call's deadline (REDIS_CALL_TIMEOUT) has passed")
-            if self.socket_timeout is None or left < self.socket_timeout or _blocking.get():
+            # Tighten only when it matters: settimeout costs a system call per read, and a
+            # read that starts with 90 % of the budget left may use its own socket timeout.
+            if self.socket_timeout is None or left < 0.9 * self.socket_timeout or _blocking.get():
                 timeout = left
         return cast(Any, super()).read_response(*args, timeout=timeout, **kwargs)
 
@@ -253,8 +268,11 @@ class BoundedRedis(redis.Redis):
     call_timeout_s: float | None = None
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        bound, extra = self.call_timeout_s, blocking_s(args)
-        if bound is None or extra is None:
+        bound = self.call_timeout_s
+        if bound is None:
+            return cast(Any, super()).execute_command(*args, **options)
+        extra = blocking_s(args)
+        if extra is None:
             with call_deadline(bound):
                 return cast(Any, super()).execute_command(*args, **options)
         token = _blocking.set(True)

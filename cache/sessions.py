@@ -109,8 +109,8 @@ class SessionService:
         idle_ttl_s: default idle timeout of new sessions.
         absolute_ttl_s: default absolute timeout of new sessions, counted from creation.
         slide_on_get: whether `get` slides the idle timeout by default.
-        max_data_bytes: most encoded bytes of data one create, update or rotate may
-            write; by default `SESSION_MAX_BYTES` (64 KiB).
+        max_data_bytes: most encoded bytes of data (item names plus JSON values) a
+            session may hold; by default `SESSION_MAX_BYTES` (64 KiB).
         clock: seconds since the epoch; injectable so tests need not sleep.
     """
 
