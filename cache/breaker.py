@@ -227,13 +227,16 @@ def _defaults() -> tuple[Settings, redis.Redis, CircuitBreaker]:
     settings = get_settings()
     with _default_lock:
         if _default is None or _default[0] is not settings:
-            client = connections.build_client(Role.CACHE, fail_fast_settings(settings))
+            client = connections.build_client(
+                Role.CACHE, fail_fast_settings(settings), call_timeout_s=settings.call_timeout_s
+            )
             _default = (settings, client, CircuitBreaker())
         return _default
 
 
 def default_cache_client() -> redis.Redis:
-    """The process's fail-fast CACHE-role client (250 ms timeouts, one retry), built on first use.
+    """The process's fail-fast CACHE-role client (250 ms timeouts, one retry, every call
+    bounded by `REDIS_CALL_TIMEOUT`), built on first use.
 
     Rebuilt when the settings are re-read (`reset_settings`); redis-py replaces its
     pooled sockets in a forked child by itself.

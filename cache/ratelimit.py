@@ -252,6 +252,8 @@ class RateLimiter:
         identifier_kind: how `check` normalises identifiers (IP, opaque, secret).
         by_ip, by_user, api: the presets behind `limit_by_ip`, `limit_by_user`, `limit_api`;
             by default the settings' (`RATELIMIT_BY_IP`, `RATELIMIT_BY_USER`, `RATELIMIT_API`).
+        ipv6_prefix: native IPv6 clients of one block of this many bits share a limit;
+            by default `RATELIMIT_IPV6_PREFIX` (56).
         monotonic: clock for throttling outage warnings and for the counters' flush
             interval; injected by tests.
 
@@ -269,17 +271,21 @@ class RateLimiter:
         by_ip: Preset | None = None,
         by_user: Preset | None = None,
         api: Preset | None = None,
+        ipv6_prefix: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.scope = check_scope(scope)
         self.failure_policy = check_failure_policy(failure_policy)
         self.identifier_kind = check_identifier_kind(identifier_kind)
-        if by_ip is None or by_user is None or api is None:
-            settings = get_settings()  # RATELIMIT_BY_IP, RATELIMIT_BY_USER, RATELIMIT_API
+        if by_ip is None or by_user is None or api is None or ipv6_prefix is None:
+            settings = get_settings()  # RATELIMIT_BY_IP, _BY_USER, _API, _IPV6_PREFIX
             by_ip = by_ip or settings.ratelimit_by_ip
             by_user = by_user or settings.ratelimit_by_user
             api = api or settings.ratelimit_api
+            ipv6_prefix = settings.ratelimit_ipv6_prefix if ipv6_prefix is None else ipv6_prefix
         self.by_ip, self.by_user, self.api = by_ip, by_user, api
+        normalize("::1", IdentifierKind.IP, ipv6_prefix=ipv6_prefix)  # a bad prefix fails here, not per check
+        self.ipv6_prefix = ipv6_prefix
         self.redis = redis if redis is not None else connections.primary()
         self._script = self.redis.register_script(_lua("ratelimit_check"))
         self._specs: dict[tuple[object, ...], Spec] = {}
@@ -329,7 +335,7 @@ class RateLimiter:
         return self._check(preset.spec, identifier, cost, now_ms)
 
     def limit_by_ip(self, ip: str, *, cost: int = 1, now_ms: int | None = None) -> Decision:
-        """The per-address limit (default 100/min, IPv6 by /64, fails open)."""
+        """The per-address limit (default 100/min, IPv6 by /56, embedded IPv4 by itself, fails open)."""
         return self.check_preset(self.by_ip, ip, cost=cost, now_ms=now_ms)
 
     def limit_by_user(self, user_id: str | int, *, cost: int = 1, now_ms: int | None = None) -> Decision:
@@ -376,9 +382,10 @@ class RateLimiter:
         scope, policy, kind, limit, window_ms, resolution_ms = spec
         units = check_cost(cost, limit)
         now_arg = "" if now_ms is None else str(check_now_ms(now_ms))
-        key = keys.rate_limit_log(scope, window_ms, normalize(identifier, kind))
+        key = keys.rate_limit_log(scope, window_ms, normalize(identifier, kind, ipv6_prefix=self.ipv6_prefix))
         try:
-            reply = self._evalsha(key, [now_arg, window_ms, limit, units, resolution_ms])
+            with connections.bounded_call(self.redis):  # EVALSHA and, after NOSCRIPT, the reload
+                reply = self._evalsha(key, [now_arg, window_ms, limit, units, resolution_ms])
         except redis.RedisError as exc:
             if not is_outage(exc):
                 raise RateLimitError(

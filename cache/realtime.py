@@ -181,7 +181,7 @@ class RealtimeService(RealtimeCore):
             RealtimeError: Redis refused the write (e.g. out of memory under noeviction).
         """
         script_keys, args = self._publish_call(channel, event, data)
-        with redis_errors(f"publishing {event!r} to {channel}"):
+        with connections.bounded_call(self.client), redis_errors(f"publishing {event!r} to {channel}"):
             return _text(self._publish_script(keys=script_keys, args=args))
 
     def events_since(

@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, wraps
 from importlib import resources
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis import AuthenticationError, Redis, RedisError
 from redis.commands.core import Script
@@ -46,6 +46,7 @@ from cache.sessions_core import (
     pairs_to_dict,
     plan_deadlines,
 )
+from cache.settings import get_settings
 
 __all__ = [
     "DEFAULT_ABSOLUTE_TTL_S",
@@ -59,9 +60,26 @@ __all__ = [
 ]
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 @cache
 def _lua(name: str) -> str:
     return (resources.files("cache") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _one_deadline(
+    method: Callable[Concatenate[SessionService, P], R],
+) -> Callable[Concatenate[SessionService, P], R]:
+    """All round trips of one call share the client's deadline (REDIS_CALL_TIMEOUT)."""
+
+    @wraps(method)
+    def bounded(service: SessionService, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with connections.bounded_call(service.redis):
+            return method(service, *args, **kwargs)
+
+    return bounded
 
 
 @contextmanager
@@ -91,6 +109,8 @@ class SessionService:
         idle_ttl_s: default idle timeout of new sessions.
         absolute_ttl_s: default absolute timeout of new sessions, counted from creation.
         slide_on_get: whether `get` slides the idle timeout by default.
+        max_data_bytes: most encoded bytes of data (item names plus JSON values) a
+            session may hold; by default `SESSION_MAX_BYTES` (64 KiB).
         clock: seconds since the epoch; injectable so tests need not sleep.
     """
 
@@ -101,9 +121,15 @@ class SessionService:
         idle_ttl_s: float = DEFAULT_IDLE_TTL_S,
         absolute_ttl_s: float = DEFAULT_ABSOLUTE_TTL_S,
         slide_on_get: bool = True,
+        max_data_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         plan_deadlines(0, idle_ttl_s, absolute_ttl_s)  # reject bad defaults now, not at first login
+        if max_data_bytes is None:
+            max_data_bytes = get_settings().session_max_bytes
+        if isinstance(max_data_bytes, bool) or not isinstance(max_data_bytes, int) or max_data_bytes < 1:
+            raise InvalidSessionArgument(f"max_data_bytes must be a positive int, got {max_data_bytes!r}")
+        self.max_data_bytes = max_data_bytes
         self.redis = redis if redis is not None else connections.primary()
         self.idle_ttl_s = idle_ttl_s
         self.absolute_ttl_s = absolute_ttl_s
@@ -117,6 +143,7 @@ class SessionService:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    @_one_deadline
     def create(
         self,
         user_id: str | int,
@@ -138,7 +165,7 @@ class SessionService:
             SessionStoreUnavailable: Redis is unreachable; the caller gets no id.
         """
         uid = check_user_id(user_id)
-        pairs = encode_data(data or {})
+        pairs = encode_data(data or {}, max_bytes=self.max_data_bytes)
         now = self._now_ms()
         plan = plan_deadlines(
             now,
@@ -158,6 +185,7 @@ class SessionService:
                 return session_id
         raise SessionError(f"could not draw an unused session id in {MAX_ID_ATTEMPTS} attempts")
 
+    @_one_deadline
     def get(self, session_id: object, *, touch: bool | None = None) -> Session | None:
         """The live session for `session_id`, or None: malformed, unknown or expired ids alike.
 
@@ -174,6 +202,7 @@ class SessionService:
         raw = self._touch(session_id, "read a session", slide=slide, fetch=True)
         return decode_session(session_id, pairs_to_dict(raw)) if isinstance(raw, list) else None
 
+    @_one_deadline
     def refresh(self, session_id: object) -> bool:
         """Slide the idle timeout (never past the absolute deadline); False when there is no session.
 
@@ -184,6 +213,7 @@ class SessionService:
             return False
         return bool(self._touch(session_id, "refresh a session", slide=True) == 1)
 
+    @_one_deadline
     def update(self, session_id: object, changes: Mapping[str, Any], *, remove: Iterable[str] = ()) -> bool:
         """Set `changes` and delete `remove` items in one atomic step; counts as activity.
 
@@ -193,10 +223,11 @@ class SessionService:
             False when there is no live session (nothing was written).
 
         Raises:
-            InvalidSessionArgument: bad data, or an item both set and removed.
+            InvalidSessionArgument: bad data, an item both set and removed, or data that
+                would be over `max_data_bytes` with these changes; nothing was written.
             SessionStoreUnavailable: Redis is unreachable.
         """
-        pairs = encode_data(changes)
+        pairs = encode_data(changes, max_bytes=self.max_data_bytes)
         if isinstance(remove, str | bytes):
             raise InvalidSessionArgument(f"remove must be a collection of item names, got {remove!r}")
         removed = [check_field_name(name) for name in remove]
@@ -222,10 +253,21 @@ class SessionService:
         removed: list[str] | None = None,
     ) -> Any:
         pairs = pairs or []
-        args = [self._now_ms(), int(slide), int(fetch), len(pairs) // 2, *pairs, *(removed or [])]
+        head: list[str | bytes | int] = [self._now_ms(), int(slide), int(fetch), len(pairs) // 2]
+        args = [*head, self.max_data_bytes, *pairs, *(removed or [])]
         with _failing_closed(action):
-            return self._scripts["touch"](keys=[keys.session(session_id)], args=args)
+            result = self._scripts["touch"](keys=[keys.session(session_id)], args=args)
+        if result == -2:
+            raise self._too_large()
+        return result
 
+    def _too_large(self) -> InvalidSessionArgument:
+        return InvalidSessionArgument(
+            f"session data would be over {self.max_data_bytes} bytes encoded (SESSION_MAX_BYTES) "
+            "with these changes; nothing was written"
+        )
+
+    @_one_deadline
     def rotate(self, session_id: object, *, changes: Mapping[str, Any] | None = None) -> str | None:
         """Give a live session a new id, atomically destroying the old one (against fixation).
 
@@ -237,10 +279,11 @@ class SessionService:
             The new id, or None when there is no live session under `session_id`.
 
         Raises:
-            InvalidSessionArgument: bad `changes`.
+            InvalidSessionArgument: bad `changes`, or data that would be over
+                `max_data_bytes` with them; nothing was written and the old id still works.
             SessionStoreUnavailable: Redis is unreachable; the old id may still be valid.
         """
-        pairs = encode_data(changes or {})
+        pairs = encode_data(changes or {}, max_bytes=self.max_data_bytes)
         if not is_well_formed_id(session_id):
             return None
         with _failing_closed("rotate a session"):
@@ -253,12 +296,15 @@ class SessionService:
             with _failing_closed("rotate a session"):
                 result = self._scripts["rotate"](
                     keys=[keys.session(session_id), keys.session(new_id), keys.user_sessions(user_id)],
-                    args=[session_id, new_id, user_id, self._now_ms(), *pairs],
+                    args=[session_id, new_id, user_id, self._now_ms(), self.max_data_bytes, *pairs],
                 )
+            if result == -2:
+                raise self._too_large()
             if result != -1:
                 return new_id if result == 1 else None
         raise SessionError(f"could not draw an unused session id in {MAX_ID_ATTEMPTS} attempts")
 
+    @_one_deadline
     def destroy(self, session_id: object) -> bool:
         """End one session (logout); True when a live session was destroyed.
 

@@ -27,6 +27,7 @@ MAX_TTL_S = 366 * 86_400  # a longer session is a bug, and keeps deadlines far f
 MAX_USER_ID_LENGTH = 256  # user ids become part of a key name
 MAX_FIELD_NAME_LENGTH = 256
 MAX_FIELDS = 1_000  # bounds the Lua argument lists
+DEFAULT_MAX_DATA_BYTES = 64 * 1024  # SESSION_MAX_BYTES: the PRIMARY never evicts, so nothing big lives here
 BATCH_SIZE = 500  # sessions per script call in list/destroy-all: keeps each call short
 MAX_ID_ATTEMPTS = 3  # a 256-bit collision is impossible in practice; bounded all the same
 MAX_DESTROY_ROUNDS = 100_000  # 50 M sessions of one user; only reached if creation never stops
@@ -162,25 +163,53 @@ def check_field_name(name: object) -> str:
     return DATA_PREFIX + name
 
 
-def encode_data(data: Mapping[str, Any]) -> list[str | bytes]:
+def encode_data(data: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_DATA_BYTES) -> list[str | bytes]:
     """Session data as flat hash field, JSON value pairs.
 
+    Args:
+        data: item name -> JSON-serialisable value.
+        max_bytes: most bytes of names and encoded values one write may carry
+            (`SESSION_MAX_BYTES`): sessions live on the noeviction PRIMARY.
+
     Raises:
-        InvalidSessionArgument: not a mapping, too many items, a bad key, or a value JSON cannot hold.
+        InvalidSessionArgument: not a mapping, too many items, a bad key, a value JSON
+            cannot hold (NaN and infinities included: JSON has no such numbers), or more
+            than `max_bytes` encoded. Nothing is written.
     """
     if not isinstance(data, Mapping):
         raise InvalidSessionArgument(f"session data must be a mapping, got {type(data).__name__}")
     if len(data) > MAX_FIELDS:
         raise InvalidSessionArgument(f"session data has {len(data)} items; at most {MAX_FIELDS} allowed")
     pairs: list[str | bytes] = []
+    size = 0
     for name, value in data.items():
         hash_field = check_field_name(name)
         try:
             encoded = orjson.dumps(value)
         except TypeError as exc:
             raise InvalidSessionArgument(f"session data {name!r} is not JSON-serialisable: {exc}") from None
+        if b"null" in encoded and _has_non_finite(value):  # orjson writes NaN and Infinity as null
+            raise InvalidSessionArgument(
+                f"session data {name!r} holds NaN or an infinity, which JSON cannot represent"
+            )
+        size += len(hash_field.encode("utf-8", "surrogatepass")) + len(encoded)
+        if size > max_bytes:
+            raise InvalidSessionArgument(
+                f"session data is over {max_bytes} bytes encoded (SESSION_MAX_BYTES); nothing was written"
+            )
         pairs += [hash_field, encoded]
     return pairs
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether a float NaN or infinity hides in `value` (orjson bounds the depth to 255)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(item) for item in value)
+    return False
 
 
 def as_text(value: Any) -> str:

@@ -8,10 +8,11 @@ start-up instead of at the first job.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -29,6 +30,9 @@ DEFAULT_SOCKET_TIMEOUT_S = 5.0  # long enough for a loaded server, short enough 
 DEFAULT_CONNECT_TIMEOUT_S = 2.0  # a connect that takes longer than this is a dead host
 DEFAULT_HEALTH_CHECK_INTERVAL_S = 30  # PING idle connections before reuse, so a restart is noticed
 DEFAULT_RETRY_ATTEMPTS = 6  # ~3 s of exponential backoff: rides over a Redis restart
+DEFAULT_CALL_TIMEOUT_S = 1.0  # a web request waits on Redis about a second, then fails or fails open
+DEFAULT_IPV6_PREFIX = 56  # RIPE-690's residential assignment: one home is one /56 (see README)
+DEFAULT_SESSION_MAX_BYTES = 64 * 1024  # encoded data of one session: a cart, not a file store
 DEFAULT_DATABASE_URL = "sqlite:///var/kryonix.db"  # embedded default, no server needed
 DEFAULT_SMTP_HOST = "127.0.0.1"
 DEFAULT_SMTP_PORT = 1025  # the local SMTP catcher of `make run`
@@ -41,6 +45,18 @@ DEFAULT_DASHBOARD_BIND = "127.0.0.1"  # never exposed beyond loopback unless ask
 DEFAULT_DASHBOARD_PORT = 9181  # rq-dashboard's own default
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+MAX_ADDRESS_LENGTH = 320  # RFC 5321: 64 octets of local part, @, 255 of domain
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# An ASCII addr-spec; single-label and special-use domains (kryonix.local) are allowed:
+# this is operator configuration, and development runs on such domains.
+_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
+# `address`, or `Name <address>` with a name that needs no parser's goodwill: plain words,
+# or one quoted string. A comma, `;`, `@` or `<` outside quotes would make it a list or a route.
+_MAILBOX = re.compile(
+    r'(?:(?:[^<>"@,;:\\\s][^<>"@,;:\\]*|"[^"\\]*")?\s*<(?P<angle>[^<>\s]+)>|(?P<bare>[^<>\s]+))'
+)
+SECRET_FIELDS = frozenset({"redis_password", "smtp_password", "dashboard_password"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +65,7 @@ class Sentinel:
 
     addresses: tuple[tuple[str, int], ...]
     master_name: str = DEFAULT_SENTINEL_MASTER
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +80,7 @@ class Settings:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     health_check_interval_s: int = DEFAULT_HEALTH_CHECK_INTERVAL_S
     retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
+    call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
     database_url: str = DEFAULT_DATABASE_URL
     smtp_host: str = DEFAULT_SMTP_HOST
     smtp_port: int = DEFAULT_SMTP_PORT
@@ -80,6 +97,8 @@ class Settings:
     ratelimit_by_ip: Preset = BY_IP
     ratelimit_by_user: Preset = BY_USER
     ratelimit_api: Preset = API
+    ratelimit_ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    session_max_bytes: int = DEFAULT_SESSION_MAX_BYTES
     events_stream_maxlen: int = DEFAULT_EVENTS_STREAM_MAXLEN
     events_stream_ttl_s: int = DEFAULT_EVENTS_STREAM_TTL_S
     log_format: str = "text"
@@ -90,6 +109,20 @@ class Settings:
     dashboard_allowed_hosts: tuple[str, ...] = ()  # besides the bind address and loopback names
     worker_max_rss_mb: int | None = None
     allow_job_webhooks: bool = False
+
+    def __repr__(self) -> str:
+        """Every field, with passwords and credentials inside URLs replaced by `***`."""
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in SECRET_FIELDS:
+                text = "None" if value is None else "'***'"
+            elif isinstance(value, str):
+                text = repr(redact_url(value))
+            else:
+                text = repr(value)
+            shown.append(f"{item.name}={text}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -118,6 +151,7 @@ class Settings:
                 "REDIS_HEALTH_CHECK_INTERVAL", DEFAULT_HEALTH_CHECK_INTERVAL_S, int
             ),
             retry_attempts=env.number("REDIS_RETRY_ATTEMPTS", DEFAULT_RETRY_ATTEMPTS, int),
+            call_timeout_s=env.number("REDIS_CALL_TIMEOUT", DEFAULT_CALL_TIMEOUT_S, float),
             database_url=env.database_url(),
             smtp_host=env.get("SMTP_HOST", DEFAULT_SMTP_HOST),
             smtp_port=env.port("SMTP_PORT", DEFAULT_SMTP_PORT),
@@ -126,14 +160,18 @@ class Settings:
             smtp_tls=smtp_tls,
             smtp_starttls=smtp_starttls,
             smtp_timeout_s=env.number("SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, float),
-            mail_from=env.get("MAIL_FROM", DEFAULT_MAIL_FROM),
-            ops_emails=tuple(a.strip() for a in env.get("OPS_EMAIL", "").split(",") if a.strip()),
+            mail_from=env.mailbox("MAIL_FROM", DEFAULT_MAIL_FROM),
+            ops_emails=env.addresses("OPS_EMAIL"),
             reports_dir=Path(env.get("REPORTS_DIR", DEFAULT_REPORTS_DIR)),
             reports_base_url=env.http_url("REPORTS_BASE_URL"),
             reports_notify_domains=env.domains("REPORTS_NOTIFY_DOMAINS"),
             ratelimit_by_ip=env.preset("RATELIMIT_BY_IP"),
             ratelimit_by_user=env.preset("RATELIMIT_BY_USER"),
             ratelimit_api=env.preset("RATELIMIT_API"),
+            ratelimit_ipv6_prefix=env.bounded("RATELIMIT_IPV6_PREFIX", DEFAULT_IPV6_PREFIX, 16, 128),
+            session_max_bytes=env.bounded(
+                "SESSION_MAX_BYTES", DEFAULT_SESSION_MAX_BYTES, 1024, 64 * 1024 * 1024
+            ),
             events_stream_maxlen=env.number("EVENTS_STREAM_MAXLEN", DEFAULT_EVENTS_STREAM_MAXLEN, int),
             events_stream_ttl_s=env.number("EVENTS_STREAM_TTL", DEFAULT_EVENTS_STREAM_TTL_S, int),
             log_format=log_format,
@@ -172,6 +210,8 @@ class _Env:
         except ValueError:
             expected = "an integer" if kind is int else "a number"
             raise ConfigError(f"{name} must be {expected} (e.g. {default}), got {raw!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number (e.g. {default}), got {raw!r}")
         if value <= 0:  # type: ignore[operator]
             raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
         return value
@@ -181,6 +221,28 @@ class _Env:
         if not self._environ.get(name, "").strip():
             return None
         return self.number(name, example, int)
+
+    def bounded(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.number(name, default, int)
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    def mailbox(self, name: str, default: str) -> str:
+        """One `address` or `Name <address>`, checked now so a bad sender stops start-up."""
+        value = self.get(name, default)
+        _check_mailbox(name, value)
+        return value
+
+    def addresses(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list of mailboxes; an empty item is an error, not skipped."""
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return ()
+        items = tuple(item.strip() for item in raw.split(","))
+        for index, item in enumerate(items):
+            _check_mailbox(f"{name} (item {index + 1})", item)
+        return items
 
     def port(self, name: str, default: int) -> int:
         value = self.number(name, default, int)
@@ -200,7 +262,10 @@ class _Env:
 
     def url(self, name: str, default: str) -> str:
         value = self.get(name, default)
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket: redis://[::1/0
+            raise ConfigError(f"{name} is not a valid URL ({exc}): {_redact(value)!r}") from None
         if parts.scheme not in REDIS_SCHEMES:
             raise ConfigError(
                 f"{name} must be a redis://, rediss:// or unix:// URL "
@@ -218,6 +283,7 @@ class _Env:
         db = parts.path.strip("/") if parts.scheme != "unix" else ""
         if db and not db.isdigit():
             raise ConfigError(f"{name} database must be a number (e.g. /0), got {_redact(value)!r}")
+        _check_redis_options(name, value)
         return value
 
     def preset(self, name: str) -> Preset:
@@ -230,7 +296,10 @@ class _Env:
         value = self._environ.get(name, "").strip()
         if not value:
             return None
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name} is not a valid URL ({exc}): {_redact(value)!r}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ConfigError(
                 f"{name} must be an http:// or https:// URL with a host and no query "
@@ -240,7 +309,10 @@ class _Env:
 
     def database_url(self) -> str:
         value = self.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-        scheme = urlsplit(value).scheme
+        try:
+            scheme = urlsplit(value).scheme
+        except ValueError as exc:
+            raise ConfigError(f"DATABASE_URL is not a valid URL ({exc}): {_redact(value)!r}") from None
         if not scheme or not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
             raise ConfigError(
                 f"DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL, got {_redact(value)!r}"
@@ -306,13 +378,50 @@ def _host_list(name: str, raw: str) -> tuple[str, ...]:
     return tuple(hosts)
 
 
+def _check_redis_options(name: str, value: str) -> None:
+    """Query options (`?socket_timeout=...`) as redis-py will read them: a bad one stops start-up."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(value)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ConfigError(f"{name} cannot be used ({exc}): {_redact(value)!r}") from None
+
+
+def _check_mailbox(name: str, value: str) -> None:
+    match = _MAILBOX.fullmatch(value)
+    address = match and (match["angle"] or match["bare"])
+    if len(value) > 2 * MAX_ADDRESS_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(
+            f"{name} must be one line of at most {2 * MAX_ADDRESS_LENGTH} characters, got {value!r}"
+        )
+    if not address or len(address) > MAX_ADDRESS_LENGTH or not _ADDRESS.fullmatch(address):
+        raise ConfigError(
+            f"{name} must be one 'address' or 'Name <address>' with an ASCII address "
+            f"(e.g. {DEFAULT_MAIL_FROM}), got {value!r}"
+        )
+
+
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pass|token|secret)=)[^&#]*")
+
+
 def _redact(url: str) -> str:
-    """Hide a password embedded in a URL, so error messages never leak it."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    """`url` with its userinfo and any password query parameter replaced by `***`.
+
+    Parsed by hand, not by urlsplit, so a URL too malformed to parse (an unclosed IPv6
+    bracket) is redacted too. `redis://secret@host` carries a bare password, so a
+    userinfo without `:` is hidden whole; with `:` the user name stays readable.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _QUERY_SECRET.sub(r"\1***", url)
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    return f"{scheme}://{netloc}" + _QUERY_SECRET.sub(r"\1***", tail)
 
 
 redact_url = _redact

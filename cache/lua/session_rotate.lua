@@ -6,9 +6,11 @@
 -- ARGV[2]  new id
 -- ARGV[3]  user id the caller read from the old hash
 -- ARGV[4]  now, ms on the service clock
--- ARGV[5..] field, value pairs to set on the new session (data changes)
+-- ARGV[5]  most bytes of data fields (names plus values) the session may hold after the changes
+-- ARGV[6..] field, value pairs to set on the new session (data changes)
 -- Returns 1 when rotated, 0 when the old session is missing, expired or another user's,
--- -1 when the new id is taken (the caller draws another).
+-- -1 when the new id is taken (the caller draws another), -2 when the changes would take
+-- the data over ARGV[5] bytes (nothing is written).
 -- The absolute deadline and created-at move with the session: rotating is not a way
 -- to live forever. Last seen becomes now and the idle timeout slides.
 local h = redis.call('HMGET', KEYS[1], 'uid', 'seen', 'idle', 'abs')
@@ -25,11 +27,26 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return -1
 end
+if #ARGV >= 7 then
+  local size, changed = 0, {}
+  for i = 6, #ARGV, 2 do
+    changed[ARGV[i]] = true
+    size = size + #ARGV[i] + #ARGV[i + 1]
+  end
+  for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(name, 1, 2) == 'd:' and not changed[name] then
+      size = size + #name + redis.call('HSTRLEN', KEYS[1], name)
+    end
+  end
+  if size > tonumber(ARGV[5]) then
+    return -2
+  end
+end
 redis.call('RENAME', KEYS[1], KEYS[2])
 seen = math.max(seen, now)
 redis.call('HSET', KEYS[2], 'seen', seen)
-if #ARGV >= 6 then
-  redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+if #ARGV >= 7 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 6))
 end
 redis.call('PEXPIRE', KEYS[2], math.min(seen + idle, abs) - now)
 -- Add before removing: removing the last member first would delete the index and its TTL.

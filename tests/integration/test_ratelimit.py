@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -258,7 +259,7 @@ def test_hostile_identifiers_get_bounded_distinct_keys(limiter: RateLimiter, pri
         assert all(32 < byte < 127 for byte in name)
 
 
-def test_ipv6_variants_share_one_limit_per_64(primary: redis.Redis) -> None:
+def test_ipv6_variants_share_one_limit_per_56(primary: redis.Redis) -> None:
     limiter = RateLimiter(
         primary, by_ip=Preset(scope="ip", limit=4, window_s=60, identifier_kind=BY_IP.identifier_kind)
     )
@@ -272,17 +273,38 @@ def test_ipv6_variants_share_one_limit_per_64(primary: redis.Redis) -> None:
     assert [limiter.limit_by_ip(ip, now_ms=T0).allowed for ip in same_64[:3]] == [True] * 3
     assert limiter.limit_by_ip(same_64[4], now_ms=T0).allowed
     assert not limiter.limit_by_ip(same_64[0], now_ms=T0).allowed
-    assert limiter.limit_by_ip("2001:db8:1:3::1", now_ms=T0).allowed  # the next /64 is someone else
+    assert not limiter.limit_by_ip("2001:db8:1:3::1", now_ms=T0).allowed  # another /64 of the same /56
+    assert limiter.limit_by_ip("2001:db8:1:100::1", now_ms=T0).allowed  # the next /56 is someone else
     assert limiter.limit_by_ip(same_64[3], now_ms=T0).allowed  # link-local, zone dropped
     for mapped in ("::ffff:192.0.2.1", "192.0.2.1", "::FFFF:c000:201"):
         assert limiter.limit_by_ip(mapped, now_ms=T0 + 1).allowed
     names = {k.decode() for k in limiter_keys(primary)}
     assert names == {
-        "kx:rl:{ip:60000:2001:db8:1:2::/64}",
-        "kx:rl:{ip:60000:2001:db8:1:3::/64}",
-        "kx:rl:{ip:60000:fe80::/64}",
+        "kx:rl:{ip:60000:2001:db8:1::/56}",
+        "kx:rl:{ip:60000:2001:db8:1:100::/56}",
+        "kx:rl:{ip:60000:fe80::/56}",
         "kx:rl:{ip:60000:192.0.2.1}",
     }
+
+
+@pytest.mark.security
+def test_transition_addresses_and_the_prefix_setting_key_the_limit(
+    primary: redis.Redis, settings_env: Callable[..., None]
+) -> None:
+    """NAT64 clients apart, a 6to4 owner once, native IPv6 by RATELIMIT_IPV6_PREFIX."""
+    settings_env(RATELIMIT_IPV6_PREFIX="48")
+    preset = Preset(scope="ip", limit=2, window_s=60, identifier_kind=BY_IP.identifier_kind)
+    limiter = RateLimiter(primary, by_ip=preset)
+    for i in range(1, 6):  # five clients behind one NAT64 gateway: each has its own limit
+        assert limiter.limit_by_ip(f"64:ff9b::198.51.100.{i}", now_ms=T0).allowed
+    sixtofour = ["2002:cb00:7107::1", "2002:cb00:7107:ffff::1", "203.0.113.7"]  # one IPv4 owner
+    assert [limiter.limit_by_ip(ip, now_ms=T0).allowed for ip in sixtofour] == [True, True, False]
+    native = ["2001:db8:1:0::1", "2001:db8:1:ff00::1", "2001:db8:1:ffff::1"]  # one /48
+    assert [limiter.limit_by_ip(ip, now_ms=T0).allowed for ip in native] == [True, True, False]
+    names = {k.decode() for k in limiter_keys(primary)}
+    assert "kx:rl:{ip:60000:2001:db8:1::/48}" in names
+    assert "kx:rl:{ip:60000:203.0.113.7}" in names
+    assert len(names) == 7
 
 
 @pytest.mark.parametrize("bad", ["", "not-an-ip", "1.2.3.4:80", "1.2.3.4\n5.6.7.8", "::1" * 100, "999.1.1.1"])

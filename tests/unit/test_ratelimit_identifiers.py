@@ -28,15 +28,15 @@ pytestmark = pytest.mark.ratelimit
         (" 203.0.113.7\n", "203.0.113.7"),
         ("::ffff:203.0.113.7", "203.0.113.7"),
         ("::FFFF:CB00:7107", "203.0.113.7"),
-        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
-        ("2001:0DB8:0001:0002:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
-        ("[2001:db8:1:2::5]", "2001:db8:1:2::/64"),
-        ("2001:db8:1:2::5%eth0", "2001:db8:1:2::/64"),
-        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
-        ("::1", "::/64"),
-        ("fe80::1%25", "fe80::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1::/56"),
+        ("2001:0DB8:0001:00ff:ffff:ffff:ffff:ffff", "2001:db8:1::/56"),
+        ("[2001:db8:1:2::5]", "2001:db8:1::/56"),
+        ("2001:db8:1:2::5%eth0", "2001:db8:1::/56"),
+        ("2001:db8:1:103::1", "2001:db8:1:100::/56"),
+        ("::1", "::/56"),
+        ("fe80::1%25", "fe80::/56"),
         (ipaddress.ip_address("198.51.100.1"), "198.51.100.1"),
-        (ipaddress.ip_address("2001:db8::1"), "2001:db8::/64"),
+        (ipaddress.ip_address("2001:db8::1"), "2001:db8::/56"),
     ],
 )
 def test_ip_normalisation(raw: object, expected: str) -> None:
@@ -47,7 +47,7 @@ def test_ip_normalisation(raw: object, expected: str) -> None:
 def test_ipv6_prefix_is_configurable() -> None:
     assert normalize_ip("2001:db8:1:2::1", ipv6_prefix=48) == "2001:db8:1::/48"
     assert normalize_ip("2001:db8:1:2::1", ipv6_prefix=128) == "2001:db8:1:2::1/128"
-    with pytest.raises(InvalidIdentifier, match="ipv6_prefix must be between 1 and 128, got 0"):
+    with pytest.raises(InvalidIdentifier, match="ipv6_prefix must be an int between 16 and 128, got 0"):
         normalize_ip("::1", ipv6_prefix=0)
 
 

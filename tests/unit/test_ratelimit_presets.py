@@ -70,9 +70,11 @@ def test_limiter_uses_the_settings_presets_unless_given_its_own(settings_env: Ca
     assert RateLimiter(fakeredis.FakeRedis(), by_ip=BY_IP).by_ip == BY_IP
 
 
-def test_a_limiter_given_every_preset_does_not_read_the_settings(settings_env: Callable[..., None]) -> None:
+def test_a_limiter_given_every_preset_and_the_ipv6_prefix_does_not_read_the_settings(
+    settings_env: Callable[..., None],
+) -> None:
     settings_env(SMTP_TLS="1", SMTP_STARTTLS="1")  # an unrelated bad setting
-    limiter = RateLimiter(fakeredis.FakeRedis(), by_ip=BY_IP, by_user=BY_USER, api=API)
+    limiter = RateLimiter(fakeredis.FakeRedis(), by_ip=BY_IP, by_user=BY_USER, api=API, ipv6_prefix=56)
     assert limiter.api == API
     with pytest.raises(ConfigError, match="SMTP_TLS"):
         RateLimiter(fakeredis.FakeRedis())
