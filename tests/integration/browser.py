@@ -42,9 +42,14 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Any]:
-    """One headless Chromium for the session; each test opens its own context."""
+    """One headless Chromium per test module; each test opens its own context.
+
+    Module-scoped: Playwright's sync API keeps an event loop running in the main thread
+    while it is open, and code under test that runs its own loop (the SMTP runtime)
+    cannot start inside it.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
