@@ -15,7 +15,7 @@ from rq.job import Job, JobStatus
 from cache.settings import get_settings
 from jobs.allowlist import JobNotAllowed, resolve
 from jobs.errors import PermanentJobError
-from jobs.queues import JsonJob
+from jobs.queues import QUEUES, JsonJob
 
 PERMANENT = "permanent"
 TRANSIENT = "transient"
@@ -62,7 +62,8 @@ class KryonixJob(JsonJob):
         """Refuse, before anything runs, what a job written straight into Redis may carry.
 
         Raises:
-            JobNotAllowed: meta that is not JSON, webhooks while they are off, a function
+            JobNotAllowed: meta that is not JSON, webhooks while they are off, no timeout or
+                one past the queue's (RQ's -1 would hold the worker for ever), a function
                 or callback outside the allow-list, or a dependency that does not exist
                 or has not finished.
         """
@@ -75,6 +76,7 @@ class KryonixJob(JsonJob):
             raise JobNotAllowed(
                 f"job carries webhooks ({urls}); refused, nothing contacted (ALLOW_JOB_WEBHOOKS is off)"
             )
+        self._refuse_unbounded_timeout()
         self.func  # noqa: B018 - resolves (and refuses) the function before anything else
         for kind, name in (
             ("success", self._success_callback_name),
@@ -87,6 +89,16 @@ class KryonixJob(JsonJob):
                 except JobNotAllowed as exc:
                     raise JobNotAllowed(f"{kind} callback refused: {exc}") from None
         self._refuse_unmet_dependencies()
+
+    def _refuse_unbounded_timeout(self) -> None:
+        """A job of our queues runs within its queue's timeout, never without one (RQ's -1)."""
+        spec = QUEUES.get(str(self.origin))
+        timeout = self.timeout
+        if spec is None or timeout is None or 0 < timeout <= spec.job_timeout_s:
+            return  # None: RQ applies the queue class's default, itself bounded
+        raise JobNotAllowed(
+            f"job timeout {timeout!r} s is outside 1..{spec.job_timeout_s} s of queue {spec.name!r}; refused"
+        )
 
     def _refuse_unmet_dependencies(self) -> None:
         """A queued job's dependencies have finished (RQ queues dependents only then)."""

@@ -146,6 +146,8 @@ POISONS = [
     ),
     Poison("webhook on success", FAILED, "webhooks", _hash(webhooks=_webhooks("finished"))),
     Poison("webhook on a refused job", FAILED, "webhooks", _hash(data=_system, webhooks=_webhooks("failed"))),
+    Poison("no timeout", FAILED, "job timeout", _hash(timeout=-1)),
+    Poison("timeout past the queue's", FAILED, "job timeout", _hash(timeout=86400)),
     Poison("dependency on a missing job", FAILED, "depends on", _hash(dependency_ids='["no-such-job"]')),
 ]
 
