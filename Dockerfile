@@ -39,5 +39,6 @@ USER kryonix
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
     CMD ["python", "-m", "workers", "status", "--quiet"]
 
-# `supervise` fills in RQ_REDIS_URL from REDIS_URL, then execs `supervisord -n`.
+# `supervise` fills in the RQ classes, then execs `supervisord -n`; each `python -m workers worker`
+# program derives RQ_REDIS_URL from REDIS_URL itself.
 CMD ["python", "-m", "workers", "supervise"]
