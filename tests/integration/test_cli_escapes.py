@@ -1,4 +1,4 @@
-"""Job data printed by `failed list` and `job ID` cannot drive the operator's terminal (marker `security`).
+"""`failed list`, `job ID` and `status` escape job data: no terminal control (marker `security`).
 
 Ids were escaped, but a failure reason, kind or function name written by hand into
 Redis (or carried from user text into an error message) reached the terminal as is:
@@ -63,3 +63,21 @@ def test_job_shows_a_job_whose_progress_meta_is_hand_written(
     shown = processes.cli("job", "odd-progress")
     assert shown.returncode == 0, shown.stderr
     assert "odd-progress on email: started" in shown.stdout
+
+
+@pytest.mark.parametrize("text", ESCAPES, ids=repr)
+def test_status_escapes_control_characters_in_a_forged_worker_record(
+    primary: redis.Redis, processes: Processes, text: str
+) -> None:
+    name = "forged" + text
+    key = f"rq:worker:{name}"
+    primary.sadd("rq:workers", key)
+    primary.sadd("rq:workers:email", key)
+    primary.hset(key, mapping={"queues": "email", "state": "busy" + text, "current_job": "job" + text})
+    primary.hset(
+        key, mapping={"birth": "2026-12-01T10:00:00.000000Z", "last_heartbeat": "2026-12-01T10:00:00.000000Z"}
+    )
+
+    shown = processes.cli("status")
+    assert "forged" in shown.stdout, shown.stderr
+    assert not any(char in shown.stdout for char in CONTROL), shown.stdout
