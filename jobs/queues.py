@@ -240,7 +240,11 @@ class KryonixQueue(Queue):
         except NoSuchJobError:
             reason = missing_hash_reason(job_id)
         else:
-            return job
+            if job.origin == self.name:
+                return job
+            # The job's bounds come from its origin: a `report` job on `email` would hold an
+            # in-process email worker for the report timeout (30 min) instead of 120 s.
+            reason = f"job origin {job.origin!r} is not the queue {self.name!r} it was queued on"
         quarantine(
             self.connection, queue=self.name, raw_id=raw_id, reason=reason, source=self.intermediate_queue_key
         )

@@ -80,3 +80,22 @@ def test_a_forged_failure_record_in_meta_does_not_stop_the_worker(
 
     assert primary.lrange("kx:ran", 0, -1) == [b"good"], log_of(worker)  # type: ignore[attr-defined]
     assert fetch_job(good).get_status().value == "finished"  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("origin", ["report", "other", ""])
+def test_a_job_whose_origin_names_another_queue_is_quarantined(
+    primary: redis.Redis, processes: Processes, origin: str
+) -> None:
+    sleep = json.dumps(["jobs.diagnostics.sleep", None, [600], {}])  # within report's timeout, not email's
+    job_hash(primary, "foreign-origin", "email", origin=origin or None, timeout=1800, data=sleep)
+    push(primary, "email", b"foreign-origin")
+    good = enqueue("email", "jobs.diagnostics.record", "kx:ran", "good")
+
+    worker = burst_worker(processes)
+    assert worker.wait(60) == 0, log_of(worker)  # type: ignore[attr-defined]
+
+    assert primary.lrange("kx:ran", 0, -1) == [b"good"], log_of(worker)  # type: ignore[attr-defined]
+    assert fetch_job(good).get_status().value == "finished"  # type: ignore[union-attr]
+    entries = {entry.id: entry for entry in list_quarantined(primary)}
+    assert "is not the queue 'email'" in entries["foreign-origin"].reason
