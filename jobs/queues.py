@@ -67,6 +67,36 @@ def spec_for(name: str) -> QueueSpec:
         raise ValueError(f"unknown queue {name!r}; known: {', '.join(QUEUES)}") from None
 
 
+MAX_INTERVAL_S = 366 * DAY_S  # a retry or repeat interval longer than this is no job of ours
+
+
+def _is_interval_list(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(type(item) is int and 0 <= item <= MAX_INTERVAL_S for item in value)
+    )
+
+
+def field_shape_problem(job: Job) -> str | None:
+    """What is wrong with the JSON fields RQ loads without checking their shape, or None. Pure.
+
+    RQ's restore accepts any JSON in `meta`, `dependency_ids`, `retry_intervals` and
+    `repeat_intervals`; a hand-written `5`, `"x"` or `["a"]` there raises later, inside
+    the worker's failure or success handling, and stops the worker.
+    """
+    if not isinstance(job.meta, dict):
+        return f"meta is JSON {type(job.meta).__name__}, not an object"
+    dependency_ids = job._dependency_ids
+    if not isinstance(dependency_ids, list) or not all(isinstance(dep, str) for dep in dependency_ids):
+        return "dependency_ids is not a list of job ids"
+    for name in ("retry_intervals", "repeat_intervals"):
+        value = getattr(job, name, None)
+        if value is not None and not _is_interval_list(value):
+            return f"{name} is not a non-empty list of whole seconds within 0..{MAX_INTERVAL_S}"
+    return None
+
+
 class JsonJob(Job):
     """An RQ job that is always JSON on the wire.
 
@@ -92,7 +122,7 @@ class JsonJob(Job):
         """
         job_id = parse_id(id)
         try:
-            return super().fetch(job_id, connection=connection, serializer=serializer)
+            job = super().fetch(job_id, connection=connection, serializer=serializer)
         except UnreadableJob:
             raise
         except NoSuchJobError as exc:
@@ -104,6 +134,10 @@ class JsonJob(Job):
         except Exception as exc:
             reason = f"job hash rq:job:{job_id} is unreadable: {type(exc).__name__}: {exc}"
             raise UnreadableJob(reason) from None
+        problem = field_shape_problem(job)
+        if problem is not None:
+            raise UnreadableJob(f"job hash rq:job:{job_id} is unreadable: {problem}")
+        return job
 
     @classmethod
     def fetch_many(cls, job_ids: Any, connection: Any, serializer: Any = None) -> list[Any]:
@@ -206,7 +240,11 @@ class KryonixQueue(Queue):
         except NoSuchJobError:
             reason = missing_hash_reason(job_id)
         else:
-            return job
+            if job.origin == self.name:
+                return job
+            # The job's bounds come from its origin: a `report` job on `email` would hold an
+            # in-process email worker for the report timeout (30 min) instead of 120 s.
+            reason = f"job origin {job.origin!r} is not the queue {self.name!r} it was queued on"
         quarantine(
             self.connection, queue=self.name, raw_id=raw_id, reason=reason, source=self.intermediate_queue_key
         )

@@ -244,6 +244,7 @@ _QUEUE = click.option("--queue", "-q", default=None, help="email or report (defa
 @click.option("--json", "as_json", is_flag=True)
 def failed_list(queue: str | None, as_json: bool) -> None:
     """Failed jobs, newest first, with attempt count and reason."""
+    from jobs.quarantine import id_text
     from workers.failed import list_failed
 
     rows = _guard(lambda: list_failed(_primary(), queue))
@@ -252,7 +253,8 @@ def failed_list(queue: str | None, as_json: bool) -> None:
         return
     for row in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.failed_at)) if row.failed_at else "-"
-        click.echo(f"{row.id}  {row.queue}  {when}  attempts={row.attempts}  {row.kind}: {row.reason}")
+        line = f"{row.id}  {row.queue}  {when}  attempts={row.attempts}  {row.kind}: {row.reason}"
+        click.echo(id_text(line))  # reasons and kinds are job data: no control character reaches the terminal
     click.echo(f"{len(rows)} failed job(s)")
 
 

@@ -38,8 +38,16 @@ def install(app: Flask) -> None:
         app.register_error_handler(error, _unreadable_job)
 
 
-# What reading a garbled job hash or a malformed job id raises inside RQ.
-UNREADABLE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, DeserializationError)
+# What reading a garbled job hash or a malformed job id raises inside RQ (its
+# `parse_timeout` asserts: a hand-written `timeout` of `1.5` raises AssertionError).
+UNREADABLE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    LookupError,
+    AssertionError,
+    ArithmeticError,
+    DeserializationError,
+)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,10 @@ def attempt_of(job: Job) -> int:
     """1 for the first run, 2 for the first retry, ... (RQ counts only the retries left)."""
     failure = job.meta.get("failure") if isinstance(job.meta, dict) else None
     if isinstance(failure, dict) and failure.get("kind") == PERMANENT:
-        return int(failure["attempt"])  # its retry budget was zeroed: the count is in the record
-    if job.retry_intervals and job.retries_left is not None:
+        attempt = failure.get("attempt")  # its retry budget was zeroed: the count is in the record
+        if type(attempt) is int:
+            return attempt  # a hand-written record may hold anything: then count as below
+    if isinstance(job.retry_intervals, list) and job.retry_intervals and job.retries_left is not None:
         return len(job.retry_intervals) - job.retries_left + 1
     return 1
 

@@ -7,6 +7,7 @@ from typing import Any
 import redis
 from rq.exceptions import NoSuchJobError
 
+from jobs.quarantine import id_text
 from workers.failed import reason_of
 from workers.job import KryonixJob, attempt_of
 
@@ -43,14 +44,24 @@ def describe_job(connection: redis.Redis, job_id: str) -> dict[str, Any]:
     return info
 
 
+def _percent(progress: Any) -> float | None:
+    """The percentage of a `progress` meta entry, None when it is not one (hand-written meta)."""
+    percent = progress.get("percent") if isinstance(progress, dict) else None
+    if isinstance(percent, int | float) and not isinstance(percent, bool) and percent == percent:
+        return float(percent)
+    return None
+
+
 def render_job(info: dict[str, Any]) -> str:
+    """The text of `job ID`, every line escaped: job data cannot drive the operator's terminal."""
     lines = [f"job {info['id']} on {info['queue']}: {info['status']} (attempt {info['attempt']})"]
     lines.append(f"  function: {info['func']}")
     progress = info.get("progress")
-    if progress:
-        lines.append(f"  progress: {progress_bar(float(progress['percent']))} {progress.get('message', '')}")
+    percent = _percent(progress)
+    if percent is not None and isinstance(progress, dict):
+        lines.append(f"  progress: {progress_bar(percent)} {progress.get('message', '')}")
     if "result" in info:
         lines.append(f"  result: {info['result']!r}")
     if "failure_reason" in info:
         lines.append(f"  failed ({info['failure_kind']}): {info['failure_reason']}")
-    return "\n".join(lines)
+    return "\n".join(id_text(line) for line in lines)

@@ -8,6 +8,7 @@ from typing import Any
 
 from cache.connections import Role
 from cache.health import RoleStatus, role_status
+from jobs.quarantine import id_text
 
 Section = Callable[[], dict[str, Any]]
 
@@ -88,4 +89,6 @@ def render(report: dict[str, Any]) -> str:
         else:
             lines.extend(f"  {key}: {value}" for key, value in section.items())
     lines.append("status: " + ("OK" if healthy(report) else "UNHEALTHY"))
-    return "\n".join(lines)
+    # Worker names, states and job ids are data anyone with Redis write access can set:
+    # no control character of theirs reaches the operator's terminal.
+    return "\n".join(id_text(line) for line in lines)
