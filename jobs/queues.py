@@ -82,14 +82,18 @@ def field_shape_problem(job: Job) -> str | None:
     """What is wrong with the JSON fields RQ loads without checking their shape, or None. Pure.
 
     RQ's restore accepts any JSON in `meta`, `dependency_ids`, `retry_intervals` and
-    `repeat_intervals`; a hand-written `5`, `"x"` or `["a"]` there raises later, inside
-    the worker's failure or success handling, and stops the worker.
+    `repeat_intervals`, and any integer as `timeout`; a hand-written `5`, `"x"`, `["a"]`
+    or `10**20` there raises later, inside the worker's job or failure handling.
     """
     if not isinstance(job.meta, dict):
         return f"meta is JSON {type(job.meta).__name__}, not an object"
     dependency_ids = job._dependency_ids
     if not isinstance(dependency_ids, list) or not all(isinstance(dep, str) for dep in dependency_ids):
         return "dependency_ids is not a list of job ids"
+    timeout = job.timeout
+    if timeout is not None and timeout != -1 and not 0 < timeout <= MAX_INTERVAL_S:
+        # Past this, the worker's alarm overflows before any check of ours could refuse it.
+        return f"timeout {timeout!r} is not whole seconds within 1..{MAX_INTERVAL_S} (or -1)"
     for name in ("retry_intervals", "repeat_intervals"):
         value = getattr(job, name, None)
         if value is not None and not _is_interval_list(value):
@@ -132,7 +136,8 @@ class JsonJob(Job):
         except redis.RedisError:
             raise
         except Exception as exc:
-            reason = f"job hash rq:job:{job_id} is unreadable: {type(exc).__name__}: {exc}"
+            detail = str(exc) or "a field RQ cannot parse"  # RQ's asserts carry no message
+            reason = f"job hash rq:job:{job_id} is unreadable: {type(exc).__name__}: {detail}"
             raise UnreadableJob(reason) from None
         problem = field_shape_problem(job)
         if problem is not None:

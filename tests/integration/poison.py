@@ -148,6 +148,8 @@ POISONS = [
     Poison("webhook on a refused job", FAILED, "webhooks", _hash(data=_system, webhooks=_webhooks("failed"))),
     Poison("no timeout", FAILED, "job timeout", _hash(timeout=-1)),
     Poison("timeout past the queue's", FAILED, "job timeout", _hash(timeout=86400)),
+    Poison("timeout past any bound", QUARANTINE, "timeout", _hash(timeout=10**20)),
+    Poison("fractional timeout", QUARANTINE, "a field RQ cannot parse", _hash(timeout=1.5)),
     Poison("dependency on a missing job", FAILED, "depends on", _hash(dependency_ids='["no-such-job"]')),
 ]
 
