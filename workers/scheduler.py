@@ -27,6 +27,7 @@ from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
 from cache.connections import primary, set_process_role
+from cache.errors import RedisUnavailable
 from cache.health import check_eviction_policy
 from jobs.enqueue import enqueue
 from jobs.periodic import Periodic, declared
@@ -128,30 +129,40 @@ class SchedulerProcess:
         ]
         self.rq_scheduler = RQScheduler(self.queues, connection=self.connection, serializer=JSONSerializer)
         self.stop_event = threading.Event()
+        self._born = False
+        self._registered = False
 
     def run(self, *, install_signals: bool = True) -> None:
         set_process_role("scheduler")
-        check_eviction_policy(self.connection)
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        self.periodic.register_birth()
-        self.periodic.register(time.time())
         last_maintenance = 0.0
         try:
             while not self.stop_event.is_set():
                 try:
+                    self._start()
                     self.tick()
                     if time.monotonic() - last_maintenance >= self.maintenance_interval_s:
                         recover(self.connection)
                         last_maintenance = time.monotonic()
-                except redis.RedisError as exc:  # Redis away: keep trying, never exit
+                except (redis.RedisError, RedisUnavailable) as exc:  # Redis away: keep trying, never exit
                     log.error("scheduler tick failed: %s", exc)
                 except Exception:  # a bad entry RQ raises on must not stop retries and periodic jobs
                     log.exception("scheduler tick failed; next tick in %.1f s", self.tick_s)
                 self.stop_event.wait(self.tick_s)
         finally:
             self._shutdown()
+
+    def _start(self) -> None:
+        """Register once, inside the loop: Redis may go away (a failover) right after start-up."""
+        if not self._born:
+            check_eviction_policy(self.connection)
+            self.periodic.register_birth()
+            self._born = True
+        if not self._registered:
+            self.periodic.register(time.time())
+            self._registered = True
 
     def tick(self) -> None:
         self.periodic.heartbeat()
@@ -176,6 +187,7 @@ class SchedulerProcess:
         try:
             self.rq_scheduler.release_locks()  # type: ignore[no-untyped-call]
             self.periodic.remove_lock()
-            self.periodic.register_death()
+            if self._born:
+                self.periodic.register_death()
         except redis.RedisError as exc:
             log.warning("scheduler shutdown could not release its locks: %s", exc)

@@ -281,6 +281,31 @@ def test_redis_unreachable_client_is_typed(private_env: dict[str, object]) -> No
     assert isinstance(info.value.__cause__, redis.ConnectionError)
 
 
+@pytest.mark.timeout(120)
+def test_scheduler_survives_redis_going_away_during_its_start_up(
+    private_env: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis may fail over between the scheduler's first PING and its registration."""
+    from workers.scheduler import SchedulerProcess
+
+    server: RedisServer = private_env["primary"]  # type: ignore[assignment]
+    monkeypatch.setattr(connections, "_process_role", connections._process_role)  # run() names the process
+    scheduler = SchedulerProcess(definitions=[], tick_s=0.2, maintenance_interval_s=1.0)
+    server.kill()
+    thread = threading.Thread(target=scheduler.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)  # let start-up meet the outage; not a timing assertion
+        assert thread.is_alive(), "the scheduler stopped on a Redis outage at start-up"
+        server.start()  # same port and directory
+        job_id = enqueue("email", "jobs.diagnostics.noop", in_=1)
+        wait_until(lambda: _status(job_id) == "queued", 60, "the scheduler moved the due job after it")
+    finally:
+        scheduler.stop_event.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
 @pytest.mark.timeout(180)
 def test_worker_and_scheduler_started_during_an_outage_wait_for_redis(
     private_env: dict[str, object], private_processes: Processes
