@@ -28,12 +28,12 @@ from typing import Any
 
 import redis
 
-from cache.breaker import CircuitBreaker, fail_fast_settings
-from cache.cache import CacheService
-from cache.cache_stats import CacheStats
+from cache.appcache.breaker import CircuitBreaker, fail_fast_settings
+from cache.appcache.service import CacheService
+from cache.appcache.stats import CacheStats
 from cache.connections import Role, build_client
 from cache.settings import Settings
-from workers.servers import CACHE_CONF, RedisServer
+from workers.dev.servers import CACHE_CONF, RedisServer
 
 BENCH = "cache"
 HIT_BATCH = 300  # calls per timed batch and side
@@ -197,7 +197,7 @@ def redis_down(server: RedisServer) -> dict[str, Any]:
     for service in (with_breaker, without):
         service.get_or_set("k0", lambda: DOCUMENT, 60)  # pooled connections exist, as in production
     server.kill()
-    quiet = logging.getLogger("cache.cache")
+    quiet = logging.getLogger("cache.appcache.service")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the "cache unavailable" warnings are expected here
     try:

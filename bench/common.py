@@ -12,7 +12,7 @@ from typing import Any
 
 from cache import connections
 from cache.settings import reset_settings
-from workers.servers import PRIMARY_CONF, RedisServer
+from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 
 @contextlib.contextmanager

@@ -148,7 +148,7 @@ def _start_workers(queue: str, env: dict[str, str], logdir: Any, *, burst: bool,
     import sys
     from pathlib import Path
 
-    from workers.servers import PROJECT_ROOT
+    from workers.dev.servers import PROJECT_ROOT
 
     rq = str(Path(sys.executable).parent / "rq")
     processes = []
@@ -387,7 +387,7 @@ def run() -> list[dict[str, Any]]:
     import tempfile
 
     from bench.common import private_primary
-    from workers.servers import free_port
+    from workers.dev.servers import free_port
 
     with private_primary("email") as server, tempfile.TemporaryDirectory(prefix="kx-bench-email-") as tmp:
         sink = _Sink(free_port())

@@ -26,7 +26,7 @@ from rq.worker import Worker
 from bench.common import private_primary, row
 from bench.email import _ceiling, _Sink
 from jobs.email import enqueue_email
-from workers.servers import PROJECT_ROOT, free_port
+from workers.dev.servers import PROJECT_ROOT, free_port
 
 EMAILS = 10_000
 EMAIL_WORKERS = 2

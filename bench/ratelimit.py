@@ -32,9 +32,9 @@ import redis
 from cache import keys
 from cache.connections import Role, build_client
 from cache.identifiers import IdentifierKind, normalize
-from cache.ratelimit import API, BY_IP, BY_USER, RateLimiter, flush_ratelimit_stats
+from cache.ratelimit.service import API, BY_IP, BY_USER, RateLimiter, flush_ratelimit_stats
 from cache.settings import Settings
-from workers.servers import PRIMARY_CONF, RedisServer
+from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 ITERATIONS = 1_000  # per round and side: short rounds, so load swings hit every side alike
 ROUNDS = 15

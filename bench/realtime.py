@@ -29,11 +29,11 @@ import orjson
 
 from bench.common import row
 from cache.connections import Role, build_client
-from cache.realtime import RealtimeService
-from cache.realtime_envelope import Event
-from cache.realtime_subscriber import Subscriber
+from cache.realtime.envelope import Event
+from cache.realtime.service import RealtimeService
+from cache.realtime.subscriber import Subscriber
 from cache.settings import Settings
-from workers.servers import PRIMARY_CONF, RedisServer
+from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 BENCH = "realtime"
 PUBLISH_OPS = 3_000  # per round and side

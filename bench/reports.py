@@ -59,7 +59,7 @@ def _sha256(path: Path) -> str:
 
 
 def _child(mode: str, url: str, out_dir: str) -> dict[str, Any]:
-    from cache.database import make_engine
+    from cache.appcache.platform import make_engine
     from jobs.reports.build import build_report
     from jobs.reports.queries import build_query
     from jobs.reports.registry import get_report_type, validate_filters
@@ -102,7 +102,7 @@ def _run_child(mode: str, url: str, out_dir: Path) -> dict[str, Any]:
 
 
 def _seed(url: str) -> float:
-    from cache.database import make_engine
+    from cache.appcache.platform import make_engine
     from jobs.reports.seed import SeedPlan, seed_demo
 
     engine = make_engine(url)

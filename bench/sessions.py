@@ -20,9 +20,9 @@ from typing import Any
 from redis.typing import EncodableT, FieldT
 
 from cache.connections import Role, build_client
-from cache.sessions import SessionService, new_session_id
+from cache.sessions.service import SessionService, new_session_id
 from cache.settings import Settings
-from workers.servers import PRIMARY_CONF, RedisServer
+from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 ITERATIONS = 3_000  # per round and side
 ROUNDS = 3

@@ -1,19 +1,49 @@
-"""KRYONIX Redis services: connections, cache, sessions, rate limits, real-time events.
+"""KRYONIX Redis services: the application cache, sessions, rate limits, real-time events.
 
-The lowest layer: imports neither `jobs` nor `workers`. Nothing connects at import time.
+Foundation modules sit here (`settings`, `connections`, `keys`, `errors`, `health`,
+`identifiers`, `lua`) and import no service; each service is a subpackage (`appcache`,
+`sessions`, `ratelimit`, `realtime`) with a pure core and a thin Redis shell. The lowest
+layer: imports neither `jobs` nor `workers`. Nothing connects at import time.
 """
+
+from typing import TYPE_CHECKING
 
 from cache.connections import Role, cache_redis, primary
 from cache.errors import ConfigError, KryonixError, RedisUnavailable
+from cache.exports import lazy_exports
 from cache.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from cache.appcache import CachedDatabase, CacheService
+    from cache.ratelimit import RateLimiter
+    from cache.realtime import AsyncRealtimeService, RealtimeService
+    from cache.sessions import SessionService
+
 __all__ = [
+    "AsyncRealtimeService",
+    "CacheService",
+    "CachedDatabase",
     "ConfigError",
     "KryonixError",
+    "RateLimiter",
+    "RealtimeService",
     "RedisUnavailable",
     "Role",
+    "SessionService",
     "Settings",
     "cache_redis",
     "get_settings",
     "primary",
 ]
+
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "AsyncRealtimeService": "cache.realtime",
+        "CacheService": "cache.appcache",
+        "CachedDatabase": "cache.appcache",
+        "RateLimiter": "cache.ratelimit",
+        "RealtimeService": "cache.realtime",
+        "SessionService": "cache.sessions",
+    },
+)

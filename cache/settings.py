@@ -18,8 +18,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from cache.errors import ConfigError
-from cache.ratelimit_core import API, BY_IP, BY_USER, Preset
-from cache.ratelimit_presets import PRESET_VARIABLES, parse_preset
+from cache.ratelimit.core import API, BY_IP, BY_USER, Preset
+from cache.ratelimit.presets import PRESET_VARIABLES, parse_preset
 
 T = TypeVar("T")
 

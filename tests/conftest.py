@@ -17,9 +17,9 @@ import redis
 from sqlalchemy import Engine
 
 from cache import connections
-from cache.database import create_schema, drop_schema, make_engine
+from cache.appcache.platform import create_schema, drop_schema, make_engine
 from cache.settings import reset_settings
-from workers.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
+from workers.dev.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -27,10 +27,10 @@ from rq.queue import Queue
 from rq.utils import now
 from rq.worker import Worker, WorkerStatus
 
-from cache.cache_stats import flush_cache_stats
+from cache.appcache.stats import flush_cache_stats
 from cache.connections import Role, build_client, set_process_role
 from cache.health import check_eviction_policy
-from cache.ratelimit import flush_ratelimit_stats
+from cache.ratelimit.service import flush_ratelimit_stats
 from cache.settings import get_settings
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer

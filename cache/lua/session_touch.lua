@@ -10,7 +10,7 @@
 -- Returns false when the session is missing or expired (an expired one is deleted), -2
 -- when the change would take the data over ARGV[5] bytes (nothing is written), else
 -- the hash as a flat field, value array (ARGV[3] = "1") or 1.
--- Expiry rule (mirrors cache.sessions_core.expires_at_ms): a session lives until
+-- Expiry rule (mirrors cache.sessions.core.expires_at_ms): a session lives until
 -- min(last seen + idle TTL, absolute deadline); nothing moves the absolute deadline.
 local h = redis.call('HMGET', KEYS[1], 'seen', 'idle', 'abs')
 if not (h[1] and h[2] and h[3]) then

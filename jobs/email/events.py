@@ -18,7 +18,7 @@ def publish(requested_by: str | None, event: str, data: Mapping[str, Any]) -> No
     if requested_by is None:
         return
     try:
-        from cache.realtime import RealtimeService
+        from cache.realtime.service import RealtimeService
 
         RealtimeService().publish_user_event(requested_by, event, data)
     except Exception as exc:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cache.realtime_envelope import InvalidEvent, validate_user_id
+from cache.realtime.envelope import InvalidEvent, validate_user_id
 from jobs.email.bulk import MAX_CHUNK_SIZE, Item
 from jobs.email.render import RenderedEmail, render_email
 from jobs.email.templates import PROVIDED, TemplateLibrary, default_library

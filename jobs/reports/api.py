@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from cache.realtime_envelope import validate_user_id
+from cache.realtime.envelope import validate_user_id
 from cache.settings import get_settings
 from jobs.email.validation import check_address
 from jobs.enqueue import enqueue

@@ -23,7 +23,7 @@ from typing import Any
 from rq import get_current_job
 from sqlalchemy.exc import SQLAlchemyError
 
-from cache.database import make_engine
+from cache.appcache.platform import make_engine
 from cache.errors import ConfigError
 from cache.settings import get_settings
 from jobs.errors import JobValidationError, PermanentJobError, TransientJobError, refuse_extra_arguments

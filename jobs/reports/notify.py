@@ -45,7 +45,7 @@ PROGRESS_EVENT = "report.progress"
 def publish_progress(requested_by: str | int, report_id: str, percent: float, done: int, total: int) -> None:
     """Publish `report.progress` to the user's channel; best effort, never fails the report."""
     try:
-        from cache.realtime import RealtimeService
+        from cache.realtime.service import RealtimeService
 
         data = {"report_id": report_id, "percent": percent, "rows_done": done, "rows_total": total}
         RealtimeService().publish_user_event(requested_by, PROGRESS_EVENT, data)
@@ -58,7 +58,7 @@ def publish_progress(requested_by: str | int, report_id: str, percent: float, do
 def publish_ready(requested_by: str | int, report: ReportFile, base_url: str | None = None) -> str | None:
     """Publish `report.ready` to the user's channel; the event id, or None when it could not be sent."""
     try:
-        from cache.realtime import RealtimeService
+        from cache.realtime.service import RealtimeService
 
         payload = event_payload(report, base_url)
         return RealtimeService().publish_user_event(requested_by, READY_EVENT, payload)

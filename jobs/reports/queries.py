@@ -28,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 
-from cache.database import activity, companies, projects, users
+from cache.appcache.platform import activity, companies, projects, users
 from jobs.reports.registry import ReportType
 
 # Spreadsheets run a cell starting with one of these as a formula ("CSV injection");

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, literal, select
 
-from cache.database import activity, companies, create_schema, drop_schema, projects, users
+from cache.appcache.platform import activity, companies, create_schema, drop_schema, projects, users
 
 ACTIONS = ("login", "view", "edit", "comment", "upload", "export", "share")
 ACTION_WEIGHTS = (30, 35, 15, 8, 5, 3, 4)

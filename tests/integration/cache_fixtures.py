@@ -77,7 +77,7 @@ def child_command(namespace: str, key: str) -> list[str]:
 
 def _child(namespace: str, key: str) -> None:
     from cache import connections
-    from cache.cache import CacheService
+    from cache.appcache.service import CacheService
 
     service = CacheService(namespace=namespace, lock_ttl_s=30)
     primary = connections.primary()

@@ -26,7 +26,7 @@ from rq.results import Result
 from rq.worker import Worker
 
 from tests.integration.processes import Processes
-from workers.servers import free_port, wait_for_port
+from workers.dev.servers import free_port, wait_for_port
 
 QUEUE = "email"
 REGISTRIES = ("queued", "failed", "deferred", "started", "finished", "scheduled", "canceled")

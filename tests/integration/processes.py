@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.servers import PROJECT_ROOT
+from workers.dev.servers import PROJECT_ROOT
 
 # The README's environment for `rq worker`.
 RQ_ENV = {

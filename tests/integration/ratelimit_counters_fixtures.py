@@ -5,7 +5,7 @@ from __future__ import annotations
 from multiprocessing.queues import Queue
 
 from cache.connections import Role, build_client
-from cache.ratelimit import FailurePolicy, RateLimiter, flush_ratelimit_stats
+from cache.ratelimit.service import FailurePolicy, RateLimiter, flush_ratelimit_stats
 from cache.settings import Settings
 
 

@@ -13,7 +13,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 
 from cache.connections import Role, build_client
-from cache.ratelimit import RateLimiter
+from cache.ratelimit.service import RateLimiter
 from cache.settings import Settings
 
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import pytest
 
 from cache.connections import Role, build_async_client, build_client
-from cache.realtime import RealtimeService
-from cache.realtime_async import AsyncRealtimeService, AsyncSubscriber
-from cache.realtime_envelope import Event
-from cache.realtime_subscriber import Subscriber
+from cache.realtime.async_service import AsyncRealtimeService, AsyncSubscriber
+from cache.realtime.envelope import Event
+from cache.realtime.service import RealtimeService
+from cache.realtime.subscriber import Subscriber
 from cache.settings import Settings
-from workers.servers import PRIMARY_CONF, RedisServer
+from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 WAIT_S = 30.0  # generous: a loaded CI machine is slow; tests wait for behaviour, never assert speed
 

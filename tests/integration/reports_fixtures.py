@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from cache.database import activity, companies, projects, users
+from cache.appcache.platform import activity, companies, projects, users
 from cache.settings import reset_settings
 from jobs.reports.seed import SeedPlan, seed_demo
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from workers.servers import PRIMARY_CONF, RedisServer, free_port, redis_server_binary
+from workers.dev.servers import PRIMARY_CONF, RedisServer, free_port, redis_server_binary
 
 MASTER_NAME = "mymaster"
 

@@ -19,8 +19,8 @@ from cache.connections import Role
 from cache.errors import RedisUnavailable
 from cache.settings import Settings
 from tests.integration.processes import wait_until
-from workers.backup import BackupError, backup
-from workers.servers import PRIMARY_CONF, RedisServer
+from workers.cli.backup import BackupError, backup
+from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 pytestmark = pytest.mark.ops
 

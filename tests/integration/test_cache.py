@@ -12,9 +12,9 @@ import pytest
 import redis
 import rq
 
-from cache import cache as cache_module
 from cache import keys
-from cache.cache import (
+from cache.appcache import service as cache_module
+from cache.appcache.service import (
     MISSING,
     CacheSerializationError,
     CacheService,
@@ -23,7 +23,7 @@ from cache.cache import (
     default_service,
     flush_cache_stats,
 )
-from cache.cache_stats import CacheStats, flush_counters, read_counters
+from cache.appcache.stats import CacheStats, flush_counters, read_counters
 from tests.integration.cache_fixtures import PROJECT_ROOT, CountingFetcher, FakeClock
 
 pytestmark = pytest.mark.cache
@@ -306,7 +306,7 @@ def test_counters_flush_to_redis_and_read_from_another_process(redis_env: dict[s
     service.get_or_set("a", lambda: 1)
     assert flush_cache_stats() is True
     script = (
-        "from cache.cache import default_service, flush_cache_stats\n"
+        "from cache.appcache.service import default_service, flush_cache_stats\n"
         "s = default_service('stats')\n"
         "[s.get_or_set('a', lambda: 1) for _ in range(5)]\n"
         "assert flush_cache_stats()\n"
@@ -385,7 +385,7 @@ def test_bad_call_arguments_touch_nothing(
 
 
 def test_no_warning_logged_while_healthy(service: CacheService, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="cache.cache"):
+    with caplog.at_level(logging.WARNING, logger="cache.appcache.service"):
         service.get_or_set("k", lambda: 1)
         service.get("k")
     assert caplog.records == []

@@ -11,9 +11,7 @@ import redis
 from sqlalchemy import Engine, event, insert
 
 from cache import keys
-from cache.cache import CacheService
-from cache.cache_stats import CacheStats
-from cache.cached_db import (
+from cache.appcache.cached_db import (
     PROJECTS_TTL_S,
     USER_TTL_S,
     CachedDatabase,
@@ -22,7 +20,9 @@ from cache.cached_db import (
     company_projects_key,
     user_key,
 )
-from cache.database import companies, projects, users
+from cache.appcache.platform import companies, projects, users
+from cache.appcache.service import CacheService
+from cache.appcache.stats import CacheStats
 
 pytestmark = pytest.mark.cache
 

@@ -11,13 +11,19 @@ from typing import Any
 import pytest
 
 from cache import keys
-from cache.breaker import BreakerState, CircuitBreaker
-from cache.cache import MISSING, CacheSerializationError, CacheService, cache_stats, flush_cache_stats
-from cache.cache_stats import PROCESS_STATS, CacheStats
+from cache.appcache.breaker import BreakerState, CircuitBreaker
+from cache.appcache.service import (
+    MISSING,
+    CacheSerializationError,
+    CacheService,
+    cache_stats,
+    flush_cache_stats,
+)
+from cache.appcache.stats import PROCESS_STATS, CacheStats
 from cache.errors import RedisUnavailable
 from cache.settings import reset_settings
 from tests.integration.cache_fixtures import CountingFetcher
-from workers.servers import CACHE_CONF, RedisServer
+from workers.dev.servers import CACHE_CONF, RedisServer
 
 pytestmark = pytest.mark.cache
 
@@ -84,7 +90,7 @@ def test_cache_down_fails_open_breaker_opens_then_caching_resumes(
     private_cache.kill()
     spy = ConnectionSpy(service, monkeypatch)
 
-    with caplog.at_level(logging.WARNING, logger="cache.cache"):
+    with caplog.at_level(logging.WARNING, logger="cache.appcache.service"):
         for _ in range(3):
             assert service.get_or_set("k", fetcher) == {"v": 1}  # fetched, not raised
         assert breaker.state is BreakerState.OPEN

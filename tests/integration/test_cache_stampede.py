@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from cache import keys
-from cache.cache import MISSING, CacheService
-from cache.cache_stats import CacheStats
+from cache.appcache.service import MISSING, CacheService
+from cache.appcache.stats import CacheStats
 from tests.integration.cache_fixtures import (
     FETCH_COUNT_KEY,
     GO_KEY,

@@ -8,7 +8,7 @@ import sys
 import pytest
 import redis
 
-from cache.realtime import RealtimeService
+from cache.realtime.service import RealtimeService
 from tests.integration.processes import Processes, log_of, wait_until
 
 pytestmark = pytest.mark.realtime

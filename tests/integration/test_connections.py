@@ -16,7 +16,7 @@ from cache.errors import ConfigError, RedisUnavailable
 from cache.health import check_eviction_policy, role_status
 from cache.settings import Settings
 from tests.integration.sentinel import SentinelCluster
-from workers.servers import CACHE_CONF, PRIMARY_CONF, RedisServer, free_port
+from workers.dev.servers import CACHE_CONF, PRIMARY_CONF, RedisServer, free_port
 
 pytestmark = pytest.mark.connection
 

@@ -13,9 +13,9 @@ from cache.connections import Role
 from cache.errors import RedisUnavailable
 from cache.settings import Settings
 from jobs.enqueue import enqueue
-from workers.diagnose import biggest_patterns, diagnose, latency_latest, latency_samples, sample_key_sizes
-from workers.servers import PRIMARY_CONF, RedisServer
-from workers.status_sections import diagnose_section
+from workers.cli.diagnose import biggest_patterns, diagnose, latency_latest, latency_samples, sample_key_sizes
+from workers.cli.status_sections import diagnose_section
+from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 pytestmark = pytest.mark.ops
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from cache.realtime import RealtimeService
+from cache.realtime.service import RealtimeService
 from jobs.email import Attachment, EmailValidationError, bulk_status, enqueue_bulk_email, enqueue_email
 from jobs.email.api import build_request
 from jobs.email.digest import collect_failures, send_failed_jobs_digest

@@ -21,7 +21,7 @@ from jobs.queues import KryonixQueue
 from jobs.retry import RetryPolicy
 from tests.integration.email_fixtures import SmtpServer, smtp_server
 from tests.integration.processes import Processes, log_of, wait_until
-from workers.failed import list_failed
+from workers.cli.failed import list_failed
 from workers.job import attempt_of
 
 __all__ = ["smtp_server"]

@@ -22,8 +22,8 @@ from cache import connections
 from cache.settings import reset_settings
 from jobs.email import enqueue_email
 from tests.integration.processes import wait_until
-from workers.localstack import LOCAL_CACHE_PORT, LOCAL_PRIMARY_PORT, LOCAL_SMTP_PORT
-from workers.servers import PROJECT_ROOT
+from workers.dev.localstack import LOCAL_CACHE_PORT, LOCAL_PRIMARY_PORT, LOCAL_SMTP_PORT
+from workers.dev.servers import PROJECT_ROOT
 
 pytestmark = pytest.mark.ops
 
@@ -63,7 +63,7 @@ def test_local_stack_delivers_an_email_and_stops_everything(
     log = tmp_path / "stack.log"
     var = tmp_path / "var"
     script = (
-        "from pathlib import Path; from workers.localstack import run_local_stack; "
+        "from pathlib import Path; from workers.dev.localstack import run_local_stack; "
         f"run_local_stack(Path({str(var)!r}))"
     )
     with open(log, "wb") as out:

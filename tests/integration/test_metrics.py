@@ -17,19 +17,19 @@ from rq.utils import utcformat
 from rq.worker import Worker
 
 from cache import connections
-from cache.cache_stats import CacheStats, flush_counters
+from cache.appcache.stats import CacheStats, flush_counters
 from cache.connections import Role
 from cache.errors import ConfigError
-from cache.ratelimit import RateLimiter
+from cache.ratelimit.service import RateLimiter
 from cache.settings import Settings
 from jobs.email import idempotency
 from jobs.enqueue import enqueue
 from jobs.queues import get_queue
 from tests.integration.processes import Processes, log_of, wait_until
+from workers.cli.metrics import KryonixCollector, MetricsServer, serve_metrics
+from workers.dev.servers import CACHE_CONF, RedisServer, free_port
 from workers.job import KryonixJob
 from workers.job_stats import DURATION_BUCKETS_S, JobStats
-from workers.metrics import KryonixCollector, MetricsServer, serve_metrics
-from workers.servers import CACHE_CONF, RedisServer, free_port
 
 pytestmark = pytest.mark.ops
 
@@ -234,7 +234,7 @@ def test_metrics_command_serves_until_sigterm(processes: Processes, primary: red
     proc = processes.start(
         sys.executable,
         "-c",
-        f"from workers.metrics import metrics_command; metrics_command({port}, '127.0.0.1')",
+        f"from workers.cli.metrics import metrics_command; metrics_command({port}, '127.0.0.1')",
         name="metrics",
     )
     url = f"http://127.0.0.1:{port}/metrics"

@@ -11,10 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cache import keys
 from cache.connections import Role, build_client
-from cache.ratelimit import FailurePolicy, RateLimiter, flush_ratelimit_stats, reset_ratelimit_stats
+from cache.ratelimit.service import FailurePolicy, RateLimiter, flush_ratelimit_stats, reset_ratelimit_stats
 from cache.settings import Settings
-from workers.metrics import KryonixCollector, MetricsServer, serve_metrics
-from workers.servers import free_port
+from workers.cli.metrics import KryonixCollector, MetricsServer, serve_metrics
+from workers.dev.servers import free_port
 
 pytestmark = pytest.mark.ops
 

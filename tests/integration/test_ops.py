@@ -24,8 +24,8 @@ from jobs.enqueue import enqueue, fetch_job
 from jobs.queues import KryonixQueue
 from tests.integration.processes import Processes, log_of, wait_until
 from tests.integration.sentinel import SentinelCluster
-from workers.dashboard import create_app, is_loopback
-from workers.servers import PROJECT_ROOT, free_port, wait_for_port
+from workers.dashboard.app import create_app, is_loopback
+from workers.dev.servers import PROJECT_ROOT, free_port, wait_for_port
 
 pytestmark = pytest.mark.ops
 

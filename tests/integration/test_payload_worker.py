@@ -20,7 +20,7 @@ import redis
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import Engine
 
-from cache.database import activity, companies, projects, users
+from cache.appcache.platform import activity, companies, projects, users
 from jobs.email import jobs as email_jobs
 from jobs.email import templates
 from jobs.email.api import SEND_BULK_CHUNK, SEND_EMAIL, build_request
@@ -42,7 +42,7 @@ from tests.integration.reports_fixtures import (
     reports_dir,
     visible_files,
 )
-from workers.failed import FailedJob, list_failed
+from workers.cli.failed import FailedJob, list_failed
 
 __all__ = ["email_env", "report_settings", "reports_dir", "smtp_server"]  # fixtures
 

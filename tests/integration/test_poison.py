@@ -30,7 +30,7 @@ from tests.integration.poison import (
     webhook_listener,
 )
 from tests.integration.processes import Processes, log_of, wait_until
-from workers.failed import list_failed
+from workers.cli.failed import list_failed
 from workers.maintenance import STUCK_AFTER_S, recover
 
 __all__ = ["webhook_listener"]

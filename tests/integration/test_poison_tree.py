@@ -20,7 +20,7 @@ from jobs.queues import KryonixQueue
 from tests.integration.poison import FAILED, POISONS, Context, Listener, Poison, webhook_listener
 from tests.integration.processes import Processes, log_of, wait_until
 from tests.integration.test_ops import Tree, tree
-from workers.failed import list_failed
+from workers.cli.failed import list_failed
 
 __all__ = ["tree", "webhook_listener"]
 

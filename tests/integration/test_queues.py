@@ -22,9 +22,9 @@ from jobs.periodic import Periodic
 from jobs.queues import EMAIL, KryonixQueue
 from jobs.retry import RetryPolicy
 from tests.integration.processes import Processes, log_of, wait_until
-from workers.failed import list_failed
+from workers.cli.failed import list_failed
+from workers.cli.jobview import describe_job, render_job
 from workers.job import attempt_of
-from workers.jobview import describe_job, render_job
 from workers.maintenance import STUCK_AFTER_S, recover
 from workers.scheduler import PeriodicScheduler
 
@@ -120,7 +120,7 @@ def test_enqueue_with_redis_down_is_a_clear_error(
 ) -> None:
     from cache import connections
     from cache.settings import reset_settings
-    from workers.servers import free_port
+    from workers.dev.servers import free_port
 
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     monkeypatch.setenv("REDIS_RETRY_ATTEMPTS", "1")

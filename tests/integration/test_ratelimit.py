@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from cache import keys
 from cache.identifiers import InvalidIdentifier
-from cache.ratelimit import API, BY_IP, BY_USER, Decision, Preset, RateLimiter, RateLimitError
-from cache.ratelimit_headers import rate_limit_headers
+from cache.ratelimit.headers import rate_limit_headers
+from cache.ratelimit.service import API, BY_IP, BY_USER, Decision, Preset, RateLimiter, RateLimitError
 from tests.integration.ratelimit_fixtures import SlidingLog
 
 pytestmark = pytest.mark.ratelimit

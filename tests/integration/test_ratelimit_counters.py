@@ -11,7 +11,7 @@ import redis
 
 from cache.connections import Role, build_client
 from cache.errors import RedisUnavailable
-from cache.ratelimit import (
+from cache.ratelimit.service import (
     COUNTERS_FLUSH_INTERVAL_S,
     RateLimiter,
     flush_ratelimit_stats,
@@ -20,8 +20,8 @@ from cache.ratelimit import (
 )
 from cache.settings import Settings
 from tests.integration.ratelimit_counters_fixtures import decide_and_flush
-from workers.servers import RedisServer, free_port
-from workers.status_sections import ratelimit_section
+from workers.cli.status_sections import ratelimit_section
+from workers.dev.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.ratelimit
 

@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from cache.connections import Role, build_client
-from cache.ratelimit import (
+from cache.ratelimit.headers import rate_limit_headers
+from cache.ratelimit.service import (
     FAIL_CLOSED_RETRY_AFTER_S,
     FailurePolicy,
     RateLimiter,
@@ -20,10 +21,9 @@ from cache.ratelimit import (
     ratelimit_stats_by_scope,
     reset_ratelimit_stats,
 )
-from cache.ratelimit_headers import rate_limit_headers
 from cache.settings import Settings
 from tests.integration.ratelimit_fixtures import admit_many, burst_until_killed
-from workers.servers import RedisServer, free_port
+from workers.dev.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.ratelimit
 
@@ -117,7 +117,7 @@ def test_stopped_redis_fail_open_and_fail_closed_then_recover(
     assert not fail_open.check("u", 1, 60).degraded
 
     server.stop()
-    caplog.set_level(logging.WARNING, logger="cache.ratelimit")
+    caplog.set_level(logging.WARNING, logger="cache.ratelimit.service")
     opened = [fail_open.check("u", 1, 60) for _ in range(3)]
     assert all(d.allowed and d.degraded for d in opened), "limit used up, yet admitted: Redis was not asked"
     assert opened[0].reason is not None and "Redis unavailable" in opened[0].reason

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from cache.errors import RedisUnavailable
-from cache.realtime import RealtimeService
-from cache.realtime_envelope import Event, InvalidEvent
-from cache.realtime_subscriber import Subscriber
+from cache.realtime.envelope import Event, InvalidEvent
+from cache.realtime.service import RealtimeService
+from cache.realtime.subscriber import Subscriber
 from tests.integration.realtime_fixtures import PrivateRedis, Recorder, private_redis, wait_until
 
 pytestmark = pytest.mark.realtime
@@ -110,7 +110,7 @@ def test_200_channels_on_one_connection_each_callback_sees_only_its_own(primary:
 def test_malformed_payload_is_skipped_and_logged(
     primary: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="cache.realtime_subscriber")
+    caplog.set_level(logging.WARNING, logger="cache.realtime.subscriber")
     service = RealtimeService()
     recorder = Recorder()
     with Subscriber(service) as subscriber:

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from cache.realtime_async import AsyncRealtimeService
-from cache.realtime_envelope import Event, InvalidEvent
+from cache.realtime.async_service import AsyncRealtimeService
+from cache.realtime.envelope import Event, InvalidEvent
 from tests.integration.realtime_fixtures import PrivateRedis, ReconnectGate, Recorder, private_redis
 
 pytestmark = pytest.mark.realtime
@@ -87,7 +87,7 @@ def test_async_200_channels_on_one_connection_each_handler_sees_only_its_own(
 def test_async_coroutine_handlers_malformed_payloads_and_unsubscribe(
     private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="cache.realtime_subscriber")
+    caplog.set_level(logging.WARNING, logger="cache.realtime.subscriber")
     got: list[str] = []
 
     async def handler(event: Event) -> None:

@@ -10,10 +10,10 @@ from contextlib import contextmanager
 import pytest
 import redis
 
-from cache.realtime import RealtimeService
-from cache.realtime_envelope import InvalidEvent
+from cache.realtime.envelope import InvalidEvent
+from cache.realtime.service import RealtimeService
 from tests.integration.realtime_fixtures import wait_until
-from workers.events_tail import format_event, tail_events
+from workers.cli.events_tail import format_event, tail_events
 
 pytestmark = pytest.mark.realtime
 

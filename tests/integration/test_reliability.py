@@ -19,17 +19,17 @@ from rq.worker import Worker
 from sqlalchemy import Engine, insert
 
 from cache import connections
-from cache.cache import CacheService
-from cache.cached_db import CachedDatabase
-from cache.database import companies, create_schema, make_engine, users
-from cache.sessions import SessionService, SessionStoreUnavailable
+from cache.appcache.cached_db import CachedDatabase
+from cache.appcache.platform import companies, create_schema, make_engine, users
+from cache.appcache.service import CacheService
+from cache.sessions.service import SessionService, SessionStoreUnavailable
 from cache.settings import reset_settings
 from jobs.enqueue import enqueue, fetch_job
 from jobs.errors import EnqueueUnavailable
 from jobs.queues import KryonixQueue
 from tests.integration.processes import Processes, log_of, process_env, wait_until
 from tests.integration.sentinel import SentinelCluster
-from workers.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
+from workers.dev.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
 
 pytestmark = pytest.mark.reliability
 

@@ -18,7 +18,7 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
-from cache.database import activity, companies, users
+from cache.appcache.platform import activity, companies, users
 from cache.settings import reset_settings
 from jobs.errors import PermanentJobError, TransientJobError
 from jobs.reports import enqueue_report
@@ -39,7 +39,7 @@ from tests.integration.reports_fixtures import (
     reports_dir,
     seed_bulk,
 )
-from workers.seed_cli import seed_demo
+from workers.cli.seed import seed_demo
 
 pytestmark = pytest.mark.reports
 __all__ = ["report_settings", "reports_dir"]  # fixtures

@@ -20,8 +20,8 @@ import redis
 from rq.command import send_stop_job_command
 from sqlalchemy import Engine, func, select
 
-from cache.database import activity
-from cache.realtime import RealtimeService
+from cache.appcache.platform import activity
+from cache.realtime.service import RealtimeService
 from jobs.enqueue import enqueue, fetch_job
 from jobs.queues import KryonixQueue
 from jobs.reports import enqueue_report, scheduled_report
@@ -39,7 +39,7 @@ from tests.integration.reports_fixtures import (
     seed_bulk,
     visible_files,
 )
-from workers.failed import list_failed
+from workers.cli.failed import list_failed
 from workers.job import attempt_of
 from workers.scheduler import PeriodicScheduler
 

@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from cache import keys
-from cache import sessions as sessions_module
 from cache.connections import Role, build_client
-from cache.sessions import DEFAULT_ABSOLUTE_TTL_S, DEFAULT_IDLE_TTL_S, SessionError, SessionService
+from cache.sessions import service as sessions_module
+from cache.sessions.service import DEFAULT_ABSOLUTE_TTL_S, DEFAULT_IDLE_TTL_S, SessionError, SessionService
 from cache.settings import get_settings
 
 pytestmark = pytest.mark.sessions

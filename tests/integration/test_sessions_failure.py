@@ -14,9 +14,9 @@ import pytest
 
 from cache.connections import Role, build_client
 from cache.errors import RedisUnavailable
-from cache.sessions import SessionService, SessionStoreUnavailable
+from cache.sessions.service import SessionService, SessionStoreUnavailable
 from cache.settings import Settings
-from workers.servers import PRIMARY_CONF, RedisServer
+from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 pytestmark = pytest.mark.sessions
 

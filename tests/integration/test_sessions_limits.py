@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from cache.sessions import InvalidSessionArgument, SessionService
+from cache.sessions.service import InvalidSessionArgument, SessionService
 
 pytestmark = [pytest.mark.sessions, pytest.mark.security]
 

@@ -21,19 +21,19 @@ import pytest
 import redis
 
 from cache import connections
-from cache.breaker import CircuitBreaker
-from cache.cache import CacheService
-from cache.cache_stats import CacheStats
+from cache.appcache.breaker import CircuitBreaker
+from cache.appcache.service import CacheService
+from cache.appcache.stats import CacheStats
 from cache.errors import RedisUnavailable
-from cache.ratelimit import RateLimiter
-from cache.realtime import RealtimeService
-from cache.realtime_async import AsyncRealtimeService
-from cache.sessions import SessionService, SessionStoreUnavailable
+from cache.ratelimit.service import RateLimiter
+from cache.realtime.async_service import AsyncRealtimeService
+from cache.realtime.service import RealtimeService
+from cache.sessions.service import SessionService, SessionStoreUnavailable
 from cache.settings import DEFAULT_CALL_TIMEOUT_S
 from jobs.email import enqueue_email
 from jobs.enqueue import enqueue
 from jobs.errors import EnqueueUnavailable
-from workers.servers import PRIMARY_CONF, RedisServer
+from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 pytestmark = pytest.mark.security
 

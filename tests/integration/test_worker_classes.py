@@ -20,7 +20,7 @@ import redis
 from jobs.enqueue import enqueue, fetch_job
 from tests.integration.poison import Listener, PickleCanary, job_hash, push, webhook_listener
 from tests.integration.processes import Processes, log_of, rq_bin, wait_until
-from workers.failed import list_failed
+from workers.cli.failed import list_failed
 
 __all__ = ["webhook_listener"]
 

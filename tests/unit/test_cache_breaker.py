@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from cache.breaker import BreakerState, CircuitBreaker, InvalidationBacklog, LogThrottle
-from cache.cache_stats import COUNTERS, CacheStats
+from cache.appcache.breaker import BreakerState, CircuitBreaker, InvalidationBacklog, LogThrottle
+from cache.appcache.stats import COUNTERS, CacheStats
 
 pytestmark = pytest.mark.cache
 

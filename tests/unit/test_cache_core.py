@@ -7,7 +7,7 @@ import math
 import orjson
 import pytest
 
-from cache.cache_core import (
+from cache.appcache.core import (
     CORRUPT,
     MAX_KEY_LENGTH,
     MAX_TTL_S,

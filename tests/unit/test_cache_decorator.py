@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from cache.cache import CacheService, cached
-from cache.cache_decorator import MAX_READABLE_ARGS, CachedFunction
+from cache.appcache.decorator import MAX_READABLE_ARGS, CachedFunction
+from cache.appcache.service import CacheService, cached
 
 pytestmark = pytest.mark.cache
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.dashboard_guard import allowed_hosts, host_name, same_origin
+from workers.dashboard.guard import allowed_hosts, host_name, same_origin
 
 pytestmark = pytest.mark.security
 

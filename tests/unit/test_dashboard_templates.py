@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import rq_dashboard
 
-from workers.dashboard_templates import REPLACEMENTS, TemplateChanged, patch_source
+from workers.dashboard.templates import REPLACEMENTS, TemplateChanged, patch_source
 
 pytestmark = pytest.mark.security
 

@@ -6,7 +6,7 @@ import pytest
 
 from cache.errors import ConfigError
 from cache.settings import Settings
-from workers.dashboard import dashboard_redis_url
+from workers.dashboard.app import dashboard_redis_url
 
 pytestmark = pytest.mark.ops
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from workers.cli import main
-from workers.servers import PROJECT_ROOT
-from workers.supervise import RQ_ENVIRONMENT
+from workers.cli.main import main
+from workers.cli.supervise import RQ_ENVIRONMENT
+from workers.dev.servers import PROJECT_ROOT
 
 pytestmark = pytest.mark.ops
 

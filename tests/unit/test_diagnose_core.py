@@ -11,8 +11,8 @@ import pytest
 
 from cache import keys
 from cache.errors import ConfigError
-from workers.backup import check_timeout, render_backup
-from workers.diagnose import (
+from workers.cli.backup import check_timeout, render_backup
+from workers.cli.diagnose import (
     INFO_FIELDS,
     MAX_PINGS,
     PatternUsage,
@@ -23,9 +23,9 @@ from workers.diagnose import (
     percentile,
     summarize_latency,
 )
+from workers.cli.metrics import check_port, count_ratelimit_keys, cumulative_buckets
+from workers.cli.status_sections import human_bytes, render_diagnose
 from workers.job_stats import DURATION_BUCKETS_S, bucket_field
-from workers.metrics import check_port, count_ratelimit_keys, cumulative_buckets
-from workers.status_sections import human_bytes, render_diagnose
 
 pytestmark = pytest.mark.ops
 

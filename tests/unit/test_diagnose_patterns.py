@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from cache import keys
-from workers.diagnose import MAX_PATTERN_LENGTH, key_pattern
+from workers.cli.diagnose import MAX_PATTERN_LENGTH, key_pattern
 
 pytestmark = pytest.mark.ops
 

@@ -214,7 +214,7 @@ def test_bad_periodic_definitions(kwargs: dict[str, object], expected: str) -> N
 def test_duration_parser() -> None:
     import click
 
-    from workers.cli import parse_duration
+    from workers.cli.main import parse_duration
 
     assert parse_duration("7d") == 604800
     assert parse_duration("30m") == 1800

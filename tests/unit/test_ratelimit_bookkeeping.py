@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from cache import keys
-from cache.ratelimit import (
+from cache.ratelimit.core import counter_field, parse_counters
+from cache.ratelimit.service import (
     COUNTERS_FLUSH_INTERVAL_S,
     DecisionCounters,
     FailurePolicy,
@@ -27,8 +28,7 @@ from cache.ratelimit import (
     read_ratelimit_counters,
     reset_ratelimit_stats,
 )
-from cache.ratelimit_core import counter_field, parse_counters
-from workers.status_sections import ratelimit_section
+from workers.cli.status_sections import ratelimit_section
 
 pytestmark = pytest.mark.ratelimit
 

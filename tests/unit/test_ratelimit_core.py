@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from cache.identifiers import IdentifierKind, InvalidIdentifier
-from cache.ratelimit import (
+from cache.ratelimit.service import (
     API,
     BY_IP,
     BY_USER,
@@ -382,7 +382,7 @@ def test_outage_warnings_are_throttled_and_recovery_logged(
 ) -> None:
     clock = FakeClock()
     limiter = RateLimiter(stub, scope="s", monotonic=clock)  # type: ignore[arg-type]
-    caplog.set_level(logging.INFO, logger="cache.ratelimit")
+    caplog.set_level(logging.INFO, logger="cache.ratelimit.service")
     stub.error = redis.ConnectionError("Connection refused")
     for _ in range(10):
         limiter.check("a", 5, 30)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cache.ratelimit import Decision, FailurePolicy, InvalidRateLimit, unavailable_decision
-from cache.ratelimit_headers import limit_item, policy_item, rate_limit_headers, retry_after_value
+from cache.ratelimit.headers import limit_item, policy_item, rate_limit_headers, retry_after_value
+from cache.ratelimit.service import Decision, FailurePolicy, InvalidRateLimit, unavailable_decision
 
 pytestmark = pytest.mark.ratelimit
 

@@ -8,9 +8,9 @@ import fakeredis
 import pytest
 
 from cache.errors import ConfigError
-from cache.ratelimit import RateLimiter
-from cache.ratelimit_core import API, BY_IP, BY_USER, FailurePolicy
-from cache.ratelimit_presets import parse_preset
+from cache.ratelimit.core import API, BY_IP, BY_USER, FailurePolicy
+from cache.ratelimit.presets import parse_preset
+from cache.ratelimit.service import RateLimiter
 from cache.settings import Settings
 
 pytestmark = pytest.mark.ratelimit

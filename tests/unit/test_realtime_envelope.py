@@ -8,8 +8,7 @@ import orjson
 import pytest
 
 from cache.errors import ConfigError
-from cache.realtime import RealtimeCore, RealtimeService, check_limits
-from cache.realtime_envelope import (
+from cache.realtime.envelope import (
     MAX_SEQ,
     Event,
     InvalidEnvelope,
@@ -32,6 +31,7 @@ from cache.realtime_envelope import (
     validate_pattern,
     validate_user_id,
 )
+from cache.realtime.service import RealtimeCore, RealtimeService, check_limits
 
 pytestmark = pytest.mark.realtime
 

@@ -146,13 +146,13 @@ def test_missing_email_module_is_logged_not_fatal(
 def test_event_failure_never_fails_the_job(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import cache.realtime
+    import cache.realtime.service
 
     class Broken:
         def publish_user_event(self, *args: Any) -> str:
             raise ConnectionError("redis gone")
 
-    monkeypatch.setattr(cache.realtime, "RealtimeService", Broken)
+    monkeypatch.setattr(cache.realtime.service, "RealtimeService", Broken)
     assert notify.publish_ready("42", _report(10)) is None
     assert "report.ready event for user 42 not sent" in caplog.text
 

@@ -1,4 +1,4 @@
-"""The pure core of cache.sessions: id shape, expiry arithmetic, argument checks (no Redis)."""
+"""The pure core of cache.sessions.service: id shape, expiry arithmetic, argument checks (no Redis)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import redis
 
 from cache.errors import KryonixError, RedisUnavailable
-from cache.sessions import SessionService
-from cache.sessions_core import (
+from cache.sessions.core import (
     MAX_FIELDS,
     MAX_TTL_S,
     Deadlines,
@@ -28,6 +27,7 @@ from cache.sessions_core import (
     plan_deadlines,
     ttl_ms,
 )
+from cache.sessions.service import SessionService
 
 pytestmark = pytest.mark.sessions
 

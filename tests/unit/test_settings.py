@@ -98,7 +98,7 @@ def test_secrets_are_not_in_repr() -> None:
 def test_env_example_lists_every_variable_the_settings_read() -> None:
     import re
 
-    from workers.servers import PROJECT_ROOT
+    from workers.dev.servers import PROJECT_ROOT
 
     source = (PROJECT_ROOT / "cache" / "settings.py").read_text()
     read = set(re.findall(r'env\.\w+\(\s*"([A-Z_]+)"', source)) | set(
@@ -116,7 +116,7 @@ def test_env_example_lists_every_variable_the_settings_read() -> None:
 def test_event_stream_limits_come_from_the_environment(settings_env: Callable[..., None]) -> None:
     import fakeredis
 
-    from cache.realtime import RealtimeService
+    from cache.realtime.service import RealtimeService
 
     assert Settings.from_env({}).events_stream_maxlen == 1000
     with pytest.raises(ConfigError, match="EVENTS_STREAM_MAXLEN must be an integer"):

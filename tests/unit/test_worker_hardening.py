@@ -12,7 +12,7 @@ from cache.errors import ConfigError
 from cache.settings import Settings
 from jobs.allowlist import JobNotAllowed, resolve
 from jobs.quarantine import UnreadableJob, parse_id
-from workers.cli import parse_duration
+from workers.cli.main import parse_duration
 from workers.startup import SAFE_CLASSES, worker_environment
 
 pytestmark = pytest.mark.security

@@ -1,0 +1,61 @@
+"""Rate limiting per IP, per user and per API key: one sliding-window check per request
+in Lua, presets from the environment, IETF RateLimit headers.
+"""
+
+from typing import TYPE_CHECKING
+
+from cache.exports import lazy_exports
+
+if TYPE_CHECKING:
+    from cache.ratelimit.core import (
+        API,
+        BY_IP,
+        BY_USER,
+        Decision,
+        FailurePolicy,
+        InvalidRateLimit,
+        Preset,
+        RateLimitError,
+    )
+    from cache.ratelimit.headers import rate_limit_headers
+    from cache.ratelimit.service import (
+        RateLimiter,
+        flush_ratelimit_stats,
+        ratelimit_counters,
+        ratelimit_stats,
+    )
+
+__all__ = [
+    "API",
+    "BY_IP",
+    "BY_USER",
+    "Decision",
+    "FailurePolicy",
+    "InvalidRateLimit",
+    "Preset",
+    "RateLimitError",
+    "RateLimiter",
+    "flush_ratelimit_stats",
+    "rate_limit_headers",
+    "ratelimit_counters",
+    "ratelimit_stats",
+]
+
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "RateLimiter": "cache.ratelimit.service",
+        "flush_ratelimit_stats": "cache.ratelimit.service",
+        "ratelimit_counters": "cache.ratelimit.service",
+        "ratelimit_stats": "cache.ratelimit.service",
+        "API": "cache.ratelimit.core",
+        "BY_IP": "cache.ratelimit.core",
+        "BY_USER": "cache.ratelimit.core",
+        "Decision": "cache.ratelimit.core",
+        "FailurePolicy": "cache.ratelimit.core",
+        "InvalidRateLimit": "cache.ratelimit.core",
+        "Preset": "cache.ratelimit.core",
+        "RateLimitError": "cache.ratelimit.core",
+        "rate_limit_headers": "cache.ratelimit.headers",
+    },
+)

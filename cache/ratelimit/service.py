@@ -1,0 +1,413 @@
+"""Rate limits on the PRIMARY Redis: an exact sliding log, one atomic script, one round trip.
+
+The naive `INCR` then `EXPIRE` leaves a key without TTL when the process dies between
+the two calls (that client is locked out for good) and admits twice the limit across a
+fixed-window boundary. Here one Lua script (`lua/ratelimit_check.lua`, EVALSHA,
+reloaded on NOSCRIPT) keeps a log of admitted units per identifier, counts the units
+in the sliding window, and either admits (writing the log and its TTL in the same
+atomic step) or denies with the exact time at which the request would fit. No window
+of `window_seconds` ever holds more than `limit` admitted units. The README ("Rate limiting") has
+the algorithm, the key layout, memory per key, presets, headers and failure policy.
+
+When Redis cannot answer, each limiter follows its failure policy: fail open (admit,
+log, count) or fail closed (deny with a reason). Decisions are counted in memory
+(`ratelimit_stats()`) and added to one hash on the primary at most every 5 s, inside a
+check that already reached Redis, so `ratelimit_counters()` and the metrics exporter see
+every process's totals without a second round trip per check.
+The pure core (policies, validation, decisions) lives in `cache.ratelimit.core` and is
+re-exported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+
+import redis
+from redis import Redis
+from redis.exceptions import NoScriptError
+
+from cache import connections, keys
+from cache.connections import Role
+from cache.identifiers import IdentifierKind, normalize
+from cache.ratelimit.core import (
+    API,
+    BY_IP,
+    BY_USER,
+    COUNTERS_FLUSH_INTERVAL_S,
+    FAIL_CLOSED_RETRY_AFTER_S,
+    MAX_LIMIT,
+    MAX_NOW_MS,
+    MAX_WINDOW_S,
+    OUTCOMES,
+    Decision,
+    DecisionCounters,
+    FailurePolicy,
+    InvalidRateLimit,
+    Preset,
+    RateLimitError,
+    Spec,
+    check_cost,
+    check_failure_policy,
+    check_identifier_kind,
+    check_limit,
+    check_now_ms,
+    check_scope,
+    counter_field,
+    decision_from_reply,
+    is_outage,
+    parse_counters,
+    resolution_to_ms,
+    unavailable_decision,
+    window_to_ms,
+)
+from cache.settings import get_settings
+
+__all__ = [
+    "API",
+    "BY_IP",
+    "BY_USER",
+    "COUNTERS_FLUSH_INTERVAL_S",
+    "FAIL_CLOSED_RETRY_AFTER_S",
+    "MAX_LIMIT",
+    "MAX_NOW_MS",
+    "MAX_WINDOW_S",
+    "OUTCOMES",
+    "Decision",
+    "DecisionCounters",
+    "FailurePolicy",
+    "InvalidRateLimit",
+    "Preset",
+    "RateLimitError",
+    "RateLimiter",
+    "check_cost",
+    "check_limit",
+    "check_now_ms",
+    "check_scope",
+    "decision_from_reply",
+    "flush_ratelimit_stats",
+    "is_outage",
+    "ratelimit_counters",
+    "ratelimit_stats",
+    "ratelimit_stats_by_scope",
+    "read_ratelimit_counters",
+    "reset_ratelimit_stats",
+    "resolution_to_ms",
+    "unavailable_decision",
+    "window_to_ms",
+]
+
+logger = logging.getLogger(__name__)
+
+FAILURE_LOG_INTERVAL_S = 60.0  # one warning a minute per scope while Redis is down: pages, not floods
+MAX_CACHED_SPECS = 256  # distinct (limit, window, resolution) a limiter remembers as validated
+
+
+# --- counters and outage logging -----------------------------------------------------------
+
+_stats = DecisionCounters()
+
+
+def ratelimit_stats() -> dict[str, int]:
+    """This process's checks since start: allowed, denied (by Redis), fail_open, fail_closed."""
+    totals = dict.fromkeys(OUTCOMES, 0)
+    for counts in _stats.by_scope().values():
+        for outcome, count in counts.items():
+            totals[outcome] += count
+    return totals
+
+
+def ratelimit_stats_by_scope() -> dict[str, dict[str, int]]:
+    """The same counts per scope (`ip`, `user`, `api`, ...), for this process only."""
+    return _stats.by_scope()
+
+
+def reset_ratelimit_stats() -> None:
+    """Zero the counters (tests; a forked child starts from zero on its own, or it would
+    flush its parent's counts a second time)."""
+    global _stats
+    _stats = DecisionCounters()
+
+
+def flush_counters(client: Redis, now: float | None = None) -> None:
+    """Add this process's unflushed counts to `keys.rate_limit_counters()`: one pipelined
+    round trip, none when there is nothing to add.
+
+    Raises:
+        redis.RedisError: Redis failed; the counts are kept for the next flush.
+    """
+    stats = _stats
+    pending = stats.take_pending(time.monotonic() if now is None else now)
+    if not pending:
+        return
+    try:
+        pipe = client.pipeline(transaction=False)
+        for (scope, outcome), count in pending.items():
+            pipe.hincrby(keys.rate_limit_counters(), counter_field(scope, outcome), count)
+        pipe.execute()
+    except BaseException:
+        stats.restore_pending(pending)
+        raise
+
+
+def read_ratelimit_counters(client: Redis) -> dict[str, dict[str, int]]:
+    """Every process's flushed totals, `{scope: {outcome: count}}`; reads only (metrics scrapes).
+
+    Raises:
+        redis.RedisError: Redis failed.
+        ValueError: a counter in the hash is not an integer.
+    """
+    return parse_counters(client.hgetall(keys.rate_limit_counters()))
+
+
+def ratelimit_counters(client: Redis | None = None) -> dict[str, dict[str, int]]:
+    """Decisions per scope summed over every process using this primary (this one flushed first).
+
+    What the status command reads; other processes' checks show up within their flush
+    interval (`COUNTERS_FLUSH_INTERVAL_S`) as long as they keep checking, or when they
+    call `flush_ratelimit_stats()` (e.g. at the end of a forked job).
+
+    Raises:
+        RedisUnavailable: the primary cannot be reached; the message names REDIS_URL.
+    """
+    redis_client = client if client is not None else connections.primary()
+    with connections.translate_errors(Role.PRIMARY):
+        flush_counters(redis_client)
+        return read_ratelimit_counters(redis_client)
+
+
+def flush_ratelimit_stats(client: Redis | None = None) -> bool:
+    """Push this process's unflushed counts now (before exit, at the end of a forked job).
+
+    Returns:
+        `False` instead of raising when Redis is unavailable; the counts are kept.
+    """
+    try:
+        flush_counters(client if client is not None else connections.primary())
+    except redis.RedisError:
+        return False
+    return True
+
+
+os.register_at_fork(after_in_child=reset_ratelimit_stats)
+
+
+class _OutageLog:
+    """Warns on the first failure of a scope, then at most once per interval, and once on recovery."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.down: dict[str, tuple[float, int]] = {}  # scope -> (last warning at, failures since)
+
+    def failed(self, scope: str, policy: FailurePolicy, exc: BaseException) -> None:
+        now = self.clock()
+        with self.lock:
+            last, count = self.down.get(scope, (-math.inf, 0))
+            if now - last < self.interval_s:
+                self.down[scope] = (last, count + 1)
+                return
+            self.down[scope] = (now, 0)
+        logger.warning(
+            "rate limit %r: Redis unavailable, failing %s (%d more failures since the last warning): %s: %s",
+            scope,
+            policy.value,
+            count,
+            type(exc).__name__,
+            exc,
+        )
+
+    def succeeded(self, scope: str) -> None:
+        if scope not in self.down:  # the common case, without taking the lock
+            return
+        with self.lock:
+            if self.down.pop(scope, None) is None:
+                return
+        logger.info("rate limit %r: Redis reachable again", scope)
+
+
+# --- I/O shell ---------------------------------------------------------------------------
+
+
+@cache
+def _lua(name: str) -> str:
+    return (resources.files("cache") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+class RateLimiter:
+    """Sliding-window rate limits on the PRIMARY Redis; see the README, "Rate limiting".
+
+    Args:
+        redis: a PRIMARY client (never the evicting cache); defaults to `connections.primary()`.
+            Its timeouts and retries bound how long a check waits while Redis is down.
+        scope: names the limits `check` keeps (part of every key), e.g. `login`.
+        failure_policy: what `check` answers when Redis is unreachable.
+        identifier_kind: how `check` normalises identifiers (IP, opaque, secret).
+        by_ip, by_user, api: the presets behind `limit_by_ip`, `limit_by_user`, `limit_api`;
+            by default the settings' (`RATELIMIT_BY_IP`, `RATELIMIT_BY_USER`, `RATELIMIT_API`).
+        ipv6_prefix: native IPv6 clients of one block of this many bits share a limit;
+            by default `RATELIMIT_IPV6_PREFIX` (56).
+        monotonic: clock for throttling outage warnings and for the counters' flush
+            interval; injected by tests.
+
+    Raises:
+        InvalidRateLimit: a bad scope or policy.
+    """
+
+    def __init__(
+        self,
+        redis: Redis | None = None,
+        *,
+        scope: str = "default",
+        failure_policy: FailurePolicy = FailurePolicy.OPEN,
+        identifier_kind: IdentifierKind = IdentifierKind.OPAQUE,
+        by_ip: Preset | None = None,
+        by_user: Preset | None = None,
+        api: Preset | None = None,
+        ipv6_prefix: int | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.scope = check_scope(scope)
+        self.failure_policy = check_failure_policy(failure_policy)
+        self.identifier_kind = check_identifier_kind(identifier_kind)
+        if by_ip is None or by_user is None or api is None or ipv6_prefix is None:
+            settings = get_settings()  # RATELIMIT_BY_IP, _BY_USER, _API, _IPV6_PREFIX
+            by_ip = by_ip or settings.ratelimit_by_ip
+            by_user = by_user or settings.ratelimit_by_user
+            api = api or settings.ratelimit_api
+            ipv6_prefix = settings.ratelimit_ipv6_prefix if ipv6_prefix is None else ipv6_prefix
+        self.by_ip, self.by_user, self.api = by_ip, by_user, api
+        normalize("::1", IdentifierKind.IP, ipv6_prefix=ipv6_prefix)  # a bad prefix fails here, not per check
+        self.ipv6_prefix = ipv6_prefix
+        self.redis = redis if redis is not None else connections.primary()
+        self._script = self.redis.register_script(_lua("ratelimit_check"))
+        self._specs: dict[tuple[object, ...], Spec] = {}
+        self._monotonic = monotonic
+        self._outages = _OutageLog(FAILURE_LOG_INTERVAL_S, monotonic)
+
+    def check(
+        self,
+        identifier: str | int,
+        limit: int,
+        window_seconds: float,
+        *,
+        cost: int = 1,
+        now_ms: int | None = None,
+        resolution_seconds: float | None = None,
+    ) -> Decision:
+        """Count one request of `identifier` against `limit` units per `window_seconds`.
+
+        Args:
+            identifier: who is limited; normalised by the limiter's identifier kind.
+            limit: most units admitted in any window (1..MAX_LIMIT).
+            window_seconds: the sliding window; limits of one scope with different
+                windows are kept apart.
+            cost: units this request uses (1..limit); a denied request uses none.
+            now_ms: the time of the request on the caller's clock, for tests and
+                replays; by default the Redis server's clock, shared by every process.
+            resolution_seconds: None keeps the log exact; a number (at most the window)
+                bounds its memory to about window / resolution members, holding units
+                back at most that much longer. Never admits more than `limit` either way.
+
+        Returns:
+            The decision; never raises for an unreachable Redis (see the failure policy).
+
+        Raises:
+            InvalidRateLimit: a bad limit, window, cost, time or resolution.
+            InvalidIdentifier: an identifier that cannot be normalised.
+            RateLimitError: Redis refused the script for a reason other than an outage.
+        """
+        return self._check(
+            self._spec_for(limit, window_seconds, resolution_seconds), identifier, cost, now_ms
+        )
+
+    def check_preset(
+        self, preset: Preset, identifier: str | int, *, cost: int = 1, now_ms: int | None = None
+    ) -> Decision:
+        """`check` under `preset`'s scope, limit, window, resolution, identifier kind and failure policy."""
+        return self._check(preset.spec, identifier, cost, now_ms)
+
+    def limit_by_ip(self, ip: str, *, cost: int = 1, now_ms: int | None = None) -> Decision:
+        """The per-address limit (default 100/min, IPv6 by /56, embedded IPv4 by itself, fails open)."""
+        return self.check_preset(self.by_ip, ip, cost=cost, now_ms=now_ms)
+
+    def limit_by_user(self, user_id: str | int, *, cost: int = 1, now_ms: int | None = None) -> Decision:
+        """The per-user limit (default 1000/min, fails open)."""
+        return self.check_preset(self.by_user, user_id, cost=cost, now_ms=now_ms)
+
+    def limit_api(self, api_key: str, *, cost: int = 1, now_ms: int | None = None) -> Decision:
+        """The per-API-key quota (default 10,000/hour, key hashed, fails closed)."""
+        return self.check_preset(self.api, api_key, cost=cost, now_ms=now_ms)
+
+    def _spec_for(self, limit: object, window_s: object, resolution_s: object) -> Spec:
+        """The checked Spec of `check`'s arguments, validated once per distinct policy.
+
+        The types are part of the cache key: `True == 1` must not pass as a limit of 1.
+        """
+        cache_key = (limit, window_s, resolution_s, type(limit), type(window_s), type(resolution_s))
+        spec = self._specs.get(cache_key)
+        if spec is None:
+            window_ms = window_to_ms(window_s)
+            spec = Spec(
+                scope=self.scope,
+                failure_policy=self.failure_policy,
+                identifier_kind=self.identifier_kind,
+                limit=check_limit(limit),
+                window_ms=window_ms,
+                resolution_ms=resolution_to_ms(resolution_s, window_ms),
+            )
+            if len(self._specs) >= MAX_CACHED_SPECS:
+                self._specs.clear()
+            self._specs[cache_key] = spec
+        return spec
+
+    def _evalsha(self, key: str, args: list[str | int]) -> list[int]:
+        # EVALSHA straight away: redis-py's Script.__call__ costs ~5 us of Python per
+        # call; it is the fallback that loads the script after NOSCRIPT (a flush, a
+        # failover to a server that never saw it).
+        try:
+            reply: list[int] = self.redis.evalsha(self._script.sha, 1, key, *args)
+        except NoScriptError:
+            reply = self._script(keys=[key], args=args)
+        return reply
+
+    def _check(self, spec: Spec, identifier: object, cost: object, now_ms: object) -> Decision:
+        scope, policy, kind, limit, window_ms, resolution_ms = spec
+        units = check_cost(cost, limit)
+        now_arg = "" if now_ms is None else str(check_now_ms(now_ms))
+        key = keys.rate_limit_log(scope, window_ms, normalize(identifier, kind, ipv6_prefix=self.ipv6_prefix))
+        try:
+            with connections.bounded_call(self.redis):  # EVALSHA and, after NOSCRIPT, the reload
+                reply = self._evalsha(key, [now_arg, window_ms, limit, units, resolution_ms])
+        except redis.RedisError as exc:
+            if not is_outage(exc):
+                raise RateLimitError(
+                    f"rate limit {scope!r}: Redis refused the check: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._outages.failed(scope, policy, exc)
+            decision = unavailable_decision(
+                policy, scope=scope, limit=limit, window_ms=window_ms, error=f"{type(exc).__name__}: {exc}"
+            )
+            _stats.add(scope, "fail_open" if decision.allowed else "fail_closed")
+            return decision
+        self._outages.succeeded(scope)
+        decision = decision_from_reply(reply, scope=scope, limit=limit, window_ms=window_ms)
+        stats = _stats
+        stats.add(scope, "allowed" if decision.allowed else "denied")
+        # Only here, after Redis answered: a check during an outage never waits on a flush.
+        if stats.flush_due(now := self._monotonic()):
+            self._flush_counters(now)
+        return decision
+
+    def _flush_counters(self, now: float) -> None:
+        try:
+            flush_counters(self.redis, now)
+        except redis.RedisError as exc:  # the counts are kept for the next flush; the check stands
+            logger.debug("rate limit counters not flushed: %s: %s", type(exc).__name__, exc)

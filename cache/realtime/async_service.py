@@ -1,0 +1,312 @@
+"""The asyncio twin of `cache.realtime.service` and `cache.realtime.subscriber`, for ASGI servers.
+
+Same channels, envelope, Lua script, dedupe and replay rules: validation, encoding and
+every subscriber decision come from `RealtimeCore` and `SubscriptionBook`; this module
+only awaits the I/O. Handlers may be plain functions or coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Literal
+
+import redis
+import redis.asyncio
+
+from cache import connections, keys
+from cache.connections import Role
+from cache.realtime.envelope import (
+    DEFAULT_MAX_EVENT_BYTES,
+    Event,
+    EventHandler,
+    Kind,
+    SubscriberStats,
+    Subscription,
+    parse_stream_id,
+    plan_replay,
+    resolve_channel,
+    time_baseline,
+    validate_channel,
+    validate_pattern,
+    validate_user_id,
+)
+from cache.realtime.service import (
+    DEFAULT_REPLAY_COUNT,
+    RealtimeCore,
+    lua_source,
+    redis_errors,
+    utc_now,
+)
+from cache.realtime.subscriber import DEFAULT_POLL_INTERVAL_S, SubscriptionBook, default_backoff
+
+log = logging.getLogger(__name__)
+
+
+class AsyncRealtimeService(RealtimeCore):
+    """`RealtimeService` on `redis.asyncio`; same arguments, methods are coroutines.
+
+    `client` defaults to `connections.build_async_client(Role.PRIMARY)`; build one per
+    event loop (e.g. in the ASGI lifespan) and share it.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | None = None,
+        *,
+        stream_maxlen: int | None = None,
+        stream_ttl_s: int | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        super().__init__(
+            stream_maxlen=stream_maxlen,
+            stream_ttl_s=stream_ttl_s,
+            max_event_bytes=max_event_bytes,
+            clock=clock,
+        )
+        self.client = client if client is not None else connections.build_async_client(Role.PRIMARY)
+        self._publish_script = self.client.register_script(lua_source("realtime_publish.lua"))
+
+    async def publish_user_event(self, user_id: str | int, event: str, data: Mapping[str, Any]) -> str:
+        return await self.publish(keys.user_channel(validate_user_id(user_id)), event, data)
+
+    async def publish_system_event(self, event: str, data: Mapping[str, Any]) -> str:
+        return await self.publish(keys.SYSTEM_CHANNEL, event, data)
+
+    async def publish(self, channel: str, event: str, data: Mapping[str, Any]) -> str:
+        script_keys, args = self._publish_call(channel, event, data)
+        with redis_errors(f"publishing {event!r} to {channel}"):
+            stream_id = await self._publish_script(keys=script_keys, args=args)
+        return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+
+    async def events_since(
+        self, channel_or_user: str | int, last_id: str = "0-0", *, count: int = DEFAULT_REPLAY_COUNT
+    ) -> list[Event]:
+        channel = resolve_channel(channel_or_user)
+        return (await self.replay({channel: last_id}, count=count)).get(channel, [])
+
+    async def replay(
+        self, positions: Mapping[str, str], *, count: int = DEFAULT_REPLAY_COUNT
+    ) -> dict[str, list[Event]]:
+        reads = plan_replay(positions)
+        with redis_errors("replaying events"):
+            pipe = self.client.pipeline(transaction=False)
+            for read in reads:
+                pipe.xrange(read.key, min=read.start, max="+", count=count)
+            return self._replayed(reads, await pipe.execute())
+
+    async def latest_id(self, channel: str) -> str:
+        stream = keys.event_stream(validate_channel(channel))
+        with redis_errors(f"reading the latest event of {channel}"):
+            return self._newest_id(await self.client.xrevrange(stream, max="+", min="-", count=1))
+
+    async def now_id(self) -> str:
+        with redis_errors("reading the server time"):
+            seconds, microseconds = await self.client.time()
+        return time_baseline(int(seconds), int(microseconds))
+
+    async def channels_matching(self, pattern: str) -> list[str]:
+        match = keys.event_stream(validate_pattern(pattern))
+        with redis_errors(f"listing streams matching {pattern!r}"):
+            found = [raw async for raw in self.client.scan_iter(match=match, count=1000, _type="stream")]
+        return self._event_channels(found)
+
+
+class AsyncSubscriber:
+    """`Subscriber` as an asyncio task: one connection, replay on every (re)subscription.
+
+    Args:
+        service: defaults to `AsyncRealtimeService()`.
+        client: the client the subscription connection comes from; defaults to
+            `connections.build_async_client(Role.PRIMARY, pubsub=True)`.
+        backoff, poll_interval_s, replay_count: as for `Subscriber`.
+
+    Use `async with AsyncSubscriber() as subscriber:` or `await start()` / `await stop()`.
+    """
+
+    def __init__(
+        self,
+        service: AsyncRealtimeService | None = None,
+        *,
+        client: redis.asyncio.Redis | None = None,
+        backoff: Callable[[int], float] = default_backoff,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        replay_count: int = DEFAULT_REPLAY_COUNT,
+    ) -> None:
+        self._service = service if service is not None else AsyncRealtimeService()
+        self._own_client = client is None
+        self._client = client
+        self._backoff = backoff
+        self._poll_interval_s = poll_interval_s
+        self._replay_count = replay_count
+        self._book = SubscriptionBook()
+        self._commands: deque[tuple[Literal["add", "remove"], Subscription]] = deque()
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pubsub: redis.asyncio.client.PubSub | None = None
+
+    async def subscribe(
+        self, channel: str, handler: EventHandler, *, since: str | None = None
+    ) -> Subscription:
+        """See `Subscriber.subscribe`."""
+        validate_channel(channel)
+        start = since if since is not None else await self._service.latest_id(channel)
+        return self._enqueue("add", Subscription("channel", channel, handler, parse_stream_id(start)))
+
+    async def subscribe_user(
+        self, user_id: str | int, handler: EventHandler, *, since: str | None = None
+    ) -> Subscription:
+        return await self.subscribe(keys.user_channel(validate_user_id(user_id)), handler, since=since)
+
+    async def subscribe_system(self, handler: EventHandler, *, since: str | None = None) -> Subscription:
+        return await self.subscribe(keys.SYSTEM_CHANNEL, handler, since=since)
+
+    async def psubscribe(
+        self, pattern: str, handler: EventHandler, *, since: str | None = None
+    ) -> Subscription:
+        """See `Subscriber.psubscribe`."""
+        validate_pattern(pattern)
+        start = since if since is not None else await self._service.now_id()
+        return self._enqueue("add", Subscription("pattern", pattern, handler, parse_stream_id(start)))
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._enqueue("remove", subscription)
+
+    async def start(self) -> AsyncSubscriber:
+        if self._task is None:
+            if self._client is None:
+                self._client = connections.build_async_client(Role.PRIMARY, pubsub=True)
+            self._stop.clear()
+            self._task = asyncio.create_task(self._run(), name="kryonix-realtime")
+        return self
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the task and close the connection (cancelling the task if it does not stop in time)."""
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            try:
+                await asyncio.wait_for(task, timeout_s)
+            except TimeoutError:
+                log.warning("realtime subscriber did not stop within %.1f s; cancelled", timeout_s)
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def stats(self) -> SubscriberStats:
+        return replace(self._book.stats)
+
+    async def __aenter__(self) -> AsyncSubscriber:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _enqueue(self, op: Literal["add", "remove"], sub: Subscription) -> Subscription:
+        self._commands.append((op, sub))
+        self._ready.clear()
+        return sub
+
+    # -- the task ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self._connect()
+                while not self._stop.is_set():
+                    await self._step()
+            except Exception as exc:
+                await self._disconnect()
+                delay = self._backoff(self._book.attempt)
+                self._book.attempt += 1
+                if isinstance(exc, redis.ConnectionError | redis.TimeoutError | ConnectionError):
+                    log.warning("realtime subscriber lost Redis (%s); reconnecting in %.2f s", exc, delay)
+                else:
+                    log.exception("realtime subscriber failed; reconnecting in %.2f s", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        await self._disconnect()
+
+    async def _connect(self) -> None:
+        assert self._client is not None
+        self._pubsub = self._client.pubsub()
+        channels, patterns = self._book.names("channel"), self._book.names("pattern")
+        if channels:
+            await self._pubsub.subscribe(*channels)
+        if patterns:
+            await self._pubsub.psubscribe(*patterns)
+
+    async def _disconnect(self) -> None:
+        self._ready.clear()
+        self._book.connection_lost()
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            except Exception:  # the socket is already gone; nothing left to release
+                log.debug("closing the pubsub connection failed", exc_info=True)
+
+    async def _step(self) -> None:
+        pubsub = self._pubsub
+        assert pubsub is not None
+        while self._commands:
+            op, sub = self._commands.popleft()
+            action = self._book.apply(op, sub)
+            if action == "subscribe":
+                await (pubsub.subscribe if sub.kind == "channel" else pubsub.psubscribe)(sub.name)
+            elif action == "unsubscribe":
+                await (pubsub.unsubscribe if sub.kind == "channel" else pubsub.punsubscribe)(sub.name)
+            elif action == "replay":
+                await self._replay([sub], sub.kind, sub.name)
+        if pubsub.connection is None:  # nothing subscribed yet: redis.asyncio cannot read
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._poll_interval_s)
+        else:
+            message = await pubsub.get_message(timeout=self._poll_interval_s)
+            if message is not None:
+                await self._handle(message)
+        if not self._commands and self._book.ready():
+            self._ready.set()
+
+    async def _handle(self, message: Mapping[str, Any]) -> None:
+        if message["type"] in ("message", "pmessage"):
+            for sub, event in self._book.route(message):
+                await self._deliver(sub, event)
+        elif message["type"] in ("subscribe", "psubscribe"):
+            kind, subs = self._book.confirmed(message["type"], message["channel"])
+            if subs:
+                await self._replay(subs, kind, subs[0].name)
+
+    async def _replay(self, subs: list[Subscription], kind: Kind, name: str) -> None:
+        matching = await self._service.channels_matching(name) if kind == "pattern" else []
+        for positions in self._book.replay_batches(subs, kind, name, matching):
+            while positions:
+                events = await self._service.replay(positions, count=self._replay_count)
+                deliveries, positions = self._book.route_replay(subs, events)
+                for sub, event in deliveries:
+                    await self._deliver(sub, event)
+
+    async def _deliver(self, sub: Subscription, event: Event) -> None:
+        try:
+            result = sub.handler(event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self._book.stats.handler_errors += 1
+            log.exception("realtime handler %r failed on %s event %s", sub.handler, event.channel, event.id)

@@ -1,0 +1,237 @@
+"""Real-time events: publish to pub/sub and to a capped stream per channel, replay from it.
+
+Redis pub/sub alone is at-most-once: whatever is published while a subscriber is
+disconnected is gone. So every event is also appended to a capped stream (one per
+channel) in the same Lua call that publishes it, and the stream id is the event id.
+A subscriber that reconnects asks `events_since(channel, last_id)` for what it
+missed; `cache.realtime.subscriber.Subscriber` does that by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import redis
+
+from cache import connections, keys
+from cache.connections import Role, translate_errors
+from cache.errors import ConfigError
+from cache.realtime.envelope import (
+    DEFAULT_MAX_EVENT_BYTES,
+    Event,
+    RealtimeError,
+    ReplayRead,
+    encode_body,
+    is_event_channel,
+    parse_replay,
+    plan_replay,
+    resolve_channel,
+    time_baseline,
+    validate_channel,
+    validate_pattern,
+    validate_user_id,
+)
+from cache.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REPLAY_COUNT = 1000  # events per channel per replay call; page with the last id for more
+
+
+def lua_source(name: str) -> str:
+    """A script from `cache/lua/`, shipped as package data."""
+    return (resources.files("cache") / "lua" / name).read_text(encoding="utf-8")
+
+
+@contextmanager
+def redis_errors(action: str) -> Iterator[None]:
+    """RedisUnavailable for connection trouble (naming REDIS_URL), RealtimeError for the rest."""
+    try:
+        with translate_errors(Role.PRIMARY):
+            yield
+    except redis.RedisError as exc:
+        raise RealtimeError(f"{action} failed: {exc}") from exc
+
+
+def check_limits(stream_maxlen: int, stream_ttl_s: int, max_event_bytes: int) -> None:
+    """Raises ConfigError naming the first argument that is not a positive int."""
+    for name, value in (
+        ("stream_maxlen", stream_maxlen),
+        ("stream_ttl_s", stream_ttl_s),
+        ("max_event_bytes", max_event_bytes),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RealtimeCore:
+    """Settings and the I/O-free steps shared by `RealtimeService` and its asyncio twin."""
+
+    def __init__(
+        self,
+        *,
+        stream_maxlen: int | None = None,
+        stream_ttl_s: int | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if stream_maxlen is None or stream_ttl_s is None:
+            settings = get_settings()  # EVENTS_STREAM_MAXLEN, EVENTS_STREAM_TTL
+            stream_maxlen = settings.events_stream_maxlen if stream_maxlen is None else stream_maxlen
+            stream_ttl_s = settings.events_stream_ttl_s if stream_ttl_s is None else stream_ttl_s
+        check_limits(stream_maxlen, stream_ttl_s, max_event_bytes)
+        self.stream_maxlen = stream_maxlen
+        self.stream_ttl_s = stream_ttl_s
+        self.max_event_bytes = max_event_bytes
+        self._clock = clock
+
+    def _publish_call(self, channel: str, event: str, data: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `realtime_publish.lua`; validates everything before any I/O."""
+        body = encode_body(event, data, self._clock(), max_bytes=self.max_event_bytes)
+        stream = keys.event_stream(validate_channel(channel))
+        return [stream], [channel, self.stream_maxlen, self.stream_ttl_s * 1000, body]
+
+    @staticmethod
+    def _replayed(reads: list[ReplayRead], results: list[Any]) -> dict[str, list[Event]]:
+        events, skipped = parse_replay(reads, results)
+        if skipped:
+            log.warning("skipped %d malformed stream entries while replaying %s", skipped, sorted(events))
+        return events
+
+    @staticmethod
+    def _newest_id(rows: Any) -> str:
+        return _text(rows[0][0]) if rows else "0-0"
+
+    @staticmethod
+    def _event_channels(raw_keys: list[Any]) -> list[str]:
+        channels = (keys.event_stream_channel(_text(raw)) for raw in raw_keys)
+        return sorted(ch for ch in channels if ch is not None and is_event_channel(ch))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RealtimeService(RealtimeCore):
+    """Publish events to users and to everyone, and replay what a client missed.
+
+    Args:
+        client: a PRIMARY client; defaults to `connections.primary()`.
+        stream_maxlen: each channel's stream keeps about this many recent events
+            (`XADD MAXLEN ~`: Redis trims whole nodes, so it may briefly hold up to one
+            node, `stream-node-max-entries`, more); default `EVENTS_STREAM_MAXLEN`.
+        stream_ttl_s: a stream expires this long after its last event; default
+            `EVENTS_STREAM_TTL`.
+        max_event_bytes: larger encoded events are refused.
+        clock: returns the current aware time; injected by tests.
+
+    Raises:
+        ConfigError: a limit is not a positive integer.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | None = None,
+        *,
+        stream_maxlen: int | None = None,
+        stream_ttl_s: int | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        super().__init__(
+            stream_maxlen=stream_maxlen,
+            stream_ttl_s=stream_ttl_s,
+            max_event_bytes=max_event_bytes,
+            clock=clock,
+        )
+        self.client = client if client is not None else connections.primary()
+        self._publish_script = self.client.register_script(lua_source("realtime_publish.lua"))
+
+    def publish_user_event(self, user_id: str | int, event: str, data: Mapping[str, Any]) -> str:
+        """Send `event` to one user's channel `user:<id>:events`; returns the event id.
+
+        Raises:
+            InvalidEvent: bad user id, event name or data; nothing was written.
+            RedisUnavailable: the PRIMARY Redis cannot be reached.
+        """
+        return self.publish(keys.user_channel(validate_user_id(user_id)), event, data)
+
+    def publish_system_event(self, event: str, data: Mapping[str, Any]) -> str:
+        """Send `event` to every subscriber of `system:events`; returns the event id."""
+        return self.publish(keys.SYSTEM_CHANNEL, event, data)
+
+    def publish(self, channel: str, event: str, data: Mapping[str, Any]) -> str:
+        """Append to the channel's stream and publish, in one atomic script call.
+
+        Returns:
+            The event id (the stream id), also the `id` of the published envelope.
+
+        Raises:
+            InvalidEvent: bad channel, event name or data; nothing was written.
+            RedisUnavailable: the PRIMARY Redis cannot be reached.
+            RealtimeError: Redis refused the write (e.g. out of memory under noeviction).
+        """
+        script_keys, args = self._publish_call(channel, event, data)
+        with connections.bounded_call(self.client), redis_errors(f"publishing {event!r} to {channel}"):
+            return _text(self._publish_script(keys=script_keys, args=args))
+
+    def events_since(
+        self, channel_or_user: str | int, last_id: str = "0-0", *, count: int = DEFAULT_REPLAY_COUNT
+    ) -> list[Event]:
+        """Events of one channel strictly after `last_id`, oldest first, at most `count`.
+
+        Call again with the last returned id to page on. Events older than the stream
+        cap (`stream_maxlen`) or TTL are gone; the replay starts at the oldest kept one.
+
+        Args:
+            channel_or_user: `system:events`, `user:<id>:events`, or a bare user id.
+            last_id: the last event id the client saw (an SSE `Last-Event-ID`); `0-0` for all.
+            count: page size.
+
+        Raises:
+            InvalidEvent: bad channel, user id or event id.
+            RedisUnavailable: the PRIMARY Redis cannot be reached.
+        """
+        channel = resolve_channel(channel_or_user)
+        return self.replay({channel: last_id}, count=count).get(channel, [])
+
+    def replay(
+        self, positions: Mapping[str, str], *, count: int = DEFAULT_REPLAY_COUNT
+    ) -> dict[str, list[Event]]:
+        """`events_since` for many channels in one round trip: `{channel: last_id}` -> events."""
+        reads = plan_replay(positions)
+        with redis_errors("replaying events"):
+            pipe = self.client.pipeline(transaction=False)
+            for read in reads:
+                pipe.xrange(read.key, min=read.start, max="+", count=count)
+            return self._replayed(reads, pipe.execute())
+
+    def latest_id(self, channel: str) -> str:
+        """The id of the newest event kept for `channel`, `0-0` when there is none."""
+        stream = keys.event_stream(validate_channel(channel))
+        with redis_errors(f"reading the latest event of {channel}"):
+            return self._newest_id(self.client.xrevrange(stream, max="+", min="-", count=1))
+
+    def now_id(self) -> str:
+        """An id just below anything published from now on (Redis' clock, not ours)."""
+        with redis_errors("reading the server time"):
+            seconds, microseconds = self.client.time()
+        return time_baseline(int(seconds), int(microseconds))
+
+    def channels_matching(self, pattern: str) -> list[str]:
+        """Event channels that have a stream and match a pub/sub glob `pattern`.
+
+        SCANs the keyspace: meant for a pattern subscriber's replay after a reconnect.
+        """
+        match = keys.event_stream(validate_pattern(pattern))
+        with redis_errors(f"listing streams matching {pattern!r}"):
+            return self._event_channels(list(self.client.scan_iter(match=match, count=1000, _type="stream")))

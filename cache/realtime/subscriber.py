@@ -1,0 +1,397 @@
+"""A pub/sub subscriber that does not lose events: one connection, a thread, replay on reconnect.
+
+One connection carries every channel and pattern. Each subscription has its own
+handler and sees only its own channel (or pattern). Every SUBSCRIBE confirmation -
+the first one, and each one after a reconnect - triggers a replay from the stream of
+everything after the last event that subscription saw, and live messages are
+deduplicated by event id; together: every event published after `subscribe()`
+returned reaches the handler once, in order per channel, across Redis restarts.
+
+`SubscriptionBook` is the I/O-free half (routing, dedupe, positions, what the
+connection has confirmed), shared with the asyncio twin in `cache.realtime.async_service`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any, Literal
+
+import redis
+
+from cache import connections, keys
+from cache.realtime.envelope import (
+    Event,
+    EventHandler,
+    InvalidEnvelope,
+    Kind,
+    SubscriberStats,
+    Subscription,
+    decode_envelope,
+    format_stream_id,
+    parse_stream_id,
+    reconnect_delay_s,
+    validate_channel,
+    validate_pattern,
+    validate_user_id,
+)
+from cache.realtime.service import DEFAULT_REPLAY_COUNT, RealtimeService
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLL_INTERVAL_S = 0.1  # how long a read blocks before the loop looks at commands and stop
+REPLAY_BATCH = 500  # channels per pipelined replay read
+Delivery = tuple[Subscription, Event]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def default_backoff(attempt: int) -> float:
+    return reconnect_delay_s(attempt, random.random())
+
+
+class SubscriptionBook:
+    """Which subscriptions exist, what each has seen, and what the connection has confirmed.
+
+    The subscriber loops (thread or asyncio) only move bytes; every decision is here.
+    """
+
+    def __init__(self) -> None:
+        self._by_name: dict[tuple[Kind, str], list[Subscription]] = {}
+        self._confirmed: set[tuple[Kind, str]] = set()
+        self._had_connection = False
+        self._lost = False
+        self.attempt = 0  # failed connection attempts since the last confirmation
+        self.stats = SubscriberStats()
+
+    # -- subscriptions -------------------------------------------------------------
+
+    def apply(
+        self, op: Literal["add", "remove"], sub: Subscription
+    ) -> Literal["subscribe", "unsubscribe", "replay"] | None:
+        """A queued command -> what to send: a (P)SUBSCRIBE, an (P)UNSUBSCRIBE, a replay, or nothing.
+
+        A subscription added to a name the connection already confirmed is replayed at
+        once, before any further live message is read, so it sees its events in order.
+        """
+        key = (sub.kind, sub.name)
+        if op == "add":
+            subs = self._by_name.setdefault(key, [])
+            subs.append(sub)
+            if len(subs) == 1:
+                return "subscribe"
+            # Not confirmed yet: the confirmation on its way replays every subscription of the name.
+            return "replay" if key in self._confirmed else None
+        subs = self._by_name.get(key, [])
+        if sub not in subs:
+            return None
+        subs.remove(sub)
+        if subs:
+            return None
+        del self._by_name[key]
+        self._confirmed.discard(key)
+        return "unsubscribe"
+
+    def names(self, kind: Kind) -> list[str]:
+        return [name for k, name in self._by_name if k == kind]
+
+    # -- the connection --------------------------------------------------------------
+
+    def connection_lost(self) -> None:
+        """Nothing is subscribed on the next connection until its confirmations arrive."""
+        self._confirmed.clear()
+        self._lost = self._had_connection
+
+    def confirmed(self, message_type: str, name: Any) -> tuple[Kind, list[Subscription]]:
+        """A (p)subscribe confirmation -> the subscriptions to replay now."""
+        kind: Kind = "channel" if message_type == "subscribe" else "pattern"
+        key = (kind, _text(name))
+        if key in self._confirmed:
+            # redis-py reconnected underneath us and resubscribed everything: each
+            # confirmation now replays what was published in between.
+            self._confirmed.clear()
+            self._lost = True
+        if self._lost:
+            self._lost = False
+            self.stats.reconnects += 1
+        self._had_connection = True
+        self.attempt = 0
+        subs = list(self._by_name.get(key, []))
+        if subs:
+            self._confirmed.add(key)
+        return kind, subs
+
+    def ready(self) -> bool:
+        """Every subscription is confirmed on the current connection (and so replayed)."""
+        return set(self._by_name) <= self._confirmed
+
+    # -- events ----------------------------------------------------------------------
+
+    def route(self, message: Mapping[str, Any]) -> list[Delivery]:
+        """A pub/sub message -> the (subscription, event) pairs to deliver, duplicates dropped.
+
+        A payload that is not an envelope is logged and counted, never raised: one bad
+        publisher must not stop the subscriber.
+        """
+        kind: Kind = "pattern" if message["type"] == "pmessage" else "channel"
+        channel = _text(message["channel"])
+        name = _text(message["pattern"]) if kind == "pattern" else channel
+        subs = self._by_name.get((kind, name))
+        if not subs:
+            return []
+        try:
+            event = decode_envelope(channel, message["data"])
+        except InvalidEnvelope as exc:
+            self.stats.malformed += 1
+            log.warning("skipped a malformed message on %s: %s (%.200r)", channel, exc, message["data"])
+            return []
+        return self._accept(subs, [event], "live")
+
+    def replay_batches(
+        self, subs: list[Subscription], kind: Kind, name: str, matching: list[str]
+    ) -> list[dict[str, str]]:
+        """Replay start positions, in batches: per channel the oldest position among `subs`.
+
+        For a pattern, `matching` (streams found by SCAN) adds channels first used while
+        the subscriber was away; they start at the subscription's baseline.
+        """
+        if kind == "channel":
+            channels = [name]
+        else:
+            channels = sorted({ch for sub in subs for ch in sub.positions}.union(matching))
+        return [
+            {
+                ch: format_stream_id(min(sub.position(ch) for sub in subs))
+                for ch in channels[i : i + REPLAY_BATCH]
+            }
+            for i in range(0, len(channels), REPLAY_BATCH)
+        ]
+
+    def route_replay(
+        self, subs: list[Subscription], events: Mapping[str, list[Event]]
+    ) -> tuple[list[Delivery], dict[str, str]]:
+        """Replayed events -> the pairs to deliver, and where to read on (channels that returned any)."""
+        out = []
+        for channel_events in events.values():
+            out.extend(self._accept(subs, channel_events, "replayed"))
+        return out, {ch: evs[-1].id for ch, evs in events.items() if evs}
+
+    def _accept(
+        self, subs: list[Subscription], events: list[Event], counter: Literal["live", "replayed"]
+    ) -> list[Delivery]:
+        out = []
+        for event in events:
+            for sub in subs:
+                if sub.accept(event):
+                    out.append((sub, event))
+                    setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+                else:
+                    self.stats.duplicates += 1
+        return out
+
+
+class Subscriber:
+    """Subscribe handlers to event channels over one connection served by a background thread.
+
+    Args:
+        service: used for replays and start positions; defaults to `RealtimeService()`.
+        client: the client the subscription connection comes from; defaults to
+            `connections.pubsub_client()` (PRIMARY, no socket timeout, str responses).
+        backoff: seconds to wait before reconnect attempt `n` (0-based).
+        poll_interval_s: longest a read blocks before the thread checks for commands and stop.
+        replay_count: events per channel per replay read.
+
+    Handlers run on the subscriber thread, one at a time; a handler that raises is
+    logged and its event counts as delivered. Use as a context manager, or `start()`
+    and `stop()`.
+    """
+
+    def __init__(
+        self,
+        service: RealtimeService | None = None,
+        *,
+        client: redis.Redis | None = None,
+        backoff: Callable[[int], float] = default_backoff,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        replay_count: int = DEFAULT_REPLAY_COUNT,
+    ) -> None:
+        self._service = service if service is not None else RealtimeService()
+        self._own_client = client is None
+        self._client = client
+        self._backoff = backoff
+        self._poll_interval_s = poll_interval_s
+        self._replay_count = replay_count
+        self._book = SubscriptionBook()
+        self._commands: queue.SimpleQueue[tuple[Literal["add", "remove"], Subscription]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pubsub: redis.client.PubSub | None = None
+
+    def subscribe(self, channel: str, handler: EventHandler, *, since: str | None = None) -> Subscription:
+        """Deliver every event of `channel` published after this call (or after event id `since`).
+
+        Raises:
+            InvalidEvent: `channel` is not an event channel or `since` is not an event id.
+            RedisUnavailable: without `since`, the current position could not be read.
+        """
+        validate_channel(channel)
+        start = since if since is not None else self._service.latest_id(channel)
+        return self._enqueue("add", Subscription("channel", channel, handler, parse_stream_id(start)))
+
+    def subscribe_user(
+        self, user_id: str | int, handler: EventHandler, *, since: str | None = None
+    ) -> Subscription:
+        """`subscribe` to `user:<id>:events`."""
+        return self.subscribe(keys.user_channel(validate_user_id(user_id)), handler, since=since)
+
+    def subscribe_system(self, handler: EventHandler, *, since: str | None = None) -> Subscription:
+        """`subscribe` to `system:events`."""
+        return self.subscribe(keys.SYSTEM_CHANNEL, handler, since=since)
+
+    def psubscribe(self, pattern: str, handler: EventHandler, *, since: str | None = None) -> Subscription:
+        """Deliver events of every channel matching the glob `pattern` (e.g. `user:*:events`).
+
+        A reconnect replays by SCANning for matching streams, so channels first used while
+        the subscriber was away are not lost either.
+        """
+        validate_pattern(pattern)
+        start = since if since is not None else self._service.now_id()
+        return self._enqueue("add", Subscription("pattern", pattern, handler, parse_stream_id(start)))
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to `subscription`; the name is unsubscribed once nobody listens."""
+        self._enqueue("remove", subscription)
+
+    def start(self) -> Subscriber:
+        """Start the background thread (idempotent)."""
+        if self._thread is None:
+            if self._client is None:
+                self._client = connections.pubsub_client()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="kryonix-realtime", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread and close the connection; safe to call from a handler."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+        if self._own_client and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until every subscription is confirmed on the current connection and replayed."""
+        return self._ready.wait(timeout_s)
+
+    @property
+    def stats(self) -> SubscriberStats:
+        return replace(self._book.stats)
+
+    def __enter__(self) -> Subscriber:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _enqueue(self, op: Literal["add", "remove"], sub: Subscription) -> Subscription:
+        with self._lock:
+            self._commands.put((op, sub))
+            self._ready.clear()
+        return sub
+
+    # -- the thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._connect()
+                while not self._stop.is_set():
+                    self._step()
+            except Exception as exc:
+                self._disconnect()
+                delay = self._backoff(self._book.attempt)
+                self._book.attempt += 1
+                if isinstance(exc, redis.ConnectionError | redis.TimeoutError | ConnectionError):
+                    log.warning("realtime subscriber lost Redis (%s); reconnecting in %.2f s", exc, delay)
+                else:
+                    log.exception("realtime subscriber failed; reconnecting in %.2f s", delay)
+                self._stop.wait(delay)
+        self._disconnect()
+
+    def _connect(self) -> None:
+        assert self._client is not None
+        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        channels, patterns = self._book.names("channel"), self._book.names("pattern")
+        if channels:
+            self._pubsub.subscribe(*channels)
+        if patterns:
+            self._pubsub.psubscribe(*patterns)
+
+    def _disconnect(self) -> None:
+        self._ready.clear()
+        self._book.connection_lost()
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # the socket is already gone; nothing left to release
+                log.debug("closing the pubsub connection failed", exc_info=True)
+
+    def _step(self) -> None:
+        pubsub = self._pubsub
+        assert pubsub is not None
+        while not self._commands.empty():  # only this thread takes from the queue
+            op, sub = self._commands.get_nowait()
+            action = self._book.apply(op, sub)
+            if action == "subscribe":
+                (pubsub.subscribe if sub.kind == "channel" else pubsub.psubscribe)(sub.name)
+            elif action == "unsubscribe":
+                unsubscribe: Callable[[str], object] = (
+                    pubsub.unsubscribe if sub.kind == "channel" else pubsub.punsubscribe
+                )
+                unsubscribe(sub.name)
+            elif action == "replay":
+                self._replay([sub], sub.kind, sub.name)
+        message = pubsub.get_message(timeout=self._poll_interval_s)
+        if message is not None:
+            self._handle(message)
+        if not self._ready.is_set():
+            with self._lock:
+                if self._commands.empty() and self._book.ready():
+                    self._ready.set()
+
+    def _handle(self, message: Mapping[str, Any]) -> None:
+        if message["type"] in ("message", "pmessage"):
+            for sub, event in self._book.route(message):
+                self._deliver(sub, event)
+        elif message["type"] in ("subscribe", "psubscribe"):
+            kind, subs = self._book.confirmed(message["type"], message["channel"])
+            if subs:
+                self._replay(subs, kind, _text(message["channel"]))
+
+    def _replay(self, subs: list[Subscription], kind: Kind, name: str) -> None:
+        matching = self._service.channels_matching(name) if kind == "pattern" else []
+        for positions in self._book.replay_batches(subs, kind, name, matching):
+            while positions:
+                events = self._service.replay(positions, count=self._replay_count)
+                deliveries, positions = self._book.route_replay(subs, events)
+                for sub, event in deliveries:
+                    self._deliver(sub, event)
+
+    def _deliver(self, sub: Subscription, event: Event) -> None:
+        try:
+            sub.handler(event)
+        except Exception:
+            self._book.stats.handler_errors += 1
+            log.exception("realtime handler %r failed on %s event %s", sub.handler, event.channel, event.id)

@@ -1,0 +1,243 @@
+"""The pure part of server-side sessions: ids, deadlines, the hash encoding, errors.
+
+No I/O here, so every rule (id shape, expiry, field names, limits) is unit-tested
+without Redis; `cache.sessions.service` is the Redis shell around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+import orjson
+
+from cache.errors import KryonixError, RedisUnavailable
+
+logger = logging.getLogger(__name__)
+
+SESSION_ID_BYTES = 32  # 256 bits from `secrets`: unguessable, as OWASP asks (>= 64 bits)
+DEFAULT_IDLE_TTL_S = 86_400  # 24 h without a request and the session is gone
+DEFAULT_ABSOLUTE_TTL_S = 7 * 86_400  # a week after login the user signs in again, however active
+MAX_TTL_S = 366 * 86_400  # a longer session is a bug, and keeps deadlines far from float limits
+MAX_USER_ID_LENGTH = 256  # user ids become part of a key name
+MAX_FIELD_NAME_LENGTH = 256
+MAX_FIELDS = 1_000  # bounds the Lua argument lists
+DEFAULT_MAX_DATA_BYTES = 64 * 1024  # SESSION_MAX_BYTES: the PRIMARY never evicts, so nothing big lives here
+BATCH_SIZE = 500  # sessions per script call in list/destroy-all: keeps each call short
+MAX_ID_ATTEMPTS = 3  # a 256-bit collision is impossible in practice; bounded all the same
+MAX_DESTROY_ROUNDS = 100_000  # 50 M sessions of one user; only reached if creation never stops
+
+# token_urlsafe(32): 43 base64url characters; the last one carries 4 bits plus 2 zero
+# bits, so only 16 letters can end a genuine id. Anything else was not made by us.
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
+_ID_LENGTH = 43
+DATA_PREFIX = "d:"
+_META_FIELDS = ("uid", "created", "seen", "idle", "abs")
+
+
+class SessionError(KryonixError):
+    """Base of the session service's own errors."""
+
+
+class InvalidSessionArgument(SessionError, ValueError):
+    """A caller passed a user id, TTL or data item the service will not store."""
+
+
+class SessionStoreUnavailable(RedisUnavailable):
+    """The PRIMARY Redis could not be reached or refused the operation: fail closed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Session:
+    """One live session; times are seconds on the service clock."""
+
+    id: str = field(repr=False)  # a bearer secret: never in logs or reprs
+    user_id: str
+    data: dict[str, Any]
+    created_at: float
+    last_seen: float
+    idle_ttl_s: float
+    absolute_expires_at: float
+
+    @property
+    def expires_at(self) -> float:
+        """When the session ends unless a request slides the idle timeout."""
+        return min(self.last_seen + self.idle_ttl_s, self.absolute_expires_at)
+
+
+# --- pure core ---------------------------------------------------------------------------
+
+
+def new_session_id() -> str:
+    """A fresh 256-bit URL-safe id from the OS CSPRNG."""
+    return secrets.token_urlsafe(SESSION_ID_BYTES)
+
+
+def is_well_formed_id(value: object) -> TypeGuard[str]:
+    """Whether `value` has the exact shape of an id `new_session_id` makes.
+
+    Checked before any Redis call, so garbage, tampered or oversized ids cost nothing
+    and never reach a key name.
+    """
+    return isinstance(value, str) and len(value) == _ID_LENGTH and _ID_PATTERN.fullmatch(value) is not None
+
+
+def ttl_ms(name: str, value: object) -> int:
+    """A TTL in seconds, checked, as whole milliseconds.
+
+    Raises:
+        InvalidSessionArgument: not a finite number in (0, MAX_TTL_S]; the message names `name`.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSessionArgument(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or not 0 < value <= MAX_TTL_S:
+        raise InvalidSessionArgument(f"{name} must be > 0 and <= {MAX_TTL_S} seconds, got {value!r}")
+    return max(1, round(value * 1000))
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """What `create` stores: the idle TTL, the absolute deadline and the key's first TTL (ms)."""
+
+    idle_ttl_ms: int
+    absolute_deadline_ms: int
+    key_ttl_ms: int
+
+
+def plan_deadlines(now_ms: int, ttl_s: object, absolute_ttl_s: object) -> Deadlines:
+    """Deadlines of a session created at `now_ms`.
+
+    Raises:
+        InvalidSessionArgument: a TTL is out of range, or the absolute TTL is shorter than
+            the idle one (which would make the idle timeout meaningless).
+    """
+    idle = ttl_ms("ttl", ttl_s)
+    absolute = ttl_ms("absolute_ttl", absolute_ttl_s)
+    if absolute < idle:
+        raise InvalidSessionArgument(
+            f"absolute_ttl ({absolute_ttl_s} s) must not be shorter than ttl ({ttl_s} s): "
+            "no activity extends a session past its absolute timeout"
+        )
+    deadline = now_ms + absolute
+    return Deadlines(idle, deadline, expires_at_ms(now_ms, idle, deadline) - now_ms)
+
+
+def expires_at_ms(last_seen_ms: int, idle_ttl_ms: int, absolute_deadline_ms: int) -> int:
+    """A session lives until its idle or its absolute deadline, whichever comes first."""
+    return min(last_seen_ms + idle_ttl_ms, absolute_deadline_ms)
+
+
+def is_expired(now_ms: int, last_seen_ms: int, idle_ttl_ms: int, absolute_deadline_ms: int) -> bool:
+    """Whether a session with these stored values is dead at `now_ms` (Lua applies the same rule)."""
+    return now_ms >= expires_at_ms(last_seen_ms, idle_ttl_ms, absolute_deadline_ms)
+
+
+def check_user_id(user_id: object) -> str:
+    """The user id as the string stored and used in the index key name.
+
+    Raises:
+        InvalidSessionArgument: not a non-empty string (or int) without control characters.
+    """
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        user_id = str(user_id)
+    if not isinstance(user_id, str) or not user_id:
+        raise InvalidSessionArgument(f"user_id must be a non-empty string or an int, got {user_id!r}")
+    if len(user_id) > MAX_USER_ID_LENGTH:
+        raise InvalidSessionArgument(f"user_id is longer than {MAX_USER_ID_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in user_id):
+        raise InvalidSessionArgument(f"user_id must not contain control characters, got {user_id!r}")
+    return user_id
+
+
+def check_field_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > MAX_FIELD_NAME_LENGTH:
+        raise InvalidSessionArgument(
+            f"session data keys must be non-empty strings of at most {MAX_FIELD_NAME_LENGTH} "
+            f"characters, got {name!r}"
+        )
+    return DATA_PREFIX + name
+
+
+def encode_data(data: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_DATA_BYTES) -> list[str | bytes]:
+    """Session data as flat hash field, JSON value pairs.
+
+    Args:
+        data: item name -> JSON-serialisable value.
+        max_bytes: most bytes of names and encoded values one write may carry
+            (`SESSION_MAX_BYTES`): sessions live on the noeviction PRIMARY.
+
+    Raises:
+        InvalidSessionArgument: not a mapping, too many items, a bad key, a value JSON
+            cannot hold (NaN and infinities included: JSON has no such numbers), or more
+            than `max_bytes` encoded. Nothing is written.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidSessionArgument(f"session data must be a mapping, got {type(data).__name__}")
+    if len(data) > MAX_FIELDS:
+        raise InvalidSessionArgument(f"session data has {len(data)} items; at most {MAX_FIELDS} allowed")
+    pairs: list[str | bytes] = []
+    size = 0
+    for name, value in data.items():
+        hash_field = check_field_name(name)
+        try:
+            encoded = orjson.dumps(value)
+        except TypeError as exc:
+            raise InvalidSessionArgument(f"session data {name!r} is not JSON-serialisable: {exc}") from None
+        if b"null" in encoded and _has_non_finite(value):  # orjson writes NaN and Infinity as null
+            raise InvalidSessionArgument(
+                f"session data {name!r} holds NaN or an infinity, which JSON cannot represent"
+            )
+        size += len(hash_field.encode("utf-8", "surrogatepass")) + len(encoded)
+        if size > max_bytes:
+            raise InvalidSessionArgument(
+                f"session data is over {max_bytes} bytes encoded (SESSION_MAX_BYTES); nothing was written"
+            )
+        pairs += [hash_field, encoded]
+    return pairs
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether a float NaN or infinity hides in `value` (orjson bounds the depth to 255)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(item) for item in value)
+    return False
+
+
+def as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_session(session_id: str, raw: Mapping[Any, Any]) -> Session | None:
+    """A `Session` from its hash, or None when the record is not one of ours."""
+    fields = {as_text(k): v for k, v in raw.items()}
+    try:
+        meta = {name: as_text(fields[name]) for name in _META_FIELDS}
+        data = {
+            k[len(DATA_PREFIX) :]: orjson.loads(v) for k, v in fields.items() if k.startswith(DATA_PREFIX)
+        }
+        created, seen, idle, absolute = (int(meta[n]) for n in _META_FIELDS[1:])
+    except (KeyError, ValueError):
+        logger.warning("a session record is malformed; treated as no session")
+        return None
+    return Session(
+        id=session_id,
+        user_id=meta["uid"],
+        data=data,
+        created_at=created / 1000,
+        last_seen=seen / 1000,
+        idle_ttl_s=idle / 1000,
+        absolute_expires_at=absolute / 1000,
+    )
+
+
+def pairs_to_dict(flat: list[Any]) -> dict[Any, Any]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))

