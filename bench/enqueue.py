@@ -31,7 +31,7 @@ CONTEXT = {"name": "Ada", "login_url": "https://app.kryonix.example/login"}
 
 def _ours_once(connection: redis.Redis) -> float:
     start = time.perf_counter()
-    enqueue_email("ada@example.com", "welcome", CONTEXT, connection=connection)
+    enqueue_email("ada@example.com", "welcome", CONTEXT, client=connection)
     return time.perf_counter() - start
 
 
@@ -53,7 +53,7 @@ def _raw_once(queue: Queue) -> float:
 
 
 def _latencies(connection: redis.Redis) -> tuple[list[float], list[float]]:
-    raw_queue = Queue("raw-email", connection=connection)
+    raw_queue = Queue("raw-email", client=connection)
     ours, raw = [], []
     for _ in range(ROUNDS):
         connection.flushall()
@@ -64,12 +64,12 @@ def _latencies(connection: redis.Redis) -> tuple[list[float], list[float]]:
 
 def _bulk(connection: redis.Redis) -> tuple[float, float]:
     ours, raw = [], []
-    raw_queue = Queue("raw-email", connection=connection)
+    raw_queue = Queue("raw-email", client=connection)
     for _ in range(ROUNDS):
         connection.flushall()
         calls = [((_payload(),), {}) for _ in range(BATCH)]
         start = time.perf_counter()
-        enqueue_bulk("email", SEND_EMAIL, calls, connection=connection)
+        enqueue_bulk("email", SEND_EMAIL, calls, client=connection)
         ours.append(BATCH / (time.perf_counter() - start))
         datas = [Queue.prepare_data(SEND_EMAIL, args=(_payload(),)) for _ in range(BATCH)]
         start = time.perf_counter()

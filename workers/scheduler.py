@@ -100,7 +100,7 @@ class PeriodicScheduler(Scheduler):  # type: ignore[misc]
             kwargs=definition.kwargs,
             idempotency_key=definition.run_id(slot),
             meta={"periodic": definition.name, "slot": slot},
-            connection=self.connection,
+            client=self.connection,
         )
         # Missed slots (scheduler down) collapse into this one run: skip to the next future slot.
         next_slot = definition.next_slot(max(slot, time.time()))

@@ -146,7 +146,7 @@ def enqueue_email(
         in_=in_,
         retry=retry,
         meta={"email": {"template": template, "recipients": len(request.to)}},
-        connection=connection,
+        client=connection,
     )
 
 
@@ -233,7 +233,7 @@ def enqueue_bulk_email(
                 in_=in_,
                 retry=retry,
                 meta={"email": {"template": template, "bulk_id": bulk_id, "chunk": number}},
-                connection=connection,
+                client=connection,
             )
         )
     store_info(bulk_id, new_bulk_info(template, locale, len(items), job_ids), connection=connection)

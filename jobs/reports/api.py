@@ -169,5 +169,5 @@ def enqueue_report(
         idempotency_key=idempotency_key,
         meta={"report": {"type": request.report.name, "format": request.format}},
         retry=retry,
-        connection=connection,
+        client=connection,
     )

@@ -208,7 +208,7 @@ def test_duplicate_enqueue_with_the_same_key_is_one_job(email_env: SmtpServer) -
     second = enqueue_email("ana@example.com", "welcome", WELCOME, idempotency_key="signup-ana")
     other = enqueue_email("ana@example.com", "welcome", WELCOME)
     assert first == second != other
-    job = fetch_job(first)
+    job = fetch_job(job_id=first)
     assert job is not None and job.args[0]["idempotency_key"] == "signup-ana"
 
 

@@ -34,7 +34,7 @@ FAST_RETRY = RetryPolicy(attempts=3, base_s=1, factor=1, cap_s=1)
 
 
 def _status(job_id: str) -> str | None:
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     return None if job is None else job.get_status(refresh=True).value
 
 
@@ -76,7 +76,7 @@ def test_enqueue_returns_id_and_job_carries_policy(primary: redis.Redis) -> None
     job_id = enqueue(
         "email", "jobs.diagnostics.record", "k", Decimal("1.10"), kwargs={"token": dt.date(2026, 1, 2)}
     )
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None
     assert job.origin == "email"
     assert job.timeout == EMAIL.job_timeout_s
@@ -111,7 +111,7 @@ def test_scheduled_enqueue_goes_to_the_scheduled_registry(primary: redis.Redis) 
     queue = KryonixQueue("email", connection=primary)
     assert queue.count == 0
     assert job_id in queue.scheduled_job_registry.get_job_ids()
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None and (job.args, job.kwargs) == (["k"], {"token": "t"})
 
 
@@ -144,7 +144,7 @@ def test_enqueue_on_a_full_primary_is_refused_and_nothing_is_lost(primary: redis
         assert "full" in str(info.value)
     finally:
         primary.config_set("maxmemory", configured)
-    assert fetch_job(kept) is not None
+    assert fetch_job(job_id=kept) is not None
     assert kept in KryonixQueue("email", connection=primary).job_ids
 
 
@@ -242,7 +242,7 @@ def test_transient_failure_is_retried_with_backoff_then_succeeds(
     processes.worker("email")
     processes.scheduler()
     wait_until(lambda: _status(job_id) == "finished", 60, "flaky job finished after two retries")
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None
     assert job.return_value() == 3
     assert int(primary.get("kx:flaky") or 0) == 3
@@ -370,7 +370,7 @@ def test_failed_registry_cli(primary: redis.Redis, processes: Processes) -> None
 
     assert "purged 0 job(s)" in processes.cli("failed", "purge", "--older-than", "1d").stdout
     assert "purged 1 job(s)" in processes.cli("failed", "purge", "--queue", "report").stdout
-    assert fetch_job(report_id) is None
+    assert fetch_job(job_id=report_id) is None
     assert "is not a duration" in processes.cli("failed", "purge", "--older-than", "soon").stderr
     assert "unknown queue" in processes.cli("failed", "list", "--queue", "nope").stderr
 
@@ -391,7 +391,7 @@ def test_one_slot_fires_once_even_when_two_schedulers_race(primary: redis.Redis)
     primary.zadd(first.scheduled_jobs_key, {job.id: int(time.time()) - 60})
     second.enqueue_job(job)
     queue = KryonixQueue("email", connection=primary)
-    slots = [fetch_job(job_id).meta["slot"] for job_id in queue.job_ids]  # type: ignore[union-attr]
+    slots = [fetch_job(job_id=job_id).meta["slot"] for job_id in queue.job_ids]  # type: ignore[union-attr]
     assert len(slots) == len(set(slots)), f"a slot ran twice: {slots}"
     assert primary.zscore(first.scheduled_jobs_key, job.id) > time.time()
 
