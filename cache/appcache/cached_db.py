@@ -93,7 +93,7 @@ class CachedDatabase:
         cache: default `CacheService(namespace="db")` on the CACHE Redis.
     """
 
-    def __init__(self, engine: Engine | None = None, cache: CacheService | None = None) -> None:
+    def __init__(self, *, engine: Engine | None = None, cache: CacheService | None = None) -> None:
         self.engine = engine or make_engine()
         self.cache = cache or CacheService(namespace=DEFAULT_NAMESPACE)
 

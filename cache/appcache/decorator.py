@@ -23,7 +23,7 @@ KeySpec = str | Callable[..., str]
 class ResultStore(Protocol):
     """What a cached function needs of its cache (`CacheService` is one)."""
 
-    def get_or_set(self, key: str, fetcher: Callable[[], Any], ttl: float | None = None) -> Any: ...
+    def get_or_set(self, key: str, fetcher: Callable[[], Any], ttl_s: float | None = None) -> Any: ...
 
     def delete(self, key: str) -> None: ...
 
@@ -45,12 +45,12 @@ class CachedFunction(Generic[P, R]):
         self,
         service: Callable[[], ResultStore],
         func: Callable[P, R],
-        ttl: float | None,
+        ttl_s: float | None,
         key: KeySpec | None,
     ) -> None:
         self._service = service
         self.uncached = func
-        self._ttl = ttl
+        self._ttl_s = ttl_s
         self._key = key
         self._signature = inspect.signature(func)
         self._name = f"{func.__module__}.{func.__qualname__}"
@@ -58,7 +58,7 @@ class CachedFunction(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         value = self.service.get_or_set(
-            self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs), self._ttl
+            self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs), self._ttl_s
         )
         return cast(R, value)
 

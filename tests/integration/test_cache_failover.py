@@ -43,7 +43,7 @@ class ConnectionSpy:
 
     def __init__(self, service: CacheService, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        pool = service.redis.connection_pool
+        pool = service.client.connection_pool
         original = pool.get_connection
 
         def counting(*args: Any, **kwargs: Any) -> Any:

@@ -141,7 +141,7 @@ def test_redis_away_for_ten_seconds(private_env: dict[str, object], private_proc
     cache_server: RedisServer = private_env["cache"]  # type: ignore[assignment]
     engine = make_engine()
     user_id = _seed_user(engine)
-    db = CachedDatabase(engine, CacheService(namespace="db"))
+    db = CachedDatabase(engine=engine, cache=CacheService(namespace="db"))
     sessions = SessionService()
     session_id = sessions.create("7", {"role": "admin"})
     before = [enqueue("email", "jobs.diagnostics.record", "kx:ran", f"before-{i}") for i in range(20)]
