@@ -21,8 +21,8 @@ from enum import StrEnum
 import redis
 
 from cache import connections
+from cache.appcache.core import InvalidCacheArgument, InvalidCacheArgumentType
 from cache.connections import Role
-from cache.errors import RedisUnavailable
 from cache.settings import Settings, get_settings
 
 DEFAULT_FAILURE_THRESHOLD = 3  # three failures in a row is an outage, not a lost packet
@@ -66,11 +66,11 @@ class CircuitBreaker:
         clock: Clock = time.monotonic,
     ) -> None:
         if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int):
-            raise TypeError(f"failure_threshold must be an int, got {failure_threshold!r}")
+            raise InvalidCacheArgumentType(f"failure_threshold must be an int, got {failure_threshold!r}")
         if failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be at least 1, got {failure_threshold}")
+            raise InvalidCacheArgument(f"failure_threshold must be at least 1, got {failure_threshold}")
         if not recovery_s > 0 or not max_recovery_s >= recovery_s:
-            raise ValueError(
+            raise InvalidCacheArgument(
                 f"need 0 < recovery_s <= max_recovery_s, got recovery_s={recovery_s}, "
                 f"max_recovery_s={max_recovery_s}"
             )
@@ -147,7 +147,7 @@ class LogThrottle:
 
     def __init__(self, interval_s: float = DEFAULT_WARN_INTERVAL_S, clock: Clock = time.monotonic) -> None:
         if not interval_s > 0:
-            raise ValueError(f"interval_s must be positive, got {interval_s}")
+            raise InvalidCacheArgument(f"interval_s must be positive, got {interval_s}")
         self.interval_s = interval_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -247,16 +247,3 @@ def default_cache_client() -> redis.Redis:
 def default_breaker() -> CircuitBreaker:
     """The breaker shared by every service on `default_cache_client()`: one outage, one breaker."""
     return _defaults()[2]
-
-
-def describe_failure(exc: redis.RedisError, *, uses_settings: bool) -> str:
-    """A log line for a Redis failure; names CACHE_REDIS_URL when the client came from the settings."""
-    if uses_settings:
-        try:
-            with connections.translate_errors(Role.CACHE):
-                raise exc
-        except RedisUnavailable as translated:
-            return str(translated)  # never contains a password
-        except redis.RedisError:
-            pass
-    return f"{type(exc).__name__}: {exc}"

@@ -24,7 +24,7 @@ from typing import Any, Final
 from redis import Redis, RedisError
 from redis.commands.core import Script
 
-from cache import keys
+from cache import connections, keys
 from cache.appcache.breaker import (
     DEFAULT_WARN_INTERVAL_S,
     CircuitBreaker,
@@ -32,7 +32,6 @@ from cache.appcache.breaker import (
     LogThrottle,
     default_breaker,
     default_cache_client,
-    describe_failure,
 )
 from cache.appcache.core import (
     CORRUPT,
@@ -45,6 +44,7 @@ from cache.appcache.core import (
     CacheError,
     CacheSerializationError,
     Entry,
+    InvalidCacheArgumentType,
     as_bytes,
     check_key,
     check_namespace,
@@ -64,6 +64,7 @@ from cache.appcache.stats import (
     flush_counters,
     local_cache_stats,
 )
+from cache.connections import Role
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class CacheService(LeasedFill):
         """
         ttl_s = self._ttl(ttl_s)
         if not callable(fetcher):
-            raise TypeError(f"fetcher must be callable, got {type(fetcher).__name__}")
+            raise InvalidCacheArgumentType(f"fetcher must be callable, got {type(fetcher).__name__}")
         entry_key = keys.cache_entry(self.namespace, check_key(key))
         entry = self._read(entry_key)
         if entry is _DOWN:
@@ -316,10 +317,13 @@ class CacheService(LeasedFill):
             self.namespace,
             self.breaker.state.value,
             held_back,
-            "circuit breaker open"
-            if exc is None
-            else describe_failure(exc, uses_settings=self._uses_settings),
+            "circuit breaker open" if exc is None else self._describe(exc),
         )
+
+    def _describe(self, exc: RedisError) -> str:
+        """The failure for a log line; names CACHE_REDIS_URL when the client came from the settings."""
+        translated = connections.translate_errors(Role.CACHE).translated(exc) if self._uses_settings else None
+        return f"{type(exc).__name__}: {exc}" if translated is None else str(translated)
 
     def _invalidate(
         self, send: Callable[[], object], names: tuple[str, ...] = (), clear: bool = False

@@ -46,12 +46,13 @@ class FailurePolicy(StrEnum):
     CLOSED = "closed"  # Redis down: deny with a reason and a Retry-After
 
 
-class InvalidRateLimit(KryonixError, ValueError):
-    """A limit, window, cost, scope or time the limiter will not use; the message names it."""
-
-
 class RateLimitError(KryonixError):
-    """Redis rejected the check for a reason that is not an outage (a bug, a foreign value at the key)."""
+    """Base of the rate limiter's errors; raised itself when Redis rejected the check for a
+    reason that is not an outage (a bug, a foreign value at the key)."""
+
+
+class InvalidRateLimit(RateLimitError, ValueError):
+    """A limit, window, cost, scope or time the limiter will not use; the message names it."""
 
 
 class Decision(NamedTuple):

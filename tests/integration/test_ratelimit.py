@@ -166,9 +166,7 @@ def test_a_coarser_resolution_bounds_the_log_and_never_exceeds_the_limit(
     limiter: RateLimiter, primary: redis.Redis
 ) -> None:
     """1,000 requests, one every 10 ms, against 1,000 per 10 s at a 100 ms resolution."""
-    decisions = [
-        limiter.check("kate", 1_000, 10, now_ms=T0 + 10 * i, resolution_s=0.1) for i in range(1_000)
-    ]
+    decisions = [limiter.check("kate", 1_000, 10, now_ms=T0 + 10 * i, resolution_s=0.1) for i in range(1_000)]
     assert all(d.allowed for d in decisions)
     (key,) = limiter_keys(primary)
     assert primary.zcard(key) <= 101  # ~ window / resolution members, not 1,000
