@@ -15,14 +15,14 @@ logger = logging.getLogger("cache.ratelimit.service")
 class OutageLog:
     """Warns on the first failure of a scope, then at most once per interval, and once on recovery."""
 
-    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+    def __init__(self, interval_s: float, monotonic: Callable[[], float]) -> None:
         self.interval_s = interval_s
-        self.clock = clock
+        self.monotonic = monotonic
         self.lock = threading.Lock()
         self.down: dict[str, tuple[float, int]] = {}  # scope -> (last warning at, failures since)
 
     def failed(self, scope: str, policy: FailurePolicy, exc: BaseException) -> None:
-        now = self.clock()
+        now = self.monotonic()
         with self.lock:
             last, count = self.down.get(scope, (-math.inf, 0))
             if now - last < self.interval_s:

@@ -47,21 +47,21 @@ def check_timeout(timeout_s: object) -> float:
 
 
 class _Waiter:
-    """Polls the server until a condition holds or the deadline passes (injectable clock)."""
+    """Polls the server until a condition holds or the deadline passes (injectable monotonic clock)."""
 
     def __init__(
         self,
         connection: redis.Redis,
         timeout_s: float,
         poll_interval_s: float,
-        clock: Callable[[], float],
+        monotonic: Callable[[], float],
         sleep: Callable[[float], None],
     ) -> None:
         self.connection = connection
         self.timeout_s = timeout_s
-        self.deadline = clock() + timeout_s
+        self.deadline = monotonic() + timeout_s
         self.poll_interval_s = poll_interval_s
-        self.clock = clock
+        self.monotonic = monotonic
         self.sleep = sleep
 
     def persistence(self) -> dict[str, Any]:
@@ -69,7 +69,7 @@ class _Waiter:
         return info
 
     def pause(self, waiting_for: str) -> None:
-        if self.clock() >= self.deadline:
+        if self.monotonic() >= self.deadline:
             raise BackupError(f"backup did not finish within {self.timeout_s:g} s: still {waiting_for}")
         self.sleep(self.poll_interval_s)
 
@@ -164,7 +164,7 @@ def backup(
     *,
     role: Role = Role.PRIMARY,
     poll_interval_s: float = POLL_INTERVAL_S,
-    clock: Callable[[], float] = time.monotonic,
+    monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Take an RDB snapshot now and wait until it is safely on disk.
@@ -180,9 +180,9 @@ def backup(
         RedisUnavailable: Redis unreachable or refused our credentials.
     """
     timeout_s = check_timeout(timeout_s)
-    started = clock()
+    started = monotonic()
     with translate_errors(role):
-        waiter = _Waiter(connection, timeout_s, poll_interval_s, clock, sleep)
+        waiter = _Waiter(connection, timeout_s, poll_interval_s, monotonic, sleep)
         try:
             started_save = _start_save(waiter)
             lastsave = _wait_for_save(waiter, started_save)
@@ -195,7 +195,7 @@ def backup(
         "rdb_path": path,
         "size_bytes": size,
         "waited_for_running_save": started_save.waited,
-        "duration_s": round(clock() - started, 3),
+        "duration_s": round(monotonic() - started, 3),
         "warning": warning,
     }
 

@@ -209,7 +209,7 @@ def _check_count(name: str, value: object, maximum: int) -> int:
 
 
 def latency_samples(
-    connection: redis.Redis, pings: int = DEFAULT_PINGS, *, clock: Callable[[], float] = time.perf_counter
+    connection: redis.Redis, pings: int = DEFAULT_PINGS, *, monotonic: Callable[[], float] = time.perf_counter
 ) -> dict[str, float | int]:
     """Time `pings` PINGs one after another (after one warm-up PING, which may connect).
 
@@ -221,9 +221,9 @@ def latency_samples(
     connection.ping()
     samples = []
     for _ in range(pings):
-        start = clock()
+        start = monotonic()
         connection.ping()
-        samples.append((clock() - start) * 1000)
+        samples.append((monotonic() - start) * 1000)
     return summarize_latency(samples)
 
 
