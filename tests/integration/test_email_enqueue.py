@@ -148,9 +148,9 @@ def test_bulk_is_chunked_deduplicated_and_idempotent(primary: redis.Redis) -> No
     assert (first.recipients, first.duplicates, len(first.job_ids)) == (25, 1, 3)
     assert again == first, "the same key queues nothing new"
     assert KryonixQueue("email", connection=primary).count == 3
-    status = bulk_status(first.bulk_id)
+    status = bulk_status(bulk_id=first.bulk_id)
     assert status is not None and (status.total, status.sent, status.pending) == (25, 0, 25)
-    assert bulk_status("unknown") is None
+    assert bulk_status(bulk_id="unknown") is None
 
 
 def test_attachment_from_a_path_travels_in_the_payload(primary: redis.Redis, tmp_path: Path) -> None:

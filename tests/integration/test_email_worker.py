@@ -67,7 +67,7 @@ def test_550_goes_to_the_failed_registry_at_once(
     worker = processes.worker("email", burst=True, **smtp_server.env())
     assert worker.wait(60) == 0, log_of(worker)
     assert _status(job_id) == "failed"
-    [row] = list_failed(primary, "email")
+    [row] = list_failed(primary, queue="email")
     assert (row.id, row.kind, row.attempts) == (job_id, "permanent", 1)
     assert row.reason == "SMTP DATA refused: 550 5.7.1 Message content rejected"
     assert KryonixQueue("email", connection=primary).scheduled_job_registry.count == 0, "no retry"
@@ -169,11 +169,11 @@ def test_bulk_of_1000_with_refusals_reaches_every_accepted_recipient_once(
     processes.scheduler()
 
     def complete() -> bool:
-        status = bulk_status(handle.bulk_id)
+        status = bulk_status(bulk_id=handle.bulk_id)
         return status is not None and status.complete
 
     wait_until(complete, 120, "every recipient has a final outcome")
-    status = bulk_status(handle.bulk_id)
+    status = bulk_status(bulk_id=handle.bulk_id)
     assert status is not None
     assert status.sent == 950 and set(status.refused) == refused
     assert all(reason.startswith("550 5.1.1") for reason in status.refused.values())

@@ -44,7 +44,7 @@ def python_worker(processes: Processes, queue: str, **env: str) -> object:
 
 def assert_reported(primary: redis.Redis, queue: str, poison: Poison, job_id: bytes) -> None:
     if poison.expect == FAILED:
-        rows = {row.id: row for row in list_failed(primary, queue)}
+        rows = {row.id: row for row in list_failed(primary, queue=queue)}
         assert id_text(job_id) in rows, f"{poison.name}: not in the failed registry: {rows}"
         row = rows[id_text(job_id)]
         assert row.kind == "permanent", row

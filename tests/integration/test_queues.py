@@ -211,7 +211,7 @@ def test_hand_written_jobs_outside_the_allow_list_do_not_run(
     worker = processes.worker(queue, burst=True)
     worker.wait(60)
     assert not marker_json.exists() and not marker_traversal.exists() and not marker_pickle.exists()
-    failed = {row.id: row for row in list_failed(primary, queue)}
+    failed = {row.id: row for row in list_failed(primary, queue=queue)}
     assert set(failed) == {json_job, traversal_job, pickle_job}
     assert "not on the allow-list" in failed[json_job].reason
     assert failed[json_job].kind == "permanent"
@@ -225,7 +225,7 @@ def test_permanent_failure_goes_to_failed_registry_at_once(
     worker = processes.worker("email", burst=True)
     assert worker.wait(60) == 0
     assert _status(job_id) == "failed"
-    [row] = list_failed(primary, "email")
+    [row] = list_failed(primary, queue="email")
     assert row.id == job_id
     assert row.kind == "permanent"
     assert row.reason == "template 'x' does not exist"
@@ -259,7 +259,7 @@ def test_transient_failures_exhaust_retries_into_failed_registry(
     processes.worker("email")
     processes.scheduler()
     wait_until(lambda: _status(job_id) == "failed", 60, "job failed after its retry")
-    [row] = list_failed(primary, "email")
+    [row] = list_failed(primary, queue="email")
     assert (row.kind, row.reason, row.attempts) == ("transient", "boom", 2)
 
 
@@ -328,12 +328,14 @@ def test_progress_is_visible_while_running(primary: redis.Redis, processes: Proc
     job_id = enqueue("report", "jobs.diagnostics.sleep", 4)
     processes.worker("report")
     wait_until(
-        lambda: (describe_job(primary, job_id).get("progress") or {}).get("percent", 0) > 0, 30, "progress"
+        lambda: (describe_job(primary, job_id=job_id).get("progress") or {}).get("percent", 0) > 0,
+        30,
+        "progress",
     )
-    text = render_job(describe_job(primary, job_id))
+    text = render_job(describe_job(primary, job_id=job_id))
     assert "started" in text and "[#" in text
     wait_until(lambda: _status(job_id) == "finished", 30, "finished")
-    assert "result: 'done'" in render_job(describe_job(primary, job_id))
+    assert "result: 'done'" in render_job(describe_job(primary, job_id=job_id))
     result = processes.cli("job", job_id)
     assert result.returncode == 0 and "finished" in result.stdout
     missing = processes.cli("job", "no-such-job")

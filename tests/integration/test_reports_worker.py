@@ -196,7 +196,7 @@ def test_failures_are_classified(primary: redis.Redis, processes: Processes, tmp
     _worker(processes, None, tmp_path / "reports", url=url)
     processes.scheduler()
     wait_until(lambda: _status(invalid) == _status(unreachable) == "failed", 90, "both failed")
-    failed = {row.id: row for row in list_failed(primary, "report")}
+    failed = {row.id: row for row in list_failed(primary, queue="report")}
     assert failed[invalid].kind == "permanent" and failed[invalid].attempts == 1
     assert failed[invalid].reason.startswith("invalid report definition: unknown report type 'sales'")
     assert failed[unreachable].kind == "transient" and failed[unreachable].attempts == 2, "retried once"

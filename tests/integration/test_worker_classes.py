@@ -57,7 +57,7 @@ def test_python_worker_without_rq_environment_never_unpickles_and_uses_redis_url
     assert not canary.exists(), "the worker unpickled a job"
     # Both jobs were taken from REDIS_URL's server: RQ_REDIS_URL fell back to it.
     assert fetch_job(job_id=good).get_status().value == "finished"  # type: ignore[union-attr]
-    [row] = list_failed(primary, "email")
+    [row] = list_failed(primary, queue="email")
     assert (row.id, row.kind) == (job_id, "permanent")
     assert "not a JSON job" in row.reason
 

@@ -74,7 +74,7 @@ def test_latency_samples_with_a_fake_clock() -> None:
             now["t"] += (step // 2 + 1) / 1000
         return now["t"]
 
-    summary = latency_samples(fakeredis.FakeRedis(), 100, monotonic=clock)
+    summary = latency_samples(fakeredis.FakeRedis(), pings=100, monotonic=clock)
     assert summary == {"samples": 100, "min_ms": 1.0, "p50_ms": 50.0, "p99_ms": 99.0, "max_ms": 100.0}
 
 
