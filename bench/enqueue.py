@@ -53,7 +53,7 @@ def _raw_once(queue: Queue) -> float:
 
 
 def _latencies(connection: redis.Redis) -> tuple[list[float], list[float]]:
-    raw_queue = Queue("raw-email", client=connection)
+    raw_queue = Queue("raw-email", connection=connection)
     ours, raw = [], []
     for _ in range(ROUNDS):
         connection.flushall()
@@ -64,7 +64,7 @@ def _latencies(connection: redis.Redis) -> tuple[list[float], list[float]]:
 
 def _bulk(connection: redis.Redis) -> tuple[float, float]:
     ours, raw = [], []
-    raw_queue = Queue("raw-email", client=connection)
+    raw_queue = Queue("raw-email", connection=connection)
     for _ in range(ROUNDS):
         connection.flushall()
         calls = [((_payload(),), {}) for _ in range(BATCH)]

@@ -35,16 +35,16 @@ def _time_burst(worker: Any) -> float:
 
 def _ours(connection: redis.Redis, jobs: int) -> float:
     enqueue_bulk("email", "jobs.diagnostics.noop", [((), {}) for _ in range(jobs)], client=connection)
-    worker = KryonixWorker(["email"], client=connection)
+    worker = KryonixWorker(["email"], connection=connection)
     return jobs / _time_burst(worker)
 
 
 def _plain(connection: redis.Redis, worker_class: type[Worker] | type[SimpleWorker], jobs: int) -> float:
-    queue = Queue("email", client=connection)
+    queue = Queue("email", connection=connection)
     with connection.pipeline() as pipe:
         queue.enqueue_many([Queue.prepare_data("jobs.diagnostics.noop") for _ in range(jobs)], pipeline=pipe)
         pipe.execute()
-    worker = worker_class([queue], client=connection)
+    worker = worker_class([queue], connection=connection)
     return jobs / _time_burst(worker)
 
 

@@ -88,7 +88,7 @@ def _make_known_state(primary: redis.Redis, cache_redis: redis.Redis, processes:
     counters.incr("fail_open")
     flush_counters(cache_redis, counters)
 
-    limiter = RateLimiter(redis=primary)
+    limiter = RateLimiter(client=primary)
     for ip in ("203.0.113.7", "203.0.113.8", "203.0.113.8"):
         assert limiter.limit_by_ip(ip).allowed
 

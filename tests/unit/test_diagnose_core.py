@@ -81,7 +81,7 @@ def test_latency_samples_with_a_fake_clock() -> None:
 @pytest.mark.parametrize("pings", [0, -1, MAX_PINGS + 1, 1.5, True, "10", None])
 def test_latency_samples_rejects_bad_counts(pings: Any) -> None:
     with pytest.raises(ValueError, match="pings must be an int between 1 and"):
-        latency_samples(fakeredis.FakeRedis(), pings)
+        latency_samples(fakeredis.FakeRedis(), pings=pings)
 
 
 @pytest.mark.parametrize(
