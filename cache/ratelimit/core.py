@@ -47,8 +47,7 @@ class FailurePolicy(StrEnum):
 
 
 class RateLimitError(KryonixError):
-    """Base of the rate limiter's errors; raised itself when Redis rejected the check for a
-    reason that is not an outage (a bug, a foreign value at the key)."""
+    """Base of the limiter's errors; raised itself when Redis rejects a check but is not down."""
 
 
 class InvalidRateLimit(RateLimitError, ValueError):

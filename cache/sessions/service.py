@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from functools import cache, wraps
+from functools import cache, partial, wraps
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -80,11 +80,13 @@ def _one_deadline(
     return bounded
 
 
-def _failing_closed(action: str) -> connections.translate_errors:
-    """Every Redis error becomes SessionStoreUnavailable: no session is ever assumed."""
-    return connections.translate_errors(
-        connections.Role.PRIMARY, error_class=SessionStoreUnavailable, action=action, all_errors=True
-    )
+# Every Redis error becomes SessionStoreUnavailable naming the setting: no session is ever assumed.
+_fail_closed = partial(
+    connections.translate_errors,
+    connections.Role.PRIMARY,
+    error_class=SessionStoreUnavailable,
+    all_errors=True,
+)
 
 
 # --- I/O shell ---------------------------------------------------------------------------
@@ -165,7 +167,7 @@ class SessionService:
         meta += ["idle", plan.idle_ttl_ms, "abs", plan.absolute_deadline_ms]
         for _ in range(MAX_ID_ATTEMPTS):
             session_id = new_session_id()
-            with _failing_closed("create a session"):
+            with _fail_closed(action="create a session"):
                 created = self._scripts["create"](
                     keys=[keys.session(session_id), keys.user_sessions(uid)],
                     args=[session_id, now, plan.absolute_deadline_ms, plan.key_ttl_ms, *meta, *pairs],
@@ -244,7 +246,7 @@ class SessionService:
         pairs = pairs or []
         head: list[str | bytes | int] = [self._now_ms(), int(slide), int(fetch), len(pairs) // 2]
         args = [*head, self.max_data_bytes, *pairs, *(removed or [])]
-        with _failing_closed(action):
+        with _fail_closed(action=action):
             result = self._scripts["touch"](keys=[keys.session(session_id)], args=args)
         if result == -2:
             raise self._too_large()
@@ -275,14 +277,14 @@ class SessionService:
         pairs = encode_data(changes or {}, max_bytes=self.max_data_bytes)
         if not is_well_formed_id(session_id):
             return None
-        with _failing_closed("rotate a session"):
+        with _fail_closed(action="rotate a session"):
             uid = self.client.hget(keys.session(session_id), "uid")
         if uid is None:
             return None
         user_id = as_text(uid)
         for _ in range(MAX_ID_ATTEMPTS):
             new_id = new_session_id()
-            with _failing_closed("rotate a session"):
+            with _fail_closed(action="rotate a session"):
                 result = self._scripts["rotate"](
                     keys=[keys.session(session_id), keys.session(new_id), keys.user_sessions(user_id)],
                     args=[session_id, new_id, user_id, self._now_ms(), self.max_data_bytes, *pairs],
@@ -302,7 +304,7 @@ class SessionService:
         """
         if not is_well_formed_id(session_id):
             return False
-        with _failing_closed("destroy a session"):
+        with _fail_closed(action="destroy a session"):
             uid = self.client.hget(keys.session(session_id), "uid")
             if uid is None:
                 return False
@@ -324,7 +326,7 @@ class SessionService:
         index = keys.user_sessions(uid)
         now = self._now_ms()
         sessions: list[Session] = []
-        with _failing_closed("list a user's sessions"):
+        with _fail_closed(action="list a user's sessions"):
             ids = [as_text(i) for i in self.client.zrangebyscore(index, f"({now}", "+inf")]
             for start in range(0, len(ids), BATCH_SIZE):
                 batch = ids[start : start + BATCH_SIZE]
@@ -349,7 +351,7 @@ class SessionService:
         uid = check_user_id(user_id)
         index = keys.user_sessions(uid)
         destroyed = 0
-        with _failing_closed("log a user out everywhere"):
+        with _fail_closed(action="log a user out everywhere"):
             for _ in range(MAX_DESTROY_ROUNDS):
                 batch = [as_text(i) for i in self.client.zrange(index, 0, BATCH_SIZE - 1)]
                 if not batch:
