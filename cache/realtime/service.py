@@ -20,10 +20,10 @@ import redis
 
 from cache import connections, keys
 from cache.connections import Role, translate_errors
-from cache.errors import ConfigError
 from cache.realtime.envelope import (
     DEFAULT_MAX_EVENT_BYTES,
     Event,
+    InvalidRealtimeLimit,
     RealtimeError,
     ReplayRead,
     encode_body,
@@ -49,14 +49,14 @@ def lua_source(name: str) -> str:
 
 
 def check_limits(stream_maxlen: int, stream_ttl_s: int, max_event_bytes: int) -> None:
-    """Raises ConfigError naming the first argument that is not a positive int."""
+    """Raises InvalidRealtimeLimit (a ConfigError) naming the first argument that is not a positive int."""
     for name, value in (
         ("stream_maxlen", stream_maxlen),
         ("stream_ttl_s", stream_ttl_s),
         ("max_event_bytes", max_event_bytes),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            raise InvalidRealtimeLimit(f"{name} must be a positive integer, got {value!r}")
 
 
 class RealtimeCore:
@@ -122,7 +122,7 @@ class RealtimeService(RealtimeCore):
         clock: epoch seconds, for the events' timestamps; injected by tests.
 
     Raises:
-        ConfigError: a limit is not a positive integer.
+        InvalidRealtimeLimit: a limit is not a positive integer (a ConfigError).
     """
 
     def __init__(
