@@ -89,7 +89,7 @@ def _batch_us(step: Callable[[], Any]) -> float:
 
 def hit_latency(client: redis.Redis) -> dict[str, Any]:
     service = CacheService(client, namespace="bench", stats=CacheStats())
-    service.set("user", DOCUMENT, ttl=3600)
+    service.set("user", DOCUMENT, ttl_s=3600)
     client.set("raw:user", json.dumps(DOCUMENT))
     assert service.get_or_set("user", lambda: None) == json.loads(client.get("raw:user") or b"")
 

@@ -79,7 +79,7 @@ def run() -> list[dict[str, Any]]:
                     f"user{i}@example.com",
                     "welcome",
                     {"name": f"User {i}", "login_url": "https://app.example.com/login"},
-                    connection=connection,
+                    client=connection,
                 )
             enqueued = time.perf_counter() - started
             deadline = time.perf_counter() + DRAIN_LIMIT_S

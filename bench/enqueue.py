@@ -31,7 +31,7 @@ CONTEXT = {"name": "Ada", "login_url": "https://app.kryonix.example/login"}
 
 def _ours_once(connection: redis.Redis) -> float:
     start = time.perf_counter()
-    enqueue_email("ada@example.com", "welcome", CONTEXT, connection=connection)
+    enqueue_email("ada@example.com", "welcome", CONTEXT, client=connection)
     return time.perf_counter() - start
 
 
@@ -69,7 +69,7 @@ def _bulk(connection: redis.Redis) -> tuple[float, float]:
         connection.flushall()
         calls = [((_payload(),), {}) for _ in range(BATCH)]
         start = time.perf_counter()
-        enqueue_bulk("email", SEND_EMAIL, calls, connection=connection)
+        enqueue_bulk("email", SEND_EMAIL, calls, client=connection)
         ours.append(BATCH / (time.perf_counter() - start))
         datas = [Queue.prepare_data(SEND_EMAIL, args=(_payload(),)) for _ in range(BATCH)]
         start = time.perf_counter()

@@ -75,7 +75,7 @@ def _delivery_ours(service: RealtimeService, settings: Settings) -> float:
             done.set()
 
     client = build_client(Role.PRIMARY, settings, pubsub=True, decode_responses=True)
-    with Subscriber(service, client=client) as subscriber:
+    with Subscriber(client, service=service) as subscriber:
         subscriber.subscribe_user("delivery", handler)
         subscriber.wait_ready(MAX_S)
         start = time.perf_counter()
@@ -125,7 +125,7 @@ def _away_ours(server: RedisServer, service: RealtimeService, settings: Settings
 
     got = [0]
     client = build_client(Role.PRIMARY, settings, pubsub=True, decode_responses=True)
-    with Subscriber(service, client=client, backoff=gate) as subscriber:
+    with Subscriber(client, service=service, backoff=gate) as subscriber:
         subscriber.subscribe_user("away", lambda event: got.__setitem__(0, got[0] + 1))
         subscriber.wait_ready(MAX_S)
         server.kill()

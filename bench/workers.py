@@ -34,7 +34,7 @@ def _time_burst(worker: Any) -> float:
 
 
 def _ours(connection: redis.Redis, jobs: int) -> float:
-    enqueue_bulk("email", "jobs.diagnostics.noop", [((), {}) for _ in range(jobs)], connection=connection)
+    enqueue_bulk("email", "jobs.diagnostics.noop", [((), {}) for _ in range(jobs)], client=connection)
     worker = KryonixWorker(["email"], connection=connection)
     return jobs / _time_burst(worker)
 

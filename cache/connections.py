@@ -34,7 +34,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel as RedisSentinel
 from redis.utils import SENTINEL
 
-from cache.errors import ConfigError, RedisUnavailable
+from cache.errors import ConfigError, KryonixError, RedisUnavailable
 from cache.settings import Settings, get_settings, redact_url
 
 T = TypeVar("T")
@@ -533,11 +533,46 @@ def ping(
 
 
 class translate_errors:
-    """Turn redis-py connection and auth errors into `RedisUnavailable` naming the setting."""
+    """The one translation of redis-py errors into ours, naming the setting that applies.
 
-    def __init__(self, role: Role, settings: Settings | None = None) -> None:
+    Connection trouble and timeouts name the role's address setting (`REDIS_SENTINELS`
+    when the role follows Sentinel, else `REDIS_URL` / `CACHE_REDIS_URL`); a refused
+    password names `REDIS_PASSWORD`. Other Redis errors pass through unchanged unless
+    the block asks for more (a service that fails closed, one that writes).
+
+    Args:
+        role: whose Redis the block talks to.
+        settings: defaults to the process settings.
+        error_class: what to raise; a service's subclass of `RedisUnavailable`, whose
+            `explain` phrases the message for its callers.
+        action: what the block does ("read a session"), for the message.
+        full: a write refused because the server is full (OOM under noeviction) is
+            `error_class` too.
+        all_errors: every other Redis error is `error_class` too (fail closed).
+        refused_class: every other Redis error becomes this (a refused command is not
+            an outage); by default it passes through.
+    """
+
+    __slots__ = ("action", "all_errors", "error_class", "full", "refused_class", "role", "settings")
+
+    def __init__(
+        self,
+        role: Role,
+        settings: Settings | None = None,
+        *,
+        error_class: type[RedisUnavailable] = RedisUnavailable,
+        action: str | None = None,
+        full: bool = False,
+        all_errors: bool = False,
+        refused_class: type[KryonixError] | None = None,
+    ) -> None:
         self.role = role
         self.settings = settings
+        self.error_class = error_class
+        self.action = action
+        self.full = full
+        self.all_errors = all_errors
+        self.refused_class = refused_class
 
     def __enter__(self) -> None:
         return None
@@ -545,20 +580,46 @@ class translate_errors:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if exc is None or not isinstance(exc, redis.RedisError):
             return
+        translated = self.translated(exc)
+        if translated is not None:
+            raise translated from exc
+
+    def translated(self, exc: redis.RedisError) -> KryonixError | None:
+        """The error `exc` becomes, without raising it; None when it passes through."""
         settings = self.settings or get_settings()
+        setting = address_setting(self.role, settings)
         where = _describe(self.role, settings)
         if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
-            message = f"{where}: authentication failed; check REDIS_PASSWORD ({exc})"
+            detail = f"{where}: authentication failed; check REDIS_PASSWORD ({exc})"
             setting = "REDIS_PASSWORD"
         elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            message = f"{where}: unreachable ({exc})"
-            setting = self.role.setting
+            detail = f"{where}: unreachable ({exc})"
         elif isinstance(exc, redis.ResponseError) and "NOAUTH" in str(exc):
-            message = f"{where}: the server requires a password; set REDIS_PASSWORD"
+            detail = f"{where}: the server requires a password; set REDIS_PASSWORD"
             setting = "REDIS_PASSWORD"
+        elif self.full and is_full(exc):
+            detail = f"{where}: full (maxmemory reached, noeviction); free memory or raise maxmemory ({exc})"
+        elif self.all_errors:
+            detail = f"{where}: {type(exc).__name__}: {exc}"
+        elif self.refused_class is not None:
+            doing = "" if self.action is None else f"could not {self.action}: "
+            return self.refused_class(f"{doing}{type(exc).__name__}: {exc}")
         else:
-            return
-        raise RedisUnavailable(message, role=self.role.value, setting=setting) from exc
+            return None
+        message = self.error_class.explain(detail, action=self.action)
+        return self.error_class(message, role=self.role.value, setting=setting)
+
+
+def is_full(exc: redis.RedisError) -> bool:
+    """Whether Redis refused a write because maxmemory is reached under noeviction."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.ResponseError) and "OOM" in str(exc)
+    )
+
+
+def address_setting(role: Role, settings: Settings) -> str:
+    """The setting that says where `role`'s Redis is: REDIS_SENTINELS under Sentinel."""
+    return "REDIS_SENTINELS" if uses_sentinel(role, settings) else role.setting
 
 
 def _describe(role: Role, settings: Settings) -> str:

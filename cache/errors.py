@@ -18,3 +18,8 @@ class RedisUnavailable(KryonixError, ConnectionError):
         super().__init__(message)
         self.role = role
         self.setting = setting
+
+    @classmethod
+    def explain(cls, detail: str, *, action: str | None = None) -> str:
+        """The message for `detail` (which Redis, what went wrong, the setting); services add theirs."""
+        return detail if action is None else f"could not {action}: {detail}"

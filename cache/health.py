@@ -78,7 +78,7 @@ class RoleStatus:
         return asdict(self)
 
 
-def role_status(role: Role, client: redis.Redis | None = None) -> RoleStatus:
+def role_status(client: redis.Redis | None = None, *, role: Role) -> RoleStatus:
     """Collect what an operator needs to know about one role; never raises for an unreachable server."""
     try:
         client = client or get_client(role)

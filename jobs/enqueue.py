@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -17,8 +18,8 @@ from rq import Retry
 from rq.exceptions import DuplicateJobError
 from rq.job import Job
 
-from cache.connections import Role, primary, translate_errors
-from cache.errors import RedisUnavailable
+from cache.connections import Role, address_setting, primary, translate_errors
+from cache.settings import get_settings
 from jobs.allowlist import function_name
 from jobs.errors import EnqueueNotDurable, EnqueueUnavailable, JobValidationError
 from jobs.queues import KryonixQueue, QueueSpec, spec_for
@@ -102,7 +103,7 @@ def enqueue(
     meta: Mapping[str, Any] | None = None,
     retry: RetryPolicy | None = None,
     durable: bool = False,
-    connection: redis.Redis | None = None,
+    client: redis.Redis | None = None,
 ) -> str:
     """Validate and enqueue one job; return its id.
 
@@ -118,7 +119,7 @@ def enqueue(
         durable: return only once a replica has the job too (WAIT 1), so a failover
             right after enqueue cannot lose it; raises `EnqueueNotDurable` otherwise
             (the job may exist on the old master: retry with an idempotency key).
-        connection: defaults to the PRIMARY client.
+        client: defaults to the PRIMARY client.
 
     Raises:
         JobValidationError: bad input; nothing was written.
@@ -134,9 +135,9 @@ def enqueue(
         dumps([data["func"], None, data["args"], data["kwargs"]])
     except UnserializableArgument as exc:
         raise JobValidationError(f"arguments of {data['func']}: {exc}") from None
-    queue = KryonixQueue(spec.name, connection=connection or primary())
+    queue = KryonixQueue(spec.name, connection=client or primary())
     unique = data["job_id"] is not None
-    with _enqueue_errors(data["func"]):
+    with _write_errors(), _argument_errors(data["func"]):
         try:
             if when is not None:
                 job = queue.enqueue_at(when, data.pop("func"), unique=unique, **_call(data))
@@ -152,14 +153,14 @@ def enqueue(
 DURABLE_WAIT_MS = 2000  # how long a durable enqueue waits for a replica's acknowledgement
 
 
-def _wait_for_replica(connection: redis.Redis, job_id: str) -> None:
-    acknowledged = int(connection.wait(1, DURABLE_WAIT_MS))
+def _wait_for_replica(client: redis.Redis, job_id: str) -> None:
+    acknowledged = int(client.wait(1, DURABLE_WAIT_MS))
     if acknowledged < 1:
         raise EnqueueNotDurable(
             f"job {job_id} was enqueued on the primary but no replica acknowledged it within "
             f"{DURABLE_WAIT_MS} ms; a failover now could lose it (retry with the same idempotency key)",
             role=Role.PRIMARY.value,
-            setting="REDIS_URL",
+            setting=address_setting(Role.PRIMARY, get_settings()),
         )
 
 
@@ -183,7 +184,7 @@ def enqueue_bulk(
     calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
     *,
     meta: Mapping[str, Any] | None = None,
-    connection: redis.Redis | None = None,
+    client: redis.Redis | None = None,
 ) -> list[str]:
     """Validate every call, then enqueue them all in one pipeline (all or nothing).
 
@@ -207,59 +208,37 @@ def enqueue_bulk(
         prepared.append(KryonixQueue.prepare_data(name, args=list(args), kwargs=dict(kwargs), **options))
     if not prepared:
         return []
-    queue = KryonixQueue(spec.name, connection=connection or primary())
+    queue = KryonixQueue(spec.name, connection=client or primary())
     # Bulk: RQ encodes each job while filling the pipeline; one bad argument raises before
-    # `execute`, so nothing of the batch is sent (see _enqueue_errors).
-    with _enqueue_errors(name), queue.connection.pipeline() as pipe:
+    # `execute`, so nothing of the batch is sent (see _argument_errors).
+    with _write_errors(), _argument_errors(name), queue.connection.pipeline() as pipe:
         jobs = queue.enqueue_many(prepared, pipeline=pipe)
         pipe.execute()
     return [job.id for job in jobs]
 
 
-class _enqueue_errors:
-    """Translate what can go wrong while RQ builds and sends the write.
-
-    An argument without a JSON form becomes `JobValidationError` (raised while encoding,
-    before anything was sent); Redis down or full becomes `EnqueueUnavailable`.
-    """
-
-    def __init__(self, func_name: str) -> None:
-        self.func_name = func_name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if exc is None:
-            return
-        if isinstance(exc, UnserializableArgument):
-            raise JobValidationError(f"arguments of {self.func_name}: {exc}") from None
-        if isinstance(exc, redis.exceptions.OutOfMemoryError) or (
-            isinstance(exc, redis.ResponseError) and "OOM" in str(exc)
-        ):
-            raise EnqueueUnavailable(
-                "the PRIMARY Redis is full (maxmemory reached, noeviction): job refused, nothing lost; "
-                f"free memory or raise maxmemory ({exc})",
-                role=Role.PRIMARY.value,
-                setting="REDIS_URL",
-            ) from exc
-        if isinstance(exc, redis.RedisError):
-            try:
-                with translate_errors(Role.PRIMARY):
-                    raise exc
-            except RedisUnavailable as unavailable:
-                raise EnqueueUnavailable(
-                    f"job not enqueued: {unavailable}", role=unavailable.role, setting=unavailable.setting
-                ) from exc
+@contextmanager
+def _argument_errors(func_name: str) -> Iterator[None]:
+    """An argument without a JSON form, found while RQ encodes the job (before anything was
+    sent), is `JobValidationError`."""
+    try:
+        yield
+    except UnserializableArgument as exc:
+        raise JobValidationError(f"arguments of {func_name}: {exc}") from None
 
 
-def fetch_job(job_id: str, connection: redis.Redis | None = None) -> Job | None:
+def _write_errors() -> translate_errors:
+    """Redis down, refusing us or full (noeviction) is `EnqueueUnavailable`, naming the setting."""
+    return translate_errors(Role.PRIMARY, error_class=EnqueueUnavailable, full=True)
+
+
+def fetch_job(client: redis.Redis | None = None, *, job_id: str) -> Job | None:
     """The job, or None when it does not exist (never enqueued, or expired)."""
     from rq.exceptions import NoSuchJobError
 
     from jobs.serialization import JSONSerializer
 
     try:
-        return Job.fetch(job_id, connection=connection or primary(), serializer=JSONSerializer)
+        return Job.fetch(job_id, connection=client or primary(), serializer=JSONSerializer)
     except NoSuchJobError:
         return None

@@ -7,26 +7,34 @@ from collections.abc import Mapping, Sequence
 from cache.errors import KryonixError, RedisUnavailable
 
 
-class JobValidationError(KryonixError, ValueError):
+class JobError(KryonixError):
+    """Base of the job layer's own errors."""
+
+
+class JobValidationError(JobError, ValueError):
     """Input refused at enqueue; nothing was written to Redis."""
 
 
-class EnqueueUnavailable(RedisUnavailable):
+class EnqueueUnavailable(JobError, RedisUnavailable):
     """The PRIMARY Redis could not take the job (down, or full with noeviction)."""
+
+    @classmethod
+    def explain(cls, detail: str, *, action: str | None = None) -> str:
+        return f"job not enqueued: {detail}"
 
 
 class EnqueueNotDurable(EnqueueUnavailable):
     """A durable enqueue reached the primary but no replica confirmed it in time."""
 
 
-class PermanentJobError(KryonixError):
+class PermanentJobError(JobError):
     """Raise from a job when retrying cannot help (SMTP 5xx, invalid template, bad input).
 
     The job fails at once into the failed registry with this message as its reason.
     """
 
 
-class TransientJobError(KryonixError):
+class TransientJobError(JobError):
     """Raise from a job when a retry may succeed (SMTP 4xx, timeouts, lost connections, deadlocks)."""
 
 

@@ -14,7 +14,12 @@ from typing import Any
 from croniter import croniter
 
 from jobs.allowlist import resolve
+from jobs.errors import JobError
 from jobs.queues import spec_for
+
+
+class InvalidPeriodic(JobError, ValueError):
+    """A periodic definition that cannot be scheduled; the message names it and the field."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,13 +36,13 @@ class Periodic:
 
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every_s is None):
-            raise ValueError(f"periodic {self.name!r}: give exactly one of cron= or every_s=")
+            raise InvalidPeriodic(f"periodic {self.name!r}: give exactly one of cron= or every_s=")
         if self.cron is not None and not croniter.is_valid(self.cron):
-            raise ValueError(f"periodic {self.name!r}: invalid cron expression {self.cron!r}")
+            raise InvalidPeriodic(f"periodic {self.name!r}: invalid cron expression {self.cron!r}")
         if self.every_s is not None and self.every_s < 1:
-            raise ValueError(f"periodic {self.name!r}: every_s must be >= 1")
+            raise InvalidPeriodic(f"periodic {self.name!r}: every_s must be >= 1")
         if not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"periodic {self.name!r}: name must be letters, digits, '-' and '_'")
+            raise InvalidPeriodic(f"periodic {self.name!r}: name must be letters, digits, '-' and '_'")
         spec_for(self.queue)
         resolve(self.func)
 

@@ -90,7 +90,7 @@ class Quarantined:
 
 
 def quarantine(
-    connection: redis.Redis,
+    client: redis.Redis,
     *,
     queue: str,
     raw_id: bytes | str,
@@ -103,7 +103,7 @@ def quarantine(
     Recording twice overwrites: one entry per queue and id.
     """
     entry = Quarantined(queue, id_text(raw_id), reason, source or "", time.time())
-    pipe = pipeline if pipeline is not None else connection.pipeline()
+    pipe = pipeline if pipeline is not None else client.pipeline()
     pipe.hset(keys.QUARANTINE, f"{queue}/{entry.id}", json.dumps(entry.as_dict()))
     if source:
         pipe.lrem(source, 0, raw_id)  # type: ignore[arg-type]  # bytes are fine on the wire
@@ -112,10 +112,10 @@ def quarantine(
     log.error("queue %s: job %r set aside: %s", queue, entry.id, reason)
 
 
-def list_quarantined(connection: redis.Redis, queue: str | None = None) -> list[Quarantined]:
+def list_quarantined(client: redis.Redis, *, queue: str | None = None) -> list[Quarantined]:
     """Entries set aside, newest first (of `queue`, or all)."""
     entries = []
-    for raw in connection.hvals(keys.QUARANTINE):
+    for raw in client.hvals(keys.QUARANTINE):
         try:
             entry = Quarantined(**json.loads(raw))
         except (ValueError, TypeError) as exc:  # written by hand too: show it, do not fail
@@ -125,13 +125,13 @@ def list_quarantined(connection: redis.Redis, queue: str | None = None) -> list[
     return sorted(entries, key=lambda entry: entry.at, reverse=True)
 
 
-def purge_quarantined(connection: redis.Redis, queue: str | None = None) -> int:
+def purge_quarantined(client: redis.Redis, *, queue: str | None = None) -> int:
     """Forget quarantined entries (of `queue`, or all); returns how many."""
     fields = [
-        field for field in connection.hkeys(keys.QUARANTINE) if queue is None or _field_queue(field) == queue
+        field for field in client.hkeys(keys.QUARANTINE) if queue is None or _field_queue(field) == queue
     ]
     if fields:
-        connection.hdel(keys.QUARANTINE, *fields)
+        client.hdel(keys.QUARANTINE, *fields)
     return len(fields)
 
 

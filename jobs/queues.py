@@ -305,6 +305,7 @@ class KryonixQueue(Queue):
         return None
 
 
-def get_queue(name: str, connection: redis.Redis | None = None) -> KryonixQueue:
+def get_queue(client: redis.Redis | None = None, *, name: str) -> KryonixQueue:
+    """Our queue `name` (one of `QUEUES`) on `client`, by default the PRIMARY."""
     spec_for(name)
-    return KryonixQueue(name, connection=connection or primary())
+    return KryonixQueue(name, connection=client or primary())

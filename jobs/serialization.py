@@ -25,10 +25,12 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from jobs.errors import JobError
+
 TAG = "__kx__"
 
 
-class UnserializableArgument(TypeError):
+class UnserializableArgument(JobError, TypeError):
     """A job argument has no JSON form; raised before anything reaches Redis."""
 
 

@@ -48,13 +48,13 @@ class RecoveryReport:
 
 
 def recover(
-    connection: redis.Redis, queue_names: Iterable[str] = QUEUES, now: float | None = None
+    client: redis.Redis, *, queue_names: Iterable[str] = QUEUES, now: float | None = None
 ) -> RecoveryReport:
     """One maintenance pass over `queue_names`; safe to run from several processes at once."""
     report = RecoveryReport()
     moment = time.time() if now is None else now
     for name in queue_names:
-        queue = KryonixQueue(name, connection=connection, job_class=KryonixJob)
+        queue = KryonixQueue(name, connection=client, job_class=KryonixJob)
         report.set_aside[name] = queue.set_aside_unreadable(moment)  # before RQ's cleanup meets them
         report.abandoned[name] = _recover_abandoned(queue, moment)
         report.requeued_from_intermediate[name] = _recover_intermediate(queue, moment)
@@ -105,14 +105,14 @@ def _recover_intermediate(queue: KryonixQueue, now: float) -> list[str]:
     return requeued
 
 
-def run_forever(connection: redis.Redis, interval_s: float = 5.0, stop: object = None) -> None:
+def run_forever(client: redis.Redis, *, interval_s: float = 5.0, stop: object = None) -> None:
     """Run `recover` every `interval_s` until `stop` (a threading.Event) is set."""
     import threading
 
     event = stop if isinstance(stop, threading.Event) else threading.Event()
     while not event.is_set():
         try:
-            recover(connection)
+            recover(client)
         except redis.RedisError as exc:  # Redis away: wait and try again, never die
             log.error("maintenance pass failed: %s", exc)
         event.wait(interval_s)

@@ -100,7 +100,7 @@ class PeriodicScheduler(Scheduler):  # type: ignore[misc]
             kwargs=definition.kwargs,
             idempotency_key=definition.run_id(slot),
             meta={"periodic": definition.name, "slot": slot},
-            connection=self.connection,
+            client=self.connection,
         )
         # Missed slots (scheduler down) collapse into this one run: skip to the next future slot.
         next_slot = definition.next_slot(max(slot, time.time()))
@@ -113,21 +113,20 @@ class SchedulerProcess:
 
     def __init__(
         self,
-        connection: redis.Redis | None = None,
+        client: redis.Redis | None = None,
+        *,
         definitions: Iterable[Periodic] | None = None,
         tick_s: float = 1.0,
         maintenance_interval_s: float = 5.0,
     ) -> None:
-        self.connection = connection or primary()
+        self.client = client or primary()
         self.tick_s = tick_s
         self.maintenance_interval_s = maintenance_interval_s
         self.periodic = PeriodicScheduler(
-            declared() if definitions is None else definitions, self.connection, tick_s
+            declared() if definitions is None else definitions, self.client, tick_s
         )
-        self.queues = [
-            KryonixQueue(name, connection=self.connection, job_class=KryonixJob) for name in QUEUES
-        ]
-        self.rq_scheduler = RQScheduler(self.queues, connection=self.connection, serializer=JSONSerializer)
+        self.queues = [KryonixQueue(name, connection=self.client, job_class=KryonixJob) for name in QUEUES]
+        self.rq_scheduler = RQScheduler(self.queues, connection=self.client, serializer=JSONSerializer)
         self.stop_event = threading.Event()
         self._born = False
         self._registered = False
@@ -144,7 +143,7 @@ class SchedulerProcess:
                     self._start()
                     self.tick()
                     if time.monotonic() - last_maintenance >= self.maintenance_interval_s:
-                        recover(self.connection)
+                        recover(self.client)
                         last_maintenance = time.monotonic()
                 except (redis.RedisError, RedisUnavailable) as exc:  # Redis away: keep trying, never exit
                     log.error("scheduler tick failed: %s", exc)
@@ -157,7 +156,7 @@ class SchedulerProcess:
     def _start(self) -> None:
         """Register once, inside the loop: Redis may go away (a failover) right after start-up."""
         if not self._born:
-            check_eviction_policy(self.connection)
+            check_eviction_policy(self.client)
             self.periodic.register_birth()
             self._born = True
         if not self._registered:

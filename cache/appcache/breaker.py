@@ -4,7 +4,7 @@ While the cache Redis is down every call would otherwise wait for a connect or s
 timeout before falling back to the fetcher. The breaker turns that into one cheap
 check: after a few consecutive failures it opens, calls skip Redis entirely, and one
 probe call is let through after a recovery delay that doubles (up to a cap) while
-Redis stays down. Pure state plus an injected clock, so tests need no sleeping.
+Redis stays down. Pure state plus an injected monotonic clock, so tests need no sleeping.
 
 The other half of failing fast is the client: `default_cache_client()` gives up after
 250 ms where the shared clients of `connections` wait seconds.
@@ -21,8 +21,8 @@ from enum import StrEnum
 import redis
 
 from cache import connections
+from cache.appcache.core import InvalidCacheArgument, InvalidCacheArgumentType
 from cache.connections import Role
-from cache.errors import RedisUnavailable
 from cache.settings import Settings, get_settings
 
 DEFAULT_FAILURE_THRESHOLD = 3  # three failures in a row is an outage, not a lost packet
@@ -33,7 +33,7 @@ CACHE_SOCKET_TIMEOUT_S = 0.25  # a cache answer slower than this is worse than a
 CACHE_CONNECT_TIMEOUT_S = 0.25  # a connect slower than this on a LAN means the host is gone
 CACHE_RETRY_ATTEMPTS = 1  # one retry rides over a pooled connection the server closed on restart
 
-Clock = Callable[[], float]
+Monotonic = Callable[[], float]  # monotonic seconds (`clock`, elsewhere, is epoch seconds)
 
 
 class BreakerState(StrEnum):
@@ -50,7 +50,7 @@ class CircuitBreaker:
         recovery_s: delay before the first probe after opening.
         max_recovery_s: cap of the delay, which doubles after every failed probe.
         enabled: `False` gives a breaker that never opens (the benchmark's baseline).
-        clock: monotonic seconds; injected by tests.
+        monotonic: monotonic seconds; injected by tests.
 
     Raises:
         ValueError: a threshold below 1 or a delay that is not positive.
@@ -63,14 +63,14 @@ class CircuitBreaker:
         recovery_s: float = DEFAULT_RECOVERY_S,
         max_recovery_s: float = DEFAULT_MAX_RECOVERY_S,
         enabled: bool = True,
-        clock: Clock = time.monotonic,
+        monotonic: Monotonic = time.monotonic,
     ) -> None:
         if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int):
-            raise TypeError(f"failure_threshold must be an int, got {failure_threshold!r}")
+            raise InvalidCacheArgumentType(f"failure_threshold must be an int, got {failure_threshold!r}")
         if failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be at least 1, got {failure_threshold}")
+            raise InvalidCacheArgument(f"failure_threshold must be at least 1, got {failure_threshold}")
         if not recovery_s > 0 or not max_recovery_s >= recovery_s:
-            raise ValueError(
+            raise InvalidCacheArgument(
                 f"need 0 < recovery_s <= max_recovery_s, got recovery_s={recovery_s}, "
                 f"max_recovery_s={max_recovery_s}"
             )
@@ -78,7 +78,7 @@ class CircuitBreaker:
         self.recovery_s = recovery_s
         self.max_recovery_s = max_recovery_s
         self.enabled = enabled
-        self._clock = clock
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
         self._failures = 0
@@ -96,7 +96,7 @@ class CircuitBreaker:
         if self._state is BreakerState.CLOSED:
             return True  # hot path: one attribute read, no lock
         with self._lock:
-            now = self._clock()
+            now = self._monotonic()
             if self._state is BreakerState.CLOSED:  # type: ignore[comparison-overlap]  # another thread closed it
                 return True
             if now < self._retry_at:
@@ -123,7 +123,7 @@ class CircuitBreaker:
         if not self.enabled:
             return False
         with self._lock:
-            now = self._clock()
+            now = self._monotonic()
             if self._state is BreakerState.HALF_OPEN:
                 self._delay_s = min(self._delay_s * 2, self.max_recovery_s)
                 self._open(now)
@@ -145,11 +145,13 @@ class CircuitBreaker:
 class LogThrottle:
     """Say "log now" at most once per interval and count what was held back in between."""
 
-    def __init__(self, interval_s: float = DEFAULT_WARN_INTERVAL_S, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, interval_s: float = DEFAULT_WARN_INTERVAL_S, monotonic: Monotonic = time.monotonic
+    ) -> None:
         if not interval_s > 0:
-            raise ValueError(f"interval_s must be positive, got {interval_s}")
+            raise InvalidCacheArgument(f"interval_s must be positive, got {interval_s}")
         self.interval_s = interval_s
-        self._clock = clock
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self._next_at = float("-inf")
         self._suppressed = 0
@@ -157,7 +159,7 @@ class LogThrottle:
     def ready(self) -> int | None:
         """`None` while throttled; otherwise the number of events held back since the last log."""
         with self._lock:
-            now = self._clock()
+            now = self._monotonic()
             if now < self._next_at:
                 self._suppressed += 1
                 return None
@@ -247,16 +249,3 @@ def default_cache_client() -> redis.Redis:
 def default_breaker() -> CircuitBreaker:
     """The breaker shared by every service on `default_cache_client()`: one outage, one breaker."""
     return _defaults()[2]
-
-
-def describe_failure(exc: redis.RedisError, *, uses_settings: bool) -> str:
-    """A log line for a Redis failure; names CACHE_REDIS_URL when the client came from the settings."""
-    if uses_settings:
-        try:
-            with connections.translate_errors(Role.CACHE):
-                raise exc
-        except RedisUnavailable as translated:
-            return str(translated)  # never contains a password
-        except redis.RedisError:
-            pass
-    return f"{type(exc).__name__}: {exc}"

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
+from cache.appcache.core import InvalidCacheArgument, InvalidCacheArgumentType
 from cache.appcache.platform import make_engine, projects, users
 from cache.appcache.service import CacheService
 
@@ -93,7 +94,7 @@ class CachedDatabase:
         cache: default `CacheService(namespace="db")` on the CACHE Redis.
     """
 
-    def __init__(self, engine: Engine | None = None, cache: CacheService | None = None) -> None:
+    def __init__(self, *, engine: Engine | None = None, cache: CacheService | None = None) -> None:
         self.engine = engine or make_engine()
         self.cache = cache or CacheService(namespace=DEFAULT_NAMESPACE)
 
@@ -140,9 +141,9 @@ class CachedDatabase:
             if value is not None:
                 values[field] = _check_text(field, value, limit)
         if not values:
-            raise ValueError("update_user needs at least one of name, email, status")
+            raise InvalidCacheArgument("update_user needs at least one of name, email, status")
         if "email" in values and "@" not in values["email"]:
-            raise ValueError(f"email must contain '@', got {values['email']!r}")
+            raise InvalidCacheArgument(f"email must contain '@', got {values['email']!r}")
         with self.engine.begin() as conn:
             found = conn.execute(update(users).where(users.c.id == user_id).values(**values)).rowcount
         self.cache.delete(user_key(user_id))
@@ -201,14 +202,14 @@ def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
 
 def _check_id(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise InvalidCacheArgumentType(f"{name} must be an int, got {type(value).__name__}")
     if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise InvalidCacheArgument(f"{name} must be positive, got {value}")
 
 
 def _check_text(name: str, value: object, limit: int) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+        raise InvalidCacheArgumentType(f"{name} must be a str, got {type(value).__name__}")
     if not value.strip() or len(value) > limit:
-        raise ValueError(f"{name} must be 1 to {limit} characters and not blank, got {len(value)}")
+        raise InvalidCacheArgument(f"{name} must be 1 to {limit} characters and not blank, got {len(value)}")
     return value

@@ -39,6 +39,14 @@ class CacheError(KryonixError):
     """Base of the cache's own errors; Redis failures are never raised, they fail open."""
 
 
+class InvalidCacheArgument(CacheError, ValueError):
+    """A namespace, key, duration or other argument of the wrong value; the message names it."""
+
+
+class InvalidCacheArgumentType(CacheError, TypeError):
+    """An argument of the wrong type (a key that is not a str, a TTL that is not a number)."""
+
+
 class CacheSerializationError(CacheError, TypeError):
     """A value cannot be stored as JSON: a programming error, raised even while Redis is down."""
 
@@ -131,23 +139,25 @@ def check_ttl(name: str, value: object, *, allow_zero: bool = False) -> float:
         ValueError: not positive (or negative with `allow_zero`), NaN, or above `MAX_TTL_S`.
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+        raise InvalidCacheArgumentType(f"{name} must be a number of seconds, got {value!r}")
     above_floor = value >= 0 if allow_zero else value > 0
     if not above_floor or not value <= MAX_TTL_S:  # NaN fails both
         floor = "at least 0" if allow_zero else "greater than 0"
-        raise ValueError(f"{name} must be {floor} and at most {MAX_TTL_S} seconds, got {value!r}")
+        raise InvalidCacheArgument(f"{name} must be {floor} and at most {MAX_TTL_S} seconds, got {value!r}")
     return float(value)
 
 
 def check_key(key: object) -> str:
     if not isinstance(key, str):
-        raise TypeError(f"cache key must be a str, got {type(key).__name__}")
+        raise InvalidCacheArgumentType(f"cache key must be a str, got {type(key).__name__}")
     if not key or len(key) > MAX_KEY_LENGTH:
-        raise ValueError(f"cache key must be 1 to {MAX_KEY_LENGTH} characters, got {len(key)}")
+        raise InvalidCacheArgument(f"cache key must be 1 to {MAX_KEY_LENGTH} characters, got {len(key)}")
     return key
 
 
 def check_namespace(namespace: object) -> str:
     if not isinstance(namespace, str) or not NAMESPACE_PATTERN.fullmatch(namespace):
-        raise ValueError(f"namespace must be 1-64 letters, digits, '_', '.' or '-', got {namespace!r}")
+        raise InvalidCacheArgument(
+            f"namespace must be 1-64 letters, digits, '_', '.' or '-', got {namespace!r}"
+        )
     return namespace

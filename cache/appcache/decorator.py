@@ -10,7 +10,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 import orjson
 
-from cache.appcache.core import check_key
+from cache.appcache.core import InvalidCacheArgument, InvalidCacheArgumentType, check_key
 
 MAX_READABLE_ARGS = 128  # default keys show the JSON of short argument lists and hash longer ones
 
@@ -23,14 +23,16 @@ KeySpec = str | Callable[..., str]
 class ResultStore(Protocol):
     """What a cached function needs of its cache (`CacheService` is one)."""
 
-    def get_or_set(self, key: str, fetcher: Callable[[], Any], ttl: float | None = None) -> Any: ...
+    def get_or_set(self, key: str, fetcher: Callable[[], Any], ttl_s: float | None = None) -> Any: ...
 
     def delete(self, key: str) -> None: ...
 
 
 def check_key_spec(key: object) -> None:
     if key is not None and not isinstance(key, str) and not callable(key):
-        raise TypeError(f"key must be a template string or a callable, got {type(key).__name__}")
+        raise InvalidCacheArgumentType(
+            f"key must be a template string or a callable, got {type(key).__name__}"
+        )
 
 
 class CachedFunction(Generic[P, R]):
@@ -45,12 +47,12 @@ class CachedFunction(Generic[P, R]):
         self,
         service: Callable[[], ResultStore],
         func: Callable[P, R],
-        ttl: float | None,
+        ttl_s: float | None,
         key: KeySpec | None,
     ) -> None:
         self._service = service
         self.uncached = func
-        self._ttl = ttl
+        self._ttl_s = ttl_s
         self._key = key
         self._signature = inspect.signature(func)
         self._name = f"{func.__module__}.{func.__qualname__}"
@@ -58,7 +60,7 @@ class CachedFunction(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         value = self.service.get_or_set(
-            self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs), self._ttl
+            self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs), self._ttl_s
         )
         return cast(R, value)
 
@@ -91,12 +93,16 @@ class CachedFunction(Generic[P, R]):
             try:
                 return check_key(self._key.format(**bound.arguments))
             except (KeyError, IndexError) as exc:
-                raise ValueError(f"key template {self._key!r} of {self._name} names unknown {exc}") from None
+                raise InvalidCacheArgument(
+                    f"key template {self._key!r} of {self._name} names unknown {exc}"
+                ) from None
         params = {k: v for k, v in bound.arguments.items() if k not in ("self", "cls")}
         try:
             blob = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError as exc:
-            raise TypeError(f"cannot derive a cache key for {self._name} ({exc}); pass key=") from None
+            raise InvalidCacheArgumentType(
+                f"cannot derive a cache key for {self._name} ({exc}); pass key="
+            ) from None
         text = (
             blob.decode() if len(blob) <= MAX_READABLE_ARGS else "sha256:" + hashlib.sha256(blob).hexdigest()
         )

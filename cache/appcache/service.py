@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final, cast
+from typing import Any, Final
 
-import orjson
 from redis import Redis, RedisError
 from redis.commands.core import Script
 
-from cache import keys
+from cache import connections, keys
 from cache.appcache.breaker import (
     DEFAULT_WARN_INTERVAL_S,
     CircuitBreaker,
@@ -34,7 +32,6 @@ from cache.appcache.breaker import (
     LogThrottle,
     default_breaker,
     default_cache_client,
-    describe_failure,
 )
 from cache.appcache.core import (
     CORRUPT,
@@ -47,19 +44,18 @@ from cache.appcache.core import (
     CacheError,
     CacheSerializationError,
     Entry,
+    InvalidCacheArgumentType,
     as_bytes,
     check_key,
     check_namespace,
     check_ttl,
     decode_entry,
-    encode_envelope,
-    jittered_ttl,
     lua,
     new_token,
-    poll_delay,
     should_refresh_early,
 )
 from cache.appcache.decorator import CachedFunction, KeySpec, P, R, check_key_spec
+from cache.appcache.fill import LeasedFill
 from cache.appcache.stats import (
     PROCESS_STATS,
     CacheStats,
@@ -68,6 +64,7 @@ from cache.appcache.stats import (
     flush_counters,
     local_cache_stats,
 )
+from cache.connections import Role
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +88,7 @@ __all__ = [
 ]
 
 
-class CacheService:
+class CacheService(LeasedFill):
     """Cache-aside over the CACHE Redis, one namespace per service.
 
     Values are JSON (orjson); every read returns the JSON round trip of what was stored,
@@ -99,9 +96,9 @@ class CacheService:
     `None` is cached like any value but for `negative_ttl_s` at most. TTLs are seconds.
 
     Args:
-        redis: client of the cache Redis; default `default_cache_client()` (fail-fast).
+        client: client of the cache Redis; default `default_cache_client()` (fail-fast).
         namespace: letters, digits, `_.-`; `clear()` empties exactly this namespace.
-        default_ttl: freshness of a value when a call gives no `ttl`.
+        default_ttl_s: freshness of a value when a call gives no `ttl_s`.
         negative_ttl_s: freshness cap of a cached `None`.
         stale_ttl_s: how long past its TTL a value may still be served by `get_or_set`
             while one caller refreshes it (0 disables).
@@ -121,10 +118,10 @@ class CacheService:
 
     def __init__(
         self,
-        redis: Redis | None = None,
-        namespace: str = DEFAULT_NAMESPACE,
-        default_ttl: float = DEFAULT_TTL_S,
+        client: Redis | None = None,
         *,
+        namespace: str = DEFAULT_NAMESPACE,
+        default_ttl_s: float = DEFAULT_TTL_S,
         negative_ttl_s: float = DEFAULT_NEGATIVE_TTL_S,
         stale_ttl_s: float = DEFAULT_STALE_TTL_S,
         lock_ttl_s: float = DEFAULT_LOCK_TTL_S,
@@ -135,7 +132,7 @@ class CacheService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.namespace = check_namespace(namespace)
-        self.default_ttl = check_ttl("default_ttl", default_ttl)
+        self.default_ttl_s = check_ttl("default_ttl", default_ttl_s)
         self.negative_ttl_s = check_ttl("negative_ttl_s", negative_ttl_s)
         self.stale_ttl_s = check_ttl("stale_ttl_s", stale_ttl_s, allow_zero=True)
         self.lock_ttl_s = check_ttl("lock_ttl_s", lock_ttl_s)
@@ -144,20 +141,20 @@ class CacheService:
             if lock_wait_s is None
             else check_ttl("lock_wait_s", lock_wait_s)
         )
-        self._uses_settings = redis is None
-        self.redis: Redis = default_cache_client() if redis is None else redis
+        self._uses_settings = client is None
+        self.client: Redis = default_cache_client() if client is None else client
         if breaker is None:
-            breaker = default_breaker() if redis is None else CircuitBreaker()
+            breaker = default_breaker() if client is None else CircuitBreaker()
         self.breaker = breaker
         self.stats = PROCESS_STATS if stats is None else stats
         self._throttle = LogThrottle(warn_interval_s)
         self._corrupt_throttle = LogThrottle(warn_interval_s)
         self._clock = clock
         self._version_key = keys.cache_namespace_version(namespace)
-        self._acquire: Script = self.redis.register_script(lua("cache_acquire"))
-        self._store: Script = self.redis.register_script(lua("cache_store"))
-        self._release_script: Script = self.redis.register_script(lua("cache_release"))
-        self._set: Script = self.redis.register_script(lua("cache_set"))
+        self._acquire: Script = self.client.register_script(lua("cache_acquire"))
+        self._store: Script = self.client.register_script(lua("cache_store"))
+        self._release_script: Script = self.client.register_script(lua("cache_release"))
+        self._set: Script = self.client.register_script(lua("cache_set"))
         self._backlog = InvalidationBacklog(MAX_PENDING_INVALIDATIONS)
 
     def __repr__(self) -> str:
@@ -176,14 +173,14 @@ class CacheService:
         self.stats.incr("hits")
         return entry.value
 
-    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
-        """Store `value` for `ttl` seconds (jittered); voids a fetch of `key` in flight.
+    def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
+        """Store `value` for `ttl_s` seconds (jittered); voids a fetch of `key` in flight.
 
         Raises:
             CacheSerializationError: `value` is not JSON (raised even while Redis is down).
         """
         entry_key = keys.cache_entry(self.namespace, check_key(key))
-        envelope, hard_ttl_ms = self._envelope(value, self._ttl(ttl), 0.0)
+        envelope, hard_ttl_ms = self._envelope(value, self._ttl(ttl_s), 0.0)
         lock_key = keys.cache_fill_lock(self.namespace, key)
         self._invalidate(
             lambda: self._set(
@@ -208,10 +205,10 @@ class CacheService:
         Replaces the namespace generation (O(1)); old entries are never read again and
         leave by TTL or LRU eviction. Replayed later if Redis is unavailable.
         """
-        self._invalidate(lambda: self.redis.set(self._version_key, new_token()), clear=True)
+        self._invalidate(lambda: self.client.set(self._version_key, new_token()), clear=True)
 
-    def get_or_set(self, key: str, fetcher: Callable[[], Any], ttl: float | None = None) -> Any:
-        """The cached value of `key`, else `fetcher()`, stored for `ttl` seconds.
+    def get_or_set(self, key: str, fetcher: Callable[[], Any], ttl_s: float | None = None) -> Any:
+        """The cached value of `key`, else `fetcher()`, stored for `ttl_s` seconds.
 
         For one key at most one fetcher runs at a time across threads and processes;
         the others wait for its value, or get the stale value while it refreshes.
@@ -221,9 +218,9 @@ class CacheService:
             CacheSerializationError: the fetched value is not JSON.
             Exception: whatever `fetcher` raises; nothing is cached then.
         """
-        ttl_s = self._ttl(ttl)
+        ttl_s = self._ttl(ttl_s)
         if not callable(fetcher):
-            raise TypeError(f"fetcher must be callable, got {type(fetcher).__name__}")
+            raise InvalidCacheArgumentType(f"fetcher must be callable, got {type(fetcher).__name__}")
         entry_key = keys.cache_entry(self.namespace, check_key(key))
         entry = self._read(entry_key)
         if entry is _DOWN:
@@ -241,22 +238,22 @@ class CacheService:
         return self._refresh(key, entry_key, fetcher, ttl_s, entry, stale)
 
     def cached(
-        self, ttl: float | None = None, key: KeySpec | None = None
+        self, ttl_s: float | None = None, key: KeySpec | None = None
     ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
         """Decorator: cache a function's results with `get_or_set`, one key per argument set.
 
         Args:
-            ttl: seconds; default the service's `default_ttl`.
+            ttl_s: freshness; default the service's `default_ttl_s`.
             key: a template such as `"user:{user_id}"` filled from the bound arguments,
                 a callable taking the function's arguments, or `None` for
                 `module.qualname:` + the JSON of the arguments (hashed when long).
         """
-        if ttl is not None:
-            check_ttl("ttl", ttl)
+        if ttl_s is not None:
+            check_ttl("ttl", ttl_s)
         check_key_spec(key)
 
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
-            return CachedFunction(lambda: self, func, ttl, key)
+            return CachedFunction(lambda: self, func, ttl_s, key)
 
         return decorate
 
@@ -266,7 +263,7 @@ class CacheService:
         if not self._ready():
             return _DOWN
         try:
-            generation, raw = self.redis.mget((self._version_key, entry_key))
+            generation, raw = self.client.mget((self._version_key, entry_key))
         except RedisError as exc:
             self._failed(exc)
             return _DOWN
@@ -278,124 +275,11 @@ class CacheService:
                 log.warning("cache entry %s cannot be decoded; the next get_or_set refetches it", entry_key)
         return entry
 
-    def _lease(
-        self, entry_key: str, lock_key: str, token: str, mode: str
-    ) -> tuple[bytes, bytes | None, bool]:
-        generation, raw, taken = self._acquire(
-            keys=[self._version_key, entry_key, lock_key],
-            args=[new_token(), token, math.ceil(self.lock_ttl_s * 1000), mode],
-        )
-        return cast(bytes, as_bytes(generation)), as_bytes(raw or None), bool(taken)
-
-    def _fill(
-        self, key: str, entry_key: str, fetcher: Callable[[], Any], ttl_s: float, *, corrupt: bool
-    ) -> Any:
-        """Cold miss: take the lease and fetch, or wait for the caller who holds it."""
-        lock_key = keys.cache_fill_lock(self.namespace, key)
-        token = new_token()
-        mode = "always" if corrupt else "missing"
-        deadline: float | None = None
-        for attempt in range(1_000_000):  # bounded by the deadline long before
-            try:
-                generation, raw, taken = self._lease(entry_key, lock_key, token, mode)
-            except RedisError as exc:
-                self._failed(exc)
-                return self._fetch_uncached(fetcher)
-            self._succeeded()
-            if taken:
-                return self._fetch_and_store(entry_key, lock_key, token, generation, fetcher, ttl_s)
-            entry = decode_entry(generation, raw)
-            if entry is CORRUPT:
-                mode = "always"
-            elif entry is not None:
-                return entry.value
-            now = time.monotonic()
-            if deadline is None:
-                self.stats.incr("lock_waits")
-                deadline = now + self.lock_wait_s
-            elif now >= deadline:
-                self.stats.incr("lock_timeouts")
-                return self._fetch_uncached(fetcher)
-            time.sleep(min(poll_delay(attempt, random.random()), max(deadline - now, 0.0)))
-        return self._fetch_uncached(fetcher)
-
-    def _refresh(
-        self, key: str, entry_key: str, fetcher: Callable[[], Any], ttl_s: float, entry: Entry, stale: bool
-    ) -> Any:
-        """Stale or chosen for early refresh: refetch if nobody else is, else serve what we have."""
-        lock_key = keys.cache_fill_lock(self.namespace, key)
-        token = new_token()
-        try:
-            generation, raw, taken = self._lease(entry_key, lock_key, token, "always")
-        except RedisError as exc:
-            self._failed(exc)
-            return entry.value  # Redis answered a moment ago; what it gave is still good enough
-        self._succeeded()
-        if not taken:
-            self.stats.incr("stale_hits" if stale else "hits")
-            return entry.value
-        current = decode_entry(generation, raw)
-        if current is not None and current is not CORRUPT and current.soft_expiry != entry.soft_expiry:
-            # Someone refreshed between our read and our lease: use theirs, fetch nothing.
-            self._release(lock_key, token)
-            self.stats.incr("hits")
-            return current.value
-        self.stats.incr("misses")
-        if not stale:
-            self.stats.incr("early_refreshes")
-        return self._fetch_and_store(entry_key, lock_key, token, generation, fetcher, ttl_s)
-
-    def _fetch_and_store(
-        self,
-        entry_key: str,
-        lock_key: str,
-        token: str,
-        generation: bytes,
-        fetcher: Callable[[], Any],
-        ttl_s: float,
-    ) -> Any:
-        self.stats.incr("fetches")
-        started = time.perf_counter()
-        try:
-            value = fetcher()
-            envelope, hard_ttl_ms = self._envelope(value, ttl_s, time.perf_counter() - started)
-        except BaseException:
-            self._release(lock_key, token)  # the key is not poisoned: the next caller fetches
-            raise
-        try:
-            written = self._store(
-                keys=[lock_key, entry_key], args=[token, generation + envelope, hard_ttl_ms]
-            )
-        except RedisError as exc:
-            self._failed(exc)
-        else:
-            self._succeeded()
-            if not written:
-                log.debug("cache fill of %s dropped: invalidated or taken over meanwhile", entry_key)
-        return orjson.loads(envelope)["v"]
-
-    def _fetch_uncached(self, fetcher: Callable[[], Any]) -> Any:
-        self.stats.incr("fetches")
-        return orjson.loads(encode_envelope(fetcher(), 0.0, 0.0))["v"]
-
-    def _release(self, lock_key: str, token: str) -> None:
-        try:
-            self._release_script(keys=[lock_key], args=[token])
-        except RedisError as exc:
-            self._failed(exc)  # the lease expires by itself after lock_ttl_s
-
-    def _envelope(self, value: Any, ttl_s: float, fetch_s: float) -> tuple[bytes, int]:
-        if value is None:
-            ttl_s = min(ttl_s, self.negative_ttl_s)
-        soft_ttl_s = jittered_ttl(ttl_s, random.random())
-        envelope = encode_envelope(value, self._clock() + soft_ttl_s, fetch_s)
-        return envelope, max(1, math.ceil((soft_ttl_s + self.stale_ttl_s) * 1000))
-
-    def _ttl(self, ttl: float | None) -> float:
-        return self.default_ttl if ttl is None else check_ttl("ttl", ttl)
+    def _ttl(self, ttl_s: float | None) -> float:
+        return self.default_ttl_s if ttl_s is None else check_ttl("ttl", ttl_s)
 
     def _unlink(self, names: list[str]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=True)
         for start in range(0, len(names), UNLINK_BATCH):
             batch = names[start : start + UNLINK_BATCH]
             pipe.unlink(*[keys.cache_entry(self.namespace, k) for k in batch])
@@ -416,7 +300,7 @@ class CacheService:
             log.info("cache Redis answers again; caching resumed (namespace %r)", self.namespace)
         if self.stats.flush_due():
             with contextlib.suppress(RedisError):  # the counts are kept for the next flush
-                flush_counters(self.redis, self.stats)
+                flush_counters(self.client, self.stats)
 
     def _failed(self, exc: RedisError) -> None:
         if self.breaker.record_failure():
@@ -433,10 +317,13 @@ class CacheService:
             self.namespace,
             self.breaker.state.value,
             held_back,
-            "circuit breaker open"
-            if exc is None
-            else describe_failure(exc, uses_settings=self._uses_settings),
+            "circuit breaker open" if exc is None else self._describe(exc),
         )
+
+    def _describe(self, exc: RedisError) -> str:
+        """The failure for a log line; names CACHE_REDIS_URL when the client came from the settings."""
+        translated = connections.translate_errors(Role.CACHE).translated(exc) if self._uses_settings else None
+        return f"{type(exc).__name__}: {exc}" if translated is None else str(translated)
 
     def _invalidate(
         self, send: Callable[[], object], names: tuple[str, ...] = (), clear: bool = False
@@ -461,7 +348,7 @@ class CacheService:
                 return True
             try:
                 if clear:
-                    self.redis.set(self._version_key, new_token())
+                    self.client.set(self._version_key, new_token())
                 else:
                     self._unlink(names)
             except RedisError as exc:
@@ -482,21 +369,21 @@ _services: dict[str, CacheService] = {}
 def default_service(namespace: str = DEFAULT_NAMESPACE) -> CacheService:
     """The process's `CacheService(namespace=...)` on the default client, built on first use."""
     service = _services.get(namespace)
-    if service is None or service.redis is not default_cache_client():
+    if service is None or service.client is not default_cache_client():
         service = _services[namespace] = CacheService(namespace=namespace)
     return service
 
 
 def cached(
-    ttl: float | None = None, key: KeySpec | None = None, *, namespace: str = DEFAULT_NAMESPACE
+    ttl_s: float | None = None, key: KeySpec | None = None, *, namespace: str = DEFAULT_NAMESPACE
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
     """`CacheService.cached` on `default_service(namespace)`, resolved at call time, not import time."""
-    if ttl is not None:
-        check_ttl("ttl", ttl)
+    if ttl_s is not None:
+        check_ttl("ttl", ttl_s)
     check_key_spec(key)
     check_namespace(namespace)
 
     def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
-        return CachedFunction(lambda: default_service(namespace), func, ttl, key)
+        return CachedFunction(lambda: default_service(namespace), func, ttl_s, key)
 
     return decorate

@@ -121,7 +121,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def cache_stats(redis_client: redis.Redis | None = None) -> dict[str, int]:
+def cache_stats(client: redis.Redis | None = None) -> dict[str, int]:
     """Counters summed over every process using this cache Redis (this process's flushed first).
 
     What the status command and metrics read. Other processes' increments show up
@@ -130,7 +130,7 @@ def cache_stats(redis_client: redis.Redis | None = None) -> dict[str, int]:
     Raises:
         RedisUnavailable: the cache Redis cannot be reached; the message names CACHE_REDIS_URL.
     """
-    client = redis_client or default_cache_client()
+    client = client or default_cache_client()
     with connections.translate_errors(Role.CACHE):
         flush_counters(client)
         return read_counters(client)
@@ -141,14 +141,14 @@ def local_cache_stats() -> dict[str, int]:
     return PROCESS_STATS.snapshot()
 
 
-def flush_cache_stats(redis_client: redis.Redis | None = None) -> bool:
+def flush_cache_stats(client: redis.Redis | None = None) -> bool:
     """Push this process's unflushed counters now, e.g. at the end of a forked RQ job.
 
     Returns:
         `False` instead of raising when Redis is unavailable; the increments are kept.
     """
     try:
-        flush_counters(redis_client or default_cache_client())
+        flush_counters(client or default_cache_client())
     except redis.RedisError:
         return False
     return True

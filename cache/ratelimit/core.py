@@ -46,12 +46,12 @@ class FailurePolicy(StrEnum):
     CLOSED = "closed"  # Redis down: deny with a reason and a Retry-After
 
 
-class InvalidRateLimit(KryonixError, ValueError):
-    """A limit, window, cost, scope or time the limiter will not use; the message names it."""
-
-
 class RateLimitError(KryonixError):
-    """Redis rejected the check for a reason that is not an outage (a bug, a foreign value at the key)."""
+    """Base of the limiter's errors; raised itself when Redis rejects a check but is not down."""
+
+
+class InvalidRateLimit(RateLimitError, ValueError):
+    """A limit, window, cost, scope or time the limiter will not use; the message names it."""
 
 
 class Decision(NamedTuple):

@@ -6,7 +6,7 @@ fixed-window boundary. Here one Lua script (`lua/ratelimit_check.lua`, EVALSHA,
 reloaded on NOSCRIPT) keeps a log of admitted units per identifier, counts the units
 in the sliding window, and either admits (writing the log and its TTL in the same
 atomic step) or denies with the exact time at which the request would fit. No window
-of `window_seconds` ever holds more than `limit` admitted units. The README ("Rate limiting") has
+of `window_s` ever holds more than `limit` admitted units. The README ("Rate limiting") has
 the algorithm, the key layout, memory per key, presets, headers and failure policy.
 
 When Redis cannot answer, each limiter follows its failure policy: fail open (admit,
@@ -21,9 +21,7 @@ re-exported here.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import threading
 import time
 from collections.abc import Callable
 from functools import cache
@@ -67,6 +65,7 @@ from cache.ratelimit.core import (
     unavailable_decision,
     window_to_ms,
 )
+from cache.ratelimit.outages import OutageLog
 from cache.settings import get_settings
 
 __all__ = [
@@ -198,41 +197,6 @@ def flush_ratelimit_stats(client: Redis | None = None) -> bool:
 os.register_at_fork(after_in_child=reset_ratelimit_stats)
 
 
-class _OutageLog:
-    """Warns on the first failure of a scope, then at most once per interval, and once on recovery."""
-
-    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
-        self.interval_s = interval_s
-        self.clock = clock
-        self.lock = threading.Lock()
-        self.down: dict[str, tuple[float, int]] = {}  # scope -> (last warning at, failures since)
-
-    def failed(self, scope: str, policy: FailurePolicy, exc: BaseException) -> None:
-        now = self.clock()
-        with self.lock:
-            last, count = self.down.get(scope, (-math.inf, 0))
-            if now - last < self.interval_s:
-                self.down[scope] = (last, count + 1)
-                return
-            self.down[scope] = (now, 0)
-        logger.warning(
-            "rate limit %r: Redis unavailable, failing %s (%d more failures since the last warning): %s: %s",
-            scope,
-            policy.value,
-            count,
-            type(exc).__name__,
-            exc,
-        )
-
-    def succeeded(self, scope: str) -> None:
-        if scope not in self.down:  # the common case, without taking the lock
-            return
-        with self.lock:
-            if self.down.pop(scope, None) is None:
-                return
-        logger.info("rate limit %r: Redis reachable again", scope)
-
-
 # --- I/O shell ---------------------------------------------------------------------------
 
 
@@ -245,7 +209,7 @@ class RateLimiter:
     """Sliding-window rate limits on the PRIMARY Redis; see the README, "Rate limiting".
 
     Args:
-        redis: a PRIMARY client (never the evicting cache); defaults to `connections.primary()`.
+        client: a PRIMARY client (never the evicting cache); defaults to `connections.primary()`.
             Its timeouts and retries bound how long a check waits while Redis is down.
         scope: names the limits `check` keeps (part of every key), e.g. `login`.
         failure_policy: what `check` answers when Redis is unreachable.
@@ -263,7 +227,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis: Redis | None = None,
+        client: Redis | None = None,
         *,
         scope: str = "default",
         failure_policy: FailurePolicy = FailurePolicy.OPEN,
@@ -286,33 +250,33 @@ class RateLimiter:
         self.by_ip, self.by_user, self.api = by_ip, by_user, api
         normalize("::1", IdentifierKind.IP, ipv6_prefix=ipv6_prefix)  # a bad prefix fails here, not per check
         self.ipv6_prefix = ipv6_prefix
-        self.redis = redis if redis is not None else connections.primary()
-        self._script = self.redis.register_script(_lua("ratelimit_check"))
+        self.client = client if client is not None else connections.primary()
+        self._script = self.client.register_script(_lua("ratelimit_check"))
         self._specs: dict[tuple[object, ...], Spec] = {}
         self._monotonic = monotonic
-        self._outages = _OutageLog(FAILURE_LOG_INTERVAL_S, monotonic)
+        self._outages = OutageLog(FAILURE_LOG_INTERVAL_S, monotonic)
 
     def check(
         self,
         identifier: str | int,
         limit: int,
-        window_seconds: float,
+        window_s: float,
         *,
         cost: int = 1,
         now_ms: int | None = None,
-        resolution_seconds: float | None = None,
+        resolution_s: float | None = None,
     ) -> Decision:
-        """Count one request of `identifier` against `limit` units per `window_seconds`.
+        """Count one request of `identifier` against `limit` units per `window_s`.
 
         Args:
             identifier: who is limited; normalised by the limiter's identifier kind.
             limit: most units admitted in any window (1..MAX_LIMIT).
-            window_seconds: the sliding window; limits of one scope with different
+            window_s: the sliding window; limits of one scope with different
                 windows are kept apart.
             cost: units this request uses (1..limit); a denied request uses none.
             now_ms: the time of the request on the caller's clock, for tests and
                 replays; by default the Redis server's clock, shared by every process.
-            resolution_seconds: None keeps the log exact; a number (at most the window)
+            resolution_s: None keeps the log exact; a number (at most the window)
                 bounds its memory to about window / resolution members, holding units
                 back at most that much longer. Never admits more than `limit` either way.
 
@@ -324,9 +288,7 @@ class RateLimiter:
             InvalidIdentifier: an identifier that cannot be normalised.
             RateLimitError: Redis refused the script for a reason other than an outage.
         """
-        return self._check(
-            self._spec_for(limit, window_seconds, resolution_seconds), identifier, cost, now_ms
-        )
+        return self._check(self._spec_for(limit, window_s, resolution_s), identifier, cost, now_ms)
 
     def check_preset(
         self, preset: Preset, identifier: str | int, *, cost: int = 1, now_ms: int | None = None
@@ -373,7 +335,7 @@ class RateLimiter:
         # call; it is the fallback that loads the script after NOSCRIPT (a flush, a
         # failover to a server that never saw it).
         try:
-            reply: list[int] = self.redis.evalsha(self._script.sha, 1, key, *args)
+            reply: list[int] = self.client.evalsha(self._script.sha, 1, key, *args)
         except NoScriptError:
             reply = self._script(keys=[key], args=args)
         return reply
@@ -384,7 +346,7 @@ class RateLimiter:
         now_arg = "" if now_ms is None else str(check_now_ms(now_ms))
         key = keys.rate_limit_log(scope, window_ms, normalize(identifier, kind, ipv6_prefix=self.ipv6_prefix))
         try:
-            with connections.bounded_call(self.redis):  # EVALSHA and, after NOSCRIPT, the reload
+            with connections.bounded_call(self.client):  # EVALSHA and, after NOSCRIPT, the reload
                 reply = self._evalsha(key, [now_arg, window_ms, limit, units, resolution_ms])
         except redis.RedisError as exc:
             if not is_outage(exc):
@@ -408,6 +370,6 @@ class RateLimiter:
 
     def _flush_counters(self, now: float) -> None:
         try:
-            flush_counters(self.redis, now)
+            flush_counters(self.client, now)
         except redis.RedisError as exc:  # the counts are kept for the next flush; the check stands
             logger.debug("rate limit counters not flushed: %s: %s", type(exc).__name__, exc)

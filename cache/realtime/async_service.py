@@ -11,22 +11,23 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import datetime
 from typing import Any, Literal
 
 import redis
 import redis.asyncio
 
 from cache import connections, keys
-from cache.connections import Role
+from cache.connections import Role, translate_errors
 from cache.realtime.envelope import (
     DEFAULT_MAX_EVENT_BYTES,
     Event,
     EventHandler,
     Kind,
+    RealtimeError,
     SubscriberStats,
     Subscription,
     parse_stream_id,
@@ -41,8 +42,6 @@ from cache.realtime.service import (
     DEFAULT_REPLAY_COUNT,
     RealtimeCore,
     lua_source,
-    redis_errors,
-    utc_now,
 )
 from cache.realtime.subscriber import DEFAULT_POLL_INTERVAL_S, SubscriptionBook, default_backoff
 
@@ -63,7 +62,7 @@ class AsyncRealtimeService(RealtimeCore):
         stream_maxlen: int | None = None,
         stream_ttl_s: int | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(
             stream_maxlen=stream_maxlen,
@@ -82,7 +81,9 @@ class AsyncRealtimeService(RealtimeCore):
 
     async def publish(self, channel: str, event: str, data: Mapping[str, Any]) -> str:
         script_keys, args = self._publish_call(channel, event, data)
-        with redis_errors(f"publishing {event!r} to {channel}"):
+        with translate_errors(
+            Role.PRIMARY, action=f"publish {event!r} to {channel}", refused_class=RealtimeError
+        ):
             stream_id = await self._publish_script(keys=script_keys, args=args)
         return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
 
@@ -96,7 +97,7 @@ class AsyncRealtimeService(RealtimeCore):
         self, positions: Mapping[str, str], *, count: int = DEFAULT_REPLAY_COUNT
     ) -> dict[str, list[Event]]:
         reads = plan_replay(positions)
-        with redis_errors("replaying events"):
+        with translate_errors(Role.PRIMARY, action="replay events", refused_class=RealtimeError):
             pipe = self.client.pipeline(transaction=False)
             for read in reads:
                 pipe.xrange(read.key, min=read.start, max="+", count=count)
@@ -104,17 +105,21 @@ class AsyncRealtimeService(RealtimeCore):
 
     async def latest_id(self, channel: str) -> str:
         stream = keys.event_stream(validate_channel(channel))
-        with redis_errors(f"reading the latest event of {channel}"):
+        with translate_errors(
+            Role.PRIMARY, action=f"read the latest event of {channel}", refused_class=RealtimeError
+        ):
             return self._newest_id(await self.client.xrevrange(stream, max="+", min="-", count=1))
 
     async def now_id(self) -> str:
-        with redis_errors("reading the server time"):
+        with translate_errors(Role.PRIMARY, action="read the server time", refused_class=RealtimeError):
             seconds, microseconds = await self.client.time()
         return time_baseline(int(seconds), int(microseconds))
 
     async def channels_matching(self, pattern: str) -> list[str]:
         match = keys.event_stream(validate_pattern(pattern))
-        with redis_errors(f"listing streams matching {pattern!r}"):
+        with translate_errors(
+            Role.PRIMARY, action=f"list streams matching {pattern!r}", refused_class=RealtimeError
+        ):
             found = [raw async for raw in self.client.scan_iter(match=match, count=1000, _type="stream")]
         return self._event_channels(found)
 
@@ -123,9 +128,9 @@ class AsyncSubscriber:
     """`Subscriber` as an asyncio task: one connection, replay on every (re)subscription.
 
     Args:
-        service: defaults to `AsyncRealtimeService()`.
         client: the client the subscription connection comes from; defaults to
             `connections.build_async_client(Role.PRIMARY, pubsub=True)`.
+        service: defaults to `AsyncRealtimeService()`.
         backoff, poll_interval_s, replay_count: as for `Subscriber`.
 
     Use `async with AsyncSubscriber() as subscriber:` or `await start()` / `await stop()`.
@@ -133,16 +138,16 @@ class AsyncSubscriber:
 
     def __init__(
         self,
-        service: AsyncRealtimeService | None = None,
-        *,
         client: redis.asyncio.Redis | None = None,
+        *,
+        service: AsyncRealtimeService | None = None,
         backoff: Callable[[int], float] = default_backoff,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         replay_count: int = DEFAULT_REPLAY_COUNT,
     ) -> None:
         self._service = service if service is not None else AsyncRealtimeService()
         self._own_client = client is None
-        self._client = client
+        self.client = client
         self._backoff = backoff
         self._poll_interval_s = poll_interval_s
         self._replay_count = replay_count
@@ -182,8 +187,8 @@ class AsyncSubscriber:
 
     async def start(self) -> AsyncSubscriber:
         if self._task is None:
-            if self._client is None:
-                self._client = connections.build_async_client(Role.PRIMARY, pubsub=True)
+            if self.client is None:
+                self.client = connections.build_async_client(Role.PRIMARY, pubsub=True)
             self._stop.clear()
             self._task = asyncio.create_task(self._run(), name="kryonix-realtime")
         return self
@@ -197,9 +202,9 @@ class AsyncSubscriber:
                 await asyncio.wait_for(task, timeout_s)
             except TimeoutError:
                 log.warning("realtime subscriber did not stop within %.1f s; cancelled", timeout_s)
-        if self._own_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._own_client and self.client is not None:
+            await self.client.aclose()
+            self.client = None
 
     async def wait_ready(self, timeout_s: float) -> bool:
         try:
@@ -244,8 +249,8 @@ class AsyncSubscriber:
         await self._disconnect()
 
     async def _connect(self) -> None:
-        assert self._client is not None
-        self._pubsub = self._client.pubsub()
+        assert self.client is not None
+        self._pubsub = self.client.pubsub()
         channels, patterns = self._book.names("channel"), self._book.names("pattern")
         if channels:
             await self._pubsub.subscribe(*channels)

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from cache import keys
-from cache.errors import KryonixError
+from cache.errors import ConfigError, KryonixError
 
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024  # an event is a notification, not a file transfer
 MAX_SEQ = 2**64 - 1  # largest sequence part of a Redis stream id
@@ -48,6 +48,10 @@ class InvalidEvent(RealtimeError, ValueError):
 
 class InvalidEnvelope(RealtimeError, ValueError):
     """A message on an event channel is not a well-formed envelope."""
+
+
+class InvalidRealtimeLimit(RealtimeError, ConfigError):
+    """A stream cap, TTL or event size that is not a positive integer; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)

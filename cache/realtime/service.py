@@ -10,8 +10,8 @@ missed; `cache.realtime.subscriber.Subscriber` does that by itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -20,10 +20,10 @@ import redis
 
 from cache import connections, keys
 from cache.connections import Role, translate_errors
-from cache.errors import ConfigError
 from cache.realtime.envelope import (
     DEFAULT_MAX_EVENT_BYTES,
     Event,
+    InvalidRealtimeLimit,
     RealtimeError,
     ReplayRead,
     encode_body,
@@ -48,29 +48,15 @@ def lua_source(name: str) -> str:
     return (resources.files("cache") / "lua" / name).read_text(encoding="utf-8")
 
 
-@contextmanager
-def redis_errors(action: str) -> Iterator[None]:
-    """RedisUnavailable for connection trouble (naming REDIS_URL), RealtimeError for the rest."""
-    try:
-        with translate_errors(Role.PRIMARY):
-            yield
-    except redis.RedisError as exc:
-        raise RealtimeError(f"{action} failed: {exc}") from exc
-
-
 def check_limits(stream_maxlen: int, stream_ttl_s: int, max_event_bytes: int) -> None:
-    """Raises ConfigError naming the first argument that is not a positive int."""
+    """Raises InvalidRealtimeLimit (a ConfigError) naming the first argument that is not a positive int."""
     for name, value in (
         ("stream_maxlen", stream_maxlen),
         ("stream_ttl_s", stream_ttl_s),
         ("max_event_bytes", max_event_bytes),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+            raise InvalidRealtimeLimit(f"{name} must be a positive integer, got {value!r}")
 
 
 class RealtimeCore:
@@ -82,7 +68,7 @@ class RealtimeCore:
         stream_maxlen: int | None = None,
         stream_ttl_s: int | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if stream_maxlen is None or stream_ttl_s is None:
             settings = get_settings()  # EVENTS_STREAM_MAXLEN, EVENTS_STREAM_TTL
@@ -96,7 +82,8 @@ class RealtimeCore:
 
     def _publish_call(self, channel: str, event: str, data: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of `realtime_publish.lua`; validates everything before any I/O."""
-        body = encode_body(event, data, self._clock(), max_bytes=self.max_event_bytes)
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        body = encode_body(event, data, now, max_bytes=self.max_event_bytes)
         stream = keys.event_stream(validate_channel(channel))
         return [stream], [channel, self.stream_maxlen, self.stream_ttl_s * 1000, body]
 
@@ -132,10 +119,10 @@ class RealtimeService(RealtimeCore):
         stream_ttl_s: a stream expires this long after its last event; default
             `EVENTS_STREAM_TTL`.
         max_event_bytes: larger encoded events are refused.
-        clock: returns the current aware time; injected by tests.
+        clock: epoch seconds, for the events' timestamps; injected by tests.
 
     Raises:
-        ConfigError: a limit is not a positive integer.
+        InvalidRealtimeLimit: a limit is not a positive integer (a ConfigError).
     """
 
     def __init__(
@@ -145,7 +132,7 @@ class RealtimeService(RealtimeCore):
         stream_maxlen: int | None = None,
         stream_ttl_s: int | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(
             stream_maxlen=stream_maxlen,
@@ -181,7 +168,12 @@ class RealtimeService(RealtimeCore):
             RealtimeError: Redis refused the write (e.g. out of memory under noeviction).
         """
         script_keys, args = self._publish_call(channel, event, data)
-        with connections.bounded_call(self.client), redis_errors(f"publishing {event!r} to {channel}"):
+        with (
+            connections.bounded_call(self.client),
+            translate_errors(
+                Role.PRIMARY, action=f"publish {event!r} to {channel}", refused_class=RealtimeError
+            ),
+        ):
             return _text(self._publish_script(keys=script_keys, args=args))
 
     def events_since(
@@ -209,7 +201,7 @@ class RealtimeService(RealtimeCore):
     ) -> dict[str, list[Event]]:
         """`events_since` for many channels in one round trip: `{channel: last_id}` -> events."""
         reads = plan_replay(positions)
-        with redis_errors("replaying events"):
+        with translate_errors(Role.PRIMARY, action="replay events", refused_class=RealtimeError):
             pipe = self.client.pipeline(transaction=False)
             for read in reads:
                 pipe.xrange(read.key, min=read.start, max="+", count=count)
@@ -218,12 +210,14 @@ class RealtimeService(RealtimeCore):
     def latest_id(self, channel: str) -> str:
         """The id of the newest event kept for `channel`, `0-0` when there is none."""
         stream = keys.event_stream(validate_channel(channel))
-        with redis_errors(f"reading the latest event of {channel}"):
+        with translate_errors(
+            Role.PRIMARY, action=f"read the latest event of {channel}", refused_class=RealtimeError
+        ):
             return self._newest_id(self.client.xrevrange(stream, max="+", min="-", count=1))
 
     def now_id(self) -> str:
         """An id just below anything published from now on (Redis' clock, not ours)."""
-        with redis_errors("reading the server time"):
+        with translate_errors(Role.PRIMARY, action="read the server time", refused_class=RealtimeError):
             seconds, microseconds = self.client.time()
         return time_baseline(int(seconds), int(microseconds))
 
@@ -233,5 +227,7 @@ class RealtimeService(RealtimeCore):
         SCANs the keyspace: meant for a pattern subscriber's replay after a reconnect.
         """
         match = keys.event_stream(validate_pattern(pattern))
-        with redis_errors(f"listing streams matching {pattern!r}"):
+        with translate_errors(
+            Role.PRIMARY, action=f"list streams matching {pattern!r}", refused_class=RealtimeError
+        ):
             return self._event_channels(list(self.client.scan_iter(match=match, count=1000, _type="stream")))

@@ -200,9 +200,9 @@ class Subscriber:
     """Subscribe handlers to event channels over one connection served by a background thread.
 
     Args:
-        service: used for replays and start positions; defaults to `RealtimeService()`.
         client: the client the subscription connection comes from; defaults to
             `connections.pubsub_client()` (PRIMARY, no socket timeout, str responses).
+        service: used for replays and start positions; defaults to `RealtimeService()`.
         backoff: seconds to wait before reconnect attempt `n` (0-based).
         poll_interval_s: longest a read blocks before the thread checks for commands and stop.
         replay_count: events per channel per replay read.
@@ -214,16 +214,16 @@ class Subscriber:
 
     def __init__(
         self,
-        service: RealtimeService | None = None,
-        *,
         client: redis.Redis | None = None,
+        *,
+        service: RealtimeService | None = None,
         backoff: Callable[[int], float] = default_backoff,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         replay_count: int = DEFAULT_REPLAY_COUNT,
     ) -> None:
         self._service = service if service is not None else RealtimeService()
         self._own_client = client is None
-        self._client = client
+        self.client = client
         self._backoff = backoff
         self._poll_interval_s = poll_interval_s
         self._replay_count = replay_count
@@ -273,8 +273,8 @@ class Subscriber:
     def start(self) -> Subscriber:
         """Start the background thread (idempotent)."""
         if self._thread is None:
-            if self._client is None:
-                self._client = connections.pubsub_client()
+            if self.client is None:
+                self.client = connections.pubsub_client()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="kryonix-realtime", daemon=True)
             self._thread.start()
@@ -286,9 +286,9 @@ class Subscriber:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
-        if self._own_client and self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._own_client and self.client is not None:
+            self.client.close()
+            self.client = None
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every subscription is confirmed on the current connection and replayed."""
@@ -330,8 +330,8 @@ class Subscriber:
         self._disconnect()
 
     def _connect(self) -> None:
-        assert self._client is not None
-        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        assert self.client is not None
+        self._pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
         channels, patterns = self._book.names("channel"), self._book.names("pattern")
         if channels:
             self._pubsub.subscribe(*channels)

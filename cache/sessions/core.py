@@ -48,8 +48,15 @@ class InvalidSessionArgument(SessionError, ValueError):
     """A caller passed a user id, TTL or data item the service will not store."""
 
 
-class SessionStoreUnavailable(RedisUnavailable):
+class SessionStoreUnavailable(SessionError, RedisUnavailable):
     """The PRIMARY Redis could not be reached or refused the operation: fail closed."""
+
+    @classmethod
+    def explain(cls, detail: str, *, action: str | None = None) -> str:
+        return (
+            f"session store unavailable: could not {action or 'use the session store'} on the {detail}. "
+            "Failing closed: treat the request as not logged in."
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

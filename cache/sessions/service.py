@@ -13,15 +13,13 @@ becomes `SessionStoreUnavailable`: the service fails closed, never open.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from functools import cache, wraps
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache, partial, wraps
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from redis import AuthenticationError, Redis, RedisError
+from redis import Redis
 from redis.commands.core import Script
-from redis.exceptions import AuthorizationError
 
 from cache import connections, keys
 from cache.sessions.core import (
@@ -76,26 +74,19 @@ def _one_deadline(
 
     @wraps(method)
     def bounded(service: SessionService, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        with connections.bounded_call(service.redis):
+        with connections.bounded_call(service.client):
             return method(service, *args, **kwargs)
 
     return bounded
 
 
-@contextmanager
-def _failing_closed(action: str) -> Iterator[None]:
-    """Every Redis error becomes SessionStoreUnavailable: no session is ever assumed."""
-    try:
-        yield
-    except RedisError as exc:
-        auth = isinstance(exc, AuthenticationError | AuthorizationError)
-        setting = "REDIS_PASSWORD" if auth else "REDIS_URL"
-        raise SessionStoreUnavailable(
-            f"session store unavailable: could not {action} on the primary Redis (check {setting}): "
-            f"{type(exc).__name__}: {exc}. Failing closed: treat the request as not logged in.",
-            role=connections.Role.PRIMARY.value,
-            setting=setting,
-        ) from exc
+# Every Redis error becomes SessionStoreUnavailable naming the setting: no session is ever assumed.
+_fail_closed = partial(
+    connections.translate_errors,
+    connections.Role.PRIMARY,
+    error_class=SessionStoreUnavailable,
+    all_errors=True,
+)
 
 
 # --- I/O shell ---------------------------------------------------------------------------
@@ -105,7 +96,7 @@ class SessionService:
     """Server-side sessions; the README ("Server-side sessions") has the key layout and security properties.
 
     Args:
-        redis: a PRIMARY client (never the evicting cache); defaults to `connections.primary()`.
+        client: a PRIMARY client (never the evicting cache); defaults to `connections.primary()`.
         idle_ttl_s: default idle timeout of new sessions.
         absolute_ttl_s: default absolute timeout of new sessions, counted from creation.
         slide_on_get: whether `get` slides the idle timeout by default.
@@ -116,7 +107,7 @@ class SessionService:
 
     def __init__(
         self,
-        redis: Redis | None = None,
+        client: Redis | None = None,
         *,
         idle_ttl_s: float = DEFAULT_IDLE_TTL_S,
         absolute_ttl_s: float = DEFAULT_ABSOLUTE_TTL_S,
@@ -130,14 +121,14 @@ class SessionService:
         if isinstance(max_data_bytes, bool) or not isinstance(max_data_bytes, int) or max_data_bytes < 1:
             raise InvalidSessionArgument(f"max_data_bytes must be a positive int, got {max_data_bytes!r}")
         self.max_data_bytes = max_data_bytes
-        self.redis = redis if redis is not None else connections.primary()
+        self.client = client if client is not None else connections.primary()
         self.idle_ttl_s = idle_ttl_s
         self.absolute_ttl_s = absolute_ttl_s
         self.slide_on_get = slide_on_get
         self._clock = clock
         names = ("create", "touch", "rotate", "destroy", "list", "destroy_many")
         self._scripts: dict[str, Script] = {
-            n: self.redis.register_script(_lua(f"session_{n}")) for n in names
+            n: self.client.register_script(_lua(f"session_{n}")) for n in names
         }
 
     def _now_ms(self) -> int:
@@ -149,16 +140,16 @@ class SessionService:
         user_id: str | int,
         data: Mapping[str, Any] | None = None,
         *,
-        ttl: float | None = None,
-        absolute_ttl: float | None = None,
+        ttl_s: float | None = None,
+        absolute_ttl_s: float | None = None,
     ) -> str:
         """Start a session for `user_id` and return its new id (put it in the cookie).
 
         Args:
             user_id: whose session; also keys the per-user index.
             data: JSON-serialisable items, each stored as its own field.
-            ttl: idle timeout in seconds (default: the service's, 24 h).
-            absolute_ttl: lifetime in seconds that no activity extends (default: 7 days).
+            ttl_s: idle timeout (default: the service's, 24 h).
+            absolute_ttl_s: lifetime in seconds that no activity extends (default: 7 days).
 
         Raises:
             InvalidSessionArgument: bad user id, TTL or data; nothing was written.
@@ -169,14 +160,14 @@ class SessionService:
         now = self._now_ms()
         plan = plan_deadlines(
             now,
-            self.idle_ttl_s if ttl is None else ttl,
-            self.absolute_ttl_s if absolute_ttl is None else absolute_ttl,
+            self.idle_ttl_s if ttl_s is None else ttl_s,
+            self.absolute_ttl_s if absolute_ttl_s is None else absolute_ttl_s,
         )
         meta: list[str | int] = ["uid", uid, "created", now, "seen", now]
         meta += ["idle", plan.idle_ttl_ms, "abs", plan.absolute_deadline_ms]
         for _ in range(MAX_ID_ATTEMPTS):
             session_id = new_session_id()
-            with _failing_closed("create a session"):
+            with _fail_closed(action="create a session"):
                 created = self._scripts["create"](
                     keys=[keys.session(session_id), keys.user_sessions(uid)],
                     args=[session_id, now, plan.absolute_deadline_ms, plan.key_ttl_ms, *meta, *pairs],
@@ -255,7 +246,7 @@ class SessionService:
         pairs = pairs or []
         head: list[str | bytes | int] = [self._now_ms(), int(slide), int(fetch), len(pairs) // 2]
         args = [*head, self.max_data_bytes, *pairs, *(removed or [])]
-        with _failing_closed(action):
+        with _fail_closed(action=action):
             result = self._scripts["touch"](keys=[keys.session(session_id)], args=args)
         if result == -2:
             raise self._too_large()
@@ -286,14 +277,14 @@ class SessionService:
         pairs = encode_data(changes or {}, max_bytes=self.max_data_bytes)
         if not is_well_formed_id(session_id):
             return None
-        with _failing_closed("rotate a session"):
-            uid = self.redis.hget(keys.session(session_id), "uid")
+        with _fail_closed(action="rotate a session"):
+            uid = self.client.hget(keys.session(session_id), "uid")
         if uid is None:
             return None
         user_id = as_text(uid)
         for _ in range(MAX_ID_ATTEMPTS):
             new_id = new_session_id()
-            with _failing_closed("rotate a session"):
+            with _fail_closed(action="rotate a session"):
                 result = self._scripts["rotate"](
                     keys=[keys.session(session_id), keys.session(new_id), keys.user_sessions(user_id)],
                     args=[session_id, new_id, user_id, self._now_ms(), self.max_data_bytes, *pairs],
@@ -313,8 +304,8 @@ class SessionService:
         """
         if not is_well_formed_id(session_id):
             return False
-        with _failing_closed("destroy a session"):
-            uid = self.redis.hget(keys.session(session_id), "uid")
+        with _fail_closed(action="destroy a session"):
+            uid = self.client.hget(keys.session(session_id), "uid")
             if uid is None:
                 return False
             user_id = as_text(uid)
@@ -335,8 +326,8 @@ class SessionService:
         index = keys.user_sessions(uid)
         now = self._now_ms()
         sessions: list[Session] = []
-        with _failing_closed("list a user's sessions"):
-            ids = [as_text(i) for i in self.redis.zrangebyscore(index, f"({now}", "+inf")]
+        with _fail_closed(action="list a user's sessions"):
+            ids = [as_text(i) for i in self.client.zrangebyscore(index, f"({now}", "+inf")]
             for start in range(0, len(ids), BATCH_SIZE):
                 batch = ids[start : start + BATCH_SIZE]
                 flat = self._scripts["list"](
@@ -360,9 +351,9 @@ class SessionService:
         uid = check_user_id(user_id)
         index = keys.user_sessions(uid)
         destroyed = 0
-        with _failing_closed("log a user out everywhere"):
+        with _fail_closed(action="log a user out everywhere"):
             for _ in range(MAX_DESTROY_ROUNDS):
-                batch = [as_text(i) for i in self.redis.zrange(index, 0, BATCH_SIZE - 1)]
+                batch = [as_text(i) for i in self.client.zrange(index, 0, BATCH_SIZE - 1)]
                 if not batch:
                     return destroyed
                 count, remaining = self._scripts["destroy_many"](

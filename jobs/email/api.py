@@ -101,7 +101,7 @@ def enqueue_email(
     at: dt.datetime | None = None,
     in_: dt.timedelta | float | None = None,
     retry: RetryPolicy | None = None,
-    connection: redis.Redis | None = None,
+    client: redis.Redis | None = None,
 ) -> str:
     """Validate an email and enqueue its job on `email`; return the job id.
 
@@ -121,7 +121,7 @@ def enqueue_email(
         requested_by: a user id; `email.sent` / `email.failed` events go to that user.
         at, in_: send later (an aware datetime, or a delay).
         retry: override the queue's retry policy (tests).
-        connection: the PRIMARY client (default from settings).
+        client: the PRIMARY client (default from settings).
 
     Raises:
         EmailValidationError: bad input; nothing was written.
@@ -146,7 +146,7 @@ def enqueue_email(
         in_=in_,
         retry=retry,
         meta={"email": {"template": template, "recipients": len(request.to)}},
-        connection=connection,
+        client=client,
     )
 
 
@@ -163,7 +163,7 @@ def enqueue_bulk_email(
     at: dt.datetime | None = None,
     in_: dt.timedelta | float | None = None,
     retry: RetryPolicy | None = None,
-    connection: redis.Redis | None = None,
+    client: redis.Redis | None = None,
 ) -> BulkEmail:
     """Validate a send to many recipients, one personalised message each, and enqueue its chunk jobs.
 
@@ -233,8 +233,8 @@ def enqueue_bulk_email(
                 in_=in_,
                 retry=retry,
                 meta={"email": {"template": template, "bulk_id": bulk_id, "chunk": number}},
-                connection=connection,
+                client=client,
             )
         )
-    store_info(bulk_id, new_bulk_info(template, locale, len(items), job_ids), connection=connection)
+    store_info(client, bulk_id=bulk_id, info=new_bulk_info(template, locale, len(items), job_ids))
     return BulkEmail(bulk_id=bulk_id, job_ids=tuple(job_ids), recipients=len(items), duplicates=duplicates)

@@ -252,19 +252,19 @@ async def deliver_all(
     return report
 
 
-def store_info(bulk_id: str, info: Mapping[str, Any], *, connection: redis.Redis | None = None) -> None:
-    client = connection or primary()
+def store_info(client: redis.Redis | None = None, *, bulk_id: str, info: Mapping[str, Any]) -> None:
+    client = client or primary()
     with translate_errors(Role.PRIMARY):
         client.set(keys.email_bulk_info(bulk_id), json.dumps(dict(info)), ex=idempotency.BULK_TTL_S)
 
 
-def bulk_status(bulk_id: str, *, connection: redis.Redis | None = None) -> BulkStatus | None:
+def bulk_status(client: redis.Redis | None = None, *, bulk_id: str) -> BulkStatus | None:
     """Counts and per-recipient reasons of a bulk send; None when unknown or expired.
 
     Raises:
         RedisUnavailable: the PRIMARY cannot be read.
     """
-    client = connection or primary()
+    client = client or primary()
     with translate_errors(Role.PRIMARY):
         raw = client.get(keys.email_bulk_info(bulk_id))
     if raw is None:
@@ -276,7 +276,7 @@ def bulk_status(bulk_id: str, *, connection: redis.Redis | None = None) -> BulkS
         idempotency.DEFERRED: {},
         idempotency.FAILED: {},
     }
-    for recipient, value in idempotency.all_outcomes(bulk_id, connection=client).items():
+    for recipient, value in idempotency.all_outcomes(client, bulk_id=bulk_id).items():
         kind, reason = idempotency.outcome(value)
         if kind == idempotency.SENT:
             sent += 1

@@ -28,14 +28,14 @@ MAX_HOURS = 31 * 24  # the failed registry keeps a job for a week by default; a 
 
 
 def collect_failures(
-    connection: redis.Redis, *, since: float, limit: int = MAX_LISTED
+    client: redis.Redis, *, since: float, limit: int = MAX_LISTED
 ) -> tuple[list[dict[str, Any]], int]:
     """(newest `limit` failures since `since`, total count) over every queue's failed registry."""
     rows: list[dict[str, Any]] = []
     for queue in QUEUES:
-        registry = FailedJobRegistry(queue, connection=connection, serializer=JSONSerializer)
+        registry = FailedJobRegistry(queue, connection=client, serializer=JSONSerializer)
         ids = registry.get_job_ids()
-        for job in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer):
+        for job in Job.fetch_many(ids, connection=client, serializer=JSONSerializer):
             if job is None or job.ended_at is None or job.ended_at.timestamp() < since:
                 continue
             rows.append(_row(job, queue))

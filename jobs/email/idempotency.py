@@ -41,7 +41,7 @@ FINAL = (SENT, REFUSED)
 
 
 def begin_send(
-    idempotency_key: str, attempt: Mapping[str, Any], *, connection: redis.Redis | None = None
+    client: redis.Redis | None = None, *, idempotency_key: str, attempt: Mapping[str, Any]
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Check the sent marker and claim the SMTP transaction for `attempt`, in one round trip.
 
@@ -54,7 +54,7 @@ def begin_send(
     Raises:
         RedisUnavailable: the PRIMARY cannot be used; do not send without knowing.
     """
-    client = connection or primary()
+    client = client or primary()
     claim = keys.email_sending_claim(idempotency_key)
     with translate_errors(Role.PRIMARY):
         with client.pipeline(transaction=False) as pipe:
@@ -73,11 +73,11 @@ def begin_send(
 
 
 def mark_sent(
+    client: redis.Redis | None = None,
+    *,
     idempotency_key: str,
     record: Mapping[str, Any],
-    *,
     ttl_s: int = MARKER_TTL_S,
-    connection: redis.Redis | None = None,
 ) -> None:
     """Record that the SMTP server accepted the email with this key, and drop its claim.
 
@@ -86,7 +86,7 @@ def mark_sent(
     Raises:
         RedisUnavailable: the marker could not be written (the caller decides; see jobs.py).
     """
-    client = connection or primary()
+    client = client or primary()
     with translate_errors(Role.PRIMARY), client.pipeline(transaction=True) as pipe:
         pipe.set(keys.email_sent_marker(idempotency_key), json.dumps(dict(record)), ex=ttl_s)
         pipe.delete(keys.email_sending_claim(idempotency_key))
@@ -96,14 +96,14 @@ def mark_sent(
 
 
 def release_claim(
-    idempotency_key: str, earlier: Mapping[str, Any] | None = None, *, connection: redis.Redis | None = None
+    client: redis.Redis | None = None, *, idempotency_key: str, earlier: Mapping[str, Any] | None = None
 ) -> None:
     """This attempt proved it left no copy (a refusal, a render error): undo its claim.
 
     The claim goes back to `earlier`, the one this attempt found: that attempt is still
     unresolved, so the next attempt must still find it (and flag its send).
     """
-    client = connection or primary()
+    client = client or primary()
     claim = keys.email_sending_claim(idempotency_key)
     with translate_errors(Role.PRIMARY):
         if earlier is None:
@@ -112,9 +112,9 @@ def release_claim(
             client.set(claim, json.dumps(dict(earlier)), keepttl=True)
 
 
-def possible_duplicates(*, connection: redis.Redis | None = None) -> int:
+def possible_duplicates(client: redis.Redis | None = None) -> int:
     """Accepted sends flagged as possible duplicates (ever, not reset): a counter for metrics."""
-    client = connection or primary()
+    client = client or primary()
     with translate_errors(Role.PRIMARY):
         raw = client.get(keys.EMAIL_POSSIBLE_DUPLICATES)
     return int(raw or 0)
@@ -143,10 +143,10 @@ def is_final(value: str | bytes | None) -> bool:
 
 
 def bulk_outcomes(
-    bulk_id: str, recipients: Sequence[str], *, connection: redis.Redis | None = None
+    client: redis.Redis | None = None, *, bulk_id: str, recipients: Sequence[str]
 ) -> dict[str, str | None]:
     """The stored outcome of each recipient (None: not attempted yet); refreshes the TTL."""
-    client = connection or primary()
+    client = client or primary()
     key = keys.email_bulk_outcomes(bulk_id)
     with translate_errors(Role.PRIMARY), client.pipeline(transaction=False) as pipe:
         pipe.hmget(key, list(recipients))
@@ -155,19 +155,17 @@ def bulk_outcomes(
     return {r: (v.decode() if isinstance(v, bytes) else v) for r, v in zip(recipients, values, strict=True)}
 
 
-def record_outcomes(
-    bulk_id: str, outcomes: Mapping[str, str], *, connection: redis.Redis | None = None
-) -> None:
+def record_outcomes(client: redis.Redis | None = None, *, bulk_id: str, outcomes: Mapping[str, str]) -> None:
     """Store recipient -> `kind[:reason]`; one HSET (no TTL reset, `bulk_outcomes` does that)."""
     if not outcomes:
         return
-    client = connection or primary()
+    client = client or primary()
     with translate_errors(Role.PRIMARY):
         client.hset(keys.email_bulk_outcomes(bulk_id), mapping={k: v for k, v in outcomes.items()})
 
 
-def all_outcomes(bulk_id: str, *, connection: redis.Redis | None = None) -> dict[str, str]:
-    client = connection or primary()
+def all_outcomes(client: redis.Redis | None = None, *, bulk_id: str) -> dict[str, str]:
+    client = client or primary()
     with translate_errors(Role.PRIMARY):
         raw = client.hgetall(keys.email_bulk_outcomes(bulk_id))
     return {_text(k): _text(v) for k, v in raw.items()}

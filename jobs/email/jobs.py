@@ -59,7 +59,7 @@ def send_email(email: dict[str, Any], *extra: Any, **unknown: Any) -> dict[str, 
     valid = _valid_email(email, settings)
     request, message = valid.request, valid.message
     key = request.idempotency_key
-    previous, earlier = idempotency.begin_send(key, _attempt())
+    previous, earlier = idempotency.begin_send(idempotency_key=key, attempt=_attempt())
     if previous is not None:
         log.info("email %s was accepted before; not sending again", key)
         return {"status": "already_sent", **previous}
@@ -122,14 +122,14 @@ def send_bulk_chunk(chunk: dict[str, Any], *extra: Any, **unknown: Any) -> dict[
     checked = _valid_chunk(chunk, settings)
     bulk_id, items = checked.bulk_id, checked.items
     client = primary()
-    previous = idempotency.bulk_outcomes(bulk_id, [item.address for item in items], connection=client)
+    previous = idempotency.bulk_outcomes(client, bulk_id=bulk_id, recipients=[item.address for item in items])
     todo = [item for item in items if not idempotency.is_final(previous[item.address])]
 
     def render(item: Item) -> RenderedEmail:
         return render_email(checked.request_for(item), sender=settings.sender, now=dt.datetime.now(dt.UTC))
 
     def record(outcomes: Mapping[str, str]) -> None:
-        idempotency.record_outcomes(bulk_id, outcomes, connection=client)
+        idempotency.record_outcomes(client, bulk_id=bulk_id, outcomes=outcomes)
 
     runtime = process_runtime(settings)
     report = (
@@ -140,7 +140,7 @@ def send_bulk_chunk(chunk: dict[str, Any], *extra: Any, **unknown: Any) -> dict[
     summary = {"sent": report.sent, "refused": len(report.refused), "skipped": len(items) - len(todo)}
     if report.aborted is not None or (report.deferred and _last_attempt()):
         failed = {address: f"{idempotency.FAILED}:{reason}" for address, reason in report.deferred.items()}
-        idempotency.record_outcomes(bulk_id, failed, connection=client)
+        idempotency.record_outcomes(client, bulk_id=bulk_id, outcomes=failed)
     events.publish(
         checked.requested_by,
         events.BULK_PROGRESS,
@@ -198,7 +198,7 @@ def _fail(request: EmailRequest, reason: str) -> PermanentJobError:
 
 def _mark(key: str, record: dict[str, Any]) -> None:
     try:
-        idempotency.mark_sent(key, record)
+        idempotency.mark_sent(idempotency_key=key, record=record)
     except RedisUnavailable as exc:
         # The server has the message: failing the job now would only make a retry send it
         # again. Log loudly and report success; this is the documented residual window.
@@ -223,7 +223,7 @@ def _attempt() -> dict[str, Any]:
 def _release(key: str, earlier: dict[str, Any] | None) -> None:
     """Put the claim back; a Redis error here must not change how the job ends."""
     try:
-        idempotency.release_claim(key, earlier)
+        idempotency.release_claim(idempotency_key=key, earlier=earlier)
     except RedisUnavailable as exc:
         log.warning("email %s: claim not released (%s); a retry may be flagged needlessly", key, exc)
 

@@ -43,6 +43,7 @@ from aiosmtplib import (
 
 from cache.settings import Settings, get_settings
 from jobs.email.validation import Mailbox, parse_sender
+from jobs.errors import JobError
 
 T = TypeVar("T")
 
@@ -67,7 +68,7 @@ class Delivery:
     uncertain: bool = False  # the connection died during DATA: the server may have the message
 
 
-class SmtpConfigError(Exception):
+class SmtpConfigError(JobError):
     """The SMTP settings cannot work (credentials, TLS, AUTH support): permanent for every message."""
 
 

@@ -33,6 +33,7 @@ from jobs.email.validation import (
     control_character,
     describe_character,
 )
+from jobs.errors import JobError
 
 TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "templates" / "email"
 PARTS = ("subject.txt", "body.txt", "body.html")
@@ -47,7 +48,7 @@ _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _OPTIONAL = re.compile(r"\{#-?\s*optional:\s*([A-Za-z_][A-Za-z0-9_,\s]*?)\s*-?#\}")
 
 
-class TemplatesMissing(ConfigError):
+class TemplatesMissing(JobError, ConfigError):
     """The templates directory is not there: an installation problem no retry can fix."""
 
 

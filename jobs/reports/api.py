@@ -132,7 +132,7 @@ def enqueue_report(
     idempotency_key: str | None = None,
     throttle_rows_per_s: int | None = None,
     retry: RetryPolicy | None = None,
-    connection: redis.Redis | None = None,
+    client: redis.Redis | None = None,
 ) -> str:
     """Validate a report request and enqueue it on the `report` queue; returns the job id.
 
@@ -169,5 +169,5 @@ def enqueue_report(
         idempotency_key=idempotency_key,
         meta={"report": {"type": request.report.name, "format": request.format}},
         retry=retry,
-        connection=connection,
+        client=client,
     )

@@ -74,15 +74,15 @@ def pace_delay_s(rows_done: int, rows_per_s: float | None, elapsed_s: float) -> 
 def _paced(
     batches: Iterator[Sequence[Sequence[Any]]],
     rows_per_s: float | None,
-    clock: Callable[[], float],
+    monotonic: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> Iterator[Sequence[Sequence[Any]]]:
-    started = clock()
+    started = monotonic()
     done = 0
     for batch in batches:
         yield batch
         done += len(batch)
-        delay = pace_delay_s(done, rows_per_s, clock() - started)
+        delay = pace_delay_s(done, rows_per_s, monotonic() - started)
         if delay > 0:
             sleep(delay)
 
@@ -117,7 +117,7 @@ def build_report(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     on_progress: ProgressFn | None = None,
     rows_per_s: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     now: dt.datetime | None = None,
 ) -> ReportFile:
@@ -146,7 +146,7 @@ def build_report(
                 on_progress(done, total)
 
         with gc_paused():
-            written = WRITERS[fmt](report, _paced(batches, rows_per_s, clock, sleep), out, on_batch, meta)
+            written = WRITERS[fmt](report, _paced(batches, rows_per_s, monotonic, sleep), out, on_batch, meta)
         path = out.commit()
     return ReportFile(
         report_id=report_id,

@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from types import TracebackType
 
+from jobs.errors import JobError
+
 log = logging.getLogger(__name__)
 
 # fullmatch, never `$` (which accepts a trailing newline): no '/', never hidden
@@ -29,8 +31,8 @@ DIR_MODE = 0o750
 _TEMP_SUFFIX = ".tmp"
 
 
-class InvalidReportId(ValueError):
-    pass
+class InvalidReportId(JobError, ValueError):
+    """A report id that is not safe as a file name."""
 
 
 def check_report_id(report_id: str) -> str:

@@ -18,6 +18,7 @@ import orjson
 from jinja2 import Environment, PackageLoader, StrictUndefined, Template, TemplateNotFound, select_autoescape
 
 from cache.errors import ConfigError
+from jobs.errors import JobError
 from jobs.reports.registry import ReportType
 
 HTML_MAX_ROWS = 10_000  # rows shown in the HTML table; summary, totals and chart cover all rows
@@ -193,7 +194,7 @@ class _HtmlAccumulator:
         self.rows += len(batch)
 
 
-class ReportTemplatesMissing(ConfigError):
+class ReportTemplatesMissing(JobError, ConfigError):
     """The HTML report template is not installed: a configuration problem, not a transient one."""
 
 

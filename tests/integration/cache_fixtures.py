@@ -82,7 +82,7 @@ def _child(namespace: str, key: str) -> None:
     service = CacheService(namespace=namespace, lock_ttl_s=30)
     primary = connections.primary()
     primary.ping()
-    service.redis.ping()  # connected before the go, so the start is simultaneous
+    service.client.ping()  # connected before the go, so the start is simultaneous
     print("ready", flush=True)
     deadline = time.monotonic() + 30
     while not primary.exists(GO_KEY):

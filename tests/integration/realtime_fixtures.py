@@ -81,14 +81,14 @@ class PrivateRedis:
 
     def subscriber(self, service: RealtimeService | None = None, **kwargs: object) -> Subscriber:
         client = build_client(Role.PRIMARY, self.settings, pubsub=True, decode_responses=True)
-        return Subscriber(service or self.service(), client=client, **kwargs)  # type: ignore[arg-type]
+        return Subscriber(client, service=service or self.service(), **kwargs)  # type: ignore[arg-type]
 
     def async_service(self) -> AsyncRealtimeService:
         return AsyncRealtimeService(build_async_client(Role.PRIMARY, self.settings))
 
     def async_subscriber(self, service: AsyncRealtimeService, **kwargs: object) -> AsyncSubscriber:
         client = build_async_client(Role.PRIMARY, self.settings, pubsub=True)
-        return AsyncSubscriber(service, client=client, **kwargs)  # type: ignore[arg-type]
+        return AsyncSubscriber(client, service=service, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture

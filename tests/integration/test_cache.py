@@ -50,8 +50,8 @@ def test_miss_then_hit(service: CacheService) -> None:
 
 def test_get_or_set_fetches_once_then_serves_from_cache(service: CacheService) -> None:
     fetcher = CountingFetcher({"n": 1})
-    assert service.get_or_set("k", fetcher, ttl=60) == {"n": 1}
-    assert service.get_or_set("k", fetcher, ttl=60) == {"n": 1}
+    assert service.get_or_set("k", fetcher, ttl_s=60) == {"n": 1}
+    assert service.get_or_set("k", fetcher, ttl_s=60) == {"n": 1}
     assert fetcher.calls == 1
     counts = service.stats.snapshot()
     assert (counts["misses"], counts["hits"], counts["fetches"]) == (1, 1, 1)
@@ -64,20 +64,20 @@ def test_values_are_json_round_trips_on_miss_and_hit(service: CacheService) -> N
 
 
 def test_expiry_by_ttl(service: CacheService, clock: FakeClock) -> None:
-    service.set("k", "v", ttl=10)
+    service.set("k", "v", ttl_s=10)
     clock.advance(8.9)  # jitter shortens by at most 10%
     assert service.get("k") == "v"
     clock.advance(1.2)
     assert service.get("k", MISSING) is MISSING
     fetcher = CountingFetcher("new")
-    assert service.get_or_set("k", fetcher, ttl=10) == "new"
+    assert service.get_or_set("k", fetcher, ttl_s=10) == "new"
     assert fetcher.calls == 1
 
 
 def test_redis_drops_the_entry_after_the_stale_window(
     cache_redis: redis.Redis, service: CacheService
 ) -> None:
-    service.set("k", "v", ttl=10)
+    service.set("k", "v", ttl_s=10)
     pttl = cache_redis.pttl(keys.cache_entry("test", "k"))
     assert 9_000 + service.stale_ttl_s * 1000 <= pttl <= 10_000 + service.stale_ttl_s * 1000
 
@@ -85,7 +85,7 @@ def test_redis_drops_the_entry_after_the_stale_window(
 def test_ttls_of_keys_written_together_are_jittered(cache_redis: redis.Redis) -> None:
     service = CacheService(cache_redis, namespace="jit", stale_ttl_s=0, stats=CacheStats())
     for i in range(20):
-        service.set(f"k{i}", i, ttl=1000)
+        service.set(f"k{i}", i, ttl_s=1000)
     ttls = [cache_redis.pttl(keys.cache_entry("jit", f"k{i}")) for i in range(20)]
     assert all(900_000 <= t <= 1_000_000 for t in ttls)
     assert len(set(ttls)) > 10
@@ -95,8 +95,8 @@ def test_none_is_cached_with_the_shorter_negative_ttl(
     cache_redis: redis.Redis, service: CacheService, clock: FakeClock
 ) -> None:
     fetcher = CountingFetcher(None)
-    assert service.get_or_set("absent", fetcher, ttl=3600) is None
-    assert service.get_or_set("absent", fetcher, ttl=3600) is None
+    assert service.get_or_set("absent", fetcher, ttl_s=3600) is None
+    assert service.get_or_set("absent", fetcher, ttl_s=3600) is None
     assert fetcher.calls == 1
     assert service.get("absent", MISSING) is None
     pttl = cache_redis.pttl(keys.cache_entry("test", "absent"))
@@ -123,7 +123,7 @@ def test_delete_many_is_one_step(service: CacheService) -> None:
 def test_decorator_one_entry_per_argument_set(service: CacheService) -> None:
     calls: list[tuple[int, str]] = []
 
-    @service.cached(ttl=60)
+    @service.cached(ttl_s=60)
     def lookup(item_id: int, lang: str = "en") -> dict[str, Any]:
         calls.append((item_id, lang))
         return {"id": item_id, "lang": lang}
@@ -146,7 +146,7 @@ def test_decorator_with_key_template_and_on_methods(service: CacheService) -> No
         def __init__(self) -> None:
             self.calls = 0
 
-        @service.cached(ttl=60, key="repo:item:{item_id}")
+        @service.cached(ttl_s=60, key="repo:item:{item_id}")
         def item(self, item_id: int) -> int:
             self.calls += 1
             return item_id * 10
@@ -163,7 +163,7 @@ def test_decorator_with_key_template_and_on_methods(service: CacheService) -> No
 def test_module_level_decorator_uses_the_default_service(redis_env: dict[str, str]) -> None:
     calls = []
 
-    @cached(ttl=60, namespace="mod")
+    @cached(ttl_s=60, namespace="mod")
     def square(x: int) -> int:
         calls.append(x)
         return x * x
@@ -234,15 +234,15 @@ def test_entry_of_a_foreign_type_fails_open(cache_redis: redis.Redis, service: C
 
 
 def test_stale_value_served_while_one_caller_refreshes(service: CacheService, clock: FakeClock) -> None:
-    service.get_or_set("k", lambda: "old", ttl=10)
+    service.get_or_set("k", lambda: "old", ttl_s=10)
     clock.advance(11)  # past the TTL, inside the stale window
     refresher = CountingFetcher("new", block=True)
     result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(service.get_or_set("k", refresher, ttl=10)))
+    thread = threading.Thread(target=lambda: result.append(service.get_or_set("k", refresher, ttl_s=10)))
     thread.start()
     assert refresher.started.wait(10)
     bystander = CountingFetcher("other")
-    assert service.get_or_set("k", bystander, ttl=10) == "old"  # no waiting, no second fetch
+    assert service.get_or_set("k", bystander, ttl_s=10) == "old"  # no waiting, no second fetch
     assert bystander.calls == 0
     refresher.release.set()
     thread.join(10)
@@ -254,7 +254,7 @@ def test_stale_value_served_while_one_caller_refreshes(service: CacheService, cl
 def test_fast_value_is_not_refreshed_early_even_on_eager_dice(
     service: CacheService, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service.get_or_set("k", lambda: "v1", ttl=100)
+    service.get_or_set("k", lambda: "v1", ttl_s=100)
     clock.advance(100 * 0.9 - 1)  # a second before the earliest possible expiry
 
     class EagerDice:
@@ -264,18 +264,18 @@ def test_fast_value_is_not_refreshed_early_even_on_eager_dice(
 
     monkeypatch.setattr(cache_module, "random", EagerDice)
     fetcher = CountingFetcher("v2")
-    assert service.get_or_set("k", fetcher, ttl=100) == "v1"  # the fetch took microseconds
+    assert service.get_or_set("k", fetcher, ttl_s=100) == "v1"  # the fetch took microseconds
     assert fetcher.calls == 0
 
 
 def test_early_refresh_refetches_a_slow_value(service: CacheService, clock: FakeClock) -> None:
-    service.set("k", "v1", ttl=100)
+    service.set("k", "v1", ttl_s=100)
     # A fetch that took 1000 s: XFetch refreshes it long before it expires.
-    raw = service.redis.get(keys.cache_entry("test", "k"))
+    raw = service.client.get(keys.cache_entry("test", "k"))
     assert raw is not None
-    service.redis.set(keys.cache_entry("test", "k"), raw.replace(b'"f":0.0', b'"f":1000.0'))
+    service.client.set(keys.cache_entry("test", "k"), raw.replace(b'"f":0.0', b'"f":1000.0'))
     fetcher = CountingFetcher("v2")
-    values = {service.get_or_set("k", fetcher, ttl=100) for _ in range(20)}
+    values = {service.get_or_set("k", fetcher, ttl_s=100) for _ in range(20)}
     assert "v2" in values
     assert fetcher.calls == 1
     assert service.stats.snapshot()["early_refreshes"] == 1
@@ -346,8 +346,8 @@ def test_flush_failure_keeps_the_increments() -> None:
     [
         ({"namespace": "has space"}, ValueError, "namespace must be"),
         ({"namespace": "{tag}"}, ValueError, "namespace must be"),
-        ({"default_ttl": 0}, ValueError, "default_ttl must be greater than 0"),
-        ({"default_ttl": "1h"}, TypeError, "default_ttl must be a number of seconds"),
+        ({"default_ttl_s": 0}, ValueError, "default_ttl must be greater than 0"),
+        ({"default_ttl_s": "1h"}, TypeError, "default_ttl must be a number of seconds"),
         ({"negative_ttl_s": -1}, ValueError, "negative_ttl_s must be greater than 0"),
         ({"stale_ttl_s": -1}, ValueError, "stale_ttl_s must be at least 0"),
         ({"lock_ttl_s": 0}, ValueError, "lock_ttl_s must be greater than 0"),
@@ -367,10 +367,10 @@ def test_bad_constructor_arguments(
     [
         (lambda s: s.get(""), ValueError, "1 to 1024 characters"),
         (lambda s: s.get(None), TypeError, "cache key must be a str"),
-        (lambda s: s.set("k", 1, ttl=-1), ValueError, "ttl must be greater than 0"),
-        (lambda s: s.set("k", 1, ttl=True), TypeError, "ttl must be a number of seconds"),
+        (lambda s: s.set("k", 1, ttl_s=-1), ValueError, "ttl must be greater than 0"),
+        (lambda s: s.set("k", 1, ttl_s=True), TypeError, "ttl must be a number of seconds"),
         (lambda s: s.get_or_set("k", "not callable"), TypeError, "fetcher must be callable"),
-        (lambda s: s.get_or_set("k", lambda: 1, ttl=0), ValueError, "ttl must be greater than 0"),
+        (lambda s: s.get_or_set("k", lambda: 1, ttl_s=0), ValueError, "ttl must be greater than 0"),
         (lambda s: s.delete("k" * 2000), ValueError, "1 to 1024 characters"),
         (lambda s: s.delete_many(["ok", 3]), TypeError, "cache key must be a str"),
         (lambda s: s.cached(key=3), TypeError, "key must be a template string or a callable"),

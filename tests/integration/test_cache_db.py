@@ -73,7 +73,7 @@ def seeded(db_engine: Engine) -> Engine:
 
 @pytest.fixture
 def db(seeded: Engine, cache_redis: redis.Redis) -> Iterator[CachedDatabase]:
-    yield CachedDatabase(seeded, CacheService(cache_redis, namespace="db", stats=CacheStats()))
+    yield CachedDatabase(engine=seeded, cache=CacheService(cache_redis, namespace="db", stats=CacheStats()))
 
 
 def test_second_user_read_is_served_from_cache(db: CachedDatabase, seeded: Engine) -> None:
@@ -160,7 +160,7 @@ def test_invalidate_company_drops_all_of_its_entries_and_only_those(
 
 def test_reads_work_without_the_cache_redis(seeded: Engine) -> None:
     dead = redis.Redis(port=1, socket_connect_timeout=0.1, socket_timeout=0.1)
-    db = CachedDatabase(seeded, CacheService(dead, namespace="db", stats=CacheStats()))
+    db = CachedDatabase(engine=seeded, cache=CacheService(dead, namespace="db", stats=CacheStats()))
     assert db.get_user_by_id(10).name == "Ada"  # type: ignore[union-attr]
     assert [p.id for p in db.get_company_projects(1)] == [100, 101]
     assert db.update_user(10, name="Still works") is True
@@ -192,6 +192,6 @@ def test_bad_input_is_rejected_before_the_database(
 
 
 def test_default_construction_uses_db_namespace(seeded: Engine, redis_env: dict[str, str]) -> None:
-    db = CachedDatabase(seeded)
+    db = CachedDatabase(engine=seeded)
     assert db.cache.namespace == "db"
     assert db.get_user_by_id(11).name == "Bob"  # type: ignore[union-attr]

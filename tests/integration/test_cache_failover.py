@@ -43,7 +43,7 @@ class ConnectionSpy:
 
     def __init__(self, service: CacheService, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        pool = service.redis.connection_pool
+        pool = service.client.connection_pool
         original = pool.get_connection
 
         def counting(*args: Any, **kwargs: Any) -> Any:
@@ -83,7 +83,7 @@ def test_cache_down_fails_open_breaker_opens_then_caching_resumes(
     private_cache: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = MonotonicClock()
-    breaker = CircuitBreaker(failure_threshold=3, recovery_s=1.0, clock=clock)
+    breaker = CircuitBreaker(failure_threshold=3, recovery_s=1.0, monotonic=clock)
     service = CacheService(namespace="fo", breaker=breaker, stats=CacheStats())
     fetcher = CountingFetcher({"v": 1})
     assert service.get_or_set("k", fetcher) == {"v": 1}
@@ -123,7 +123,7 @@ def test_cache_down_fails_open_breaker_opens_then_caching_resumes(
 
 def test_probe_against_a_still_dead_redis_reopens(private_cache: RedisServer) -> None:
     clock = MonotonicClock()
-    breaker = CircuitBreaker(failure_threshold=1, recovery_s=1.0, clock=clock)
+    breaker = CircuitBreaker(failure_threshold=1, recovery_s=1.0, monotonic=clock)
     service = CacheService(namespace="fo", breaker=breaker, stats=CacheStats())
     private_cache.kill()
     assert service.get_or_set("k", lambda: 1) == 1
@@ -136,7 +136,7 @@ def test_probe_against_a_still_dead_redis_reopens(private_cache: RedisServer) ->
 
 
 def test_programming_errors_raise_even_while_redis_is_down(private_cache: RedisServer) -> None:
-    breaker = CircuitBreaker(failure_threshold=1, clock=MonotonicClock())
+    breaker = CircuitBreaker(failure_threshold=1, monotonic=MonotonicClock())
     service = CacheService(namespace="fo", breaker=breaker, stats=CacheStats())
     private_cache.kill()
     service.get("k")
@@ -153,7 +153,7 @@ def test_a_delete_lost_during_an_outage_is_replayed_before_the_next_read(
     durable_cache: RedisServer,
 ) -> None:
     clock = MonotonicClock()
-    breaker = CircuitBreaker(failure_threshold=1, recovery_s=1.0, clock=clock)
+    breaker = CircuitBreaker(failure_threshold=1, recovery_s=1.0, monotonic=clock)
     service = CacheService(namespace="replay", breaker=breaker, stats=CacheStats())
     service.set("user:1", {"name": "old"})
     service.set("user:2", {"name": "kept"})
@@ -170,7 +170,7 @@ def test_a_delete_lost_during_an_outage_is_replayed_before_the_next_read(
 
 def test_a_clear_lost_during_an_outage_is_replayed(durable_cache: RedisServer) -> None:
     clock = MonotonicClock()
-    breaker = CircuitBreaker(failure_threshold=1, recovery_s=1.0, clock=clock)
+    breaker = CircuitBreaker(failure_threshold=1, recovery_s=1.0, monotonic=clock)
     service = CacheService(namespace="replay", breaker=breaker, stats=CacheStats())
     service.set("a", 1)
     durable_cache.kill()

@@ -210,7 +210,7 @@ def test_eviction_guard_silent_for_noeviction(
 
 def test_status_marks_evicting_primary(redis_factory: Factory) -> None:
     server = redis_factory(CACHE_CONF)
-    status = role_status(Role.PRIMARY, server.client())
+    status = role_status(server.client(), role=Role.PRIMARY)
     assert status.reachable
     assert status.warning is not None
 
@@ -251,7 +251,7 @@ def test_sentinel_client_follows_failover(sentinel_cluster: SentinelCluster) -> 
 def test_status_works_when_config_is_renamed(redis_factory: Factory) -> None:
     """Managed Redis often disables CONFIG: the policy is read from INFO instead."""
     server = redis_factory(PRIMARY_CONF, "--rename-command", "CONFIG", '""')
-    status = role_status(Role.PRIMARY, server.client())
+    status = role_status(server.client(), role=Role.PRIMARY)
     assert status.reachable
     assert status.maxmemory_policy == "noeviction"
     assert status.warning is None

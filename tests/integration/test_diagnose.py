@@ -21,7 +21,7 @@ pytestmark = pytest.mark.ops
 
 
 def test_latency_samples_are_sane_numbers(primary: redis.Redis) -> None:
-    summary = latency_samples(primary, 30)
+    summary = latency_samples(primary, pings=30)
     assert summary["samples"] == 30
     assert 0 < summary["min_ms"] <= summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]
 
@@ -63,7 +63,7 @@ def test_sessions_group_into_one_pattern(primary: redis.Redis) -> None:
 
 def test_sample_is_bounded(primary: redis.Redis) -> None:
     primary.mset({f"item:{i}": "v" for i in range(2_000)})
-    sizes = sample_key_sizes(primary, 300)
+    sizes = sample_key_sizes(primary, sample_keys=300)
     assert len(sizes) == 300
     report = biggest_patterns(primary, sample_keys=300, top=5)
     assert report["sampled"] == 300

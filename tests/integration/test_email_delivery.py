@@ -154,10 +154,14 @@ def test_an_unrenderable_email_fails_without_leaving_a_claim(
 def test_a_resent_claim_pipeline_does_not_flag_the_attempt_itself(primary: redis.Redis) -> None:
     """The client retries a pipeline whose reply was lost: the claim it finds is its own."""
     attempt = {"job_id": "j-1", "pid": 7, "at": 1.0, "nonce": "n-1"}
-    assert idempotency.begin_send("retried-1", attempt) == (None, None)
-    assert idempotency.begin_send("retried-1", attempt) == (None, None), "its own claim"
+    assert idempotency.begin_send(idempotency_key="retried-1", attempt=attempt) == (None, None)
+    assert idempotency.begin_send(idempotency_key="retried-1", attempt=attempt) == (None, None), (
+        "its own claim"
+    )
     other = {**attempt, "nonce": "n-2"}
-    assert idempotency.begin_send("retried-1", other) == (None, attempt), "another attempt's claim"
+    assert idempotency.begin_send(idempotency_key="retried-1", attempt=other) == (None, attempt), (
+        "another attempt's claim"
+    )
 
 
 def test_a_failed_claim_release_does_not_change_how_the_job_ends(
@@ -208,7 +212,7 @@ def test_duplicate_enqueue_with_the_same_key_is_one_job(email_env: SmtpServer) -
     second = enqueue_email("ana@example.com", "welcome", WELCOME, idempotency_key="signup-ana")
     other = enqueue_email("ana@example.com", "welcome", WELCOME)
     assert first == second != other
-    job = fetch_job(first)
+    job = fetch_job(job_id=first)
     assert job is not None and job.args[0]["idempotency_key"] == "signup-ana"
 
 

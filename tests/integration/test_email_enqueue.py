@@ -148,9 +148,9 @@ def test_bulk_is_chunked_deduplicated_and_idempotent(primary: redis.Redis) -> No
     assert (first.recipients, first.duplicates, len(first.job_ids)) == (25, 1, 3)
     assert again == first, "the same key queues nothing new"
     assert KryonixQueue("email", connection=primary).count == 3
-    status = bulk_status(first.bulk_id)
+    status = bulk_status(bulk_id=first.bulk_id)
     assert status is not None and (status.total, status.sent, status.pending) == (25, 0, 25)
-    assert bulk_status("unknown") is None
+    assert bulk_status(bulk_id="unknown") is None
 
 
 def test_attachment_from_a_path_travels_in_the_payload(primary: redis.Redis, tmp_path: Path) -> None:
@@ -162,7 +162,7 @@ def test_attachment_from_a_path_travels_in_the_payload(primary: redis.Redis, tmp
         REPORT,
         attachments=[{"path": str(report), "content_type": "text/csv"}],
     )
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None
     [attachment] = job.args[0]["attachments"]
     assert attachment == {"filename": "activity.csv", "content_type": "text/csv", "data": "ZGF5LGNvdW50Cg=="}
@@ -191,7 +191,7 @@ def test_event_failure_never_fails_the_job(email_env: SmtpServer, monkeypatch: p
 def test_bulk_chunk_in_process_skips_final_recipients(email_env: SmtpServer, primary: redis.Redis) -> None:
     handle = enqueue_bulk_email("welcome", ["a@example.com", "b@example.com"], context={"name": "x", **LOGIN})
     [job_id] = handle.job_ids
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None
     email_env.handler.rcpt_replies = {"b@example.com": "550 5.1.1 unknown"}
     assert send_bulk_chunk(job.args[0]) == {"sent": 1, "refused": 1, "skipped": 0}
@@ -203,7 +203,7 @@ def test_bulk_chunk_with_wrong_smtp_settings_fails_permanently(
     email_env: SmtpServer, primary: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     handle = enqueue_bulk_email("welcome", ["a@example.com"], context={"name": "x", **LOGIN})
-    job = fetch_job(handle.job_ids[0])
+    job = fetch_job(job_id=handle.job_ids[0])
     assert job is not None
     monkeypatch.setenv("MAIL_FROM", "not an address")
     from cache.errors import ConfigError
@@ -233,7 +233,7 @@ def test_failed_jobs_digest_lists_failures(
     job_id = send_failed_jobs_digest(["ops@example.com"])
     assert job_id is not None
     assert send_failed_jobs_digest(["ops@example.com"]) == job_id, "one digest per period"
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None
     send_email(job.args[0])
     [received] = email_env.received

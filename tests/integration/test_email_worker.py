@@ -33,12 +33,12 @@ WELCOME = {"name": "Ana", "login_url": "https://app.example.com/login"}
 
 
 def _status(job_id: str) -> str | None:
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     return None if job is None else job.get_status(refresh=True).value
 
 
 def _failure_kind(job_id: str) -> str | None:
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     failure = job.meta.get("failure") if job is not None else None
     return failure.get("kind") if isinstance(failure, dict) else None
 
@@ -54,7 +54,7 @@ def test_451_twice_then_accepted_is_delivered_once_after_retries(
     wait_until(lambda: _status(job_id) == "finished", 60, "email delivered after two 451 replies")
     assert len(smtp_server.received) == 1
     assert smtp_server.handler.data_commands == 3
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None and attempt_of(job) == 3
     assert job.return_value()["status"] == "sent"
 
@@ -67,7 +67,7 @@ def test_550_goes_to_the_failed_registry_at_once(
     worker = processes.worker("email", burst=True, **smtp_server.env())
     assert worker.wait(60) == 0, log_of(worker)
     assert _status(job_id) == "failed"
-    [row] = list_failed(primary, "email")
+    [row] = list_failed(primary, queue="email")
     assert (row.id, row.kind, row.attempts) == (job_id, "permanent", 1)
     assert row.reason == "SMTP DATA refused: 550 5.7.1 Message content rejected"
     assert KryonixQueue("email", connection=primary).scheduled_job_registry.count == 0, "no retry"
@@ -84,13 +84,13 @@ def test_server_down_is_retried_with_backoff_then_delivered_once(
     processes.worker("email", **server.env())
     processes.scheduler()
     wait_until(lambda: _failure_kind(job_id) == "transient", 30, "first attempt failed: server down")
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None and "cannot reach SMTP server" in job.meta["failure"]["reason"]
     server.start()
     try:
         wait_until(lambda: _status(job_id) == "finished", 60, "delivered once the server is back")
         assert len(server.received) == 1
-        job = fetch_job(job_id)
+        job = fetch_job(job_id=job_id)
         assert job is not None and attempt_of(job) >= 2
     finally:
         server.stop()
@@ -114,7 +114,7 @@ def test_rerun_after_worker_killed_right_after_acceptance_does_not_resend(
     processes.worker("email", name="survivor", **smtp_server.env())
     processes.scheduler()
     wait_until(lambda: _status(job_id) == "finished", 150, "job recovered and finished")
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None and attempt_of(job) >= 2, "the job really ran again"
     assert job.return_value()["status"] == "already_sent"
     assert job.return_value()["possible_duplicate"] is False
@@ -139,7 +139,7 @@ def test_residual_window_crash_between_acceptance_and_marker_sends_twice_with_on
     wait_until(lambda: _status(job_id) == "finished", 150, "job recovered and finished")
     first, second = (r.message["Message-ID"] for r in smtp_server.received)
     assert first == second
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None
     result = job.return_value()
     assert result["possible_duplicate"] is True, "the resend says what it may be"
@@ -169,11 +169,11 @@ def test_bulk_of_1000_with_refusals_reaches_every_accepted_recipient_once(
     processes.scheduler()
 
     def complete() -> bool:
-        status = bulk_status(handle.bulk_id)
+        status = bulk_status(bulk_id=handle.bulk_id)
         return status is not None and status.complete
 
     wait_until(complete, 120, "every recipient has a final outcome")
-    status = bulk_status(handle.bulk_id)
+    status = bulk_status(bulk_id=handle.bulk_id)
     assert status is not None
     assert status.sent == 950 and set(status.refused) == refused
     assert all(reason.startswith("550 5.1.1") for reason in status.refused.values())
@@ -183,6 +183,6 @@ def test_bulk_of_1000_with_refusals_reaches_every_accepted_recipient_once(
     assert smtp_server.handler.data_commands == 950, "no message was sent twice"
     [sample] = smtp_server.to("user7@example.com")
     assert "User 7" in sample.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    retried = [fetch_job(j) for j in handle.job_ids]
+    retried = [fetch_job(job_id=j) for j in handle.job_ids]
     assert any(job is not None and attempt_of(job) == 2 for job in retried), "deferrals were retried"
     wait_until(lambda: all(_status(j) == "finished" for j in handle.job_ids), 30, "all chunks finished")

@@ -73,7 +73,7 @@ def _make_known_state(primary: redis.Redis, cache_redis: redis.Redis, processes:
     enqueue("report", "jobs.diagnostics.fail_permanently", "boom")
     worker = processes.worker("report", burst=True, name="burst")
     assert worker.wait(timeout=120) == 0, log_of(worker)
-    assert get_queue("report").failed_job_registry.count == 1, log_of(worker)
+    assert get_queue(name="report").failed_job_registry.count == 1, log_of(worker)
 
     stats = JobStats(primary)
     stats.record("email", "finished", 0.02)
@@ -88,13 +88,13 @@ def _make_known_state(primary: redis.Redis, cache_redis: redis.Redis, processes:
     counters.incr("fail_open")
     flush_counters(cache_redis, counters)
 
-    limiter = RateLimiter(redis=primary)
+    limiter = RateLimiter(client=primary)
     for ip in ("203.0.113.7", "203.0.113.8", "203.0.113.8"):
         assert limiter.limit_by_ip(ip).allowed
 
     for attempt in (1, 2):  # the second finds the first's claim: one possible duplicate
-        idempotency.begin_send("welcome-1", {"attempt": attempt}, connection=primary)
-    idempotency.mark_sent("welcome-1", {"possible_duplicate": True}, connection=primary)
+        idempotency.begin_send(primary, idempotency_key="welcome-1", attempt={"attempt": attempt})
+    idempotency.mark_sent(primary, idempotency_key="welcome-1", record={"possible_duplicate": True})
     return email_ids
 
 

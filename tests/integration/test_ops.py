@@ -31,7 +31,7 @@ pytestmark = pytest.mark.ops
 
 
 def _status(job_id: str) -> str | None:
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     return None if job is None else job.get_status(refresh=True).value
 
 
@@ -103,7 +103,7 @@ def test_supervisord_tree_runs_jobs_and_recovers_a_killed_worker(primary: redis.
     # Both email workers block on the queue; whichever takes this job is SIGKILLed mid-job.
     slow = enqueue("email", "jobs.diagnostics.sleep", 3, "kx:slow", "recovered")
     wait_until(lambda: _status(slow) == "started", 30, "slow job started")
-    job = fetch_job(slow)
+    job = fetch_job(job_id=slow)
     assert job is not None and job.worker_name
     email_workers = ("kryonix:email-worker-00", "kryonix:email-worker-01")
     busy = [name for name in email_workers if _worker_running(primary, tree.pid(name), slow)]

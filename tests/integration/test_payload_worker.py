@@ -81,7 +81,7 @@ def assert_refused(
     primary: redis.Redis, queue: str, refused: dict[str, tuple[str, str]], prefix: str
 ) -> dict[str, FailedJob]:
     """Every job of `refused` (id -> (label, expected reason part)) failed permanently, once."""
-    failed = {row.id: row for row in list_failed(primary, queue)}
+    failed = {row.id: row for row in list_failed(primary, queue=queue)}
     for job_id, (label, expected) in refused.items():
         row = failed.get(job_id)
         assert row is not None, f"{label}: not in the failed registry"

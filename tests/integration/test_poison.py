@@ -44,7 +44,7 @@ def python_worker(processes: Processes, queue: str, **env: str) -> object:
 
 def assert_reported(primary: redis.Redis, queue: str, poison: Poison, job_id: bytes) -> None:
     if poison.expect == FAILED:
-        rows = {row.id: row for row in list_failed(primary, queue)}
+        rows = {row.id: row for row in list_failed(primary, queue=queue)}
         assert id_text(job_id) in rows, f"{poison.name}: not in the failed registry: {rows}"
         row = rows[id_text(job_id)]
         assert row.kind == "permanent", row
@@ -77,7 +77,7 @@ def test_each_poison_is_set_aside_and_the_job_behind_it_runs(
     assert worker.wait(60) == 0, log_of(worker)  # type: ignore[attr-defined]
 
     assert primary.lrange("kx:ran", 0, -1) == [b"good"], log_of(worker)  # type: ignore[attr-defined]
-    assert fetch_job(good).get_status().value == "finished"  # type: ignore[union-attr]
+    assert fetch_job(job_id=good).get_status().value == "finished"  # type: ignore[union-attr]
     assert_reported(primary, "email", poison, job_id)
     assert_gone_from_the_queue(primary, "email", job_id)
     assert list(canaries.iterdir()) == [], "a canary ran"
@@ -116,7 +116,7 @@ def test_a_poison_in_the_intermediate_list_does_not_stop_workers_at_start(
     good = enqueue("email", "jobs.diagnostics.record", "kx:ran", "good")
     worker = python_worker(processes, "email")
     assert worker.wait(60) == 0, log_of(worker)  # type: ignore[attr-defined]
-    assert fetch_job(good).get_status().value == "finished"  # type: ignore[union-attr]
+    assert fetch_job(job_id=good).get_status().value == "finished"  # type: ignore[union-attr]
 
 
 @pytest.mark.timeout(120)
@@ -159,8 +159,8 @@ def test_a_bad_dependent_does_not_stop_the_worker(primary: redis.Redis, processe
     good = enqueue("email", "jobs.diagnostics.record", "kx:ran", "good")
     worker = python_worker(processes, "email")
     assert worker.wait(60) == 0, log_of(worker)  # type: ignore[attr-defined]
-    assert fetch_job(good).get_status().value == "finished"  # type: ignore[union-attr]
-    assert fetch_job(parent).get_status().value == "finished"  # type: ignore[union-attr]
+    assert fetch_job(job_id=good).get_status().value == "finished"  # type: ignore[union-attr]
+    assert fetch_job(job_id=parent).get_status().value == "finished"  # type: ignore[union-attr]
 
 
 @pytest.mark.timeout(120)

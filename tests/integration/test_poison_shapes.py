@@ -61,7 +61,7 @@ def test_a_field_of_the_wrong_shape_is_quarantined_and_the_job_behind_it_runs(
     assert worker.wait(60) == 0, log_of(worker)  # type: ignore[attr-defined]
 
     assert primary.lrange("kx:ran", 0, -1) == [b"good"], log_of(worker)  # type: ignore[attr-defined]
-    assert fetch_job(good).get_status().value == "finished"  # type: ignore[union-attr]
+    assert fetch_job(job_id=good).get_status().value == "finished"  # type: ignore[union-attr]
     entries = {entry.id: entry for entry in list_quarantined(primary)}
     assert "poison-shape" in entries, (field, entries)
     assert reason in entries["poison-shape"].reason
@@ -79,7 +79,7 @@ def test_a_forged_failure_record_in_meta_does_not_stop_the_worker(
     assert worker.wait(60) == 0, log_of(worker)  # type: ignore[attr-defined]
 
     assert primary.lrange("kx:ran", 0, -1) == [b"good"], log_of(worker)  # type: ignore[attr-defined]
-    assert fetch_job(good).get_status().value == "finished"  # type: ignore[union-attr]
+    assert fetch_job(job_id=good).get_status().value == "finished"  # type: ignore[union-attr]
 
 
 @pytest.mark.timeout(120)
@@ -96,6 +96,6 @@ def test_a_job_whose_origin_names_another_queue_is_quarantined(
     assert worker.wait(60) == 0, log_of(worker)  # type: ignore[attr-defined]
 
     assert primary.lrange("kx:ran", 0, -1) == [b"good"], log_of(worker)  # type: ignore[attr-defined]
-    assert fetch_job(good).get_status().value == "finished"  # type: ignore[union-attr]
+    assert fetch_job(job_id=good).get_status().value == "finished"  # type: ignore[union-attr]
     entries = {entry.id: entry for entry in list_quarantined(primary)}
     assert "is not the queue 'email'" in entries["foreign-origin"].reason

@@ -19,21 +19,21 @@ QUEUES_SET = "rq:queues"
 
 def test_the_queue_set_is_written_once_then_refreshed_when_stale(primary: redis.Redis) -> None:
     queue = KryonixQueue("email", connection=primary)
-    first = enqueue("email", "jobs.diagnostics.noop", connection=primary)
+    first = enqueue("email", "jobs.diagnostics.noop", client=primary)
     assert primary.sismember(QUEUES_SET, queue.key)
 
     primary.srem(QUEUES_SET, queue.key)  # shows whether the next enqueue writes it
-    second = enqueue("email", "jobs.diagnostics.noop", connection=primary)
+    second = enqueue("email", "jobs.diagnostics.noop", client=primary)
     assert not primary.sismember(QUEUES_SET, queue.key), "registered moments ago: no round trip"
     assert queue.job_ids == [first, second], "the job itself is queued as usual"
 
     queues._registered_at[primary][queue.key] = -math.inf  # as if a minute had passed
-    enqueue("email", "jobs.diagnostics.noop", connection=primary)
+    enqueue("email", "jobs.diagnostics.noop", client=primary)
     assert primary.sismember(QUEUES_SET, queue.key), "a stale registration is refreshed"
 
 
 def test_the_fast_path_keeps_unique_enqueue_atomic(primary: redis.Redis) -> None:
-    enqueue("email", "jobs.diagnostics.noop", connection=primary)  # registers the queue
+    enqueue("email", "jobs.diagnostics.noop", client=primary)  # registers the queue
     queue = KryonixQueue("email", connection=primary)
     job = queue.create_job("jobs.diagnostics.noop", job_id="only-once")
     queue.enqueue_job(job, unique=True)

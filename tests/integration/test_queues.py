@@ -34,7 +34,7 @@ FAST_RETRY = RetryPolicy(attempts=3, base_s=1, factor=1, cap_s=1)
 
 
 def _status(job_id: str) -> str | None:
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     return None if job is None else job.get_status(refresh=True).value
 
 
@@ -76,7 +76,7 @@ def test_enqueue_returns_id_and_job_carries_policy(primary: redis.Redis) -> None
     job_id = enqueue(
         "email", "jobs.diagnostics.record", "k", Decimal("1.10"), kwargs={"token": dt.date(2026, 1, 2)}
     )
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None
     assert job.origin == "email"
     assert job.timeout == EMAIL.job_timeout_s
@@ -111,7 +111,7 @@ def test_scheduled_enqueue_goes_to_the_scheduled_registry(primary: redis.Redis) 
     queue = KryonixQueue("email", connection=primary)
     assert queue.count == 0
     assert job_id in queue.scheduled_job_registry.get_job_ids()
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None and (job.args, job.kwargs) == (["k"], {"token": "t"})
 
 
@@ -144,7 +144,7 @@ def test_enqueue_on_a_full_primary_is_refused_and_nothing_is_lost(primary: redis
         assert "full" in str(info.value)
     finally:
         primary.config_set("maxmemory", configured)
-    assert fetch_job(kept) is not None
+    assert fetch_job(job_id=kept) is not None
     assert kept in KryonixQueue("email", connection=primary).job_ids
 
 
@@ -211,7 +211,7 @@ def test_hand_written_jobs_outside_the_allow_list_do_not_run(
     worker = processes.worker(queue, burst=True)
     worker.wait(60)
     assert not marker_json.exists() and not marker_traversal.exists() and not marker_pickle.exists()
-    failed = {row.id: row for row in list_failed(primary, queue)}
+    failed = {row.id: row for row in list_failed(primary, queue=queue)}
     assert set(failed) == {json_job, traversal_job, pickle_job}
     assert "not on the allow-list" in failed[json_job].reason
     assert failed[json_job].kind == "permanent"
@@ -225,7 +225,7 @@ def test_permanent_failure_goes_to_failed_registry_at_once(
     worker = processes.worker("email", burst=True)
     assert worker.wait(60) == 0
     assert _status(job_id) == "failed"
-    [row] = list_failed(primary, "email")
+    [row] = list_failed(primary, queue="email")
     assert row.id == job_id
     assert row.kind == "permanent"
     assert row.reason == "template 'x' does not exist"
@@ -242,7 +242,7 @@ def test_transient_failure_is_retried_with_backoff_then_succeeds(
     processes.worker("email")
     processes.scheduler()
     wait_until(lambda: _status(job_id) == "finished", 60, "flaky job finished after two retries")
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None
     assert job.return_value() == 3
     assert int(primary.get("kx:flaky") or 0) == 3
@@ -259,7 +259,7 @@ def test_transient_failures_exhaust_retries_into_failed_registry(
     processes.worker("email")
     processes.scheduler()
     wait_until(lambda: _status(job_id) == "failed", 60, "job failed after its retry")
-    [row] = list_failed(primary, "email")
+    [row] = list_failed(primary, queue="email")
     assert (row.kind, row.reason, row.attempts) == ("transient", "boom", 2)
 
 
@@ -328,12 +328,14 @@ def test_progress_is_visible_while_running(primary: redis.Redis, processes: Proc
     job_id = enqueue("report", "jobs.diagnostics.sleep", 4)
     processes.worker("report")
     wait_until(
-        lambda: (describe_job(primary, job_id).get("progress") or {}).get("percent", 0) > 0, 30, "progress"
+        lambda: (describe_job(primary, job_id=job_id).get("progress") or {}).get("percent", 0) > 0,
+        30,
+        "progress",
     )
-    text = render_job(describe_job(primary, job_id))
+    text = render_job(describe_job(primary, job_id=job_id))
     assert "started" in text and "[#" in text
     wait_until(lambda: _status(job_id) == "finished", 30, "finished")
-    assert "result: 'done'" in render_job(describe_job(primary, job_id))
+    assert "result: 'done'" in render_job(describe_job(primary, job_id=job_id))
     result = processes.cli("job", job_id)
     assert result.returncode == 0 and "finished" in result.stdout
     missing = processes.cli("job", "no-such-job")
@@ -370,7 +372,7 @@ def test_failed_registry_cli(primary: redis.Redis, processes: Processes) -> None
 
     assert "purged 0 job(s)" in processes.cli("failed", "purge", "--older-than", "1d").stdout
     assert "purged 1 job(s)" in processes.cli("failed", "purge", "--queue", "report").stdout
-    assert fetch_job(report_id) is None
+    assert fetch_job(job_id=report_id) is None
     assert "is not a duration" in processes.cli("failed", "purge", "--older-than", "soon").stderr
     assert "unknown queue" in processes.cli("failed", "list", "--queue", "nope").stderr
 
@@ -391,7 +393,7 @@ def test_one_slot_fires_once_even_when_two_schedulers_race(primary: redis.Redis)
     primary.zadd(first.scheduled_jobs_key, {job.id: int(time.time()) - 60})
     second.enqueue_job(job)
     queue = KryonixQueue("email", connection=primary)
-    slots = [fetch_job(job_id).meta["slot"] for job_id in queue.job_ids]  # type: ignore[union-attr]
+    slots = [fetch_job(job_id=job_id).meta["slot"] for job_id in queue.job_ids]  # type: ignore[union-attr]
     assert len(slots) == len(set(slots)), f"a slot ran twice: {slots}"
     assert primary.zscore(first.scheduled_jobs_key, job.id) > time.time()
 

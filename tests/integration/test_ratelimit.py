@@ -166,17 +166,15 @@ def test_a_coarser_resolution_bounds_the_log_and_never_exceeds_the_limit(
     limiter: RateLimiter, primary: redis.Redis
 ) -> None:
     """1,000 requests, one every 10 ms, against 1,000 per 10 s at a 100 ms resolution."""
-    decisions = [
-        limiter.check("kate", 1_000, 10, now_ms=T0 + 10 * i, resolution_seconds=0.1) for i in range(1_000)
-    ]
+    decisions = [limiter.check("kate", 1_000, 10, now_ms=T0 + 10 * i, resolution_s=0.1) for i in range(1_000)]
     assert all(d.allowed for d in decisions)
     (key,) = limiter_keys(primary)
     assert primary.zcard(key) <= 101  # ~ window / resolution members, not 1,000
-    assert not limiter.check("kate", 1_000, 10, now_ms=T0 + 10_000, resolution_seconds=0.1).allowed
+    assert not limiter.check("kate", 1_000, 10, now_ms=T0 + 10_000, resolution_s=0.1).allowed
     # The first 10 requests shared a member that moved to T0 + 90 ms: back at T0 + 10.09 s.
-    late = limiter.check("kate", 1_000, 10, now_ms=T0 + 10_000, cost=1, resolution_seconds=0.1)
+    late = limiter.check("kate", 1_000, 10, now_ms=T0 + 10_000, cost=1, resolution_s=0.1)
     assert late.retry_after_s == 0.09
-    assert limiter.check("kate", 1_000, 10, now_ms=T0 + 10_090, cost=10, resolution_seconds=0.1).allowed
+    assert limiter.check("kate", 1_000, 10, now_ms=T0 + 10_090, cost=10, resolution_s=0.1).allowed
 
 
 # --- presets and headers -----------------------------------------------------------------------
@@ -365,7 +363,7 @@ def test_matches_the_reference_model_and_never_exceeds_the_limit(
         now += delta
         cost = min(raw_cost, limit)
         decision: Decision = limiter.check(
-            identifier, limit, window / 1000, cost=cost, now_ms=now, resolution_seconds=resolution / 1000
+            identifier, limit, window / 1000, cost=cost, now_ms=now, resolution_s=resolution / 1000
         )
         expected = model.check(now, limit, window, cost, resolution)
         assert decision.allowed == expected.allowed

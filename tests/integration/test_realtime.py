@@ -23,7 +23,7 @@ NOW = datetime(2024, 5, 1, 11, 0, 0, 123000, tzinfo=UTC)
 
 
 def test_publish_sends_the_envelope_and_stores_it_under_the_same_id(primary: redis.Redis) -> None:
-    service = RealtimeService(clock=lambda: NOW)
+    service = RealtimeService(clock=lambda: NOW.timestamp())
     pubsub = primary.pubsub()
     pubsub.subscribe("user:42:events", "system:events")
     for _ in range(2):
@@ -90,7 +90,7 @@ def test_200_channels_on_one_connection_each_callback_sees_only_its_own(primary:
     service = RealtimeService()
     recorders = {user: Recorder() for user in range(200)}
     with_system = Recorder()
-    with Subscriber(service) as subscriber:
+    with Subscriber(service=service) as subscriber:
         for user, recorder in recorders.items():
             subscriber.subscribe_user(user, recorder)
         subscriber.subscribe_system(with_system)
@@ -113,7 +113,7 @@ def test_malformed_payload_is_skipped_and_logged(
     caplog.set_level(logging.WARNING, logger="cache.realtime.subscriber")
     service = RealtimeService()
     recorder = Recorder()
-    with Subscriber(service) as subscriber:
+    with Subscriber(service=service) as subscriber:
         subscriber.subscribe_user(7, recorder)
         assert subscriber.wait_ready(30)
         first = service.publish_user_event(7, "before", {})
@@ -136,7 +136,7 @@ def test_a_failing_handler_is_logged_and_the_subscriber_goes_on(
         if event.data.get("explode"):
             raise RuntimeError("handler bug")
 
-    with Subscriber(service) as subscriber:
+    with Subscriber(service=service) as subscriber:
         subscriber.subscribe_system(explode)
         assert subscriber.wait_ready(30)
         ids = [service.publish_system_event("e", {"explode": n == 0}) for n in range(3)]
@@ -147,7 +147,7 @@ def test_a_failing_handler_is_logged_and_the_subscriber_goes_on(
 
 def test_events_published_right_after_subscribe_are_not_lost(primary: redis.Redis) -> None:
     service = RealtimeService()
-    with Subscriber(service) as subscriber:
+    with Subscriber(service=service) as subscriber:
         recorder = Recorder()
         subscriber.subscribe_user("fast", recorder)
         ids = [service.publish_user_event("fast", "e", {"n": n}) for n in range(20)]  # no wait_ready
@@ -158,7 +158,7 @@ def test_since_resumes_from_a_last_event_id_then_goes_live(primary: redis.Redis)
     service = RealtimeService()
     old = [service.publish_user_event(5, "e", {"n": n}) for n in range(5)]
     recorder = Recorder()
-    with Subscriber(service) as subscriber:
+    with Subscriber(service=service) as subscriber:
         subscriber.subscribe_user(5, recorder, since=old[1])
         assert subscriber.wait_ready(30)
         new = service.publish_user_event(5, "e", {"n": 5})
@@ -170,7 +170,7 @@ def test_since_resumes_from_a_last_event_id_then_goes_live(primary: redis.Redis)
 def test_two_subscriptions_share_a_channel_and_unsubscribe_independently(primary: redis.Redis) -> None:
     service = RealtimeService()
     first, second = Recorder(), Recorder()
-    with Subscriber(service) as subscriber:
+    with Subscriber(service=service) as subscriber:
         sub1 = subscriber.subscribe_user(9, first)
         sub2 = subscriber.subscribe_user(9, second)
         assert subscriber.wait_ready(30)
@@ -194,7 +194,7 @@ def test_two_subscriptions_share_a_channel_and_unsubscribe_independently(primary
 def test_pattern_subscription_sees_every_matching_channel(primary: redis.Redis) -> None:
     service = RealtimeService()
     recorder = Recorder()
-    with Subscriber(service) as subscriber:
+    with Subscriber(service=service) as subscriber:
         subscriber.psubscribe("user:*:events", recorder)
         assert subscriber.wait_ready(30)
         ids = [service.publish_user_event(user, "e", {}) for user in ("a", "b", "c")]
@@ -206,7 +206,7 @@ def test_pattern_subscription_sees_every_matching_channel(primary: redis.Redis) 
 
 def test_stop_is_clean_even_from_inside_a_handler(primary: redis.Redis) -> None:
     service = RealtimeService()
-    subscriber = Subscriber(service).start()
+    subscriber = Subscriber(service=service).start()
     stopped = threading.Event()
 
     def stop_on_first(event: Event) -> None:
@@ -241,7 +241,7 @@ def test_a_replay_overlapping_live_messages_delivers_each_event_once(primary: re
         inside.set()
         release.wait(30)
 
-    with Subscriber(service) as subscriber:
+    with Subscriber(service=service) as subscriber:
         subscriber.subscribe_user(11, slow)
         assert subscriber.wait_ready(30)
         a = service.publish_user_event(11, "a", {})

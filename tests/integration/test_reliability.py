@@ -67,7 +67,7 @@ def private_processes(private_env: dict[str, object], tmp_path: Path) -> Iterato
 
 
 def _status(job_id: str) -> str | None:
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     return None if job is None else job.get_status(refresh=True).value
 
 
@@ -108,7 +108,7 @@ def test_redis_sigkill_under_enqueue_load_keeps_acknowledged_jobs(
 
     safe = [job_id for job_id, at in acknowledged if at < killed_at - 1.0]
     assert len(safe) > 300
-    missing = [job_id for job_id in safe if fetch_job(job_id) is None]
+    missing = [job_id for job_id in safe if fetch_job(job_id=job_id) is None]
     assert not missing, f"{len(missing)} acknowledged jobs lost, e.g. {missing[:3]}"
     # The same worker (not restarted) reconnects and drains everything that survived; a
     # job that was running at the kill is recovered by the scheduler's maintenance.
@@ -141,7 +141,7 @@ def test_redis_away_for_ten_seconds(private_env: dict[str, object], private_proc
     cache_server: RedisServer = private_env["cache"]  # type: ignore[assignment]
     engine = make_engine()
     user_id = _seed_user(engine)
-    db = CachedDatabase(engine, CacheService(namespace="db"))
+    db = CachedDatabase(engine=engine, cache=CacheService(namespace="db"))
     sessions = SessionService()
     session_id = sessions.create("7", {"role": "admin"})
     before = [enqueue("email", "jobs.diagnostics.record", "kx:ran", f"before-{i}") for i in range(20)]
@@ -200,7 +200,7 @@ def test_full_primary_refuses_enqueues_and_loses_nothing(private_env: dict[str, 
             refused += 1
     assert refused > 0
     client.config_set("maxmemory", 0)
-    assert all(fetch_job(job_id) is not None for job_id in queued)
+    assert all(fetch_job(job_id=job_id) is not None for job_id in queued)
     assert set(queued) <= set(KryonixQueue("email", connection=client).job_ids)
 
 
@@ -218,7 +218,7 @@ def test_full_cache_evicts_cache_keys_only(private_env: dict[str, object]) -> No
     assert int(info["evicted_keys"]) > 0
     assert cache.get("item:2999") == "v" * 2048, "recent keys stay"
     assert all(sessions.get(sid) is not None for sid in session_ids), "no session evicted"
-    assert all(fetch_job(job_id) is not None for job_id in job_ids), "no job evicted"
+    assert all(fetch_job(job_id=job_id) is not None for job_id in job_ids), "no job evicted"
     assert int(primary_client.info()["evicted_keys"]) == 0
 
 

@@ -38,7 +38,7 @@ def _deliveries(server: SmtpServer) -> Counter[str]:
 def _unfinished(job_ids: list[str]) -> list[str]:
     pending = []
     for job_id in job_ids:
-        job = fetch_job(job_id)
+        job = fetch_job(job_id=job_id)
         if job is None or job.get_status(refresh=True).value != "finished":
             pending.append(job_id)
     return pending
@@ -59,7 +59,7 @@ def _assert_once_unless_flagged(
     assert set(deliveries) == set(job_of), "every recipient got the email"
     flagged = set()
     for recipient, job_id in job_of.items():
-        job = fetch_job(job_id)
+        job = fetch_job(job_id=job_id)
         assert job is not None
         result = job.return_value()
         if result["possible_duplicate"]:

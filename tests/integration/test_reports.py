@@ -324,7 +324,7 @@ def test_enqueue_report_writes_one_validated_job(primary: redis.Redis) -> None:
     job_id = enqueue_report(
         "activity", {"date_from": "2025-01-01", "date_to": "2025-01-31"}, format="html", requested_by=9
     )
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None and job.origin == "report"
     assert job.func_name == "jobs.reports.jobs.generate_report" and job.args == ["activity"]
     assert job.kwargs["filters"] == {"date_from": dt.date(2025, 1, 1), "date_to": dt.date(2025, 1, 31)}

@@ -62,12 +62,12 @@ def _worker(
 
 
 def _status(job_id: str) -> str | None:
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     return None if job is None else job.get_status(refresh=True).value
 
 
 def _progress(job_id: str) -> dict[str, Any]:
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     return {} if job is None else dict(job.meta.get("progress") or {})
 
 
@@ -110,7 +110,7 @@ def test_report_completes_with_progress_event_and_job_view(
     watch = _Watch(reports_dir, job_id, ROWS + 1)
     wait_until(lambda: watch.check() or _status(job_id) == "finished", 90, "report finished")
 
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None
     result = job.return_value()
     path = Path(result["path"])
@@ -175,7 +175,7 @@ def test_worker_killed_mid_report_is_rerun_and_never_shows_a_partial_file(
     _worker(processes, db_engine, reports_dir, name="survivor")
     processes.scheduler()
     wait_until(lambda: watch.check() or _status(job_id) == "finished", 150, "job recovered and finished")
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None and attempt_of(job) >= 2, "it ran again after the crash"
     assert job.return_value()["rows"] == ROWS
     assert read_csv(reports_dir / f"{job_id}.csv")[1:] == detail_rows_in_db(db_engine)
@@ -196,7 +196,7 @@ def test_failures_are_classified(primary: redis.Redis, processes: Processes, tmp
     _worker(processes, None, tmp_path / "reports", url=url)
     processes.scheduler()
     wait_until(lambda: _status(invalid) == _status(unreachable) == "failed", 90, "both failed")
-    failed = {row.id: row for row in list_failed(primary, "report")}
+    failed = {row.id: row for row in list_failed(primary, queue="report")}
     assert failed[invalid].kind == "permanent" and failed[invalid].attempts == 1
     assert failed[invalid].reason.startswith("invalid report definition: unknown report type 'sales'")
     assert failed[unreachable].kind == "transient" and failed[unreachable].attempts == 2, "retried once"
@@ -220,7 +220,7 @@ def test_scheduled_report_fires_through_the_periodic_scheduler(
     [run_id] = KryonixQueue("report", connection=primary).job_ids
     _worker(processes, db_engine, reports_dir)
     wait_until(lambda: _status(run_id) == "finished", 60, "scheduled run finished")
-    job = fetch_job(run_id)
+    job = fetch_job(job_id=run_id)
     assert job is not None
     slot_day = dt.datetime.fromtimestamp(job.meta["slot"], dt.UTC).date()
     result = job.return_value()

@@ -103,7 +103,7 @@ def test_lifecycle(any_client: redis.Redis, clock: FakeClock) -> None:
 
 def test_redis_ttl_follows_the_earlier_deadline(primary: redis.Redis, clock: FakeClock) -> None:
     service = SessionService(primary, clock=clock)
-    sid = service.create("u1", ttl=HOUR, absolute_ttl=2 * HOUR)
+    sid = service.create("u1", ttl_s=HOUR, absolute_ttl_s=2 * HOUR)
     key = keys.session(sid)
     assert HOUR * 1000 - 5_000 < primary.pttl(key) <= HOUR * 1000
     clock.advance(0.9 * HOUR)
@@ -119,7 +119,7 @@ def test_redis_ttl_follows_the_earlier_deadline(primary: redis.Redis, clock: Fak
 
 def test_redis_removes_the_key_when_the_ttl_runs_out(primary: redis.Redis) -> None:
     service = SessionService(primary)  # the real clock: Redis itself must expire the key
-    sid = service.create("u1", ttl=0.2, absolute_ttl=0.2)
+    sid = service.create("u1", ttl_s=0.2, absolute_ttl_s=0.2)
     deadline = time.monotonic() + 10
     while primary.exists(keys.session(sid)) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -130,7 +130,7 @@ def test_redis_removes_the_key_when_the_ttl_runs_out(primary: redis.Redis) -> No
 
 
 def test_idle_expiry(service: SessionService, clock: FakeClock, primary: redis.Redis) -> None:
-    sid = service.create("u1", ttl=HOUR, absolute_ttl=10 * HOUR)
+    sid = service.create("u1", ttl_s=HOUR, absolute_ttl_s=10 * HOUR)
     clock.advance(HOUR - 0.001)
     assert service.get(sid, touch=False) is not None
     clock.advance(0.001)
@@ -142,7 +142,7 @@ def test_idle_expiry(service: SessionService, clock: FakeClock, primary: redis.R
 
 
 def test_activity_slides_the_idle_timeout(service: SessionService, clock: FakeClock) -> None:
-    sid = service.create("u1", ttl=HOUR, absolute_ttl=10 * HOUR)
+    sid = service.create("u1", ttl_s=HOUR, absolute_ttl_s=10 * HOUR)
     for _ in range(5):
         clock.advance(0.9 * HOUR)
         session = service.get(sid)
@@ -156,7 +156,7 @@ def test_activity_slides_the_idle_timeout(service: SessionService, clock: FakeCl
 
 def test_get_without_sliding_by_default(primary: redis.Redis, clock: FakeClock) -> None:
     service = SessionService(primary, clock=clock, slide_on_get=False)
-    sid = service.create("u1", ttl=HOUR, absolute_ttl=10 * HOUR)
+    sid = service.create("u1", ttl_s=HOUR, absolute_ttl_s=10 * HOUR)
     clock.advance(0.9 * HOUR)
     assert service.get(sid) is not None
     clock.advance(0.2 * HOUR)
@@ -166,7 +166,7 @@ def test_get_without_sliding_by_default(primary: redis.Redis, clock: FakeClock) 
 def test_absolute_expiry_despite_continuous_activity(
     service: SessionService, clock: FakeClock, primary: redis.Redis
 ) -> None:
-    sid = service.create("u1", ttl=HOUR, absolute_ttl=8 * HOUR)
+    sid = service.create("u1", ttl_s=HOUR, absolute_ttl_s=8 * HOUR)
     deadline = clock.now + 8 * HOUR
     steps = 0
     while clock.now + 0.25 * HOUR < deadline:
@@ -184,7 +184,7 @@ def test_absolute_expiry_despite_continuous_activity(
 
 
 def test_refresh(service: SessionService, clock: FakeClock) -> None:
-    sid = service.create("u1", ttl=HOUR)
+    sid = service.create("u1", ttl_s=HOUR)
     clock.advance(0.5 * HOUR)
     assert service.refresh(sid) is True
     session = service.get(sid, touch=False)
@@ -232,7 +232,7 @@ def test_concurrent_updates_of_different_fields_all_survive(service: SessionServ
 
 
 def test_rotation(service: SessionService, clock: FakeClock, primary: redis.Redis) -> None:
-    old = service.create("u1", {"cart": [1]}, ttl=HOUR, absolute_ttl=5 * HOUR)
+    old = service.create("u1", {"cart": [1]}, ttl_s=HOUR, absolute_ttl_s=5 * HOUR)
     created = clock.now
     clock.advance(0.5 * HOUR)
     new = service.rotate(old, changes={"role": "admin"})
@@ -257,7 +257,7 @@ def test_rotation(service: SessionService, clock: FakeClock, primary: redis.Redi
 
 
 def test_rotating_an_expired_session_gives_nothing(service: SessionService, clock: FakeClock) -> None:
-    sid = service.create("u1", ttl=HOUR)
+    sid = service.create("u1", ttl_s=HOUR)
     clock.advance(HOUR)
     assert service.rotate(sid) is None
     assert service.list_for_user("u1") == []
@@ -266,9 +266,9 @@ def test_rotating_an_expired_session_gives_nothing(service: SessionService, cloc
 def test_list_for_user_prunes_dead_ids(
     service: SessionService, clock: FakeClock, primary: redis.Redis
 ) -> None:
-    long_lived = service.create("u1", ttl=10 * HOUR, absolute_ttl=10 * HOUR)
-    idle = service.create("u1", ttl=HOUR, absolute_ttl=10 * HOUR)
-    absolute = service.create("u1", ttl=HOUR, absolute_ttl=HOUR)
+    long_lived = service.create("u1", ttl_s=10 * HOUR, absolute_ttl_s=10 * HOUR)
+    idle = service.create("u1", ttl_s=HOUR, absolute_ttl_s=10 * HOUR)
+    absolute = service.create("u1", ttl_s=HOUR, absolute_ttl_s=HOUR)
     vanished = service.create("u1")
     other = service.create("u2")
     primary.delete(keys.session(vanished))  # as if Redis had expired it

@@ -160,7 +160,7 @@ def test_every_web_tier_call_ends_within_its_bound(
     slow, wrong = {}, {}
     for name, (call, expected) in _web_tier_calls(services).items():
         if connections_state == "fresh":
-            for client in (services.cache.redis, services.sessions.redis, services.limiter.redis):
+            for client in (services.cache.client, services.sessions.client, services.limiter.client):
                 client.connection_pool.disconnect()
             connections.reset_clients()
         elapsed, outcome = _run(call)

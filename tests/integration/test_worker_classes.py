@@ -56,8 +56,8 @@ def test_python_worker_without_rq_environment_never_unpickles_and_uses_redis_url
 
     assert not canary.exists(), "the worker unpickled a job"
     # Both jobs were taken from REDIS_URL's server: RQ_REDIS_URL fell back to it.
-    assert fetch_job(good).get_status().value == "finished"  # type: ignore[union-attr]
-    [row] = list_failed(primary, "email")
+    assert fetch_job(job_id=good).get_status().value == "finished"  # type: ignore[union-attr]
+    [row] = list_failed(primary, queue="email")
     assert (row.id, row.kind) == (job_id, "permanent")
     assert "not a JSON job" in row.reason
 
@@ -124,5 +124,5 @@ def test_webhooks_run_only_when_allowed(
     push(primary, "email", job_id.encode())
     worker = _python_worker(processes, "email", "--burst", ALLOW_JOB_WEBHOOKS="true")
     assert worker.wait(60) == 0, log_of(worker)  # type: ignore[attr-defined, arg-type]
-    assert fetch_job(job_id).get_status().value == "finished"  # type: ignore[union-attr]
+    assert fetch_job(job_id=job_id).get_status().value == "finished"  # type: ignore[union-attr]
     assert webhook_listener.received == ["POST /hook"]

@@ -88,7 +88,7 @@ def test_a_finished_job_keeps_its_end_and_last_heartbeat_stamps(primary: redis.R
     job_id = enqueue("email", "jobs.diagnostics.noop")
     worker = KryonixWorker(["email"], connection=primary)
     assert worker.work(burst=True, logging_level="ERROR")
-    job = fetch_job(job_id)
+    job = fetch_job(job_id=job_id)
     assert job is not None and job.get_status().value == "finished"
     assert job.started_at is not None and job.ended_at is not None and job.last_heartbeat is not None
     assert job.started_at <= job.ended_at

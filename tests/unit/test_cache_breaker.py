@@ -23,7 +23,7 @@ class FakeClock:
 def make_breaker(clock: FakeClock, **kwargs: object) -> CircuitBreaker:
     options: dict[str, object] = {"failure_threshold": 3, "recovery_s": 1.0, "max_recovery_s": 4.0}
     options.update(kwargs)
-    return CircuitBreaker(clock=clock, **options)  # type: ignore[arg-type]
+    return CircuitBreaker(monotonic=clock, **options)  # type: ignore[arg-type]
 
 
 def test_opens_after_consecutive_failures_only() -> None:

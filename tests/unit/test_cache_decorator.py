@@ -111,8 +111,8 @@ def test_decorator_keeps_name_and_doc() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"ttl": 0}, ValueError, "ttl must be greater than 0"),
-        ({"ttl": "1h"}, TypeError, "number of seconds"),
+        ({"ttl_s": 0}, ValueError, "ttl must be greater than 0"),
+        ({"ttl_s": "1h"}, TypeError, "number of seconds"),
         ({"key": 42}, TypeError, "key must be a template string or a callable"),
         ({"namespace": "a b"}, ValueError, "namespace must be"),
     ],
@@ -125,7 +125,7 @@ def test_module_decorator_rejects_bad_arguments_at_decoration(
 
 
 def test_module_decorator_connects_nothing_at_import_or_decoration() -> None:
-    @cached(ttl=5)
+    @cached(ttl_s=5)
     def f(x: int) -> int:
         return x
 

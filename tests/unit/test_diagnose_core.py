@@ -74,14 +74,14 @@ def test_latency_samples_with_a_fake_clock() -> None:
             now["t"] += (step // 2 + 1) / 1000
         return now["t"]
 
-    summary = latency_samples(fakeredis.FakeRedis(), 100, clock=clock)
+    summary = latency_samples(fakeredis.FakeRedis(), pings=100, monotonic=clock)
     assert summary == {"samples": 100, "min_ms": 1.0, "p50_ms": 50.0, "p99_ms": 99.0, "max_ms": 100.0}
 
 
 @pytest.mark.parametrize("pings", [0, -1, MAX_PINGS + 1, 1.5, True, "10", None])
 def test_latency_samples_rejects_bad_counts(pings: Any) -> None:
     with pytest.raises(ValueError, match="pings must be an int between 1 and"):
-        latency_samples(fakeredis.FakeRedis(), pings)
+        latency_samples(fakeredis.FakeRedis(), pings=pings)
 
 
 @pytest.mark.parametrize(

@@ -307,7 +307,7 @@ def test_script_gets_key_and_arguments(stub: StubRedis) -> None:
         (["kx:rl:{login:30000:bob}"], ["", 30_000, 5, 1, 1]),
     ]
     stub.calls.clear()
-    limiter.check("bob", 5, 30, resolution_seconds=0.3)
+    limiter.check("bob", 5, 30, resolution_s=0.3)
     limiter.limit_api("key")
     assert [args[-1] for _, args in stub.calls] == [300, 36_000]
 

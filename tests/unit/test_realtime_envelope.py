@@ -276,7 +276,7 @@ def test_limits_must_be_positive_integers(kwargs: dict[str, object], name: str) 
 
 
 def test_publish_call_validates_and_uses_the_injected_clock() -> None:
-    core = RealtimeCore(stream_maxlen=50, stream_ttl_s=60, clock=lambda: NOW)
+    core = RealtimeCore(stream_maxlen=50, stream_ttl_s=60, clock=lambda: NOW.timestamp())
     script_keys, args = core._publish_call("user:9:events", "report.ready", {"id": 1})
     assert script_keys == ["kx:stream:user:9:events"]
     assert args[:3] == ["user:9:events", 50, 60_000]
@@ -286,7 +286,7 @@ def test_publish_call_validates_and_uses_the_injected_clock() -> None:
 
 
 def test_invalid_publish_writes_nothing(fake_redis: object) -> None:
-    service = RealtimeService(fake_redis, clock=lambda: NOW)  # type: ignore[arg-type]
+    service = RealtimeService(fake_redis, clock=lambda: NOW.timestamp())  # type: ignore[arg-type]
     with pytest.raises(InvalidEvent, match="user_id"):
         service.publish_user_event("a:b", "report.ready", {})
     with pytest.raises(InvalidEvent, match="event must"):

@@ -264,7 +264,7 @@ def test_bad_arguments_fail_before_redis() -> None:
     with pytest.raises(InvalidSessionArgument, match="not JSON-serialisable"):
         service.create("u1", {"x": object()})
     with pytest.raises(InvalidSessionArgument, match="absolute_ttl"):
-        service.create("u1", ttl=100, absolute_ttl=10)
+        service.create("u1", ttl_s=100, absolute_ttl_s=10)
     with pytest.raises(InvalidSessionArgument, match="both set and removed: \\['a'\\]"):
         service.update(VALID, {"a": 1}, remove=["a"])
     with pytest.raises(InvalidSessionArgument, match="remove must be a collection of item names, got 'a'"):

@@ -47,29 +47,29 @@ def check_timeout(timeout_s: object) -> float:
 
 
 class _Waiter:
-    """Polls the server until a condition holds or the deadline passes (injectable clock)."""
+    """Polls the server until a condition holds or the deadline passes (injectable monotonic clock)."""
 
     def __init__(
         self,
-        connection: redis.Redis,
+        client: redis.Redis,
         timeout_s: float,
         poll_interval_s: float,
-        clock: Callable[[], float],
+        monotonic: Callable[[], float],
         sleep: Callable[[float], None],
     ) -> None:
-        self.connection = connection
+        self.client = client
         self.timeout_s = timeout_s
-        self.deadline = clock() + timeout_s
+        self.deadline = monotonic() + timeout_s
         self.poll_interval_s = poll_interval_s
-        self.clock = clock
+        self.monotonic = monotonic
         self.sleep = sleep
 
     def persistence(self) -> dict[str, Any]:
-        info: dict[str, Any] = self.connection.info("persistence")
+        info: dict[str, Any] = self.client.info("persistence")
         return info
 
     def pause(self, waiting_for: str) -> None:
-        if self.clock() >= self.deadline:
+        if self.monotonic() >= self.deadline:
             raise BackupError(f"backup did not finish within {self.timeout_s:g} s: still {waiting_for}")
         self.sleep(self.poll_interval_s)
 
@@ -78,7 +78,7 @@ class _Waiter:
             self.pause("waiting for the background save that was already running")
 
     def until_server_second_after(self, lastsave: int) -> None:
-        while int(self.connection.time()[0]) <= lastsave:
+        while int(self.client.time()[0]) <= lastsave:
             self.pause("waiting for the server clock to pass the previous LASTSAVE")
 
 
@@ -102,7 +102,7 @@ def _start_save(waiter: _Waiter) -> _Started:
         waiter.until_server_second_after(previous)
         try:
             # SCHEDULE: while an AOF rewrite runs, the save starts right after it instead of failing.
-            reply = _text(waiter.connection.execute_command("BGSAVE SCHEDULE"))  # type: ignore[no-untyped-call]
+            reply = _text(waiter.client.execute_command("BGSAVE SCHEDULE"))  # type: ignore[no-untyped-call]
         except redis.ResponseError as exc:
             if "already in progress" not in str(exc):
                 raise BackupError(f"BGSAVE refused: {exc}") from exc
@@ -136,11 +136,11 @@ def _wait_for_save(waiter: _Waiter, started: _Started) -> int:
         waiter.pause("waiting for BGSAVE to finish" if seen_running else "waiting for the scheduled BGSAVE")
 
 
-def rdb_file(connection: redis.Redis) -> tuple[str | None, int | None, str | None]:
+def rdb_file(client: redis.Redis) -> tuple[str | None, int | None, str | None]:
     """(path, size in bytes, warning) of the RDB file; path/size are None with a warning when unknown."""
     try:
-        config: dict[Any, Any] = connection.config_get("dir")
-        config.update(connection.config_get("dbfilename"))
+        config: dict[Any, Any] = client.config_get("dir")
+        config.update(client.config_get("dbfilename"))
     except redis.ResponseError as exc:
         return (
             None,
@@ -159,12 +159,12 @@ def rdb_file(connection: redis.Redis) -> tuple[str | None, int | None, str | Non
 
 
 def backup(
-    connection: redis.Redis,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    client: redis.Redis,
     *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
     role: Role = Role.PRIMARY,
     poll_interval_s: float = POLL_INTERVAL_S,
-    clock: Callable[[], float] = time.monotonic,
+    monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Take an RDB snapshot now and wait until it is safely on disk.
@@ -180,13 +180,13 @@ def backup(
         RedisUnavailable: Redis unreachable or refused our credentials.
     """
     timeout_s = check_timeout(timeout_s)
-    started = clock()
+    started = monotonic()
     with translate_errors(role):
-        waiter = _Waiter(connection, timeout_s, poll_interval_s, clock, sleep)
+        waiter = _Waiter(client, timeout_s, poll_interval_s, monotonic, sleep)
         try:
             started_save = _start_save(waiter)
             lastsave = _wait_for_save(waiter, started_save)
-            path, size, warning = rdb_file(connection)
+            path, size, warning = rdb_file(client)
         except redis.ResponseError as exc:  # INFO/TIME refused: an ACL too tight for backups
             raise BackupError(f"Redis refused a command the backup needs: {exc}") from exc
     return {
@@ -195,7 +195,7 @@ def backup(
         "rdb_path": path,
         "size_bytes": size,
         "waited_for_running_save": started_save.waited,
-        "duration_s": round(clock() - started, 3),
+        "duration_s": round(monotonic() - started, 3),
         "warning": warning,
     }
 

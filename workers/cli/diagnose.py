@@ -209,7 +209,7 @@ def _check_count(name: str, value: object, maximum: int) -> int:
 
 
 def latency_samples(
-    connection: redis.Redis, pings: int = DEFAULT_PINGS, *, clock: Callable[[], float] = time.perf_counter
+    client: redis.Redis, *, pings: int = DEFAULT_PINGS, monotonic: Callable[[], float] = time.perf_counter
 ) -> dict[str, float | int]:
     """Time `pings` PINGs one after another (after one warm-up PING, which may connect).
 
@@ -218,22 +218,22 @@ def latency_samples(
         redis.RedisError: Redis failed.
     """
     _check_count("pings", pings, MAX_PINGS)
-    connection.ping()
+    client.ping()
     samples = []
     for _ in range(pings):
-        start = clock()
-        connection.ping()
-        samples.append((clock() - start) * 1000)
+        start = monotonic()
+        client.ping()
+        samples.append((monotonic() - start) * 1000)
     return summarize_latency(samples)
 
 
-def latency_latest(connection: redis.Redis) -> list[dict[str, Any]]:
+def latency_latest(client: redis.Redis) -> list[dict[str, Any]]:
     """`LATENCY LATEST`: per event, when the last spike happened and its latest/max ms.
 
     Raises:
         redis.RedisError: Redis failed or refused the command.
     """
-    rows = connection.execute_command("LATENCY", "LATEST")  # type: ignore[no-untyped-call]
+    rows = client.execute_command("LATENCY", "LATEST")  # type: ignore[no-untyped-call]
     events = []
     for row in rows or []:
         name, at, latest, worst = row[:4]
@@ -243,7 +243,7 @@ def latency_latest(connection: redis.Redis) -> list[dict[str, Any]]:
 
 
 def sample_key_sizes(
-    connection: redis.Redis, sample_keys: int = DEFAULT_SAMPLE_KEYS
+    client: redis.Redis, *, sample_keys: int = DEFAULT_SAMPLE_KEYS
 ) -> list[tuple[bytes | str, int]]:
     """`MEMORY USAGE` of up to `sample_keys` keys, in SCAN order (hash order: a fair sample).
 
@@ -255,10 +255,10 @@ def sample_key_sizes(
     sizes: list[tuple[bytes | str, int]] = []
     cursor = 0
     while len(sizes) < sample_keys:
-        cursor, batch = connection.scan(cursor, count=SCAN_BATCH)
+        cursor, batch = client.scan(cursor, count=SCAN_BATCH)
         batch = batch[: sample_keys - len(sizes)]
         if batch:
-            with connection.pipeline(transaction=False) as pipe:
+            with client.pipeline(transaction=False) as pipe:
                 for key in batch:
                     pipe.memory_usage(key)
                 usages = pipe.execute()
@@ -272,7 +272,7 @@ def sample_key_sizes(
 
 
 def biggest_patterns(
-    connection: redis.Redis, sample_keys: int = DEFAULT_SAMPLE_KEYS, top: int = DEFAULT_TOP_PATTERNS
+    client: redis.Redis, *, sample_keys: int = DEFAULT_SAMPLE_KEYS, top: int = DEFAULT_TOP_PATTERNS
 ) -> dict[str, Any]:
     """The key patterns holding the most memory in a bounded sample, with the total key count.
 
@@ -283,8 +283,8 @@ def biggest_patterns(
         redis.RedisError: Redis failed or refused SCAN/MEMORY.
     """
     group_by_pattern([], top)  # validate `top` before any I/O
-    sizes = sample_key_sizes(connection, sample_keys)
-    dbsize = int(connection.dbsize())
+    sizes = sample_key_sizes(client, sample_keys=sample_keys)
+    dbsize = int(client.dbsize())
     scale = dbsize / len(sizes) if sizes else 0.0
     rows = []
     for usage in group_by_pattern(sizes, top):
@@ -295,7 +295,7 @@ def biggest_patterns(
 
 
 def diagnose(
-    connection: redis.Redis,
+    client: redis.Redis,
     *,
     pings: int = DEFAULT_PINGS,
     sample_keys: int = DEFAULT_SAMPLE_KEYS,
@@ -316,10 +316,10 @@ def diagnose(
     group_by_pattern([], top)
     report: dict[str, Any] = {}
     probes: dict[str, Callable[[], Any]] = {
-        "latency": lambda: latency_samples(connection, pings),
-        "latency_events": lambda: latency_latest(connection),
-        "info": lambda: info_summary(connection.info()),
-        "keys": lambda: biggest_patterns(connection, sample_keys, top),
+        "latency": lambda: latency_samples(client, pings=pings),
+        "latency_events": lambda: latency_latest(client),
+        "info": lambda: info_summary(client.info()),
+        "keys": lambda: biggest_patterns(client, sample_keys=sample_keys, top=top),
     }
     with translate_errors(role):
         for name, probe in probes.items():

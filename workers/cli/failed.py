@@ -36,8 +36,8 @@ class FailedJob:
         return self.__dict__.copy()
 
 
-def _registry(connection: redis.Redis, queue: str) -> FailedJobRegistry:
-    return FailedJobRegistry(queue, connection=connection, job_class=KryonixJob, serializer=JSONSerializer)
+def _registry(client: redis.Redis, *, queue: str) -> FailedJobRegistry:
+    return FailedJobRegistry(queue, connection=client, job_class=KryonixJob, serializer=JSONSerializer)
 
 
 def _queues(queue: str | None) -> Iterable[str]:
@@ -73,14 +73,14 @@ def _describe(job: Job, queue: str) -> FailedJob:
     return FailedJob(job.id, queue, func, ended, attempt_of(job), kind, reason)
 
 
-def list_failed(connection: redis.Redis, queue: str | None = None) -> list[FailedJob]:
+def list_failed(client: redis.Redis, *, queue: str | None = None) -> list[FailedJob]:
     """Failed and quarantined jobs of `queue` (or all), newest first; unreadable entries included."""
     rows = []
     for name in _queues(queue):
-        registry = _registry(connection, name)
-        for raw_id in raw_ids(connection.zrange(registry.key, 0, -1)):
+        registry = _registry(client, queue=name)
+        for raw_id in raw_ids(client.zrange(registry.key, 0, -1)):
             try:
-                job = KryonixJob.fetch(raw_id, connection=connection)
+                job = KryonixJob.fetch(raw_id, connection=client)
             except UnreadableJob as exc:
                 rows.append(
                     FailedJob(id_text(raw_id), name, "<unreadable>", None, 0, "unreadable", exc.reason)
@@ -91,20 +91,20 @@ def list_failed(connection: redis.Redis, queue: str | None = None) -> list[Faile
             rows.append(_describe(job, name))
     rows.extend(
         FailedJob(entry.id, entry.queue, "<unreadable>", entry.at, 0, "quarantined", entry.reason)
-        for entry in list_quarantined(connection)
+        for entry in list_quarantined(client)
         if entry.queue in _queues(queue) or (queue is None and entry.queue not in QUEUES)
     )
     return sorted(rows, key=lambda row: row.failed_at or 0, reverse=True)
 
 
-def show_failed(connection: redis.Redis, job_id: str) -> dict[str, Any]:
+def show_failed(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
     """Everything about one failed job, including arguments and the traceback.
 
     Raises:
         LookupError: no such job.
     """
     try:
-        job = KryonixJob.fetch(job_id, connection=connection)
+        job = KryonixJob.fetch(job_id, connection=client)
     except UnreadableJob as exc:
         raise LookupError(f"job {id_text(job_id)!r} cannot be shown: {exc.reason}") from None
     except NoSuchJobError:
@@ -118,17 +118,17 @@ def show_failed(connection: redis.Redis, job_id: str) -> dict[str, Any]:
     return details
 
 
-def requeue(connection: redis.Redis, job_id: str) -> str:
+def requeue(client: redis.Redis, *, job_id: str) -> str:
     """Put one failed job back at the end of its queue (its failure record is cleared).
 
     Raises:
         LookupError: not in any failed registry.
     """
     for name in QUEUES:
-        registry = _registry(connection, name)
+        registry = _registry(client, queue=name)
         if job_id in registry:
             try:
-                job = KryonixJob.fetch(job_id, connection=connection)
+                job = KryonixJob.fetch(job_id, connection=client)
             except NoSuchJobError:
                 break
             job.meta.pop("failure", None)
@@ -141,36 +141,36 @@ def requeue(connection: redis.Redis, job_id: str) -> str:
     raise LookupError(f"job {job_id!r} is not in a failed registry")
 
 
-def requeue_all(connection: redis.Redis, queue: str | None = None) -> list[str]:
+def requeue_all(client: redis.Redis, *, queue: str | None = None) -> list[str]:
     done = []
     for name in _queues(queue):
-        for raw_id in raw_ids(connection.zrange(_registry(connection, name).key, 0, -1)):
+        for raw_id in raw_ids(client.zrange(_registry(client, queue=name).key, 0, -1)):
             job_id = id_text(raw_id)
             try:
-                requeue(connection, job_id)
+                requeue(client, job_id=job_id)
                 done.append(job_id)
             except LookupError:
                 continue
     return done
 
 
-def purge(connection: redis.Redis, queue: str | None = None, older_than_s: float | None = None) -> list[str]:
+def purge(client: redis.Redis, *, queue: str | None = None, older_than_s: float | None = None) -> list[str]:
     """Delete failed jobs (all, or those that failed more than `older_than_s` ago)."""
     cutoff = None if older_than_s is None else time.time() - older_than_s
     purged = []
     for name in _queues(queue):
-        registry = _registry(connection, name)
-        for raw_id in raw_ids(connection.zrange(registry.key, 0, -1)):
+        registry = _registry(client, queue=name)
+        for raw_id in raw_ids(client.zrange(registry.key, 0, -1)):
             job_id = id_text(raw_id)
             try:
-                job = KryonixJob.fetch(job_id, connection=connection)
+                job = KryonixJob.fetch(job_id, connection=client)
             except NoSuchJobError:  # unreadable ones too: nothing to keep
-                connection.zrem(registry.key, raw_id)
+                client.zrem(registry.key, raw_id)
                 continue
             if cutoff is not None and job.ended_at and job.ended_at.timestamp() > cutoff:
                 continue
             registry.remove(job, delete_job=True)
             purged.append(job_id)
         if cutoff is None:
-            purge_quarantined(connection, name)
+            purge_quarantined(client, queue=name)
     return purged

@@ -19,10 +19,10 @@ def progress_bar(percent: float, width: int = BAR_WIDTH) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {percent:5.1f}%"
 
 
-def describe_job(connection: redis.Redis, job_id: str) -> dict[str, Any]:
+def describe_job(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
     """Raises LookupError when the job does not exist."""
     try:
-        job = KryonixJob.fetch(job_id, connection=connection)
+        job = KryonixJob.fetch(job_id, connection=client)
     except NoSuchJobError:
         raise LookupError(f"no job {job_id!r} (never existed, or its result expired)") from None
     status = job.get_status(refresh=False)

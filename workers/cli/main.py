@@ -115,7 +115,7 @@ def backup_command(timeout_s: float, as_json: bool) -> None:
 
     connection = _primary()
     try:
-        result = backup(connection, timeout_s)
+        result = backup(connection, timeout_s=timeout_s)
     except (BackupError, ValueError, RedisUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -218,7 +218,7 @@ def maintain(once: bool, interval: float) -> None:
             for job_id in ids:
                 click.echo(f"  {queue}: quarantined unreadable entry {job_id!r}")
         return
-    run_forever(connection, interval)
+    run_forever(connection, interval_s=interval)
 
 
 @main.command()
@@ -247,7 +247,7 @@ def failed_list(queue: str | None, as_json: bool) -> None:
     from jobs.quarantine import id_text
     from workers.cli.failed import list_failed
 
-    rows = _guard(lambda: list_failed(_primary(), queue))
+    rows = _guard(lambda: list_failed(_primary(), queue=queue))
     if as_json:
         _echo_json([row.as_dict() for row in rows])
         return
@@ -264,7 +264,7 @@ def failed_show(job_id: str) -> None:
     """Everything about one failed job: arguments, reason, traceback."""
     from workers.cli.failed import show_failed
 
-    _echo_json(_guard(lambda: show_failed(_primary(), job_id)))
+    _echo_json(_guard(lambda: show_failed(_primary(), job_id=job_id)))
 
 
 @failed.command("requeue")
@@ -278,10 +278,10 @@ def failed_requeue(job_id: str | None, all_jobs: bool, queue: str | None) -> Non
     if bool(job_id) == all_jobs:
         raise click.UsageError("give either a JOB_ID or --all")
     if job_id:
-        name = _guard(lambda: requeue(_primary(), job_id))
+        name = _guard(lambda: requeue(_primary(), job_id=job_id))
         click.echo(f"requeued {job_id} on {name}")
     else:
-        ids = _guard(lambda: requeue_all(_primary(), queue))
+        ids = _guard(lambda: requeue_all(_primary(), queue=queue))
         click.echo(f"requeued {len(ids)} job(s)")
 
 
@@ -295,7 +295,7 @@ def failed_purge(queue: str | None, older_than: str | None) -> None:
     from workers.cli.failed import purge
 
     seconds = parse_duration(older_than) if older_than else None
-    ids = _guard(lambda: purge(_primary(), queue, seconds))
+    ids = _guard(lambda: purge(_primary(), queue=queue, older_than_s=seconds))
     click.echo(f"purged {len(ids)} job(s)")
 
 
@@ -309,7 +309,7 @@ def job(job_id: str, watch: bool, as_json: bool) -> None:
 
     connection = _primary()
     while True:
-        info = _guard(lambda: describe_job(connection, job_id))
+        info = _guard(lambda: describe_job(connection, job_id=job_id))
         if as_json:
             _echo_json(info)
         else:

@@ -186,7 +186,7 @@ class KryonixCollector(Collector):
             fams["aof_ok"].add_metric([role.value], _ok(pers["aof_last_write_status"]))
         yield from fams.values()
 
-    def _queue_families(self, connection: redis.Redis) -> list[Metric]:
+    def _queue_families(self, client: redis.Redis) -> list[Metric]:
         depth = GaugeMetricFamily("kryonix_queue_depth", "Jobs waiting in the queue", labels=["queue"])
         registry = GaugeMetricFamily(
             "kryonix_queue_registry_jobs",
@@ -198,14 +198,14 @@ class KryonixCollector(Collector):
             "Age of the job at the head of the queue (0 when the queue is empty)",
             labels=["queue"],
         )
-        for queue, facts in queue_facts(connection).items():
+        for queue, facts in queue_facts(client).items():
             depth.add_metric([queue], float(facts["queued"]))
             for name in REGISTRIES:
                 registry.add_metric([queue, name], float(facts[name]))
             age.add_metric([queue], float(facts["oldest_queued_age_s"] or 0.0))
         return [depth, registry, age]
 
-    def _job_families(self, connection: redis.Redis) -> list[Metric]:
+    def _job_families(self, client: redis.Redis) -> list[Metric]:
         totals = CounterMetricFamily(
             "kryonix_jobs",
             "Jobs ended per queue and outcome, as counted by the workers",
@@ -215,24 +215,24 @@ class KryonixCollector(Collector):
             "kryonix_job_duration_seconds", "Job run time, as measured by the workers", labels=["queue"]
         )
         for queue in QUEUES:
-            stats = read_job_stats(connection, queue)
+            stats = read_job_stats(client, queue)
             for outcome in OUTCOMES:
                 totals.add_metric([queue, outcome], stats[outcome])
             duration.add_metric([queue], cumulative_buckets(stats), sum_value=stats.get("duration_sum", 0.0))
         duplicates = CounterMetricFamily(
             "kryonix_email_possible_duplicates",
             "Emails sent again after an earlier attempt died during its SMTP transaction",
-            value=float(possible_duplicates(connection=connection)),
+            value=float(possible_duplicates(client)),
         )
         return [totals, duration, duplicates]
 
-    def _worker_families(self, connection: redis.Redis) -> list[Metric]:
+    def _worker_families(self, client: redis.Redis) -> list[Metric]:
         live = GaugeMetricFamily(
             "kryonix_workers", "Live RQ workers listening on the queue", labels=["queue"]
         )
         busy = GaugeMetricFamily("kryonix_workers_busy", "Live workers running a job now", labels=["queue"])
         counts = {queue: [0, 0] for queue in QUEUES}
-        for worker in Worker.all(connection=connection):
+        for worker in Worker.all(connection=client):
             running = worker.get_current_job_id() is not None
             for queue in worker.queue_names():
                 entry = counts.setdefault(queue, [0, 0])
@@ -243,11 +243,11 @@ class KryonixCollector(Collector):
             busy.add_metric([queue], float(n_busy))
         return [live, busy]
 
-    def _cache_families(self, connection: redis.Redis) -> list[Metric]:
+    def _cache_families(self, client: redis.Redis) -> list[Metric]:
         # Read, not `cache_stats()`: that would first flush this process's counters, and a
         # scrape must not write.
         with connections.translate_errors(Role.CACHE):
-            counters = read_counters(connection)
+            counters = read_counters(client)
         family = CounterMetricFamily(
             "kryonix_cache_events",
             "Application cache events summed over every process (hits, misses, fail_open, ...)",
@@ -257,11 +257,11 @@ class KryonixCollector(Collector):
             family.add_metric([name], float(value))
         return [family]
 
-    def _ratelimit_families(self, connection: redis.Redis) -> list[Metric]:
+    def _ratelimit_families(self, client: redis.Redis) -> list[Metric]:
         names: list[bytes | str] = []
         cursor, complete = 0, False
         for _ in range(RATELIMIT_SCAN_CALLS):
-            cursor, batch = connection.scan(
+            cursor, batch = client.scan(
                 cursor, match=keys.RATE_LIMIT_SCAN_PATTERN, count=RATELIMIT_SCAN_COUNT
             )
             names.extend(batch)
@@ -280,9 +280,9 @@ class KryonixCollector(Collector):
             "0 when the bounded SCAN stopped before the end of the keyspace",
         )
         scanned.add_metric([], 1.0 if complete else 0.0)
-        return [self._ratelimit_decisions(connection), active, scanned]
+        return [self._ratelimit_decisions(client), active, scanned]
 
-    def _ratelimit_decisions(self, connection: redis.Redis) -> Metric:
+    def _ratelimit_decisions(self, client: redis.Redis) -> Metric:
         # Read, not `ratelimit_counters()`: that would flush this process's counts first.
         decisions = CounterMetricFamily(
             "kryonix_ratelimit_decisions",
@@ -290,7 +290,7 @@ class KryonixCollector(Collector):
             "(allowed/denied by Redis; fail_open/fail_closed by the failure policy while Redis was down)",
             labels=["scope", "decision"],
         )
-        for scope, counts in read_ratelimit_counters(connection).items():
+        for scope, counts in read_ratelimit_counters(client).items():
             for decision in RATELIMIT_OUTCOMES:
                 decisions.add_metric([scope, decision], float(counts[decision]))
         return decisions

@@ -15,15 +15,15 @@ from workers.job import KryonixJob
 from workers.worker import CLASS_FIELD
 
 
-def queue_facts(connection: redis.Redis) -> dict[str, Any]:
+def queue_facts(client: redis.Redis) -> dict[str, Any]:
     """Depth, oldest queued job age and registry counts for each queue."""
     facts: dict[str, Any] = {}
     for name in QUEUES:
-        queue = KryonixQueue(name, connection=connection, job_class=KryonixJob)
+        queue = KryonixQueue(name, connection=client, job_class=KryonixJob)
         oldest_age = None
-        first = connection.lindex(queue.key, 0)
+        first = client.lindex(queue.key, 0)
         if first is not None:
-            enqueued = connection.hget(KryonixJob.key_for(_text(first)), "enqueued_at")
+            enqueued = client.hget(KryonixJob.key_for(_text(first)), "enqueued_at")
             try:
                 oldest_age = (
                     round(time.time() - utcparse(_text(enqueued)).timestamp(), 1) if enqueued else None
@@ -46,18 +46,18 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
 
 
-def worker_facts(connection: redis.Redis) -> list[dict[str, Any]]:
+def worker_facts(client: redis.Redis) -> list[dict[str, Any]]:
     """One row per registered worker; a registration RQ cannot read is a row with its `error`."""
     rows = []
-    for key in raw_ids(connection.smembers(Worker.redis_workers_keys)):
+    for key in raw_ids(client.smembers(Worker.redis_workers_keys)):
         try:
-            worker = Worker.find_by_key(_text(key), connection=connection)
+            worker = Worker.find_by_key(_text(key), connection=client)
         except Exception as exc:  # written by hand: shown, never hiding the other workers
             rows.append(_unreadable_worker(_text(key), exc))
             continue
         if worker is None:
             continue
-        worker_class = connection.hget(worker.key, CLASS_FIELD)
+        worker_class = client.hget(worker.key, CLASS_FIELD)
         rows.append(
             {
                 "name": worker.name,
@@ -116,14 +116,14 @@ def render_queues(section: dict[str, Any]) -> list[str]:
 QUARANTINE_SHOWN = 20  # newest entries listed in the text; `failed list` shows them all
 
 
-def section(connection: redis.Redis) -> dict[str, Any]:
+def section(client: redis.Redis) -> dict[str, Any]:
     """Queues, live workers (those of another class named in `unsafe_workers`) and the quarantine."""
-    workers = worker_facts(connection)
+    workers = worker_facts(client)
     ours = set(QUEUES)
     unsafe = [w["name"] for w in workers if w["class"] is None and ours & set(w["queues"])]
-    quarantined = [entry.as_dict() for entry in list_quarantined(connection)]
+    quarantined = [entry.as_dict() for entry in list_quarantined(client)]
     data = {
-        "queues": queue_facts(connection),
+        "queues": queue_facts(client),
         "workers": workers,
         "unsafe_workers": unsafe,
         "quarantined": len(quarantined),

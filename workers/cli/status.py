@@ -19,7 +19,7 @@ EXTRA_SECTIONS: dict[str, Section] = {}
 def collect() -> dict[str, Any]:
     report: dict[str, Any] = {"time": time.time(), "roles": {}}
     for role in Role:
-        report["roles"][role.value] = role_status(role).as_dict()
+        report["roles"][role.value] = role_status(role=role).as_dict()
     for name, section in EXTRA_SECTIONS.items():
         try:
             report[name] = section()

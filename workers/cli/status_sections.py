@@ -97,7 +97,7 @@ def render_diagnose(report: dict[str, Any]) -> list[str]:
 
 
 def diagnose_section(
-    connection: redis.Redis,
+    client: redis.Redis,
     *,
     pings: int = DEFAULT_PINGS,
     sample_keys: int = DEFAULT_SAMPLE_KEYS,
@@ -110,22 +110,22 @@ def diagnose_section(
         RedisUnavailable: the role is unreachable (`status` shows the error in place of
             the section).
     """
-    report = diagnose(connection, pings=pings, sample_keys=sample_keys, top=top, role=role)
+    report = diagnose(client, pings=pings, sample_keys=sample_keys, top=top, role=role)
     return {**report, "_text": render_diagnose(report)}
 
 
-def cache_section(connection: redis.Redis) -> dict[str, Any]:
+def cache_section(client: redis.Redis) -> dict[str, Any]:
     """Cache counters summed over every process (hits, misses, fetches, lock waits, fail-open)."""
     from cache.appcache.stats import cache_stats
 
-    counters = cache_stats(connection)
+    counters = cache_stats(client)
     lookups = counters.get("hits", 0) + counters.get("misses", 0)
     ratio = f"{counters.get('hits', 0) / lookups:.1%}" if lookups else "-"
     line = ", ".join(f"{name} {value}" for name, value in sorted(counters.items()))
     return {**counters, "_text": [f"hit ratio {ratio}", line or "no cache activity recorded"]}
 
 
-def ratelimit_section(connection: redis.Redis) -> dict[str, Any]:
+def ratelimit_section(client: redis.Redis) -> dict[str, Any]:
     """Rate-limit decisions per scope summed over every process (allowed, denied, fail-open/closed).
 
     Fail-open and fail-closed counts are checks Redis never saw: non-zero means the
@@ -137,7 +137,7 @@ def ratelimit_section(connection: redis.Redis) -> dict[str, Any]:
     """
     from cache.ratelimit.service import OUTCOMES, ratelimit_counters
 
-    scopes = ratelimit_counters(connection)
+    scopes = ratelimit_counters(client)
     totals = {outcome: sum(counts[outcome] for counts in scopes.values()) for outcome in OUTCOMES}
     if not scopes:
         return {"totals": totals, "scopes": scopes, "_text": ["no rate-limit checks recorded"]}
