@@ -24,7 +24,6 @@ from typing import Any, Final, cast
 
 import orjson
 from redis import Redis, RedisError
-from redis.commands.core import Script
 
 from cache import keys
 from cache.appcache.breaker import (
@@ -54,7 +53,6 @@ from cache.appcache.core import (
     decode_entry,
     encode_envelope,
     jittered_ttl,
-    lua,
     new_token,
     poll_delay,
     should_refresh_early,
@@ -68,6 +66,7 @@ from cache.appcache.stats import (
     flush_counters,
     local_cache_stats,
 )
+from cache.lua import LuaScript, script
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +153,10 @@ class CacheService:
         self._corrupt_throttle = LogThrottle(warn_interval_s)
         self._clock = clock
         self._version_key = keys.cache_namespace_version(namespace)
-        self._acquire: Script = self.redis.register_script(lua("cache_acquire"))
-        self._store: Script = self.redis.register_script(lua("cache_store"))
-        self._release_script: Script = self.redis.register_script(lua("cache_release"))
-        self._set: Script = self.redis.register_script(lua("cache_set"))
+        self._acquire: LuaScript = script(self.redis, "cache_acquire")
+        self._store: LuaScript = script(self.redis, "cache_store")
+        self._release_script: LuaScript = script(self.redis, "cache_release")
+        self._set: LuaScript = script(self.redis, "cache_set")
         self._backlog = InvalidationBacklog(MAX_PENDING_INVALIDATIONS)
 
     def __repr__(self) -> str:

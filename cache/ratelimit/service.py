@@ -26,14 +26,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from functools import cache
-from importlib import resources
 
 import redis
 from redis import Redis
-from redis.exceptions import NoScriptError
 
-from cache import connections, keys
+from cache import connections, keys, lua
 from cache.connections import Role
 from cache.identifiers import IdentifierKind, normalize
 from cache.ratelimit.core import (
@@ -236,11 +233,6 @@ class _OutageLog:
 # --- I/O shell ---------------------------------------------------------------------------
 
 
-@cache
-def _lua(name: str) -> str:
-    return (resources.files("cache") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-
-
 class RateLimiter:
     """Sliding-window rate limits on the PRIMARY Redis; see the README, "Rate limiting".
 
@@ -287,7 +279,7 @@ class RateLimiter:
         normalize("::1", IdentifierKind.IP, ipv6_prefix=ipv6_prefix)  # a bad prefix fails here, not per check
         self.ipv6_prefix = ipv6_prefix
         self.redis = redis if redis is not None else connections.primary()
-        self._script = self.redis.register_script(_lua("ratelimit_check"))
+        self._script = lua.script(self.redis, "ratelimit_check")
         self._specs: dict[tuple[object, ...], Spec] = {}
         self._monotonic = monotonic
         self._outages = _OutageLog(FAILURE_LOG_INTERVAL_S, monotonic)
@@ -369,13 +361,7 @@ class RateLimiter:
         return spec
 
     def _evalsha(self, key: str, args: list[str | int]) -> list[int]:
-        # EVALSHA straight away: redis-py's Script.__call__ costs ~5 us of Python per
-        # call; it is the fallback that loads the script after NOSCRIPT (a flush, a
-        # failover to a server that never saw it).
-        try:
-            reply: list[int] = self.redis.evalsha(self._script.sha, 1, key, *args)
-        except NoScriptError:
-            reply = self._script(keys=[key], args=args)
+        reply: list[int] = self._script((key,), args)
         return reply
 
     def _check(self, spec: Spec, identifier: object, cost: object, now_ms: object) -> Decision:

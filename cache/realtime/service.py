@@ -13,12 +13,11 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 import redis
 
-from cache import connections, keys
+from cache import connections, keys, lua
 from cache.connections import Role, translate_errors
 from cache.errors import ConfigError
 from cache.realtime.envelope import (
@@ -41,11 +40,6 @@ from cache.settings import get_settings
 log = logging.getLogger(__name__)
 
 DEFAULT_REPLAY_COUNT = 1000  # events per channel per replay call; page with the last id for more
-
-
-def lua_source(name: str) -> str:
-    """A script from `cache/lua/`, shipped as package data."""
-    return (resources.files("cache") / "lua" / name).read_text(encoding="utf-8")
 
 
 @contextmanager
@@ -154,7 +148,7 @@ class RealtimeService(RealtimeCore):
             clock=clock,
         )
         self.client = client if client is not None else connections.primary()
-        self._publish_script = self.client.register_script(lua_source("realtime_publish.lua"))
+        self._publish_script = lua.script(self.client, "realtime_publish")
 
     def publish_user_event(self, user_id: str | int, event: str, data: Mapping[str, Any]) -> str:
         """Send `event` to one user's channel `user:<id>:events`; returns the event id.

@@ -16,14 +16,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache, wraps
-from importlib import resources
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis import AuthenticationError, Redis, RedisError
-from redis.commands.core import Script
 from redis.exceptions import AuthorizationError
 
 from cache import connections, keys
+from cache.lua import LuaScript, script
 from cache.sessions.core import (
     BATCH_SIZE,
     DATA_PREFIX,
@@ -65,10 +64,6 @@ R = TypeVar("R")
 
 
 @cache
-def _lua(name: str) -> str:
-    return (resources.files("cache") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-
-
 def _one_deadline(
     method: Callable[Concatenate[SessionService, P], R],
 ) -> Callable[Concatenate[SessionService, P], R]:
@@ -136,9 +131,7 @@ class SessionService:
         self.slide_on_get = slide_on_get
         self._clock = clock
         names = ("create", "touch", "rotate", "destroy", "list", "destroy_many")
-        self._scripts: dict[str, Script] = {
-            n: self.redis.register_script(_lua(f"session_{n}")) for n in names
-        }
+        self._scripts: dict[str, LuaScript] = {n: script(self.redis, f"session_{n}") for n in names}
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
