@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -18,6 +17,7 @@ from typing import NamedTuple
 import redis
 from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
+from cache.counters import BufferedCounters
 from cache.errors import KryonixError
 from cache.identifiers import IdentifierKind
 
@@ -238,12 +238,11 @@ def _seconds(value: float) -> str:
 # --- decision counters ---------------------------------------------------------------------
 
 
-class DecisionCounters:
-    """One process's checks by scope and outcome: totals since start, and how much was flushed.
+class DecisionCounters(BufferedCounters[tuple[str, str], int]):
+    """One process's checks by `(scope, outcome)`: totals since start and counts not yet flushed.
 
-    Counting is one dict update under a lock, as cheap as before the counts were shared;
-    the unflushed part (`totals - flushed`) is only computed when a flush is due, at most
-    once per `flush_interval_s`. Times are the caller's monotonic clock (`now`).
+    The first interval starts at the first `flush_due`: times are the caller's monotonic
+    clock (`now`, a limiter's injected clock), not this module's.
     """
 
     def __init__(self, flush_interval_s: float = COUNTERS_FLUSH_INTERVAL_S) -> None:
@@ -251,49 +250,14 @@ class DecisionCounters:
             raise InvalidRateLimit(f"flush_interval_s must be a number of seconds, got {flush_interval_s!r}")
         if not 0 < flush_interval_s < math.inf:
             raise InvalidRateLimit(f"flush_interval_s must be positive and finite, got {flush_interval_s!r}")
-        self.flush_interval_s = float(flush_interval_s)
-        self._lock = threading.Lock()
-        self._totals: dict[tuple[str, str], int] = {}
-        self._flushed: dict[tuple[str, str], int] = {}
-        self._next_flush_at: float | None = None  # the first `flush_due` sets it: one interval from start
+        super().__init__(float(flush_interval_s), lazy_start=True)
 
     def add(self, scope: str, outcome: str) -> None:
-        with self._lock:
-            self._totals[scope, outcome] = self._totals.get((scope, outcome), 0) + 1
+        self.incr((scope, outcome))
 
     def by_scope(self) -> dict[str, dict[str, int]]:
         """Totals since start: `{scope: {outcome: count}}`, every outcome present."""
-        with self._lock:
-            items = list(self._totals.items())
-        return _by_scope(items)
-
-    def flush_due(self, now: float) -> bool:
-        next_at = self._next_flush_at
-        if next_at is None:
-            self._next_flush_at = now + self.flush_interval_s
-            return False
-        return now >= next_at
-
-    def take_pending(self, now: float) -> dict[tuple[str, str], int]:
-        """Hand over the unflushed counts (non-zero ones) and start a new interval at `now`.
-
-        Two threads never take the same counts: what is taken counts as flushed at once.
-        """
-        with self._lock:
-            pending = {
-                key: total - self._flushed.get(key, 0)
-                for key, total in self._totals.items()
-                if total != self._flushed.get(key, 0)
-            }
-            self._flushed.update(self._totals)
-            self._next_flush_at = now + self.flush_interval_s
-        return pending
-
-    def restore_pending(self, pending: Mapping[tuple[str, str], int]) -> None:
-        """Give back counts whose flush failed, so that the next flush carries them."""
-        with self._lock:
-            for key, count in pending.items():
-                self._flushed[key] -= count
+        return _by_scope(list(self.totals().items()))
 
 
 def counter_field(scope: str, outcome: str) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -128,8 +127,7 @@ def ratelimit_stats_by_scope() -> dict[str, dict[str, int]]:
 def reset_ratelimit_stats() -> None:
     """Zero the counters (tests; a forked child starts from zero on its own, or it would
     flush its parent's counts a second time)."""
-    global _stats
-    _stats = DecisionCounters()
+    _stats.reset()
 
 
 def flush_counters(client: Redis, now: float | None = None) -> None:
@@ -139,18 +137,14 @@ def flush_counters(client: Redis, now: float | None = None) -> None:
     Raises:
         redis.RedisError: Redis failed; the counts are kept for the next flush.
     """
-    stats = _stats
-    pending = stats.take_pending(time.monotonic() if now is None else now)
-    if not pending:
-        return
-    try:
+
+    def write(pending: dict[tuple[str, str], int]) -> None:
         pipe = client.pipeline(transaction=False)
         for (scope, outcome), count in pending.items():
             pipe.hincrby(keys.rate_limit_counters(), counter_field(scope, outcome), count)
         pipe.execute()
-    except BaseException:
-        stats.restore_pending(pending)
-        raise
+
+    _stats.flush(write, now)
 
 
 def read_ratelimit_counters(client: Redis) -> dict[str, dict[str, int]]:
@@ -192,7 +186,7 @@ def flush_ratelimit_stats(client: Redis | None = None) -> bool:
     return True
 
 
-os.register_at_fork(after_in_child=reset_ratelimit_stats)
+_stats.reset_in_forked_children()
 
 
 class _OutageLog:
