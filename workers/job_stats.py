@@ -65,7 +65,7 @@ class JobStats:
             pipe.execute()
 
 
-def read_job_stats(connection: redis.Redis, queue: str) -> dict[str, float]:
+def read_job_counters(connection: redis.Redis, queue: str) -> dict[str, float]:
     """Totals of `queue` as written by every worker (missing fields are 0)."""
     raw = connection.hgetall(job_counters(queue))
     values = {

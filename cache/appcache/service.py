@@ -61,10 +61,10 @@ from cache.appcache.decorator import CachedFunction, KeySpec, P, R, check_key_sp
 from cache.appcache.stats import (
     PROCESS_STATS,
     CacheStats,
+    cache_counters,
     cache_stats,
     flush_cache_stats,
     flush_counters,
-    local_cache_stats,
 )
 from cache.lua import LuaScript, script
 
@@ -82,11 +82,11 @@ __all__ = [
     "CacheSerializationError",
     "CacheService",
     "CachedFunction",
+    "cache_counters",
     "cache_stats",
     "cached",
     "default_service",
     "flush_cache_stats",
-    "local_cache_stats",
 ]
 
 
@@ -110,7 +110,7 @@ class CacheService:
             themselves, uncached (default `lock_ttl_s` + 1 s, so a hung fetch is taken
             over through the expired lease rather than bypassed).
         breaker: default: shared by all services on the default client, else a new one.
-        stats: counters; default the process-wide ones that `cache_stats()` reports.
+        stats: counters; default the process-wide ones that `cache_counters()` reports.
         warn_interval_s: at most one "cache unavailable" warning per interval.
         clock: epoch seconds for soft expiry (tests inject a fake clock).
 

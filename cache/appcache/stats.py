@@ -90,7 +90,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def cache_stats(redis_client: redis.Redis | None = None) -> dict[str, int]:
+def cache_counters(redis_client: redis.Redis | None = None) -> dict[str, int]:
     """Counters summed over every process using this cache Redis (this process's flushed first).
 
     What the status command and metrics read. Other processes' increments show up
@@ -105,7 +105,7 @@ def cache_stats(redis_client: redis.Redis | None = None) -> dict[str, int]:
         return read_counters(client)
 
 
-def local_cache_stats() -> dict[str, int]:
+def cache_stats() -> dict[str, int]:
     """This process's counters since start, without I/O (for per-process metrics)."""
     return PROCESS_STATS.snapshot()
 
