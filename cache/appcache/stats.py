@@ -14,6 +14,7 @@ from cache import connections, keys
 from cache.appcache.breaker import default_cache_client
 from cache.connections import Role
 from cache.counters import BufferedCounters
+from cache.text import as_text
 
 COUNTERS = (
     "hits",  # a fresh value was served from Redis
@@ -82,12 +83,8 @@ def read_counters(client: redis.Redis) -> dict[str, int]:
         redis.RedisError: Redis failed.
     """
     raw = client.hgetall(keys.cache_counters())
-    values = {_text(name): int(value) for name, value in raw.items()}
+    values = {as_text(name): int(value) for name, value in raw.items()}
     return {name: values.get(name, 0) for name in COUNTERS}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def cache_counters(redis_client: redis.Redis | None = None) -> dict[str, int]:

@@ -36,6 +36,7 @@ from cache.realtime.envelope import (
     validate_user_id,
 )
 from cache.settings import get_settings
+from cache.text import as_text
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +104,12 @@ class RealtimeCore:
 
     @staticmethod
     def _newest_id(rows: Any) -> str:
-        return _text(rows[0][0]) if rows else "0-0"
+        return as_text(rows[0][0]) if rows else "0-0"
 
     @staticmethod
     def _event_channels(raw_keys: list[Any]) -> list[str]:
-        channels = (keys.event_stream_channel(_text(raw)) for raw in raw_keys)
+        channels = (keys.event_stream_channel(as_text(raw)) for raw in raw_keys)
         return sorted(ch for ch in channels if ch is not None and is_event_channel(ch))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RealtimeService(RealtimeCore):
@@ -176,7 +173,7 @@ class RealtimeService(RealtimeCore):
         """
         script_keys, args = self._publish_call(channel, event, data)
         with connections.bounded_call(self.client), redis_errors(f"publishing {event!r} to {channel}"):
-            return _text(self._publish_script(keys=script_keys, args=args))
+            return as_text(self._publish_script(keys=script_keys, args=args))
 
     def events_since(
         self, channel_or_user: str | int, last_id: str = "0-0", *, count: int = DEFAULT_REPLAY_COUNT
