@@ -47,7 +47,6 @@ DEFAULT_ADDR = "127.0.0.1"  # loopback unless asked: put a scraper or an authent
 RATELIMIT_SCAN_COUNT = 1_000  # keys per SCAN call when counting rate-limit keys
 RATELIMIT_SCAN_CALLS = 100  # at most ~100k keys visited per scrape: a bounded, ~100 ms walk
 REGISTRIES = ("started", "scheduled", "deferred", "failed", "finished")
-SECTIONS = ("queues", "jobs", "workers", "cache", "ratelimit")
 
 # --- pure core ------------------------------------------------------------------------------
 
