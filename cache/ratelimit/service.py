@@ -63,6 +63,7 @@ from cache.ratelimit.core import (
     unavailable_decision,
     window_to_ms,
 )
+from cache.retry import bounded_call
 from cache.settings import get_settings
 
 __all__ = [
@@ -364,7 +365,7 @@ class RateLimiter:
         now_arg = "" if now_ms is None else str(check_now_ms(now_ms))
         key = keys.rate_limit_log(scope, window_ms, normalize(identifier, kind, ipv6_prefix=self.ipv6_prefix))
         try:
-            with connections.bounded_call(self.redis):  # EVALSHA and, after NOSCRIPT, the reload
+            with bounded_call(self.redis):  # EVALSHA and, after NOSCRIPT, the reload
                 reply = self._evalsha(key, [now_arg, window_ms, limit, units, resolution_ms])
         except redis.RedisError as exc:
             if not is_outage(exc):

@@ -35,6 +35,7 @@ from cache.realtime.envelope import (
     validate_pattern,
     validate_user_id,
 )
+from cache.retry import bounded_call
 from cache.settings import get_settings
 from cache.text import as_text
 
@@ -172,7 +173,7 @@ class RealtimeService(RealtimeCore):
             RealtimeError: Redis refused the write (e.g. out of memory under noeviction).
         """
         script_keys, args = self._publish_call(channel, event, data)
-        with connections.bounded_call(self.client), redis_errors(f"publishing {event!r} to {channel}"):
+        with bounded_call(self.client), redis_errors(f"publishing {event!r} to {channel}"):
             return as_text(self._publish_script(keys=script_keys, args=args))
 
     def events_since(

@@ -23,6 +23,7 @@ from redis.exceptions import AuthorizationError
 
 from cache import connections, keys
 from cache.lua import LuaScript, script
+from cache.retry import bounded_call
 from cache.sessions.core import (
     BATCH_SIZE,
     DATA_PREFIX,
@@ -71,7 +72,7 @@ def _one_deadline(
 
     @wraps(method)
     def bounded(service: SessionService, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        with connections.bounded_call(service.redis):
+        with bounded_call(service.redis):
             return method(service, *args, **kwargs)
 
     return bounded
