@@ -18,8 +18,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from cache.errors import ConfigError
-from cache.ratelimit.core import API, BY_IP, BY_USER, Preset
-from cache.ratelimit.presets import PRESET_VARIABLES, parse_preset
+from cache.limits import API, BY_IP, BY_USER, PRESET_VARIABLES, Preset, parse_preset
 
 T = TypeVar("T")
 

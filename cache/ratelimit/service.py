@@ -32,36 +32,38 @@ from redis import Redis
 from cache import connections, keys, lua
 from cache.connections import Role
 from cache.identifiers import IdentifierKind, normalize
-from cache.ratelimit.core import (
+from cache.limits import (
     API,
     BY_IP,
     BY_USER,
-    COUNTERS_FLUSH_INTERVAL_S,
-    FAIL_CLOSED_RETRY_AFTER_S,
     MAX_LIMIT,
-    MAX_NOW_MS,
     MAX_WINDOW_S,
-    OUTCOMES,
-    Decision,
-    DecisionCounters,
     FailurePolicy,
     InvalidRateLimit,
     Preset,
-    RateLimitError,
     Spec,
-    check_cost,
     check_failure_policy,
     check_identifier_kind,
     check_limit,
-    check_now_ms,
     check_scope,
+    resolution_to_ms,
+    window_to_ms,
+)
+from cache.ratelimit.core import (
+    COUNTERS_FLUSH_INTERVAL_S,
+    FAIL_CLOSED_RETRY_AFTER_S,
+    MAX_NOW_MS,
+    OUTCOMES,
+    Decision,
+    DecisionCounters,
+    RateLimitError,
+    check_cost,
+    check_now_ms,
     counter_field,
     decision_from_reply,
     is_outage,
     parse_counters,
-    resolution_to_ms,
     unavailable_decision,
-    window_to_ms,
 )
 from cache.retry import bounded_call
 from cache.settings import get_settings
