@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel as RedisSentinel
 
+from cache.env import redact_url
 from cache.errors import ConfigError, RedisUnavailable
 from cache.retry import (
     BoundedAsyncRedis,
@@ -36,7 +37,7 @@ from cache.retry import (
     bounded_connection_class,
     default_backoff,
 )
-from cache.settings import Settings, get_settings, redact_url
+from cache.settings import Settings, get_settings
 
 
 class Role(StrEnum):
