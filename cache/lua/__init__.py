@@ -9,7 +9,7 @@ never saw them; redis-py's `Script` answers that NOSCRIPT by loading the script 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -48,9 +48,8 @@ class LuaScript:
         sha: str = self._script.sha
         return sha
 
-    def __call__(self, keys: Sequence[KeyT] = (), args: Iterable[EncodableT] = ()) -> Any:
+    def __call__(self, keys: Sequence[KeyT] = (), args: Sequence[EncodableT] = ()) -> Any:
         """The script's reply for `keys` and `args`, as redis-py decodes it."""
-        args = tuple(args)
         try:
             return self._client.evalsha(self._script.sha, len(keys), *keys, *args)
         except NoScriptError:
