@@ -1,9 +1,10 @@
 """KRYONIX Redis services: the application cache, sessions, rate limits, real-time events.
 
-Foundation modules sit here (`settings`, `connections`, `keys`, `errors`, `health`,
-`identifiers`, `lua`) and import no service; each service is a subpackage (`appcache`,
-`sessions`, `ratelimit`, `realtime`) with a pure core and a thin Redis shell. The lowest
-layer: imports neither `jobs` nor `workers`. Nothing connects at import time.
+Foundation modules sit here (`settings`, `connections`, `retry`, `keys`, `errors`,
+`health`, `identifiers`, `lua`, `counters`, `text`) and import no service; each service
+is a subpackage (`appcache`, `sessions`, `ratelimit`, `realtime`) with a pure core and a
+thin Redis shell. The lowest layer: imports neither `jobs` nor `workers`. Nothing
+connects at import time.
 """
 
 from typing import TYPE_CHECKING

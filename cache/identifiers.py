@@ -76,7 +76,7 @@ def normalize_opaque(value: object) -> str:
     Raises:
         InvalidIdentifier: not a string or int, or empty.
     """
-    text = _text(value)
+    text = _identifier_text(value)
     if len(text) <= MAX_PLAIN_LENGTH and _PLAIN.fullmatch(text):
         return text
     return hash_identifier(text)
@@ -88,7 +88,7 @@ def normalize_secret(value: object) -> str:
     Raises:
         InvalidIdentifier: not a string or int, or empty.
     """
-    return hash_identifier(_text(value))
+    return hash_identifier(_identifier_text(value))
 
 
 def normalize_ip(value: object, *, ipv6_prefix: int = IPV6_PREFIX) -> str:
@@ -150,7 +150,7 @@ def normalize(value: object, kind: IdentifierKind, *, ipv6_prefix: int = IPV6_PR
     return normalize_opaque(value)
 
 
-def _text(value: object) -> str:
+def _identifier_text(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidIdentifier(f"an identifier must be a string or an int, got {type(value).__name__}")
     text = str(value)

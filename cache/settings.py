@@ -1,27 +1,20 @@
 """One typed settings object, built once from the environment.
 
-Every variable is parsed here and nowhere else; a bad value raises `ConfigError`
-naming the variable and what was expected, so a misconfigured process dies at
-start-up instead of at the first job.
+Every variable is read here and nowhere else (with the typed readers of `cache.env`);
+a bad value raises `ConfigError` naming the variable and what was expected, so a
+misconfigured process dies at start-up instead of at the first job.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import urlsplit
 
+from cache.env import Env, redact_url
 from cache.errors import ConfigError
-from cache.ratelimit.core import API, BY_IP, BY_USER, Preset
-from cache.ratelimit.presets import PRESET_VARIABLES, parse_preset
-
-T = TypeVar("T")
+from cache.limits import API, BY_IP, BY_USER, Preset
 
 # Defaults, one line of why each.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # the standard local Redis
@@ -44,18 +37,6 @@ DEFAULT_EVENTS_STREAM_TTL_S = 24 * 3600  # a channel nobody publishes to for a d
 DEFAULT_DASHBOARD_BIND = "127.0.0.1"  # never exposed beyond loopback unless asked
 DEFAULT_DASHBOARD_PORT = 9181  # rq-dashboard's own default
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-MAX_ADDRESS_LENGTH = 320  # RFC 5321: 64 octets of local part, @, 255 of domain
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-# An ASCII addr-spec; single-label and special-use domains (kryonix.local) are allowed:
-# this is operator configuration, and development runs on such domains.
-_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
-# `address`, or `Name <address>` with a name that needs no parser's goodwill: plain words,
-# or one quoted string. A comma, `;`, `@` or `<` outside quotes would make it a list or a route.
-_MAILBOX = re.compile(
-    r'(?:(?:[^<>"@,;:\\\s][^<>"@,;:\\]*|"[^"\\]*")?\s*<(?P<angle>[^<>\s]+)>|(?P<bare>[^<>\s]+))'
-)
 SECRET_FIELDS = frozenset({"redis_password", "smtp_password", "dashboard_password"})
 
 
@@ -131,8 +112,8 @@ class Settings:
         Raises:
             ConfigError: a variable has a value of the wrong shape; the message names it.
         """
-        env = _Env(os.environ if environ is None else environ)
-        redis_url = env.url("REDIS_URL", DEFAULT_REDIS_URL)
+        env = Env(os.environ if environ is None else environ)
+        redis_url = env.redis_url("REDIS_URL", DEFAULT_REDIS_URL, example=DEFAULT_REDIS_URL)
         smtp_tls = env.boolean("SMTP_TLS", False)
         smtp_starttls = env.boolean("SMTP_STARTTLS", False)
         if smtp_tls and smtp_starttls:
@@ -142,9 +123,9 @@ class Settings:
             raise ConfigError(f"LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
         return cls(
             redis_url=redis_url,
-            cache_redis_url=env.url("CACHE_REDIS_URL", redis_url),
+            cache_redis_url=env.redis_url("CACHE_REDIS_URL", redis_url, example=DEFAULT_REDIS_URL),
             redis_password=env.optional("REDIS_PASSWORD"),
-            sentinel=env.sentinel(),
+            sentinel=_sentinel(env),
             socket_timeout_s=env.number("REDIS_SOCKET_TIMEOUT", DEFAULT_SOCKET_TIMEOUT_S, float),
             connect_timeout_s=env.number("REDIS_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, float),
             health_check_interval_s=env.number(
@@ -152,7 +133,7 @@ class Settings:
             ),
             retry_attempts=env.number("REDIS_RETRY_ATTEMPTS", DEFAULT_RETRY_ATTEMPTS, int),
             call_timeout_s=env.number("REDIS_CALL_TIMEOUT", DEFAULT_CALL_TIMEOUT_S, float),
-            database_url=env.database_url(),
+            database_url=env.database_url("DATABASE_URL", DEFAULT_DATABASE_URL),
             smtp_host=env.get("SMTP_HOST", DEFAULT_SMTP_HOST),
             smtp_port=env.port("SMTP_PORT", DEFAULT_SMTP_PORT),
             smtp_username=env.optional("SMTP_USERNAME"),
@@ -160,8 +141,8 @@ class Settings:
             smtp_tls=smtp_tls,
             smtp_starttls=smtp_starttls,
             smtp_timeout_s=env.number("SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, float),
-            mail_from=env.mailbox("MAIL_FROM", DEFAULT_MAIL_FROM),
-            ops_emails=env.addresses("OPS_EMAIL"),
+            mail_from=env.mailbox("MAIL_FROM", DEFAULT_MAIL_FROM, example=DEFAULT_MAIL_FROM),
+            ops_emails=env.addresses("OPS_EMAIL", example=DEFAULT_MAIL_FROM),
             reports_dir=Path(env.get("REPORTS_DIR", DEFAULT_REPORTS_DIR)),
             reports_base_url=env.http_url("REPORTS_BASE_URL"),
             reports_notify_domains=env.domains("REPORTS_NOTIFY_DOMAINS"),
@@ -179,252 +160,31 @@ class Settings:
             dashboard_port=env.port("DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT),
             dashboard_username=env.optional("DASHBOARD_USERNAME"),
             dashboard_password=env.optional("DASHBOARD_PASSWORD"),
-            dashboard_allowed_hosts=_host_list(
-                "DASHBOARD_ALLOWED_HOSTS", env.get("DASHBOARD_ALLOWED_HOSTS", "")
-            ),
+            dashboard_allowed_hosts=env.hosts("DASHBOARD_ALLOWED_HOSTS"),
             worker_max_rss_mb=env.optional_int("WORKER_MAX_RSS_MB", example=512),
             allow_job_webhooks=env.boolean("ALLOW_JOB_WEBHOOKS", False),
         )
 
 
-class _Env:
-    """Typed reads of environment variables with errors that name the variable."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def get(self, name: str, default: str) -> str:
-        value = self._environ.get(name, "").strip()
-        return value or default
-
-    def optional(self, name: str) -> str | None:
-        value = self._environ.get(name, "")
-        return value or None
-
-    def number(self, name: str, default: T, kind: Callable[[str], T]) -> T:
-        raw = self._environ.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = kind(raw)
-        except ValueError:
-            expected = "an integer" if kind is int else "a number"
-            raise ConfigError(f"{name} must be {expected} (e.g. {default}), got {raw!r}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number (e.g. {default}), got {raw!r}")
-        if value <= 0:  # type: ignore[operator]
-            raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
-        return value
-
-    def optional_int(self, name: str, *, example: int) -> int | None:
-        """A positive integer, or None when unset."""
-        if not self._environ.get(name, "").strip():
-            return None
-        return self.number(name, example, int)
-
-    def bounded(self, name: str, default: int, low: int, high: int) -> int:
-        value = self.number(name, default, int)
-        if not low <= value <= high:
-            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
-        return value
-
-    def mailbox(self, name: str, default: str) -> str:
-        """One `address` or `Name <address>`, checked now so a bad sender stops start-up."""
-        value = self.get(name, default)
-        _check_mailbox(name, value)
-        return value
-
-    def addresses(self, name: str) -> tuple[str, ...]:
-        """A comma-separated list of mailboxes; an empty item is an error, not skipped."""
-        raw = self._environ.get(name, "").strip()
-        if not raw:
-            return ()
-        items = tuple(item.strip() for item in raw.split(","))
-        for index, item in enumerate(items):
-            _check_mailbox(f"{name} (item {index + 1})", item)
-        return items
-
-    def port(self, name: str, default: int) -> int:
-        value = self.number(name, default, int)
-        if not 0 < value < 65536:
-            raise ConfigError(f"{name} must be a TCP port between 1 and 65535, got {value}")
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self._environ.get(name, "").strip().lower()
-        if not raw:
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name} must be a boolean (true/false, 1/0, yes/no), got {raw!r}")
-
-    def url(self, name: str, default: str) -> str:
-        value = self.get(name, default)
-        try:
-            parts = urlsplit(value)
-        except ValueError as exc:  # e.g. an unclosed IPv6 bracket: redis://[::1/0
-            raise ConfigError(f"{name} is not a valid URL ({exc}): {_redact(value)!r}") from None
-        if parts.scheme not in REDIS_SCHEMES:
+def _sentinel(env: Env) -> Sentinel | None:
+    """`REDIS_SENTINELS` (`host:port,...`) and its master and password; None when unset."""
+    raw = env.raw("REDIS_SENTINELS")
+    if not raw:
+        return None
+    addresses = []
+    for item in raw.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(
-                f"{name} must be a redis://, rediss:// or unix:// URL "
-                f"(e.g. {DEFAULT_REDIS_URL}), got {_redact(value)!r}"
+                f"REDIS_SENTINELS must be a comma-separated list of host:port, got item {item!r}"
             )
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigError(f"{name} has an invalid port: {_redact(value)!r}") from None
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ConfigError(f"{name} has no host: {_redact(value)!r}")
-        if parts.scheme == "unix" and not parts.path:
-            raise ConfigError(f"{name} has no socket path: {_redact(value)!r}")
-        del port
-        db = parts.path.strip("/") if parts.scheme != "unix" else ""
-        if db and not db.isdigit():
-            raise ConfigError(f"{name} database must be a number (e.g. /0), got {_redact(value)!r}")
-        _check_redis_options(name, value)
-        return value
+        addresses.append((host.strip("[]"), int(port)))
+    return Sentinel(
+        addresses=tuple(addresses),
+        master_name=env.get("REDIS_SENTINEL_MASTER", DEFAULT_SENTINEL_MASTER),
+        password=env.optional("REDIS_SENTINEL_PASSWORD"),
+    )
 
-    def preset(self, name: str) -> Preset:
-        base = PRESET_VARIABLES[name]
-        raw = self._environ.get(name, "").strip()
-        return parse_preset(name, raw, base) if raw else base
-
-    def http_url(self, name: str) -> str | None:
-        """An optional http(s) URL without query or fragment, returned without a trailing slash."""
-        value = self._environ.get(name, "").strip()
-        if not value:
-            return None
-        try:
-            parts = urlsplit(value)
-        except ValueError as exc:
-            raise ConfigError(f"{name} is not a valid URL ({exc}): {_redact(value)!r}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ConfigError(
-                f"{name} must be an http:// or https:// URL with a host and no query "
-                f"(e.g. https://app.example.com/reports), got {_redact(value)!r}"
-            )
-        return value.rstrip("/")
-
-    def database_url(self) -> str:
-        value = self.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-        try:
-            scheme = urlsplit(value).scheme
-        except ValueError as exc:
-            raise ConfigError(f"DATABASE_URL is not a valid URL ({exc}): {_redact(value)!r}") from None
-        if not scheme or not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
-            raise ConfigError(
-                f"DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL, got {_redact(value)!r}"
-            )
-        return value
-
-    def domains(self, name: str) -> tuple[str, ...]:
-        """A comma-separated list of DNS domains, lowercased (`example.com,corp.example`)."""
-        found = []
-        for item in self._environ.get(name, "").split(","):
-            domain = item.strip().lower().rstrip(".")
-            if not domain:
-                continue
-            if not _DOMAIN.fullmatch(domain):
-                raise ConfigError(
-                    f"{name} must be a comma-separated list of domains (e.g. example.com), got item {item!r}"
-                )
-            found.append(domain)
-        return tuple(dict.fromkeys(found))
-
-    def sentinel(self) -> Sentinel | None:
-        raw = self._environ.get("REDIS_SENTINELS", "").strip()
-        if not raw:
-            return None
-        addresses = []
-        for item in raw.split(","):
-            host, sep, port = item.strip().rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(
-                    f"REDIS_SENTINELS must be a comma-separated list of host:port, got item {item!r}"
-                )
-            addresses.append((host.strip("[]"), int(port)))
-        return Sentinel(
-            addresses=tuple(addresses),
-            master_name=self.get("REDIS_SENTINEL_MASTER", DEFAULT_SENTINEL_MASTER),
-            password=self.optional("REDIS_SENTINEL_PASSWORD"),
-        )
-
-
-_DOMAIN = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
-
-
-_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
-
-
-def _host_list(name: str, raw: str) -> tuple[str, ...]:
-    """Comma-separated host names or IP addresses (no port, no wildcard), lower-cased; IPv6 bracketed."""
-    hosts = []
-    for item in (part.strip().lower() for part in raw.split(",")):
-        if not item:
-            continue
-        try:
-            address = ipaddress.ip_address(item.strip("[]"))
-        except ValueError:
-            if not _HOST_NAME.fullmatch(item.rstrip(".")):
-                raise ConfigError(
-                    f"{name} must be comma-separated host names or IP addresses without port "
-                    f"(e.g. jobs.example.com,10.0.0.5), got item {item!r}"
-                ) from None
-            hosts.append(item.rstrip("."))
-            continue
-        hosts.append(f"[{address}]" if address.version == 6 else str(address))
-    return tuple(hosts)
-
-
-def _check_redis_options(name: str, value: str) -> None:
-    """Query options (`?socket_timeout=...`) as redis-py will read them: a bad one stops start-up."""
-    from redis.connection import parse_url
-
-    try:
-        parse_url(value)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        raise ConfigError(f"{name} cannot be used ({exc}): {_redact(value)!r}") from None
-
-
-def _check_mailbox(name: str, value: str) -> None:
-    match = _MAILBOX.fullmatch(value)
-    address = match and (match["angle"] or match["bare"])
-    if len(value) > 2 * MAX_ADDRESS_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ConfigError(
-            f"{name} must be one line of at most {2 * MAX_ADDRESS_LENGTH} characters, got {value!r}"
-        )
-    if not address or len(address) > MAX_ADDRESS_LENGTH or not _ADDRESS.fullmatch(address):
-        raise ConfigError(
-            f"{name} must be one 'address' or 'Name <address>' with an ASCII address "
-            f"(e.g. {DEFAULT_MAIL_FROM}), got {value!r}"
-        )
-
-
-_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pass|token|secret)=)[^&#]*")
-
-
-def _redact(url: str) -> str:
-    """`url` with its userinfo and any password query parameter replaced by `***`.
-
-    Parsed by hand, not by urlsplit, so a URL too malformed to parse (an unclosed IPv6
-    bracket) is redacted too. `redis://secret@host` carries a bare password, so a
-    userinfo without `:` is hidden whole; with `:` the user name stays readable.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return _QUERY_SECRET.sub(r"\1***", url)
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    netloc, tail = rest[:end], rest[end:]
-    userinfo, at, host = netloc.rpartition("@")
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
-    return f"{scheme}://{netloc}" + _QUERY_SECRET.sub(r"\1***", tail)
-
-
-redact_url = _redact
 
 _settings: Settings | None = None
 

@@ -2,12 +2,14 @@
 
 They are ordinary allow-listed jobs: `noop` measures worker overhead, `record` leaves
 a mark per run so "ran exactly once" can be checked, `flaky` fails a given number
-of times before succeeding, `fail_permanently` never succeeds.
+of times before succeeding, `fail_permanently` never succeeds, `send_email_stalled_once`
+holds an email job where a test kills its worker.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any, Literal
 
 from cache.connections import primary
 from jobs.errors import PermanentJobError, TransientJobError
@@ -61,3 +63,33 @@ def fail_permanently(reason: str) -> None:
 def crash(message: str) -> None:
     """Raise an unclassified error (treated as transient: retried per policy)."""
     raise RuntimeError(message)
+
+
+def send_email_stalled_once(
+    email: dict[str, Any], stall_at: Literal["after_accept", "after_marker"], seconds: float, once_key: str
+) -> dict[str, Any]:
+    """`jobs.email.jobs.send_email`, its first run held for `seconds` at `stall_at`.
+
+    `after_accept`: the server said 250, the idempotency marker is not written yet;
+    `after_marker`: the marker is written, the job not finished. A test kills the
+    worker there. The run that creates `once_key` stalls; every later run (the one
+    that recovers the job) goes straight through.
+    """
+    from jobs.email import jobs as email_jobs
+
+    if not primary().set(once_key, stall_at, nx=True, ex=3600):
+        return email_jobs.send_email(email)
+    mark = email_jobs._mark
+
+    def stalled_mark(key: str, record: dict[str, Any]) -> None:
+        if stall_at == "after_accept":
+            time.sleep(seconds)
+        mark(key, record)
+        if stall_at == "after_marker":
+            time.sleep(seconds)
+
+    email_jobs._mark = stalled_mark  # email jobs run inside the worker: put it back below
+    try:
+        return email_jobs.send_email(email)
+    finally:
+        email_jobs._mark = mark

@@ -21,6 +21,7 @@ import redis
 from rq.exceptions import NoSuchJobError
 
 from cache import keys
+from cache.text import printable
 
 log = logging.getLogger("kryonix.quarantine")
 
@@ -39,18 +40,6 @@ class UnreadableJob(NoSuchJobError):
         self.reason = reason
 
 
-def id_text(raw_id: bytes | str) -> str:
-    """The id as reports show it: its text, escaped where it is not UTF-8 or not printable.
-
-    Escaped so that an id carrying terminal control sequences cannot act on the
-    operator's terminal in `failed list` or `status`.
-    """
-    text = raw_id if isinstance(raw_id, str) else raw_id.decode("utf-8", errors="backslashreplace")
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
 def parse_id(raw_id: bytes | str) -> str:
     """The job id of a queue or registry entry (`<job id>` or RQ's `<job id>:<execution id>`).
 
@@ -61,7 +50,7 @@ def parse_id(raw_id: bytes | str) -> str:
         try:
             raw_id = raw_id.decode("utf-8")
         except UnicodeDecodeError:
-            raise UnreadableJob(f"job id {id_text(raw_id)!r} is not UTF-8 text") from None
+            raise UnreadableJob(f"job id {printable(raw_id)!r} is not UTF-8 text") from None
     job_id = raw_id.split(":", 1)[0]
     if not JOB_ID.fullmatch(job_id):
         raise UnreadableJob(f"job id {raw_id!r} is malformed: only letters, digits, '_' and '-' are allowed")
@@ -102,7 +91,7 @@ def quarantine(
 
     Recording twice overwrites: one entry per queue and id.
     """
-    entry = Quarantined(queue, id_text(raw_id), reason, source or "", time.time())
+    entry = Quarantined(queue, printable(raw_id), reason, source or "", time.time())
     pipe = pipeline if pipeline is not None else client.pipeline()
     pipe.hset(keys.QUARANTINE, f"{queue}/{entry.id}", json.dumps(entry.as_dict()))
     if source:
@@ -119,7 +108,7 @@ def list_quarantined(client: redis.Redis, *, queue: str | None = None) -> list[Q
         try:
             entry = Quarantined(**json.loads(raw))
         except (ValueError, TypeError) as exc:  # written by hand too: show it, do not fail
-            entry = Quarantined("?", id_text(raw)[:80], f"unreadable quarantine entry: {exc}", "", 0.0)
+            entry = Quarantined("?", printable(raw)[:80], f"unreadable quarantine entry: {exc}", "", 0.0)
         if queue is None or entry.queue == queue:
             entries.append(entry)
     return sorted(entries, key=lambda entry: entry.at, reverse=True)
@@ -136,4 +125,4 @@ def purge_quarantined(client: redis.Redis, *, queue: str | None = None) -> int:
 
 
 def _field_queue(field: bytes | str) -> str:
-    return id_text(field).partition("/")[0]
+    return printable(field).partition("/")[0]

@@ -15,7 +15,8 @@ from rq.job import Job
 from rq.utils import as_text, backend_class, get_version
 
 from cache.connections import primary
-from jobs.quarantine import UnreadableJob, id_text, missing_hash_reason, parse_id, quarantine, raw_ids
+from cache.text import printable
+from jobs.quarantine import UnreadableJob, missing_hash_reason, parse_id, quarantine, raw_ids
 from jobs.retry import RetryPolicy
 from jobs.serialization import JSONSerializer
 
@@ -269,7 +270,7 @@ class KryonixQueue(Queue):
             if reason is not None:
                 source = self.intermediate_queue_key
                 quarantine(self.connection, queue=self.name, raw_id=raw_id, reason=reason, source=source)
-                set_aside.append(id_text(raw_id))
+                set_aside.append(printable(raw_id))
         set_aside += self._set_aside_due(self.started_job_registry.key, now)
         set_aside += self.set_aside_unreadable_scheduled(now)
         return set_aside
@@ -290,7 +291,7 @@ class KryonixQueue(Queue):
                     )
                     pipe.zrem(registry_key, raw_entry)
                     pipe.execute()
-                set_aside.append(id_text(raw_entry))
+                set_aside.append(printable(raw_entry))
         return set_aside
 
     def _unreadable(self, raw_id: bytes | str, *, missing_is_poison: bool) -> str | None:

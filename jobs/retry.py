@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 
 class UniformRandom(Protocol):
@@ -37,18 +37,3 @@ class RetryPolicy:
         """Seconds to wait before retry `retry_number`; at least 1 so it goes through the scheduler."""
         draw = rng if rng is not None else random
         return max(1, math.ceil(draw.uniform(0, self.ceiling(retry_number))))
-
-    def as_meta(self) -> dict[str, Any]:
-        return {"attempts": self.attempts, "base_s": self.base_s, "factor": self.factor, "cap_s": self.cap_s}
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> RetryPolicy:
-        return cls(
-            attempts=int(meta["attempts"]),
-            base_s=float(meta["base_s"]),
-            factor=float(meta["factor"]),
-            cap_s=float(meta["cap_s"]),
-        )
-
-
-NO_RETRY = RetryPolicy(attempts=0)

@@ -23,7 +23,8 @@ import redis
 from rq.registry import StartedJobRegistry, clean_registries
 from rq.worker_registration import clean_worker_registry
 
-from jobs.quarantine import id_text, raw_ids
+from cache.text import printable
+from jobs.quarantine import raw_ids
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob
@@ -82,7 +83,7 @@ def _recover_intermediate(queue: KryonixQueue, now: float) -> list[str]:
     )
     requeued = []
     for raw_id in raw_ids(connection.lrange(intermediate.key, 0, -1)):
-        job_id = id_text(raw_id)
+        job_id = printable(raw_id)
         if job_id in started:
             continue
         seen_key = f"{intermediate.key}:kx-seen:{job_id}"

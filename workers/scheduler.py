@@ -29,9 +29,10 @@ from rq_scheduler import Scheduler
 from cache.connections import primary, set_process_role
 from cache.errors import RedisUnavailable
 from cache.health import check_eviction_policy
+from cache.text import printable
 from jobs.enqueue import enqueue
 from jobs.periodic import Periodic, declared
-from jobs.quarantine import id_text, quarantine, raw_ids
+from jobs.quarantine import quarantine, raw_ids
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob
@@ -59,7 +60,7 @@ class PeriodicScheduler(Scheduler):  # type: ignore[misc]
         id included, on which rq-scheduler raises) must not stop the ones behind it.
         """
         for raw_id in raw_ids(self.connection.zrange(self.scheduled_jobs_key, 0, -1)):
-            job_id = id_text(raw_id)
+            job_id = printable(raw_id)
             if job_id in self.definitions:
                 continue
             self.connection.zrem(self.scheduled_jobs_key, raw_id)

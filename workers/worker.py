@@ -54,7 +54,6 @@ _OUTCOMES = {
     "scheduled": "retried",
     "queued": "retried",
 }
-MAX_RSS_ENV = "WORKER_MAX_RSS_MB"
 # Worker hash field naming the class; RQ 3 stores none, so `status` tells our workers
 # from a plain `rq worker` (pickle, any function) by this marker.
 CLASS_FIELD = "kx_worker_class"
@@ -311,7 +310,7 @@ class KryonixWorker(Worker):
             return
         rss = _rss_bytes()
         if rss is not None and rss > self.max_rss_bytes:
-            log.warning("worker %s uses %d MiB > %s MiB: recycling", self.name, rss >> 20, MAX_RSS_ENV)
+            log.warning("worker %s uses %d MiB > WORKER_MAX_RSS_MB MiB: recycling", self.name, rss >> 20)
             self._stop_requested = True
 
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from cache.appcache.service import (
         MISSING,
         CacheService,
-        cache_stats,
+        cache_counters,
         cached,
         default_service,
         flush_cache_stats,
@@ -30,7 +30,7 @@ __all__ = [
     "CircuitBreaker",
     "Project",
     "User",
-    "cache_stats",
+    "cache_counters",
     "cached",
     "default_service",
     "flush_cache_stats",
@@ -41,7 +41,7 @@ __getattr__ = lazy_exports(
     {
         "CacheService": "cache.appcache.service",
         "MISSING": "cache.appcache.service",
-        "cache_stats": "cache.appcache.service",
+        "cache_counters": "cache.appcache.service",
         "cached": "cache.appcache.service",
         "default_service": "cache.appcache.service",
         "flush_cache_stats": "cache.appcache.service",

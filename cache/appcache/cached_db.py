@@ -170,10 +170,6 @@ class CachedDatabase:
         self.cache.delete(company_projects_key(company_id))
         return Project(id=project_id, company_id=company_id, name=name, status=status, created_at=created_at)
 
-    def invalidate_user(self, user_id: int) -> None:
-        _check_id("user_id", user_id)
-        self.cache.delete(user_key(user_id))
-
     def invalidate_company(self, company_id: int) -> None:
         """Drop everything cached for one company (its users and its projects) in one step."""
         _check_id("company_id", company_id)

@@ -7,12 +7,10 @@ without Redis. A stored entry is `generation + JSON envelope`, the envelope bein
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import secrets
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Final
 
 import orjson
@@ -124,11 +122,6 @@ def as_bytes(value: bytes | str | None) -> bytes | None:
 
 def new_token() -> str:
     return secrets.token_hex(GENERATION_BYTES)
-
-
-@functools.cache
-def lua(name: str) -> str:
-    return (resources.files("cache") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 def check_ttl(name: str, value: object, *, allow_zero: bool = False) -> float:

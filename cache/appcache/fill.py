@@ -18,7 +18,6 @@ from typing import Any, cast
 
 import orjson
 from redis import RedisError
-from redis.commands.core import Script
 
 from cache import keys
 from cache.appcache.core import (
@@ -32,6 +31,7 @@ from cache.appcache.core import (
     poll_delay,
 )
 from cache.appcache.stats import CacheStats
+from cache.lua import LuaScript
 
 log = logging.getLogger("cache.appcache.service")  # one logger for the whole service
 
@@ -47,9 +47,9 @@ class LeasedFill:
     lock_wait_s: float
     _clock: Callable[[], float]
     _version_key: str
-    _acquire: Script
-    _store: Script
-    _release_script: Script
+    _acquire: LuaScript
+    _store: LuaScript
+    _release_script: LuaScript
 
     def _succeeded(self) -> None:
         raise NotImplementedError

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from redis import Redis, RedisError
-from redis.commands.core import Script
 
 from cache import connections, keys
 from cache.appcache.breaker import (
@@ -50,7 +49,6 @@ from cache.appcache.core import (
     check_namespace,
     check_ttl,
     decode_entry,
-    lua,
     new_token,
     should_refresh_early,
 )
@@ -59,12 +57,13 @@ from cache.appcache.fill import LeasedFill
 from cache.appcache.stats import (
     PROCESS_STATS,
     CacheStats,
+    cache_counters,
     cache_stats,
     flush_cache_stats,
     flush_counters,
-    local_cache_stats,
 )
 from cache.connections import Role
+from cache.lua import LuaScript, script
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +79,11 @@ __all__ = [
     "CacheSerializationError",
     "CacheService",
     "CachedFunction",
+    "cache_counters",
     "cache_stats",
     "cached",
     "default_service",
     "flush_cache_stats",
-    "local_cache_stats",
 ]
 
 
@@ -108,7 +107,7 @@ class CacheService(LeasedFill):
             themselves, uncached (default `lock_ttl_s` + 1 s, so a hung fetch is taken
             over through the expired lease rather than bypassed).
         breaker: default: shared by all services on the default client, else a new one.
-        stats: counters; default the process-wide ones that `cache_stats()` reports.
+        stats: counters; default the process-wide ones that `cache_counters()` reports.
         warn_interval_s: at most one "cache unavailable" warning per interval.
         clock: epoch seconds for soft expiry (tests inject a fake clock).
 
@@ -151,10 +150,10 @@ class CacheService(LeasedFill):
         self._corrupt_throttle = LogThrottle(warn_interval_s)
         self._clock = clock
         self._version_key = keys.cache_namespace_version(namespace)
-        self._acquire: Script = self.client.register_script(lua("cache_acquire"))
-        self._store: Script = self.client.register_script(lua("cache_store"))
-        self._release_script: Script = self.client.register_script(lua("cache_release"))
-        self._set: Script = self.client.register_script(lua("cache_set"))
+        self._acquire: LuaScript = script(self.client, "cache_acquire")
+        self._store: LuaScript = script(self.client, "cache_store")
+        self._release_script: LuaScript = script(self.client, "cache_release")
+        self._set: LuaScript = script(self.client, "cache_set")
         self._backlog = InvalidationBacklog(MAX_PENDING_INVALIDATIONS)
 
     def __repr__(self) -> str:

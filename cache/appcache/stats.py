@@ -8,15 +8,13 @@ status command, in another process, reads the hash.
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-
 import redis
 
 from cache import connections, keys
 from cache.appcache.breaker import default_cache_client
 from cache.connections import Role
+from cache.counters import BufferedCounters
+from cache.text import as_text
 
 COUNTERS = (
     "hits",  # a fresh value was served from Redis
@@ -31,60 +29,35 @@ COUNTERS = (
     "invalidation_errors",  # a delete/clear could not reach Redis (queued for replay)
     "corrupt",  # an entry that could not be decoded (overwritten by the next fetch)
 )
+_NAMES = frozenset(COUNTERS)
 DEFAULT_FLUSH_INTERVAL_S = 5.0  # cross-process counters lag by at most this, at one HINCRBY batch per 5 s
 
 
-class CacheStats:
-    """Thread-safe counters of one process: totals since start and increments not yet flushed."""
+class CacheStats(BufferedCounters[str, int]):
+    """Thread-safe counters of one process, one per name in `COUNTERS`: totals since start
+    and increments not yet flushed."""
 
     def __init__(self, flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S) -> None:
         if not flush_interval_s > 0:
             raise ValueError(f"flush_interval_s must be positive, got {flush_interval_s}")
-        self.flush_interval_s = flush_interval_s
-        self._lock = threading.Lock()
-        self._totals = dict.fromkeys(COUNTERS, 0)
-        self._pending = dict.fromkeys(COUNTERS, 0)
-        self._next_flush_at = time.monotonic() + flush_interval_s
+        super().__init__(flush_interval_s)
 
-    def incr(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            self._totals[name] += amount
-            self._pending[name] += amount
+    def incr(self, key: str, amount: int = 1) -> None:
+        """Raises KeyError for a name not in `COUNTERS` (a typo would otherwise count silently)."""
+        if key not in _NAMES:
+            raise KeyError(key)
+        super().incr(key, amount)
 
     def snapshot(self) -> dict[str, int]:
-        """This process's totals since start (or the last `reset`); no I/O."""
-        with self._lock:
-            return dict(self._totals)
-
-    def flush_due(self) -> bool:
-        return time.monotonic() >= self._next_flush_at
-
-    def take_pending(self) -> dict[str, int]:
-        """Hand over the unflushed increments (non-zero ones) and start a new interval."""
-        with self._lock:
-            pending = {name: n for name, n in self._pending.items() if n}
-            self._pending = dict.fromkeys(COUNTERS, 0)
-            self._next_flush_at = time.monotonic() + self.flush_interval_s
-            return pending
-
-    def restore_pending(self, pending: dict[str, int]) -> None:
-        """Give back increments whose flush failed, so the next flush carries them."""
-        with self._lock:
-            for name, n in pending.items():
-                self._pending[name] += n
-
-    def reset(self) -> None:
-        with self._lock:
-            self._totals = dict.fromkeys(COUNTERS, 0)
-            self._pending = dict.fromkeys(COUNTERS, 0)
-            self._next_flush_at = time.monotonic() + self.flush_interval_s
+        """This process's totals since start (or the last `reset`), every name present; no I/O."""
+        totals = self.totals()
+        return {name: totals.get(name, 0) for name in COUNTERS}
 
 
 PROCESS_STATS = CacheStats()
 """The counters every `CacheService` of this process shares unless given its own."""
 
-# A forked child starts from zero: otherwise it would flush its parent's increments again.
-os.register_at_fork(after_in_child=PROCESS_STATS.reset)
+PROCESS_STATS.reset_in_forked_children()
 
 
 def flush_counters(client: redis.Redis, stats: CacheStats = PROCESS_STATS) -> None:
@@ -93,17 +66,14 @@ def flush_counters(client: redis.Redis, stats: CacheStats = PROCESS_STATS) -> No
     Raises:
         redis.RedisError: Redis failed; the increments are kept for the next flush.
     """
-    pending = stats.take_pending()
-    if not pending:
-        return
-    try:
+
+    def write(pending: dict[str, int]) -> None:
         pipe = client.pipeline(transaction=False)
         for name, amount in pending.items():
             pipe.hincrby(keys.cache_counters(), name, amount)
         pipe.execute()
-    except BaseException:
-        stats.restore_pending(pending)
-        raise
+
+    stats.flush(write)
 
 
 def read_counters(client: redis.Redis) -> dict[str, int]:
@@ -113,15 +83,11 @@ def read_counters(client: redis.Redis) -> dict[str, int]:
         redis.RedisError: Redis failed.
     """
     raw = client.hgetall(keys.cache_counters())
-    values = {_text(name): int(value) for name, value in raw.items()}
+    values = {as_text(name): int(value) for name, value in raw.items()}
     return {name: values.get(name, 0) for name in COUNTERS}
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def cache_stats(client: redis.Redis | None = None) -> dict[str, int]:
+def cache_counters(client: redis.Redis | None = None) -> dict[str, int]:
     """Counters summed over every process using this cache Redis (this process's flushed first).
 
     What the status command and metrics read. Other processes' increments show up
@@ -136,7 +102,7 @@ def cache_stats(client: redis.Redis | None = None) -> dict[str, int]:
         return read_counters(client)
 
 
-def local_cache_stats() -> dict[str, int]:
+def cache_stats() -> dict[str, int]:
     """This process's counters since start, without I/O (for per-process metrics)."""
     return PROCESS_STATS.snapshot()
 

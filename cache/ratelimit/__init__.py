@@ -7,16 +7,8 @@ from typing import TYPE_CHECKING
 from cache.exports import lazy_exports
 
 if TYPE_CHECKING:
-    from cache.ratelimit.core import (
-        API,
-        BY_IP,
-        BY_USER,
-        Decision,
-        FailurePolicy,
-        InvalidRateLimit,
-        Preset,
-        RateLimitError,
-    )
+    from cache.limits import API, BY_IP, BY_USER, FailurePolicy, InvalidRateLimit, Preset, RateLimitError
+    from cache.ratelimit.core import Decision
     from cache.ratelimit.headers import rate_limit_headers
     from cache.ratelimit.service import (
         RateLimiter,
@@ -48,14 +40,14 @@ __getattr__ = lazy_exports(
         "flush_ratelimit_stats": "cache.ratelimit.service",
         "ratelimit_counters": "cache.ratelimit.service",
         "ratelimit_stats": "cache.ratelimit.service",
-        "API": "cache.ratelimit.core",
-        "BY_IP": "cache.ratelimit.core",
-        "BY_USER": "cache.ratelimit.core",
+        "API": "cache.limits",
+        "BY_IP": "cache.limits",
+        "BY_USER": "cache.limits",
         "Decision": "cache.ratelimit.core",
-        "FailurePolicy": "cache.ratelimit.core",
-        "InvalidRateLimit": "cache.ratelimit.core",
-        "Preset": "cache.ratelimit.core",
-        "RateLimitError": "cache.ratelimit.core",
+        "FailurePolicy": "cache.limits",
+        "InvalidRateLimit": "cache.limits",
+        "Preset": "cache.limits",
+        "RateLimitError": "cache.limits",
         "rate_limit_headers": "cache.ratelimit.headers",
     },
 )

@@ -1,4 +1,7 @@
-"""The rate limiter's pure core: policies, validation, decisions; no Redis calls.
+"""The rate limiter's pure core: decisions, outage rules, counters; no Redis calls.
+
+The policies themselves (`Preset`, `FailurePolicy`, their checks) are values in
+`cache.limits`, which the settings hold.
 
 Everything here is arithmetic on values the caller or the Lua script supplies, so it
 is unit-tested table-driven without a server. `cache.ratelimit.service` is the I/O shell and
@@ -8,27 +11,20 @@ re-exports the public names.
 from __future__ import annotations
 
 import math
-import re
-import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import NamedTuple
 
 import redis
 from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
-from cache.errors import KryonixError
-from cache.identifiers import IdentifierKind
+from cache.counters import BufferedCounters
+from cache.limits import SCOPE, FailurePolicy, InvalidRateLimit
 
-MAX_LIMIT = 100_000  # an exact log keeps a member per admission: ~13 MB for a full key this size
-MAX_WINDOW_S = 366 * 86_400  # a longer window is a bug, and keeps times far from float limits
 MAX_NOW_MS = 2**53  # times travel to Lua as doubles, exact up to here
 FAIL_CLOSED_RETRY_AFTER_S = 5.0  # clients back off long enough not to hammer a recovering Redis
 COUNTERS_FLUSH_INTERVAL_S = 5.0  # shared decision counts lag by at most this; one HINCRBY batch per 5 s
 OUTCOMES = ("allowed", "denied", "fail_open", "fail_closed")  # Redis's answers, then the failure policy's
 
-_SCOPE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 # Replies that mean "Redis cannot serve us now" rather than "our call is wrong".
 _OUTAGE_TYPES = (
     redis.ConnectionError,  # also refused passwords and a server still loading its data
@@ -39,19 +35,6 @@ _OUTAGE_TYPES = (
     ClusterDownError,
 )
 _OUTAGE_PREFIXES = ("NOAUTH", "WRONGPASS", "NOPERM", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS", "OOM")
-
-
-class FailurePolicy(StrEnum):
-    OPEN = "open"  # Redis down: admit, log, count
-    CLOSED = "closed"  # Redis down: deny with a reason and a Retry-After
-
-
-class RateLimitError(KryonixError):
-    """Base of the limiter's errors; raised itself when Redis rejects a check but is not down."""
-
-
-class InvalidRateLimit(RateLimitError, ValueError):
-    """A limit, window, cost, scope or time the limiter will not use; the message names it."""
 
 
 class Decision(NamedTuple):
@@ -78,61 +61,6 @@ class Decision(NamedTuple):
     degraded: bool = False
 
 
-def check_scope(scope: object) -> str:
-    """Raises InvalidRateLimit unless `scope` is 1-32 of `a-z0-9_-`, starting with a letter."""
-    if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
-        raise InvalidRateLimit(
-            f"scope must be 1-32 characters of a-z, 0-9, '_' or '-', starting with a letter, got {scope!r}"
-        )
-    return scope
-
-
-def check_limit(limit: object) -> int:
-    """Raises InvalidRateLimit unless `limit` is an int in 1..MAX_LIMIT."""
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise InvalidRateLimit(f"limit must be an int, got {limit!r}")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRateLimit(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-    return limit
-
-
-def window_to_ms(window_s: object) -> int:
-    """A window in seconds, checked, as whole milliseconds (at least 1).
-
-    Raises:
-        InvalidRateLimit: not a finite number in (0, MAX_WINDOW_S].
-    """
-    if isinstance(window_s, bool) or not isinstance(window_s, int | float):
-        raise InvalidRateLimit(f"window_seconds must be a number of seconds, got {window_s!r}")
-    if not math.isfinite(window_s) or not 0 < window_s <= MAX_WINDOW_S:
-        raise InvalidRateLimit(f"window_seconds must be > 0 and <= {MAX_WINDOW_S}, got {window_s!r}")
-    return max(1, round(window_s * 1000))
-
-
-def resolution_to_ms(resolution_s: object, window_ms: int) -> int:
-    """A log resolution in seconds (None: exact), checked, as whole milliseconds.
-
-    Raises:
-        InvalidRateLimit: not None or a finite number in (0, window].
-    """
-    if resolution_s is None:
-        return 1
-    if isinstance(resolution_s, bool) or not isinstance(resolution_s, int | float):
-        raise InvalidRateLimit(
-            f"resolution_seconds must be a number of seconds or None, got {resolution_s!r}"
-        )
-    message = (
-        f"resolution_seconds must be > 0 and <= the window ({window_ms / 1000:g} s), got {resolution_s!r}"
-    )
-    if not math.isfinite(resolution_s) or resolution_s <= 0:
-        raise InvalidRateLimit(message)
-    # Compare whole milliseconds: 16.19 * 1000 is 16190.000000000002 in floating point.
-    resolution_ms = max(1, round(resolution_s * 1000))
-    if resolution_ms > window_ms:
-        raise InvalidRateLimit(message)
-    return resolution_ms
-
-
 def check_cost(cost: object, limit: int) -> int:
     """Raises InvalidRateLimit unless `cost` is an int in 1..limit (a larger one could never pass)."""
     if isinstance(cost, bool) or not isinstance(cost, int):
@@ -149,22 +77,6 @@ def check_now_ms(now_ms: object) -> int:
     if not 0 <= now_ms <= MAX_NOW_MS:
         raise InvalidRateLimit(f"now_ms must be between 0 and {MAX_NOW_MS}, got {now_ms}")
     return now_ms
-
-
-def check_failure_policy(policy: object) -> FailurePolicy:
-    """Raises InvalidRateLimit unless `policy` is a FailurePolicy or its value ('open', 'closed')."""
-    try:
-        return FailurePolicy(policy)  # type: ignore[arg-type]  # any value: the enum rejects the bad ones
-    except ValueError:
-        raise InvalidRateLimit(f"failure_policy must be 'open' or 'closed', got {policy!r}") from None
-
-
-def check_identifier_kind(kind: object) -> IdentifierKind:
-    """Raises InvalidRateLimit unless `kind` is an IdentifierKind or its value ('ip', 'opaque', 'secret')."""
-    try:
-        return IdentifierKind(kind)  # type: ignore[arg-type]  # any value: the enum rejects the bad ones
-    except ValueError:
-        raise InvalidRateLimit(f"identifier_kind must be 'ip', 'opaque' or 'secret', got {kind!r}") from None
 
 
 def decision_from_reply(reply: Sequence[int], *, scope: str, limit: int, window_ms: int) -> Decision:
@@ -238,12 +150,11 @@ def _seconds(value: float) -> str:
 # --- decision counters ---------------------------------------------------------------------
 
 
-class DecisionCounters:
-    """One process's checks by scope and outcome: totals since start, and how much was flushed.
+class DecisionCounters(BufferedCounters[tuple[str, str], int]):
+    """One process's checks by `(scope, outcome)`: totals since start and counts not yet flushed.
 
-    Counting is one dict update under a lock, as cheap as before the counts were shared;
-    the unflushed part (`totals - flushed`) is only computed when a flush is due, at most
-    once per `flush_interval_s`. Times are the caller's monotonic clock (`now`).
+    The first interval starts at the first `flush_due`: times are the caller's monotonic
+    clock (`now`, a limiter's injected clock), not this module's.
     """
 
     def __init__(self, flush_interval_s: float = COUNTERS_FLUSH_INTERVAL_S) -> None:
@@ -251,49 +162,14 @@ class DecisionCounters:
             raise InvalidRateLimit(f"flush_interval_s must be a number of seconds, got {flush_interval_s!r}")
         if not 0 < flush_interval_s < math.inf:
             raise InvalidRateLimit(f"flush_interval_s must be positive and finite, got {flush_interval_s!r}")
-        self.flush_interval_s = float(flush_interval_s)
-        self._lock = threading.Lock()
-        self._totals: dict[tuple[str, str], int] = {}
-        self._flushed: dict[tuple[str, str], int] = {}
-        self._next_flush_at: float | None = None  # the first `flush_due` sets it: one interval from start
+        super().__init__(float(flush_interval_s), lazy_start=True)
 
     def add(self, scope: str, outcome: str) -> None:
-        with self._lock:
-            self._totals[scope, outcome] = self._totals.get((scope, outcome), 0) + 1
+        self.incr((scope, outcome))
 
     def by_scope(self) -> dict[str, dict[str, int]]:
         """Totals since start: `{scope: {outcome: count}}`, every outcome present."""
-        with self._lock:
-            items = list(self._totals.items())
-        return _by_scope(items)
-
-    def flush_due(self, now: float) -> bool:
-        next_at = self._next_flush_at
-        if next_at is None:
-            self._next_flush_at = now + self.flush_interval_s
-            return False
-        return now >= next_at
-
-    def take_pending(self, now: float) -> dict[tuple[str, str], int]:
-        """Hand over the unflushed counts (non-zero ones) and start a new interval at `now`.
-
-        Two threads never take the same counts: what is taken counts as flushed at once.
-        """
-        with self._lock:
-            pending = {
-                key: total - self._flushed.get(key, 0)
-                for key, total in self._totals.items()
-                if total != self._flushed.get(key, 0)
-            }
-            self._flushed.update(self._totals)
-            self._next_flush_at = now + self.flush_interval_s
-        return pending
-
-    def restore_pending(self, pending: Mapping[tuple[str, str], int]) -> None:
-        """Give back counts whose flush failed, so that the next flush carries them."""
-        with self._lock:
-            for key, count in pending.items():
-                self._flushed[key] -= count
+        return _by_scope(list(self.totals().items()))
 
 
 def counter_field(scope: str, outcome: str) -> str:
@@ -313,7 +189,7 @@ def parse_counters(raw: Mapping[bytes | str, bytes | str | int]) -> dict[str, di
     for name, value in raw.items():
         field_name = name.decode() if isinstance(name, bytes) else name
         scope, _, outcome = field_name.rpartition(":")
-        if outcome not in OUTCOMES or not _SCOPE.fullmatch(scope):
+        if outcome not in OUTCOMES or not SCOPE.fullmatch(scope):
             continue
         try:
             items.append(((scope, outcome), int(value)))
@@ -327,74 +203,3 @@ def _by_scope(items: Sequence[tuple[tuple[str, str], int]]) -> dict[str, dict[st
     for (scope, outcome), count in sorted(items):
         result.setdefault(scope, dict.fromkeys(OUTCOMES, 0))[outcome] = count
     return result
-
-
-# --- presets -----------------------------------------------------------------------------
-
-
-class Spec(NamedTuple):
-    """A checked policy in the units the script takes (what `Preset` and `check` hand the shell)."""
-
-    scope: str
-    failure_policy: FailurePolicy
-    identifier_kind: IdentifierKind
-    limit: int
-    window_ms: int
-    resolution_ms: int
-
-
-@dataclass(frozen=True, kw_only=True)
-class Preset:
-    """A named policy: who is limited (scope, identifier kind), how much, how precisely,
-    and what happens when Redis is down. Checked when built, so a bad configuration
-    fails at start-up.
-
-    `resolution_s=None` keeps the log exact; a number lets admissions less than that
-    apart share one log member (see the README, "Rate limiting", key layout and memory).
-    """
-
-    scope: str
-    limit: int
-    window_s: float
-    resolution_s: float | None = None
-    failure_policy: FailurePolicy = FailurePolicy.OPEN
-    identifier_kind: IdentifierKind = IdentifierKind.OPAQUE
-    spec: Spec = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        window_ms = window_to_ms(self.window_s)
-        spec = Spec(
-            scope=check_scope(self.scope),
-            # Accept the plain strings a config file holds ("closed", "ip").
-            failure_policy=check_failure_policy(self.failure_policy),
-            identifier_kind=check_identifier_kind(self.identifier_kind),
-            limit=check_limit(self.limit),
-            window_ms=window_ms,
-            resolution_ms=resolution_to_ms(self.resolution_s, window_ms),
-        )
-        object.__setattr__(self, "failure_policy", spec.failure_policy)
-        object.__setattr__(self, "identifier_kind", spec.identifier_kind)
-        object.__setattr__(self, "spec", spec)
-
-    @property
-    def window_ms(self) -> int:
-        return self.spec.window_ms
-
-
-# Anonymous traffic: a Redis outage must not become a site outage, so open.
-BY_IP = Preset(
-    scope="ip", limit=100, window_s=60, failure_policy=FailurePolicy.OPEN, identifier_kind=IdentifierKind.IP
-)
-# Signed-in users: sessions already fail closed without Redis; the limit adds nothing then.
-# Resolution 1% of the window: at most ~100 log members (~3 KB) instead of 1,000 (~100 KB).
-BY_USER = Preset(scope="user", limit=1_000, window_s=60, resolution_s=0.6, failure_policy=FailurePolicy.OPEN)
-# API keys: a quota clients pay for, and machine clients honour Retry-After; closed.
-# Resolution 1% of the window: at most ~100 log members (~3 KB) instead of 10,000 (~1.1 MB).
-API = Preset(
-    scope="api",
-    limit=10_000,
-    window_s=3_600,
-    resolution_s=36,
-    failure_policy=FailurePolicy.CLOSED,
-    identifier_kind=IdentifierKind.SECRET,
-)

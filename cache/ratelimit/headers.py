@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 
-from cache.ratelimit.core import Decision, check_scope
+from cache.limits import check_scope
+from cache.ratelimit.core import Decision
 
 
 def _ceil_s(value: float) -> int:

@@ -7,7 +7,7 @@ import math
 import threading
 from collections.abc import Callable
 
-from cache.ratelimit.core import FailurePolicy
+from cache.limits import FailurePolicy
 
 logger = logging.getLogger("cache.ratelimit.service")
 

@@ -21,51 +21,50 @@ re-exported here.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
-from functools import cache
-from importlib import resources
 
 import redis
 from redis import Redis
-from redis.exceptions import NoScriptError
 
-from cache import connections, keys
+from cache import connections, keys, lua
 from cache.connections import Role
 from cache.identifiers import IdentifierKind, normalize
-from cache.ratelimit.core import (
+from cache.limits import (
     API,
     BY_IP,
     BY_USER,
-    COUNTERS_FLUSH_INTERVAL_S,
-    FAIL_CLOSED_RETRY_AFTER_S,
     MAX_LIMIT,
-    MAX_NOW_MS,
     MAX_WINDOW_S,
-    OUTCOMES,
-    Decision,
-    DecisionCounters,
     FailurePolicy,
     InvalidRateLimit,
     Preset,
     RateLimitError,
     Spec,
-    check_cost,
     check_failure_policy,
     check_identifier_kind,
     check_limit,
-    check_now_ms,
     check_scope,
+    resolution_to_ms,
+    window_to_ms,
+)
+from cache.ratelimit.core import (
+    COUNTERS_FLUSH_INTERVAL_S,
+    FAIL_CLOSED_RETRY_AFTER_S,
+    MAX_NOW_MS,
+    OUTCOMES,
+    Decision,
+    DecisionCounters,
+    check_cost,
+    check_now_ms,
     counter_field,
     decision_from_reply,
     is_outage,
     parse_counters,
-    resolution_to_ms,
     unavailable_decision,
-    window_to_ms,
 )
 from cache.ratelimit.outages import OutageLog
+from cache.retry import bounded_call
 from cache.settings import get_settings
 
 __all__ = [
@@ -130,8 +129,7 @@ def ratelimit_stats_by_scope() -> dict[str, dict[str, int]]:
 def reset_ratelimit_stats() -> None:
     """Zero the counters (tests; a forked child starts from zero on its own, or it would
     flush its parent's counts a second time)."""
-    global _stats
-    _stats = DecisionCounters()
+    _stats.reset()
 
 
 def flush_counters(client: Redis, now: float | None = None) -> None:
@@ -141,18 +139,14 @@ def flush_counters(client: Redis, now: float | None = None) -> None:
     Raises:
         redis.RedisError: Redis failed; the counts are kept for the next flush.
     """
-    stats = _stats
-    pending = stats.take_pending(time.monotonic() if now is None else now)
-    if not pending:
-        return
-    try:
+
+    def write(pending: dict[tuple[str, str], int]) -> None:
         pipe = client.pipeline(transaction=False)
         for (scope, outcome), count in pending.items():
             pipe.hincrby(keys.rate_limit_counters(), counter_field(scope, outcome), count)
         pipe.execute()
-    except BaseException:
-        stats.restore_pending(pending)
-        raise
+
+    _stats.flush(write, now)
 
 
 def read_ratelimit_counters(client: Redis) -> dict[str, dict[str, int]]:
@@ -194,15 +188,10 @@ def flush_ratelimit_stats(client: Redis | None = None) -> bool:
     return True
 
 
-os.register_at_fork(after_in_child=reset_ratelimit_stats)
+_stats.reset_in_forked_children()
 
 
 # --- I/O shell ---------------------------------------------------------------------------
-
-
-@cache
-def _lua(name: str) -> str:
-    return (resources.files("cache") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 class RateLimiter:
@@ -251,7 +240,7 @@ class RateLimiter:
         normalize("::1", IdentifierKind.IP, ipv6_prefix=ipv6_prefix)  # a bad prefix fails here, not per check
         self.ipv6_prefix = ipv6_prefix
         self.client = client if client is not None else connections.primary()
-        self._script = self.client.register_script(_lua("ratelimit_check"))
+        self._script = lua.script(self.client, "ratelimit_check")
         self._specs: dict[tuple[object, ...], Spec] = {}
         self._monotonic = monotonic
         self._outages = OutageLog(FAILURE_LOG_INTERVAL_S, monotonic)
@@ -331,13 +320,7 @@ class RateLimiter:
         return spec
 
     def _evalsha(self, key: str, args: list[str | int]) -> list[int]:
-        # EVALSHA straight away: redis-py's Script.__call__ costs ~5 us of Python per
-        # call; it is the fallback that loads the script after NOSCRIPT (a flush, a
-        # failover to a server that never saw it).
-        try:
-            reply: list[int] = self.client.evalsha(self._script.sha, 1, key, *args)
-        except NoScriptError:
-            reply = self._script(keys=[key], args=args)
+        reply: list[int] = self._script((key,), args)
         return reply
 
     def _check(self, spec: Spec, identifier: object, cost: object, now_ms: object) -> Decision:
@@ -346,7 +329,7 @@ class RateLimiter:
         now_arg = "" if now_ms is None else str(check_now_ms(now_ms))
         key = keys.rate_limit_log(scope, window_ms, normalize(identifier, kind, ipv6_prefix=self.ipv6_prefix))
         try:
-            with connections.bounded_call(self.client):  # EVALSHA and, after NOSCRIPT, the reload
+            with bounded_call(self.client):  # EVALSHA and, after NOSCRIPT, the reload
                 reply = self._evalsha(key, [now_arg, window_ms, limit, units, resolution_ms])
         except redis.RedisError as exc:
             if not is_outage(exc):

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import redis
 import redis.asyncio
 
-from cache import connections, keys
+from cache import connections, keys, lua
 from cache.connections import Role, translate_errors
 from cache.realtime.envelope import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -41,7 +41,6 @@ from cache.realtime.envelope import (
 from cache.realtime.service import (
     DEFAULT_REPLAY_COUNT,
     RealtimeCore,
-    lua_source,
 )
 from cache.realtime.subscriber import DEFAULT_POLL_INTERVAL_S, SubscriptionBook, default_backoff
 
@@ -71,7 +70,7 @@ class AsyncRealtimeService(RealtimeCore):
             clock=clock,
         )
         self.client = client if client is not None else connections.build_async_client(Role.PRIMARY)
-        self._publish_script = self.client.register_script(lua_source("realtime_publish.lua"))
+        self._publish_script = lua.async_script(self.client, "realtime_publish")
 
     async def publish_user_event(self, user_id: str | int, event: str, data: Mapping[str, Any]) -> str:
         return await self.publish(keys.user_channel(validate_user_id(user_id)), event, data)

@@ -13,12 +13,11 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 import redis
 
-from cache import connections, keys
+from cache import connections, keys, lua
 from cache.connections import Role, translate_errors
 from cache.realtime.envelope import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -36,16 +35,13 @@ from cache.realtime.envelope import (
     validate_pattern,
     validate_user_id,
 )
+from cache.retry import bounded_call
 from cache.settings import get_settings
+from cache.text import as_text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REPLAY_COUNT = 1000  # events per channel per replay call; page with the last id for more
-
-
-def lua_source(name: str) -> str:
-    """A script from `cache/lua/`, shipped as package data."""
-    return (resources.files("cache") / "lua" / name).read_text(encoding="utf-8")
 
 
 def check_limits(stream_maxlen: int, stream_ttl_s: int, max_event_bytes: int) -> None:
@@ -96,16 +92,12 @@ class RealtimeCore:
 
     @staticmethod
     def _newest_id(rows: Any) -> str:
-        return _text(rows[0][0]) if rows else "0-0"
+        return as_text(rows[0][0]) if rows else "0-0"
 
     @staticmethod
     def _event_channels(raw_keys: list[Any]) -> list[str]:
-        channels = (keys.event_stream_channel(_text(raw)) for raw in raw_keys)
+        channels = (keys.event_stream_channel(as_text(raw)) for raw in raw_keys)
         return sorted(ch for ch in channels if ch is not None and is_event_channel(ch))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RealtimeService(RealtimeCore):
@@ -141,7 +133,7 @@ class RealtimeService(RealtimeCore):
             clock=clock,
         )
         self.client = client if client is not None else connections.primary()
-        self._publish_script = self.client.register_script(lua_source("realtime_publish.lua"))
+        self._publish_script = lua.script(self.client, "realtime_publish")
 
     def publish_user_event(self, user_id: str | int, event: str, data: Mapping[str, Any]) -> str:
         """Send `event` to one user's channel `user:<id>:events`; returns the event id.
@@ -169,12 +161,12 @@ class RealtimeService(RealtimeCore):
         """
         script_keys, args = self._publish_call(channel, event, data)
         with (
-            connections.bounded_call(self.client),
+            bounded_call(self.client),
             translate_errors(
                 Role.PRIMARY, action=f"publish {event!r} to {channel}", refused_class=RealtimeError
             ),
         ):
-            return _text(self._publish_script(keys=script_keys, args=args))
+            return as_text(self._publish_script(keys=script_keys, args=args))
 
     def events_since(
         self, channel_or_user: str | int, last_id: str = "0-0", *, count: int = DEFAULT_REPLAY_COUNT

@@ -40,16 +40,13 @@ from cache.realtime.envelope import (
     validate_user_id,
 )
 from cache.realtime.service import DEFAULT_REPLAY_COUNT, RealtimeService
+from cache.text import as_text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_INTERVAL_S = 0.1  # how long a read blocks before the loop looks at commands and stop
 REPLAY_BATCH = 500  # channels per pipelined replay read
 Delivery = tuple[Subscription, Event]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def default_backoff(attempt: int) -> float:
@@ -111,7 +108,7 @@ class SubscriptionBook:
     def confirmed(self, message_type: str, name: Any) -> tuple[Kind, list[Subscription]]:
         """A (p)subscribe confirmation -> the subscriptions to replay now."""
         kind: Kind = "channel" if message_type == "subscribe" else "pattern"
-        key = (kind, _text(name))
+        key = (kind, as_text(name))
         if key in self._confirmed:
             # redis-py reconnected underneath us and resubscribed everything: each
             # confirmation now replays what was published in between.
@@ -140,8 +137,8 @@ class SubscriptionBook:
         publisher must not stop the subscriber.
         """
         kind: Kind = "pattern" if message["type"] == "pmessage" else "channel"
-        channel = _text(message["channel"])
-        name = _text(message["pattern"]) if kind == "pattern" else channel
+        channel = as_text(message["channel"])
+        name = as_text(message["pattern"]) if kind == "pattern" else channel
         subs = self._by_name.get((kind, name))
         if not subs:
             return []
@@ -378,7 +375,7 @@ class Subscriber:
         elif message["type"] in ("subscribe", "psubscribe"):
             kind, subs = self._book.confirmed(message["type"], message["channel"])
             if subs:
-                self._replay(subs, kind, _text(message["channel"]))
+                self._replay(subs, kind, as_text(message["channel"]))
 
     def _replay(self, subs: list[Subscription], kind: Kind, name: str) -> None:
         matching = self._service.channels_matching(name) if kind == "pattern" else []

@@ -15,13 +15,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache, partial, wraps
-from importlib import resources
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis import Redis
-from redis.commands.core import Script
 
 from cache import connections, keys
+from cache.lua import LuaScript, script
+from cache.retry import bounded_call
 from cache.sessions.core import (
     BATCH_SIZE,
     DATA_PREFIX,
@@ -63,10 +63,6 @@ R = TypeVar("R")
 
 
 @cache
-def _lua(name: str) -> str:
-    return (resources.files("cache") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-
-
 def _one_deadline(
     method: Callable[Concatenate[SessionService, P], R],
 ) -> Callable[Concatenate[SessionService, P], R]:
@@ -74,7 +70,7 @@ def _one_deadline(
 
     @wraps(method)
     def bounded(service: SessionService, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        with connections.bounded_call(service.client):
+        with bounded_call(service.client):
             return method(service, *args, **kwargs)
 
     return bounded
@@ -127,9 +123,7 @@ class SessionService:
         self.slide_on_get = slide_on_get
         self._clock = clock
         names = ("create", "touch", "rotate", "destroy", "list", "destroy_many")
-        self._scripts: dict[str, Script] = {
-            n: self.client.register_script(_lua(f"session_{n}")) for n in names
-        }
+        self._scripts: dict[str, LuaScript] = {n: script(self.client, f"session_{n}") for n in names}
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

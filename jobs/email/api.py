@@ -27,7 +27,7 @@ from jobs.email.bulk import (
     plan_recipients,
     store_info,
 )
-from jobs.email.payloads import MAX_BULK_CONNECTIONS, validate_bulk_chunk, validate_email_payload
+from jobs.email.payloads import MAX_BULK_CONNECTIONS, BulkChunk, validate_bulk_chunk, validate_email_payload
 from jobs.email.templates import PROVIDED, TemplateLibrary, default_library
 from jobs.email.validation import (
     PAYLOAD_VERSION,
@@ -185,24 +185,12 @@ def enqueue_bulk_email(
             stay queued: call again with the same idempotency_key to enqueue the rest.
     """
     library = default_library()
-    if isinstance(recipients, str | bytes) or not isinstance(recipients, Iterable):
-        raise EmailValidationError("recipients must be a list of addresses or mappings, not a single string")
-    if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
-        raise EmailValidationError(
-            f"chunk_size must be an integer from 1 to {MAX_CHUNK_SIZE}, got {chunk_size!r}"
-        )
-    if not isinstance(connections, int) or not 1 <= connections <= MAX_BULK_CONNECTIONS:
-        raise EmailValidationError(
-            f"connections must be an integer from 1 to {MAX_BULK_CONNECTIONS}, got {connections!r}"
-        )
+    _check_bulk_shape(recipients, chunk_size, connections)
     locale = check_locale(locale)
     library.resolve_locale(template, locale)
     shared = check_context(context or {}, reserved=PROVIDED)
     items, duplicates = plan_recipients(template, recipients, shared=shared, locale=locale, library=library)
-    if idempotency_key is not None:
-        bulk_id = hashlib.sha256(check_idempotency_key(idempotency_key).encode()).hexdigest()[:32]
-    else:
-        bulk_id = uuid.uuid4().hex
+    bulk_id = _bulk_id(idempotency_key)
     payloads = [
         {
             "v": PAYLOAD_VERSION,
@@ -216,25 +204,66 @@ def enqueue_bulk_email(
         }
         for chunk in chunked(items, chunk_size)
     ]
-    sender, now = parse_sender(get_settings().mail_from), dt.datetime.now(dt.UTC)
-    checked = [
-        validate_bulk_chunk(payload, sender=sender, now=now, library=library, first_index=number * chunk_size)
-        for number, payload in enumerate(payloads)
-    ]  # every chunk is checked, as its job will check it, before the first is enqueued
-    job_ids = []
-    for number, chunk in enumerate(checked):
-        job_ids.append(
-            enqueue(
-                "email",
-                SEND_BULK_CHUNK,
-                chunk.to_payload(),
-                idempotency_key=f"bulk:{bulk_id}:{number}",
-                at=at,
-                in_=in_,
-                retry=retry,
-                meta={"email": {"template": template, "bulk_id": bulk_id, "chunk": number}},
-                client=client,
-            )
-        )
+    checked = _checked_chunks(payloads, chunk_size, library)
+    job_ids = _enqueue_chunks(checked, template, bulk_id, at=at, in_=in_, retry=retry, client=client)
     store_info(client, bulk_id=bulk_id, info=new_bulk_info(template, locale, len(items), job_ids))
     return BulkEmail(bulk_id=bulk_id, job_ids=tuple(job_ids), recipients=len(items), duplicates=duplicates)
+
+
+def _check_bulk_shape(recipients: object, chunk_size: object, connections: object) -> None:
+    """Raises EmailValidationError for a single string as `recipients`, or chunking out of range."""
+    if isinstance(recipients, str | bytes) or not isinstance(recipients, Iterable):
+        raise EmailValidationError("recipients must be a list of addresses or mappings, not a single string")
+    if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise EmailValidationError(
+            f"chunk_size must be an integer from 1 to {MAX_CHUNK_SIZE}, got {chunk_size!r}"
+        )
+    if not isinstance(connections, int) or not 1 <= connections <= MAX_BULK_CONNECTIONS:
+        raise EmailValidationError(
+            f"connections must be an integer from 1 to {MAX_BULK_CONNECTIONS}, got {connections!r}"
+        )
+
+
+def _bulk_id(idempotency_key: str | None) -> str:
+    """Derived from the idempotency key, so a repeated call finds the same bulk; else random."""
+    if idempotency_key is not None:
+        return hashlib.sha256(check_idempotency_key(idempotency_key).encode()).hexdigest()[:32]
+    return uuid.uuid4().hex
+
+
+def _checked_chunks(
+    payloads: list[dict[str, Any]], chunk_size: int, library: TemplateLibrary
+) -> list[BulkChunk]:
+    """Every chunk checked, as its job will check it, before the first is enqueued."""
+    sender, now = parse_sender(get_settings().mail_from), dt.datetime.now(dt.UTC)
+    return [
+        validate_bulk_chunk(payload, sender=sender, now=now, library=library, first_index=number * chunk_size)
+        for number, payload in enumerate(payloads)
+    ]
+
+
+def _enqueue_chunks(
+    chunks: list[BulkChunk],
+    template: str,
+    bulk_id: str,
+    *,
+    at: dt.datetime | None,
+    in_: dt.timedelta | float | None,
+    retry: RetryPolicy | None,
+    client: redis.Redis | None,
+) -> list[str]:
+    """One job per chunk, in order; chunk `n`'s idempotency key makes a repeated call skip it."""
+    return [
+        enqueue(
+            "email",
+            SEND_BULK_CHUNK,
+            chunk.to_payload(),
+            idempotency_key=f"bulk:{bulk_id}:{number}",
+            at=at,
+            in_=in_,
+            retry=retry,
+            meta={"email": {"template": template, "bulk_id": bulk_id, "chunk": number}},
+            client=client,
+        )
+        for number, chunk in enumerate(chunks)
+    ]

@@ -23,7 +23,7 @@ from cache import keys
 from cache.connections import Role, primary, translate_errors
 from jobs.email import idempotency
 from jobs.email.render import RenderedEmail
-from jobs.email.smtp import SmtpConfigError, SmtpPool, Verdict
+from jobs.email.smtp import Delivery, SmtpConfigError, SmtpPool, Verdict
 from jobs.email.templates import PROVIDED, TemplateLibrary
 from jobs.email.validation import (
     MAX_BULK_RECIPIENTS,
@@ -181,75 +181,92 @@ async def deliver_all(
     A configuration error (credentials, TLS) stops every lane; a lane that cannot reach
     the server stops after a few failures. What was not attempted is reported deferred.
     """
-    todo = deque(items)
-    report = ChunkReport()
-    pending: dict[str, str] = {}
-    wake = asyncio.Event()
-    lanes_left = max(1, min(connections, len(items)))
+    run = _BulkRun(pool, items, render, record, connections)
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(run.recorder())
+            for _ in range(run.lanes_left):
+                group.create_task(run.lane())
+    except BaseExceptionGroup as errors:  # e.g. Redis down while recording: surface the error itself
+        raise errors.exceptions[0] from None
+    reason = run.report.aborted or "not attempted: the SMTP server could not be reached"
+    for item in run.todo:
+        run.report.deferred[item.address] = reason
+    return run.report
 
-    def note(address: str, outcome: str) -> None:
-        pending[address] = outcome
-        wake.set()
 
-    async def recorder() -> None:
-        while lanes_left or pending:
-            await wake.wait()
-            wake.clear()
-            if pending:
-                batch = dict(pending)
-                pending.clear()
-                record(batch)
+class _BulkRun:
+    """What the lanes and the recorder of one `deliver_all` share: one event loop, so no lock."""
 
-    async def lane() -> None:
-        nonlocal lanes_left
-        connection = pool.acquire()
-        unreachable = 0
+    def __init__(
+        self,
+        pool: SmtpPool,
+        items: Sequence[Item],
+        render: Callable[[Item], RenderedEmail],
+        record: Callable[[Mapping[str, str]], None],
+        connections: int,
+    ) -> None:
+        self.pool, self.render, self.record = pool, render, record
+        self.todo = deque(items)
+        self.report = ChunkReport()
+        self.pending: dict[str, str] = {}  # outcomes not recorded yet
+        self.wake = asyncio.Event()
+        self.lanes_left = max(1, min(connections, len(items)))
+
+    def note(self, address: str, outcome: str) -> None:
+        self.pending[address] = outcome
+        self.wake.set()
+
+    async def recorder(self) -> None:
+        while self.lanes_left or self.pending:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.pending:
+                batch = dict(self.pending)
+                self.pending.clear()
+                self.record(batch)
+
+    async def lane(self) -> None:
+        connection = self.pool.acquire()
+        unreachable = 0  # deferrals in a row without a connection: the server is gone
         try:
-            while todo and report.aborted is None and unreachable < UNREACHABLE_AFTER:
-                item = todo.popleft()
+            while self.todo and self.report.aborted is None and unreachable < UNREACHABLE_AFTER:
+                item = self.todo.popleft()
                 try:
-                    message = render(item)
+                    message = self.render(item)
                 except EmailValidationError as exc:
-                    report.refused[item.address] = f"invalid message: {exc}"
-                    note(item.address, f"{idempotency.REFUSED}:invalid message: {exc}")
+                    self.report.refused[item.address] = f"invalid message: {exc}"
+                    self.note(item.address, f"{idempotency.REFUSED}:invalid message: {exc}")
                     continue
                 try:
                     delivery = await connection.deliver(
                         message.envelope_from, message.recipients, message.raw
                     )
                 except SmtpConfigError as exc:
-                    report.aborted = str(exc)
-                    todo.appendleft(item)
+                    self.report.aborted = str(exc)
+                    self.todo.appendleft(item)
                     return
-                reason = delivery.refused.get(item.address, delivery.reason)  # the RCPT reply, if that was it
-                if delivery.verdict is Verdict.ACCEPTED:
-                    report.sent += 1
-                    note(item.address, idempotency.SENT)
-                    unreachable = 0
-                elif delivery.verdict is Verdict.REFUSED:
-                    report.refused[item.address] = reason
-                    note(item.address, f"{idempotency.REFUSED}:{reason}")
-                    unreachable = 0
-                else:
-                    report.deferred[item.address] = reason
-                    note(item.address, f"{idempotency.DEFERRED}:{reason}")
-                    unreachable = 0 if connection.connected else unreachable + 1
+                deferred = self.count(item, delivery)
+                unreachable = unreachable + 1 if deferred and not connection.connected else 0
         finally:
-            pool.release(connection)
-            lanes_left -= 1
-            wake.set()
+            self.pool.release(connection)
+            self.lanes_left -= 1
+            self.wake.set()
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(recorder())
-            for _ in range(lanes_left):
-                group.create_task(lane())
-    except BaseExceptionGroup as errors:  # e.g. Redis down while recording: surface the error itself
-        raise errors.exceptions[0] from None
-    reason = report.aborted or "not attempted: the SMTP server could not be reached"
-    for item in todo:
-        report.deferred[item.address] = reason
-    return report
+    def count(self, item: Item, delivery: Delivery) -> bool:
+        """Report and record the server's answer for one item; True if it was deferred."""
+        reason = delivery.refused.get(item.address, delivery.reason)  # the RCPT reply, if that was it
+        if delivery.verdict is Verdict.ACCEPTED:
+            self.report.sent += 1
+            self.note(item.address, idempotency.SENT)
+            return False
+        if delivery.verdict is Verdict.REFUSED:
+            self.report.refused[item.address] = reason
+            self.note(item.address, f"{idempotency.REFUSED}:{reason}")
+            return False
+        self.report.deferred[item.address] = reason
+        self.note(item.address, f"{idempotency.DEFERRED}:{reason}")
+        return True
 
 
 def store_info(client: redis.Redis | None = None, *, bulk_id: str, info: Mapping[str, Any]) -> None:

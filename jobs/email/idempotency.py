@@ -28,6 +28,7 @@ import redis
 
 from cache import keys
 from cache.connections import Role, primary, translate_errors
+from cache.text import as_text
 
 DAY_S = 24 * 3600
 MARKER_TTL_S = 7 * DAY_S  # longer than any retry schedule and than a job's 1-day unique window
@@ -168,8 +169,4 @@ def all_outcomes(client: redis.Redis | None = None, *, bulk_id: str) -> dict[str
     client = client or primary()
     with translate_errors(Role.PRIMARY):
         raw = client.hgetall(keys.email_bulk_outcomes(bulk_id))
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return {as_text(k): as_text(v) for k, v in raw.items()}

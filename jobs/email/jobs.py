@@ -28,16 +28,11 @@ from jobs.email import events, idempotency
 from jobs.email.bulk import ChunkReport, Item, deliver_all
 from jobs.email.payloads import BulkChunk, ValidEmail, validate_bulk_chunk, validate_email_payload
 from jobs.email.render import RenderedEmail, render_email
-from jobs.email.smtp import SmtpConfigError, SmtpSettings, Verdict, process_runtime
+from jobs.email.smtp import Delivery, SmtpConfigError, SmtpSettings, Verdict, process_runtime
 from jobs.email.validation import EmailRequest, EmailValidationError
 from jobs.errors import PermanentJobError, TransientJobError, refuse_extra_arguments
 
 log = logging.getLogger("kryonix.email")
-
-# Test-only fault injection: "<point>:<seconds>" makes the job sleep at that point, so a
-# test can kill the worker there (after_accept: server said 250, marker not yet written;
-# after_marker: marker written, job not yet finished). Never set in production.
-TEST_PAUSE_ENV = "KRYONIX_EMAIL_TEST_PAUSE"
 
 
 def send_email(email: dict[str, Any], *extra: Any, **unknown: Any) -> dict[str, Any]:
@@ -70,6 +65,36 @@ def send_email(email: dict[str, Any], *extra: Any, **unknown: Any) -> dict[str, 
             key,
             earlier,
         )
+    delivery = _deliver(settings, request, message, earlier)
+    record = {
+        "message_id": message.message_id,
+        "reply": delivery.reason,
+        "refused": dict(delivery.refused),
+        "accepted_at": time.time(),
+        "possible_duplicate": earlier is not None,
+        "interrupted_attempt": earlier,
+    }
+    _mark(key, record)
+    if request.requested_by is not None:
+        events.publish(
+            request.requested_by, events.SENT, _event(request, message=message, refused=delivery.refused)
+        )
+    return {"status": "sent", **record}
+
+
+def _deliver(
+    settings: SmtpSettings, request: EmailRequest, message: RenderedEmail, earlier: dict[str, Any] | None
+) -> Delivery:
+    """One SMTP transaction for `message`; returns only once the server accepted it.
+
+    The claim goes back whenever the server's answer (or no DATA at all) proves it kept
+    no copy, so the next attempt is not flagged as a possible duplicate.
+
+    Raises:
+        PermanentJobError: refused (5xx) or SMTP configuration.
+        TransientJobError: deferred (4xx, connection, timeout).
+    """
+    key = request.idempotency_key
     try:
         runtime = process_runtime(settings)
         sending = runtime.pool.deliver(message.envelope_from, message.recipients, message.raw)
@@ -88,22 +113,7 @@ def send_email(email: dict[str, Any], *extra: Any, **unknown: Any) -> dict[str, 
         if _last_attempt():
             events.publish(request.requested_by, events.FAILED, _event(request, reason=delivery.reason))
         raise TransientJobError(delivery.reason)
-    _pause_for_tests("after_accept")
-    record = {
-        "message_id": message.message_id,
-        "reply": delivery.reason,
-        "refused": dict(delivery.refused),
-        "accepted_at": time.time(),
-        "possible_duplicate": earlier is not None,
-        "interrupted_attempt": earlier,
-    }
-    _mark(key, record)
-    _pause_for_tests("after_marker")
-    if request.requested_by is not None:
-        events.publish(
-            request.requested_by, events.SENT, _event(request, message=message, refused=delivery.refused)
-        )
-    return {"status": "sent", **record}
+    return delivery
 
 
 def send_bulk_chunk(chunk: dict[str, Any], *extra: Any, **unknown: Any) -> dict[str, Any]:
@@ -247,11 +257,3 @@ def _event(request: EmailRequest, **data: Any) -> dict[str, Any]:
         event["refused"] = dict(data.pop("refused"))
     event.update(data)
     return event
-
-
-def _pause_for_tests(point: str) -> None:
-    spec = os.environ.get(TEST_PAUSE_ENV, "")
-    name, _, seconds = spec.partition(":")
-    if name == point:
-        log.warning("%s=%s: pausing at %s", TEST_PAUSE_ENV, spec, point)
-        time.sleep(float(seconds or 60))

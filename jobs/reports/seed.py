@@ -21,7 +21,6 @@ from sqlalchemy import Connection, Engine, Table, func, literal, select
 from cache.appcache.platform import activity, companies, create_schema, drop_schema, projects, users
 
 ACTIONS = ("login", "view", "edit", "comment", "upload", "export", "share")
-ACTION_WEIGHTS = (30, 35, 15, 8, 5, 3, 4)
 STATUSES = ("active", "invited", "suspended", "deleted")
 STATUS_WEIGHTS = (85, 8, 5, 2)
 PLANS = ("free", "pro", "enterprise")

@@ -9,7 +9,6 @@ require AUTH with fixed credentials. It records every accepted message.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import ssl
 import subprocess
@@ -257,4 +256,3 @@ def email_env(
     connections.reset_clients()
     yield smtp_server
     reset_process_runtime()
-    os.environ.pop("KRYONIX_EMAIL_TEST_PAUSE", None)

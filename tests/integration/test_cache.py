@@ -18,7 +18,7 @@ from cache.appcache.service import (
     MISSING,
     CacheSerializationError,
     CacheService,
-    cache_stats,
+    cache_counters,
     cached,
     default_service,
     flush_cache_stats,
@@ -312,7 +312,7 @@ def test_counters_flush_to_redis_and_read_from_another_process(redis_env: dict[s
         "assert flush_cache_stats()\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=PROJECT_ROOT, timeout=60)
-    totals = cache_stats()
+    totals = cache_counters()
     assert totals["hits"] >= 6  # 1 here + 5 in the child
     assert totals["misses"] >= 2
     assert totals["fetches"] >= 1

@@ -16,7 +16,7 @@ from cache.appcache.service import (
     MISSING,
     CacheSerializationError,
     CacheService,
-    cache_stats,
+    cache_counters,
     flush_cache_stats,
 )
 from cache.appcache.stats import PROCESS_STATS, CacheStats
@@ -198,7 +198,7 @@ def test_a_stalled_redis_times_out_quickly_and_fails_open(private_cache: RedisSe
 def test_cache_stats_names_the_setting_when_the_cache_is_down(private_cache: RedisServer) -> None:
     private_cache.kill()
     with pytest.raises(RedisUnavailable, match="CACHE_REDIS_URL"):
-        cache_stats()
+        cache_counters()
     PROCESS_STATS.incr("hits")
     assert flush_cache_stats() is False  # best effort: never raises...
     assert PROCESS_STATS.take_pending().get("hits", 0) >= 1  # ...and keeps the increments

@@ -15,8 +15,8 @@ import redis
 
 from cache import keys
 from jobs.email import bulk_status, enqueue_bulk_email, enqueue_email, idempotency
-from jobs.email.jobs import TEST_PAUSE_ENV
-from jobs.enqueue import fetch_job
+from jobs.email.api import build_request
+from jobs.enqueue import enqueue, fetch_job
 from jobs.queues import KryonixQueue
 from jobs.retry import RetryPolicy
 from tests.integration.email_fixtures import SmtpServer, smtp_server
@@ -35,6 +35,21 @@ WELCOME = {"name": "Ana", "login_url": "https://app.example.com/login"}
 def _status(job_id: str) -> str | None:
     job = fetch_job(job_id=job_id)
     return None if job is None else job.get_status(refresh=True).value
+
+
+def _enqueue_stalled(stall_at: str, idempotency_key: str | None = None) -> str:
+    """Like `enqueue_email`, but the first run holds for 120 s at `stall_at` (the test kills it there)."""
+    request = build_request("ana@example.com", "welcome", WELCOME, idempotency_key=idempotency_key)
+    return enqueue(
+        "email",
+        "jobs.diagnostics.send_email_stalled_once",
+        request.to_payload(),
+        stall_at,
+        120,
+        f"test:stalled:{request.idempotency_key}",
+        idempotency_key=f"email:{request.idempotency_key}",
+        retry=FAST_RETRY,
+    )
 
 
 def _failure_kind(job_id: str) -> str | None:
@@ -100,12 +115,8 @@ def test_server_down_is_retried_with_backoff_then_delivered_once(
 def test_rerun_after_worker_killed_right_after_acceptance_does_not_resend(
     primary: redis.Redis, processes: Processes, smtp_server: SmtpServer
 ) -> None:
-    job_id = enqueue_email(
-        "ana@example.com", "welcome", WELCOME, idempotency_key="welcome-ana", retry=FAST_RETRY
-    )
-    doomed = processes.worker(
-        "email", name="doomed", **smtp_server.env(), **{TEST_PAUSE_ENV: "after_marker:120"}
-    )
+    job_id = _enqueue_stalled("after_marker", idempotency_key="welcome-ana")
+    doomed = processes.worker("email", name="doomed", **smtp_server.env())
     marker = keys.email_sent_marker("welcome-ana")
     wait_until(lambda: primary.exists(marker), 30, "server accepted and marker written")
     assert _status(job_id) == "started", "killed while the job is still running"
@@ -127,10 +138,8 @@ def test_residual_window_crash_between_acceptance_and_marker_sends_twice_with_on
     primary: redis.Redis, processes: Processes, smtp_server: SmtpServer
 ) -> None:
     """The documented window: the copy carries the same Message-ID, so clients can collapse it."""
-    job_id = enqueue_email("ana@example.com", "welcome", WELCOME, retry=FAST_RETRY)
-    doomed = processes.worker(
-        "email", name="doomed", **smtp_server.env(), **{TEST_PAUSE_ENV: "after_accept:120"}
-    )
+    job_id = _enqueue_stalled("after_accept")
+    doomed = processes.worker("email", name="doomed", **smtp_server.env())
     wait_until(lambda: len(smtp_server.received) == 1, 30, "server accepted")
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.wait()

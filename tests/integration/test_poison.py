@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from cache.text import printable
 from jobs.enqueue import enqueue, fetch_job
-from jobs.quarantine import id_text, list_quarantined
+from jobs.quarantine import list_quarantined
 from jobs.queues import KryonixQueue
 from tests.integration.poison import (
     FAILED,
@@ -45,15 +46,15 @@ def python_worker(processes: Processes, queue: str, **env: str) -> object:
 def assert_reported(primary: redis.Redis, queue: str, poison: Poison, job_id: bytes) -> None:
     if poison.expect == FAILED:
         rows = {row.id: row for row in list_failed(primary, queue=queue)}
-        assert id_text(job_id) in rows, f"{poison.name}: not in the failed registry: {rows}"
-        row = rows[id_text(job_id)]
+        assert printable(job_id) in rows, f"{poison.name}: not in the failed registry: {rows}"
+        row = rows[printable(job_id)]
         assert row.kind == "permanent", row
         assert poison.reason in row.reason, row
     else:
         entries = {entry.id: entry for entry in list_quarantined(primary)}
-        assert id_text(job_id) in entries, f"{poison.name}: not quarantined: {entries}"
-        assert entries[id_text(job_id)].queue == queue
-        assert poison.reason in entries[id_text(job_id)].reason, entries[id_text(job_id)]
+        assert printable(job_id) in entries, f"{poison.name}: not quarantined: {entries}"
+        assert entries[printable(job_id)].queue == queue
+        assert poison.reason in entries[printable(job_id)].reason, entries[printable(job_id)]
 
 
 def assert_gone_from_the_queue(primary: redis.Redis, queue: str, job_id: bytes) -> None:
@@ -85,7 +86,7 @@ def test_each_poison_is_set_aside_and_the_job_behind_it_runs(
 
     listed = processes.cli("failed", "list")
     assert listed.returncode == 0, listed.stderr
-    assert id_text(job_id) in listed.stdout
+    assert printable(job_id) in listed.stdout
     assert "\x1b" not in listed.stdout, "an id reached the operator's terminal unescaped"
     status = processes.cli("status", "--json")
     assert status.returncode == 0, status.stderr
@@ -104,7 +105,7 @@ def test_maintenance_sets_poison_aside_once_and_never_requeues_it(primary: redis
         recover(primary, now=moment)
         assert primary.llen(queue.key) == 0, "maintenance requeued a poison"
     assert primary.llen(intermediate) == 0
-    assert {entry.id for entry in list_quarantined(primary)} == {id_text(job_id) for job_id in bad}
+    assert {entry.id for entry in list_quarantined(primary)} == {printable(job_id) for job_id in bad}
 
 
 @pytest.mark.timeout(120)
@@ -179,8 +180,8 @@ def test_poison_in_scheduled_registries_stops_neither_the_scheduler_nor_due_jobs
     wait_until(lambda: due in queue.get_job_ids(), 60, "the due job moved to its queue")
     assert scheduler.poll() is None, log_of(scheduler)
     quarantined = {(entry.queue, entry.id) for entry in list_quarantined(primary)}
-    assert {("email", id_text(job_id)) for job_id in bad_scheduled} <= quarantined
-    assert {("periodic", id_text(job_id)) for job_id in bad_periodic} <= quarantined
+    assert {("email", printable(job_id)) for job_id in bad_scheduled} <= quarantined
+    assert {("periodic", printable(job_id)) for job_id in bad_periodic} <= quarantined
     assert primary.zcard(queue.scheduled_job_registry.key) == 0
     assert primary.zcard("rq:scheduler:scheduled_jobs") == 0
     assert "Traceback" not in log_of(scheduler)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from cache.text import printable
 from jobs.enqueue import enqueue_bulk
-from jobs.quarantine import id_text, list_quarantined
+from jobs.quarantine import list_quarantined
 from jobs.queues import KryonixQueue
 from tests.integration.poison import FAILED, POISONS, Context, Listener, Poison, webhook_listener
 from tests.integration.processes import Processes, log_of, wait_until
@@ -77,7 +78,7 @@ def test_the_supervisord_tree_sets_every_poison_aside_and_runs_every_good_job(
     poisons, good = queued
     assert len({poison.name for _, poison, _ in poisons}) >= 15
     wait_until(lambda: primary.llen("kx:ran") == GOOD_EMAIL + GOOD_REPORT, 180, "every good job ran")
-    expected = {(queue, id_text(job_id)) for queue, _, job_id in poisons}
+    expected = {(queue, printable(job_id)) for queue, _, job_id in poisons}
     wait_until(lambda: expected <= _reported(primary), 60, "every poison reported")
 
     for queue, ids in good.items():
@@ -85,7 +86,7 @@ def test_the_supervisord_tree_sets_every_poison_aside_and_runs_every_good_job(
         assert set(finished.get_job_ids()) >= set(ids), f"{queue}: a good job did not finish"
     failed = {(row.queue, row.id): row for row in list_failed(primary)}
     for queue, poison, job_id in poisons:
-        key = (queue, id_text(job_id))
+        key = (queue, printable(job_id))
         assert poison.reason in failed[key].reason, (poison.name, failed[key])
         assert failed[key].kind == ("permanent" if poison.expect == FAILED else "quarantined")
     assert list(canaries.iterdir()) == [], "a canary ran"
@@ -97,7 +98,7 @@ def test_the_supervisord_tree_sets_every_poison_aside_and_runs_every_good_job(
 
     listed = processes.cli("failed", "list")
     assert listed.returncode == 0, listed.stderr
-    assert all(id_text(job_id) in listed.stdout for _, _, job_id in poisons)
+    assert all(printable(job_id) in listed.stdout for _, _, job_id in poisons)
     status = processes.cli("status", "--json")
     assert status.returncode == 0, status.stderr
     section = json.loads(status.stdout)["queues"]

@@ -16,7 +16,7 @@ import redis
 from redis.backoff import ConstantBackoff, NoBackoff
 
 from cache import connections
-from cache.connections import BoundedRetry, blocking_s, call_deadline, remaining_s
+from cache.retry import BoundedRetry, blocking_s, call_deadline, remaining_s
 
 pytestmark = pytest.mark.security
 

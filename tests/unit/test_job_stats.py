@@ -6,7 +6,7 @@ import fakeredis
 import pytest
 import redis
 
-from workers.job_stats import JobStats, bucket_field, read_job_stats
+from workers.job_stats import JobStats, bucket_field, read_job_counters
 
 
 def test_outcomes_and_duration_buckets_are_flushed(fake_redis: fakeredis.FakeRedis) -> None:
@@ -15,13 +15,13 @@ def test_outcomes_and_duration_buckets_are_flushed(fake_redis: fakeredis.FakeRed
     stats.record("email", "finished", 0.2)
     stats.record("email", "failed", 7.0)
     stats.record("report", "retried", 100.0)
-    assert read_job_stats(fake_redis, "email")["finished"] == 0, "nothing written before a flush"
+    assert read_job_counters(fake_redis, "email")["finished"] == 0, "nothing written before a flush"
     stats.flush()
-    email = read_job_stats(fake_redis, "email")
+    email = read_job_counters(fake_redis, "email")
     assert (email["finished"], email["failed"], email["retried"]) == (2, 1, 0)
     assert email["le:0.01"] == 1 and email["le:0.25"] == 1 and email["le:10.0"] == 1
     assert email["duration_sum"] == pytest.approx(7.203)
-    assert read_job_stats(fake_redis, "report")["le:300.0"] == 1
+    assert read_job_counters(fake_redis, "report")["le:300.0"] == 1
 
 
 def test_overflow_bucket() -> None:
@@ -38,4 +38,4 @@ def test_failed_flush_keeps_counts(fake_redis: fakeredis.FakeRedis) -> None:
     stats.flush()
     stats.connection = fake_redis
     stats.flush()
-    assert read_job_stats(fake_redis, "email")["finished"] == 1
+    assert read_job_counters(fake_redis, "email")["finished"] == 1

@@ -8,8 +8,7 @@ import fakeredis
 import pytest
 
 from cache.errors import ConfigError
-from cache.ratelimit.core import API, BY_IP, BY_USER, FailurePolicy
-from cache.ratelimit.presets import parse_preset
+from cache.limits import API, BY_IP, BY_USER, FailurePolicy, parse_preset
 from cache.ratelimit.service import RateLimiter
 from cache.settings import Settings
 

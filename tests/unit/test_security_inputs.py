@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cache.env import redact_url
 from cache.errors import ConfigError
 from cache.identifiers import (
     IdentifierKind,
@@ -23,10 +24,10 @@ from cache.identifiers import (
     normalize_ip,
     normalize_opaque,
 )
-from cache.ratelimit.core import InvalidRateLimit, check_scope
+from cache.limits import InvalidRateLimit, check_scope
 from cache.realtime.envelope import InvalidEvent, parse_stream_id, validate_event_name, validate_user_id
 from cache.sessions.core import InvalidSessionArgument, encode_data, is_well_formed_id, new_session_id
-from cache.settings import Settings, redact_url
+from cache.settings import Settings
 
 pytestmark = pytest.mark.security
 

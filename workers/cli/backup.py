@@ -24,6 +24,7 @@ import redis
 
 from cache.connections import Role, translate_errors
 from cache.errors import KryonixError
+from cache.text import as_text
 
 DEFAULT_TIMEOUT_S = 600.0  # a multi-GB RDB on a slow disk takes minutes; the CLI can ask for more
 POLL_INTERVAL_S = 0.1  # INFO persistence is cheap; 10 polls a second notice the end promptly
@@ -31,10 +32,6 @@ POLL_INTERVAL_S = 0.1  # INFO persistence is cheap; 10 polls a second notice the
 
 class BackupError(KryonixError):
     """The snapshot was refused, failed or did not finish in time; the message says which."""
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def check_timeout(timeout_s: object) -> float:
@@ -102,7 +99,7 @@ def _start_save(waiter: _Waiter) -> _Started:
         waiter.until_server_second_after(previous)
         try:
             # SCHEDULE: while an AOF rewrite runs, the save starts right after it instead of failing.
-            reply = _text(waiter.client.execute_command("BGSAVE SCHEDULE"))  # type: ignore[no-untyped-call]
+            reply = as_text(waiter.client.execute_command("BGSAVE SCHEDULE"))  # type: ignore[no-untyped-call]
         except redis.ResponseError as exc:
             if "already in progress" not in str(exc):
                 raise BackupError(f"BGSAVE refused: {exc}") from exc
@@ -125,7 +122,7 @@ def _wait_for_save(waiter: _Waiter, started: _Started) -> int:
         # only visible through LASTSAVE.
         seen_running = seen_running or running or counted or saves is None
         lastsave = int(info["rdb_last_save_time"])
-        status = _text(info.get("rdb_last_bgsave_status", "ok"))
+        status = as_text(info.get("rdb_last_bgsave_status", "ok"))
         if not running and seen_running and status != "ok":
             raise BackupError(
                 f"BGSAVE failed (rdb_last_bgsave_status={status}); the Redis log says why "
@@ -150,7 +147,7 @@ def rdb_file(client: redis.Redis) -> tuple[str | None, int | None, str | None]:
                 "ask the Redis operator where `dir`/`dbfilename` point"
             ),
         )
-    values = {_text(k): _text(v) for k, v in config.items()}
+    values = {as_text(k): as_text(v) for k, v in config.items()}
     path = os.path.join(values.get("dir", ""), values.get("dbfilename", ""))
     try:
         return path, os.stat(path).st_size, None

@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from cache.connections import Role, translate_errors
+from cache.text import printable
 
 DEFAULT_PINGS = 50  # enough for a p99 worth quoting; ~50 round trips cost a few ms
 MAX_PINGS = 10_000
@@ -80,10 +81,6 @@ def _segment_pattern(segment: str) -> str:
     return f"{head}{starred}{tail}"
 
 
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
 def key_pattern(key: str | bytes) -> str:
     """The pattern a key belongs to: ids, uuids, numbers, hex and random tokens become `*`.
 
@@ -93,7 +90,7 @@ def key_pattern(key: str | bytes) -> str:
     """
     text = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else key
     pattern = ":".join(_segment_pattern(segment) for segment in text.split(":"))
-    pattern = _printable(pattern)
+    pattern = printable(pattern, escape="hex")
     return pattern if len(pattern) <= MAX_PATTERN_LENGTH else pattern[: MAX_PATTERN_LENGTH - 3] + "..."
 
 

@@ -16,7 +16,8 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from jobs.quarantine import UnreadableJob, id_text, list_quarantined, purge_quarantined, raw_ids
+from cache.text import printable
+from jobs.quarantine import UnreadableJob, list_quarantined, purge_quarantined, raw_ids
 from jobs.queues import QUEUES
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob, attempt_of
@@ -83,7 +84,7 @@ def list_failed(client: redis.Redis, *, queue: str | None = None) -> list[Failed
                 job = KryonixJob.fetch(raw_id, connection=client)
             except UnreadableJob as exc:
                 rows.append(
-                    FailedJob(id_text(raw_id), name, "<unreadable>", None, 0, "unreadable", exc.reason)
+                    FailedJob(printable(raw_id), name, "<unreadable>", None, 0, "unreadable", exc.reason)
                 )
                 continue
             except NoSuchJobError:
@@ -106,9 +107,9 @@ def show_failed(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
     try:
         job = KryonixJob.fetch(job_id, connection=client)
     except UnreadableJob as exc:
-        raise LookupError(f"job {id_text(job_id)!r} cannot be shown: {exc.reason}") from None
+        raise LookupError(f"job {printable(job_id)!r} cannot be shown: {exc.reason}") from None
     except NoSuchJobError:
-        raise LookupError(f"no job {id_text(job_id)!r} (never existed, or expired)") from None
+        raise LookupError(f"no job {printable(job_id)!r} (never existed, or expired)") from None
     details = _describe(job, job.origin).as_dict()
     try:
         details.update(args=job.args, kwargs=job.kwargs)
@@ -145,7 +146,7 @@ def requeue_all(client: redis.Redis, *, queue: str | None = None) -> list[str]:
     done = []
     for name in _queues(queue):
         for raw_id in raw_ids(client.zrange(_registry(client, queue=name).key, 0, -1)):
-            job_id = id_text(raw_id)
+            job_id = printable(raw_id)
             try:
                 requeue(client, job_id=job_id)
                 done.append(job_id)
@@ -161,7 +162,7 @@ def purge(client: redis.Redis, *, queue: str | None = None, older_than_s: float 
     for name in _queues(queue):
         registry = _registry(client, queue=name)
         for raw_id in raw_ids(client.zrange(registry.key, 0, -1)):
-            job_id = id_text(raw_id)
+            job_id = printable(raw_id)
             try:
                 job = KryonixJob.fetch(job_id, connection=client)
             except NoSuchJobError:  # unreadable ones too: nothing to keep

@@ -7,7 +7,7 @@ from typing import Any
 import redis
 from rq.exceptions import NoSuchJobError
 
-from jobs.quarantine import id_text
+from cache.text import printable
 from workers.cli.failed import reason_of
 from workers.job import KryonixJob, attempt_of
 
@@ -64,4 +64,4 @@ def render_job(info: dict[str, Any]) -> str:
         lines.append(f"  result: {info['result']!r}")
     if "failure_reason" in info:
         lines.append(f"  failed ({info['failure_kind']}): {info['failure_reason']}")
-    return "\n".join(id_text(line) for line in lines)
+    return "\n".join(printable(line) for line in lines)

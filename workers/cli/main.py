@@ -244,7 +244,7 @@ _QUEUE = click.option("--queue", "-q", default=None, help="email or report (defa
 @click.option("--json", "as_json", is_flag=True)
 def failed_list(queue: str | None, as_json: bool) -> None:
     """Failed jobs, newest first, with attempt count and reason."""
-    from jobs.quarantine import id_text
+    from cache.text import printable
     from workers.cli.failed import list_failed
 
     rows = _guard(lambda: list_failed(_primary(), queue=queue))
@@ -254,7 +254,8 @@ def failed_list(queue: str | None, as_json: bool) -> None:
     for row in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.failed_at)) if row.failed_at else "-"
         line = f"{row.id}  {row.queue}  {when}  attempts={row.attempts}  {row.kind}: {row.reason}"
-        click.echo(id_text(line))  # reasons and kinds are job data: no control character reaches the terminal
+        # reasons and kinds are job data: no control character reaches the terminal
+        click.echo(printable(line))
     click.echo(f"{len(rows)} failed job(s)")
 
 

@@ -38,7 +38,7 @@ from jobs.email.idempotency import possible_duplicates
 from jobs.queues import QUEUES
 from workers.cli.diagnose import info_summary
 from workers.cli.queue_status import queue_facts
-from workers.job_stats import DURATION_BUCKETS_S, OUTCOMES, bucket_field, read_job_stats
+from workers.job_stats import DURATION_BUCKETS_S, OUTCOMES, bucket_field, read_job_counters
 
 log = logging.getLogger("kryonix.metrics")
 
@@ -47,13 +47,12 @@ DEFAULT_ADDR = "127.0.0.1"  # loopback unless asked: put a scraper or an authent
 RATELIMIT_SCAN_COUNT = 1_000  # keys per SCAN call when counting rate-limit keys
 RATELIMIT_SCAN_CALLS = 100  # at most ~100k keys visited per scrape: a bounded, ~100 ms walk
 REGISTRIES = ("started", "scheduled", "deferred", "failed", "finished")
-SECTIONS = ("queues", "jobs", "workers", "cache", "ratelimit")
 
 # --- pure core ------------------------------------------------------------------------------
 
 
 def cumulative_buckets(stats: Mapping[str, float]) -> list[tuple[str, float]]:
-    """Prometheus buckets from the per-bucket counts of `read_job_stats` (which are NOT cumulative).
+    """Prometheus buckets from the per-bucket counts of `read_job_counters` (which are NOT cumulative).
 
     Returns `(le, count of durations <= le)` for each bound of `DURATION_BUCKETS_S` and `+Inf`.
     """
@@ -215,7 +214,7 @@ class KryonixCollector(Collector):
             "kryonix_job_duration_seconds", "Job run time, as measured by the workers", labels=["queue"]
         )
         for queue in QUEUES:
-            stats = read_job_stats(client, queue)
+            stats = read_job_counters(client, queue)
             for outcome in OUTCOMES:
                 totals.add_metric([queue, outcome], stats[outcome])
             duration.add_metric([queue], cumulative_buckets(stats), sum_value=stats.get("duration_sum", 0.0))
@@ -244,7 +243,7 @@ class KryonixCollector(Collector):
         return [live, busy]
 
     def _cache_families(self, client: redis.Redis) -> list[Metric]:
-        # Read, not `cache_stats()`: that would first flush this process's counters, and a
+        # Read, not `cache_counters()`: that would first flush this process's counters, and a
         # scrape must not write.
         with connections.translate_errors(Role.CACHE):
             counters = read_counters(client)

@@ -9,6 +9,7 @@ import redis
 from rq.utils import utcparse
 from rq.worker import Worker
 
+from cache.text import as_text
 from jobs.quarantine import list_quarantined, raw_ids
 from jobs.queues import QUEUES, KryonixQueue
 from workers.job import KryonixJob
@@ -23,11 +24,11 @@ def queue_facts(client: redis.Redis) -> dict[str, Any]:
         oldest_age = None
         first = client.lindex(queue.key, 0)
         if first is not None:
-            enqueued = client.hget(KryonixJob.key_for(_text(first)), "enqueued_at")
+            job_id = as_text(first, errors="backslashreplace")
+            enqueued = client.hget(KryonixJob.key_for(job_id), "enqueued_at")
             try:
-                oldest_age = (
-                    round(time.time() - utcparse(_text(enqueued)).timestamp(), 1) if enqueued else None
-                )
+                enqueued_at = utcparse(as_text(enqueued, errors="backslashreplace")) if enqueued else None
+                oldest_age = round(time.time() - enqueued_at.timestamp(), 1) if enqueued_at else None
             except ValueError:  # a hand-written entry: its age is unknown, the queue is still shown
                 oldest_age = None
         facts[name] = {
@@ -42,18 +43,14 @@ def queue_facts(client: redis.Redis) -> dict[str, Any]:
     return facts
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
-
-
 def worker_facts(client: redis.Redis) -> list[dict[str, Any]]:
     """One row per registered worker; a registration RQ cannot read is a row with its `error`."""
     rows = []
     for key in raw_ids(client.smembers(Worker.redis_workers_keys)):
         try:
-            worker = Worker.find_by_key(_text(key), connection=client)
+            worker = Worker.find_by_key(as_text(key, errors="backslashreplace"), connection=client)
         except Exception as exc:  # written by hand: shown, never hiding the other workers
-            rows.append(_unreadable_worker(_text(key), exc))
+            rows.append(_unreadable_worker(as_text(key, errors="backslashreplace"), exc))
             continue
         if worker is None:
             continue
@@ -62,7 +59,7 @@ def worker_facts(client: redis.Redis) -> list[dict[str, Any]]:
             {
                 "name": worker.name,
                 # None: not a KryonixWorker (e.g. plain `rq worker`: unpickles, runs any function).
-                "class": _text(worker_class) if worker_class else None,
+                "class": as_text(worker_class, errors="backslashreplace") if worker_class else None,
                 "queues": worker.queue_names(),
                 "state": str(worker.get_state()),
                 "current_job": worker.get_current_job_id(),

@@ -59,7 +59,8 @@ def seed_demo(
     from sqlalchemy.exc import SQLAlchemyError
 
     from cache.appcache.platform import make_engine
-    from cache.settings import Settings, get_settings, redact_url
+    from cache.env import redact_url
+    from cache.settings import Settings, get_settings
     from jobs.reports.seed import SeedPlan
     from jobs.reports.seed import seed_demo as run_seed
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from cache.connections import Role
 from cache.health import RoleStatus, role_status
-from jobs.quarantine import id_text
+from cache.text import printable
 
 Section = Callable[[], dict[str, Any]]
 
@@ -91,4 +91,4 @@ def render(report: dict[str, Any]) -> str:
     lines.append("status: " + ("OK" if healthy(report) else "UNHEALTHY"))
     # Worker names, states and job ids are data anyone with Redis write access can set:
     # no control character of theirs reaches the operator's terminal.
-    return "\n".join(id_text(line) for line in lines)
+    return "\n".join(printable(line) for line in lines)

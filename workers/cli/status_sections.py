@@ -116,9 +116,9 @@ def diagnose_section(
 
 def cache_section(client: redis.Redis) -> dict[str, Any]:
     """Cache counters summed over every process (hits, misses, fetches, lock waits, fail-open)."""
-    from cache.appcache.stats import cache_stats
+    from cache.appcache.stats import cache_counters
 
-    counters = cache_stats(client)
+    counters = cache_counters(client)
     lookups = counters.get("hits", 0) + counters.get("misses", 0)
     ratio = f"{counters.get('hits', 0) / lookups:.1%}" if lookups else "-"
     line = ", ".join(f"{name} {value}" for name, value in sorted(counters.items()))

@@ -6,7 +6,6 @@ configuration files that production ships.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -152,13 +151,3 @@ class RedisServer:
         else:
             self.stop()
         self.start()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
