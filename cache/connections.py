@@ -5,7 +5,7 @@ Two roles: PRIMARY (queues, sessions, rate limits, events; must not evict) and C
 rebuilt in a forked child, so nothing connects at import time and no socket is
 shared across a fork.
 
-Every call is bounded in time (README, "Time bounds"; the mechanics are in
+Every call is bounded in time (docs/reliability.md, "Time bounds"; the mechanics are in
 `cache.retry`): retries never nest, and the web tier's clients carry a per-call deadline
 (`REDIS_CALL_TIMEOUT`) that caps each connect, read and retry, so a Redis that accepts
 connections but never answers costs a request about a second.

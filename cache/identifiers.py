@@ -31,7 +31,7 @@ from cache.errors import KryonixError
 
 MAX_PLAIN_LENGTH = 64  # longer identifiers are hashed: a key name stays under ~100 bytes
 HASH_HEX_CHARS = 32  # 128 bits of SHA-256: no accidental collision among any realistic number of clients
-IPV6_PREFIX = 56  # RIPE-690's residential assignment; RATELIMIT_IPV6_PREFIX overrides (README)
+IPV6_PREFIX = 56  # RIPE-690's residential assignment; RATELIMIT_IPV6_PREFIX overrides (docs/ratelimit.md)
 MIN_IPV6_PREFIX = 16  # a shorter prefix would put whole ISPs behind one limit
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix, IPv4 in the last 32 bits
 HASH_PREFIX = "h:"

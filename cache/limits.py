@@ -129,7 +129,7 @@ class Preset:
     fails at start-up.
 
     `resolution_s=None` keeps the log exact; a number lets admissions less than that
-    apart share one log member (see the README, "Rate limiting", key layout and memory).
+    apart share one log member (see docs/ratelimit.md, key layout and memory).
     """
 
     scope: str

@@ -4,7 +4,7 @@ redis-py nests retry loops (command > connect > handshake > health-check PING), 
 with the full attempt count; with a server that accepts connections but never answers,
 that blocked a call for minutes. Here only the outermost loop retries, within the call's
 deadline (`REDIS_CALL_TIMEOUT` for the web tier), and no read or connect outlives it
-(README, "Time bounds"). `cache.connections` builds the clients that use these.
+(docs/reliability.md, "Time bounds"). `cache.connections` builds the clients that use these.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ fixed-window boundary. Here one Lua script (`lua/ratelimit_check.lua`, EVALSHA,
 reloaded on NOSCRIPT) keeps a log of admitted units per identifier, counts the units
 in the sliding window, and either admits (writing the log and its TTL in the same
 atomic step) or denies with the exact time at which the request would fit. No window
-of `window_s` ever holds more than `limit` admitted units. The README ("Rate limiting") has
+of `window_s` ever holds more than `limit` admitted units. docs/ratelimit.md has
 the algorithm, the key layout, memory per key, presets, headers and failure policy.
 
 When Redis cannot answer, each limiter follows its failure policy: fail open (admit,
@@ -195,7 +195,7 @@ _stats.reset_in_forked_children()
 
 
 class RateLimiter:
-    """Sliding-window rate limits on the PRIMARY Redis; see the README, "Rate limiting".
+    """Sliding-window rate limits on the PRIMARY Redis; see docs/ratelimit.md.
 
     Args:
         client: a PRIMARY client (never the evicting cache); defaults to `connections.primary()`.

@@ -89,7 +89,7 @@ _fail_closed = partial(
 
 
 class SessionService:
-    """Server-side sessions; the README ("Server-side sessions") has the key layout and security properties.
+    """Server-side sessions; docs/sessions.md has the key layout and security properties.
 
     Args:
         client: a PRIMARY client (never the evicting cache); defaults to `connections.primary()`.

@@ -1,6 +1,6 @@
 """Email jobs: jinja2 templates, aiosmtplib delivery, retries, exactly-once to the user, bulk.
 
-The web tier calls `enqueue_email` / `enqueue_bulk_email`; see the README, "Email jobs".
+The web tier calls `enqueue_email` / `enqueue_bulk_email`; see docs/email.md.
 """
 
 from jobs.email.api import enqueue_bulk_email, enqueue_email

@@ -15,7 +15,7 @@
 
 The window that remains (the process dies after the server's 250 and before the
 marker write) cannot be closed over SMTP; the claim makes every send that may fall in
-it visible. See the README, "Email jobs".
+it visible. See docs/email.md.
 """
 
 from __future__ import annotations

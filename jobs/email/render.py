@@ -60,7 +60,7 @@ def message_id_for(idempotency_key: str, sender: Mailbox) -> str:
     """A Message-ID stable for one idempotency key: a duplicate send carries the same id.
 
     Mail systems that deduplicate by Message-ID then collapse the copy from the window
-    documented in the README, "Email jobs" (crash after the server accepted, before the marker).
+    documented in docs/email.md (crash after the server accepted, before the marker).
     """
     digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
     domain = sender.address.rpartition("@")[2] or "kryonix.local"

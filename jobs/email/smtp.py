@@ -197,7 +197,7 @@ class SmtpConnection:
         """Send one message; never raises for the server's answers, only `SmtpConfigError`.
 
         A connection lost during DATA is DEFERRED although the server may have taken the
-        message: that is the one case where a retry can duplicate (see the README, "Email jobs").
+        message: that is the one case where a retry can duplicate (see docs/email.md).
         """
         self.in_transaction = True
         data_started = False
