@@ -65,9 +65,9 @@ def window_to_ms(window_s: object) -> int:
         InvalidRateLimit: not a finite number in (0, MAX_WINDOW_S].
     """
     if isinstance(window_s, bool) or not isinstance(window_s, int | float):
-        raise InvalidRateLimit(f"window_seconds must be a number of seconds, got {window_s!r}")
+        raise InvalidRateLimit(f"window_s must be a number of seconds, got {window_s!r}")
     if not math.isfinite(window_s) or not 0 < window_s <= MAX_WINDOW_S:
-        raise InvalidRateLimit(f"window_seconds must be > 0 and <= {MAX_WINDOW_S}, got {window_s!r}")
+        raise InvalidRateLimit(f"window_s must be > 0 and <= {MAX_WINDOW_S}, got {window_s!r}")
     return max(1, round(window_s * 1000))
 
 
@@ -81,10 +81,10 @@ def resolution_to_ms(resolution_s: object, window_ms: int) -> int:
         return 1
     if isinstance(resolution_s, bool) or not isinstance(resolution_s, int | float):
         raise InvalidRateLimit(
-            f"resolution_seconds must be a number of seconds or None, got {resolution_s!r}"
+            f"resolution_s must be a number of seconds or None, got {resolution_s!r}"
         )
     message = (
-        f"resolution_seconds must be > 0 and <= the window ({window_ms / 1000:g} s), got {resolution_s!r}"
+        f"resolution_s must be > 0 and <= the window ({window_ms / 1000:g} s), got {resolution_s!r}"
     )
     if not math.isfinite(resolution_s) or resolution_s <= 0:
         raise InvalidRateLimit(message)

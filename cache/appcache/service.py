@@ -131,7 +131,7 @@ class CacheService(LeasedFill):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.namespace = check_namespace(namespace)
-        self.default_ttl_s = check_ttl("default_ttl", default_ttl_s)
+        self.default_ttl_s = check_ttl("default_ttl_s", default_ttl_s)
         self.negative_ttl_s = check_ttl("negative_ttl_s", negative_ttl_s)
         self.stale_ttl_s = check_ttl("stale_ttl_s", stale_ttl_s, allow_zero=True)
         self.lock_ttl_s = check_ttl("lock_ttl_s", lock_ttl_s)
@@ -248,7 +248,7 @@ class CacheService(LeasedFill):
                 `module.qualname:` + the JSON of the arguments (hashed when long).
         """
         if ttl_s is not None:
-            check_ttl("ttl", ttl_s)
+            check_ttl("ttl_s", ttl_s)
         check_key_spec(key)
 
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
@@ -275,7 +275,7 @@ class CacheService(LeasedFill):
         return entry
 
     def _ttl(self, ttl_s: float | None) -> float:
-        return self.default_ttl_s if ttl_s is None else check_ttl("ttl", ttl_s)
+        return self.default_ttl_s if ttl_s is None else check_ttl("ttl_s", ttl_s)
 
     def _unlink(self, names: list[str]) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -378,7 +378,7 @@ def cached(
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
     """`CacheService.cached` on `default_service(namespace)`, resolved at call time, not import time."""
     if ttl_s is not None:
-        check_ttl("ttl", ttl_s)
+        check_ttl("ttl_s", ttl_s)
     check_key_spec(key)
     check_namespace(namespace)
 

@@ -123,11 +123,11 @@ def plan_deadlines(now_ms: int, ttl_s: object, absolute_ttl_s: object) -> Deadli
         InvalidSessionArgument: a TTL is out of range, or the absolute TTL is shorter than
             the idle one (which would make the idle timeout meaningless).
     """
-    idle = ttl_ms("ttl", ttl_s)
-    absolute = ttl_ms("absolute_ttl", absolute_ttl_s)
+    idle = ttl_ms("ttl_s", ttl_s)
+    absolute = ttl_ms("absolute_ttl_s", absolute_ttl_s)
     if absolute < idle:
         raise InvalidSessionArgument(
-            f"absolute_ttl ({absolute_ttl_s} s) must not be shorter than ttl ({ttl_s} s): "
+            f"absolute_ttl_s ({absolute_ttl_s} s) must not be shorter than ttl_s ({ttl_s} s): "
             "no activity extends a session past its absolute timeout"
         )
     deadline = now_ms + absolute

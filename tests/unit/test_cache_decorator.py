@@ -111,7 +111,7 @@ def test_decorator_keeps_name_and_doc() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"ttl_s": 0}, ValueError, "ttl must be greater than 0"),
+        ({"ttl_s": 0}, ValueError, "ttl_s must be greater than 0"),
         ({"ttl_s": "1h"}, TypeError, "number of seconds"),
         ({"key": 42}, TypeError, "key must be a template string or a callable"),
         ({"namespace": "a b"}, ValueError, "namespace must be"),

@@ -84,7 +84,7 @@ def test_window_in_ms(window_s: float, expected_ms: int) -> None:
 
 @pytest.mark.parametrize("value", [0, -1, math.nan, math.inf, MAX_WINDOW_S + 1, True, "60", None])
 def test_bad_windows(value: object) -> None:
-    with pytest.raises(InvalidRateLimit, match="window_seconds must be"):
+    with pytest.raises(InvalidRateLimit, match="window_s must be"):
         window_to_ms(value)
 
 
@@ -106,12 +106,12 @@ def test_resolution_in_ms(resolution_s: float | None, window_ms: int, expected_m
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (0, "resolution_seconds must be > 0 and <= the window (60 s), got 0"),
-        (-1, "resolution_seconds must be > 0 and <= the window (60 s), got -1"),
-        (61, "resolution_seconds must be > 0 and <= the window (60 s), got 61"),
-        (math.nan, "resolution_seconds must be > 0 and <= the window (60 s), got nan"),
-        (True, "resolution_seconds must be a number of seconds or None, got True"),
-        ("1", "resolution_seconds must be a number of seconds or None, got '1'"),
+        (0, "resolution_s must be > 0 and <= the window (60 s), got 0"),
+        (-1, "resolution_s must be > 0 and <= the window (60 s), got -1"),
+        (61, "resolution_s must be > 0 and <= the window (60 s), got 61"),
+        (math.nan, "resolution_s must be > 0 and <= the window (60 s), got nan"),
+        (True, "resolution_s must be a number of seconds or None, got True"),
+        ("1", "resolution_s must be a number of seconds or None, got '1'"),
     ],
 )
 def test_bad_resolutions(value: object, message: str) -> None:
@@ -156,7 +156,7 @@ def test_good_scopes(scope: str) -> None:
 def test_presets_are_checked_when_built() -> None:
     with pytest.raises(InvalidRateLimit, match="limit must be between"):
         Preset(scope="ip", limit=0, window_s=60)
-    with pytest.raises(InvalidRateLimit, match="window_seconds"):
+    with pytest.raises(InvalidRateLimit, match="window_s"):
         Preset(scope="ip", limit=1, window_s=0)
     with pytest.raises(InvalidRateLimit, match="failure_policy must be 'open' or 'closed', got 'sometimes'"):
         Preset(scope="ip", limit=1, window_s=1, failure_policy="sometimes")  # type: ignore[arg-type]
