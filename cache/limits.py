@@ -80,12 +80,8 @@ def resolution_to_ms(resolution_s: object, window_ms: int) -> int:
     if resolution_s is None:
         return 1
     if isinstance(resolution_s, bool) or not isinstance(resolution_s, int | float):
-        raise InvalidRateLimit(
-            f"resolution_s must be a number of seconds or None, got {resolution_s!r}"
-        )
-    message = (
-        f"resolution_s must be > 0 and <= the window ({window_ms / 1000:g} s), got {resolution_s!r}"
-    )
+        raise InvalidRateLimit(f"resolution_s must be a number of seconds or None, got {resolution_s!r}")
+    message = f"resolution_s must be > 0 and <= the window ({window_ms / 1000:g} s), got {resolution_s!r}"
     if not math.isfinite(resolution_s) or resolution_s <= 0:
         raise InvalidRateLimit(message)
     # Compare whole milliseconds: 16.19 * 1000 is 16190.000000000002 in floating point.

@@ -153,7 +153,8 @@ def test_plan_deadlines(now: int, ttl: float, absolute: float, expected: Deadlin
 
 
 def test_absolute_ttl_shorter_than_idle_ttl_is_refused() -> None:
-    with pytest.raises(InvalidSessionArgument, match=r"absolute_ttl_s \(60 s\) must not be shorter than ttl_s"):
+    refusal = r"absolute_ttl_s \(60 s\) must not be shorter than ttl_s"
+    with pytest.raises(InvalidSessionArgument, match=refusal):
         plan_deadlines(0, 3600, 60)
 
 
