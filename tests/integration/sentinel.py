@@ -17,7 +17,8 @@ MASTER_NAME = "mymaster"
 
 class SentinelCluster:
     def __init__(self, root: Path, factory: Callable[..., RedisServer]) -> None:
-        self.master = factory(PRIMARY_CONF, name="master")
+        # The shipped config's diskless sync waits 5 s for more replicas; here there is one.
+        self.master = factory(PRIMARY_CONF, "--repl-diskless-sync-delay", "0", name="master")
         self.replica = factory(
             PRIMARY_CONF, "--replicaof", "127.0.0.1", str(self.master.port), name="replica"
         )
