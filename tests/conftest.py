@@ -11,6 +11,7 @@ fixture as a parameter and never imports it.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,6 +40,17 @@ pytest_plugins = [
 ]
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the processes the tests start be stopped by SIGINT (Ctrl-C), as from a terminal.
+
+    Started with SIGINT ignored (a script's background job, as CI may start it), pytest would
+    hand that on to every child, and the events tail's SIGINT test would hang. A Python
+    handler is reset to the default at each child's exec; xdist workers run this too.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
