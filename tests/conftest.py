@@ -1,13 +1,17 @@
 """Shared fixtures: real redis-servers on free ports with the project's own configs.
 
 Nothing here talks to the machine's Redis on 6379. The PRIMARY and CACHE servers are
-started once per test session; each test gets a flushed server. Tests that kill or
-reconfigure a server use `redis_factory` for a private one.
+started once per test session (under xdist, once per worker); each test gets a flushed
+server. Tests that kill or reconfigure a server use `redis_factory` for a private one.
+
+The integration fixture modules are registered below as plugins, so a test names a
+fixture as a parameter and never imports it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +25,32 @@ from cache.appcache.platform import create_schema, drop_schema, make_engine
 from cache.settings import reset_settings
 from workers.dev.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
 
+# A module imported by another plugin comes first: pytest rewrites asserts only in
+# plugins it imports itself.
+pytest_plugins = [
+    "tests.integration.processes",
+    "tests.integration.browser",
+    "tests.integration.dashboard_fixtures",
+    "tests.integration.email_fixtures",
+    "tests.integration.ops_fixtures",
+    "tests.integration.poison",
+    "tests.integration.realtime_fixtures",
+    "tests.integration.reports_fixtures",
+    "tests.integration.sentinel",
+]
+
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the processes the tests start be stopped by SIGINT (Ctrl-C), as from a terminal.
+
+    Started with SIGINT ignored (a script's background job, as CI may start it), pytest would
+    hand that on to every child, and the events tail's SIGINT test would hang. A Python
+    handler is reset to the default at each child's exec; xdist workers run this too.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,18 +101,6 @@ class Processes:
 
 def log_of(process: subprocess.Popen[bytes]) -> str:
     return Path(process.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout_s: float, message: str, interval_s: float = 0.1
-) -> None:
-    """Poll `predicate` until true; a bounded wait, not a timing assertion."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s} s waiting for: {message}")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -15,18 +14,10 @@ from cache.realtime.envelope import Event
 from cache.realtime.service import RealtimeService
 from cache.realtime.subscriber import Subscriber
 from cache.settings import Settings
+from tests.waiting import wait_until
 from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 WAIT_S = 30.0  # generous: a loaded CI machine is slow; tests wait for behaviour, never assert speed
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 class Recorder:
@@ -45,7 +36,7 @@ class Recorder:
             return [e.id for e in self.events]
 
     def wait_for(self, count: int, timeout_s: float = WAIT_S) -> list[str]:
-        wait_until(lambda: len(self.events) >= count, timeout_s)
+        wait_until(lambda: len(self.events) >= count, timeout_s, f"{count} events; got {self.ids()}")
         return self.ids()
 
 

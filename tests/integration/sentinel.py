@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from tests.waiting import wait_until
 from workers.dev.servers import PRIMARY_CONF, RedisServer, free_port, redis_server_binary
 
 MASTER_NAME = "mymaster"
@@ -17,7 +17,8 @@ MASTER_NAME = "mymaster"
 
 class SentinelCluster:
     def __init__(self, root: Path, factory: Callable[..., RedisServer]) -> None:
-        self.master = factory(PRIMARY_CONF, name="master")
+        # The shipped config's diskless sync waits 5 s for more replicas; here there is one.
+        self.master = factory(PRIMARY_CONF, "--repl-diskless-sync-delay", "0", name="master")
         self.replica = factory(
             PRIMARY_CONF, "--replicaof", "127.0.0.1", str(self.master.port), name="replica"
         )
@@ -56,26 +57,25 @@ class SentinelCluster:
             process.wait()
 
 
+def answers_ping(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port, socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
 def wait_ping(port: int, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if redis.Redis(port=port, socket_timeout=0.5).ping():
-                return
-        except redis.RedisError:
-            time.sleep(0.1)
-    raise TimeoutError(f"port {port} does not answer PING")
+    wait_until(lambda: answers_ping(port), timeout_s, f"port {port} to answer PING")
 
 
 def wait_replica_synced(master: RedisServer, timeout_s: float = 20) -> None:
     client = master.client(decode_responses=True)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def synced() -> bool:
         info = client.info("replication")
-        if info.get("connected_slaves", 0) >= 1 and "online" in str(info.get("slave0", "")):
-            return
-        time.sleep(0.1)
-    raise TimeoutError("the replica did not sync with its master")
+        return info.get("connected_slaves", 0) >= 1 and "online" in str(info.get("slave0", ""))
+
+    wait_until(synced, timeout_s, "the replica to sync with its master")
 
 
 @pytest.fixture

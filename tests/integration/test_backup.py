@@ -18,7 +18,7 @@ from cache import connections
 from cache.connections import Role
 from cache.errors import RedisUnavailable
 from cache.settings import Settings
-from tests.integration.processes import wait_until
+from tests.waiting import wait_until
 from workers.cli.backup import BackupError, backup
 from workers.dev.servers import PRIMARY_CONF, RedisServer
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -22,19 +21,12 @@ from tests.integration.cache_fixtures import (
     child_command,
     shared_fetcher,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.cache
 
 THREADS = 50
 PROCESSES = 2
-
-
-def wait_until(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.005)
 
 
 def test_threads_and_processes_missing_one_key_fetch_once(
@@ -108,7 +100,7 @@ def test_a_fetcher_that_raises_does_not_poison_the_key(cache_redis: redis.Redis)
     ]
     for thread in waiters:
         thread.start()
-    wait_until(lambda: service.stats.snapshot()["lock_waits"] == 10)
+    wait_until(lambda: service.stats.snapshot()["lock_waits"] == 10, 10, "ten waiters on the fill lock")
     failing.release.set()
     for thread in [leader, *waiters]:
         thread.join(30)

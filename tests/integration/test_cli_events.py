@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from cache.realtime.service import RealtimeService
-from tests.integration.processes import Processes, log_of, wait_until
+from tests.integration.processes import Processes, log_of
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.realtime
 

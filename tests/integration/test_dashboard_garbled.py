@@ -14,9 +14,7 @@ import redis
 from rq.job import Job
 
 from jobs.serialization import JSONSerializer
-from tests.integration.dashboard_fixtures import QUEUE, Dashboard, dashboard, start_dashboard
-
-__all__ = ["dashboard", "start_dashboard"]
+from tests.integration.dashboard_fixtures import QUEUE, Dashboard
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(180)]
 

@@ -24,19 +24,13 @@ from rq.worker import Worker
 
 from jobs.email import enqueue_email
 from jobs.serialization import JSONSerializer
-from tests.integration.browser import browser, chromium_path
 from tests.integration.dashboard_fixtures import (
     QUEUE,
     REGISTRIES,
     XSS,
     Dashboard,
     HostileJobs,
-    dashboard,
-    hostile_jobs,
-    start_dashboard,
 )
-
-__all__ = ["browser", "chromium_path", "dashboard", "hostile_jobs", "start_dashboard"]
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(180)]
 

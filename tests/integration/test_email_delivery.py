@@ -23,13 +23,8 @@ from tests.integration.email_fixtures import (
     PASSWORD,
     SmtpServer,
     TlsFiles,
-    email_env,
-    smtp_server,
-    tls_files,
     use_smtp,
 )
-
-__all__ = ["email_env", "smtp_server", "tls_files"]
 
 pytestmark = pytest.mark.email
 

@@ -19,10 +19,8 @@ from jobs.email.validation import MAX_ATTACHMENT_BYTES
 from jobs.enqueue import enqueue, fetch_job
 from jobs.errors import JobValidationError, PermanentJobError
 from jobs.queues import KryonixQueue
-from tests.integration.email_fixtures import SmtpServer, email_env, smtp_server
+from tests.integration.email_fixtures import SmtpServer
 from tests.integration.processes import Processes
-
-__all__ = ["email_env", "smtp_server"]
 
 pytestmark = pytest.mark.email
 

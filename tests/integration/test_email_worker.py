@@ -19,12 +19,11 @@ from jobs.email.api import build_request
 from jobs.enqueue import enqueue, fetch_job
 from jobs.queues import KryonixQueue
 from jobs.retry import RetryPolicy
-from tests.integration.email_fixtures import SmtpServer, smtp_server
-from tests.integration.processes import Processes, log_of, wait_until
+from tests.integration.email_fixtures import SmtpServer
+from tests.integration.processes import Processes, log_of
+from tests.waiting import wait_until
 from workers.cli.failed import list_failed
 from workers.job import attempt_of
-
-__all__ = ["smtp_server"]
 
 pytestmark = pytest.mark.email
 

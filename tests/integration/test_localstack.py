@@ -21,7 +21,7 @@ from rq.worker import Worker
 from cache import connections
 from cache.settings import reset_settings
 from jobs.email import enqueue_email
-from tests.integration.processes import wait_until
+from tests.waiting import wait_until
 from workers.dev.localstack import LOCAL_CACHE_PORT, LOCAL_PRIMARY_PORT, LOCAL_SMTP_PORT
 from workers.dev.servers import PROJECT_ROOT
 

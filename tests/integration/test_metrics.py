@@ -25,7 +25,8 @@ from cache.settings import Settings
 from jobs.email import idempotency
 from jobs.enqueue import enqueue
 from jobs.queues import get_queue
-from tests.integration.processes import Processes, log_of, wait_until
+from tests.integration.processes import Processes, log_of
+from tests.waiting import wait_until
 from workers.cli.metrics import KryonixCollector, MetricsServer, serve_metrics
 from workers.dev.servers import CACHE_CONF, RedisServer, free_port
 from workers.job import KryonixJob

@@ -31,20 +31,16 @@ from jobs.reports import jobs as report_jobs
 from jobs.reports import writers
 from jobs.reports.registry import REPORT_TYPES
 from tests.hostile_payloads import HOSTILE_CHUNKS, HOSTILE_EMAILS, HOSTILE_REPORTS, chunk_payload
-from tests.integration.email_fixtures import SmtpServer, email_env, smtp_server
+from tests.integration.email_fixtures import SmtpServer
 from tests.integration.processes import Processes, log_of
 from tests.integration.reports_fixtures import (
     T0,
     db_url,
     insert_known,
     read_csv,
-    report_settings,
-    reports_dir,
     visible_files,
 )
 from workers.cli.failed import FailedJob, list_failed
-
-__all__ = ["email_env", "report_settings", "reports_dir", "smtp_server"]  # fixtures
 
 pytestmark = pytest.mark.security
 

@@ -28,13 +28,11 @@ from tests.integration.poison import (
     Poison,
     job_hash,
     push,
-    webhook_listener,
 )
-from tests.integration.processes import Processes, log_of, wait_until
+from tests.integration.processes import Processes, log_of
+from tests.waiting import wait_until
 from workers.cli.failed import list_failed
 from workers.maintenance import STUCK_AFTER_S, recover
-
-__all__ = ["webhook_listener"]
 
 pytestmark = pytest.mark.security
 

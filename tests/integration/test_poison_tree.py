@@ -18,12 +18,11 @@ from cache.text import printable
 from jobs.enqueue import enqueue_bulk
 from jobs.quarantine import list_quarantined
 from jobs.queues import KryonixQueue
-from tests.integration.poison import FAILED, POISONS, Context, Listener, Poison, webhook_listener
-from tests.integration.processes import Processes, log_of, wait_until
-from tests.integration.test_ops import Tree, tree
+from tests.integration.ops_fixtures import Tree
+from tests.integration.poison import FAILED, POISONS, Context, Listener, Poison
+from tests.integration.processes import Processes, log_of
+from tests.waiting import wait_until
 from workers.cli.failed import list_failed
-
-__all__ = ["tree", "webhook_listener"]
 
 pytestmark = pytest.mark.security
 

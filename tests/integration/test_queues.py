@@ -21,7 +21,8 @@ from jobs.errors import EnqueueUnavailable, JobValidationError
 from jobs.periodic import Periodic
 from jobs.queues import EMAIL, KryonixQueue
 from jobs.retry import RetryPolicy
-from tests.integration.processes import Processes, log_of, wait_until
+from tests.integration.processes import Processes, log_of
+from tests.waiting import wait_until
 from workers.cli.failed import list_failed
 from workers.cli.jobview import describe_job, render_job
 from workers.job import attempt_of

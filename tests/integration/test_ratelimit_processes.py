@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import time
 from collections.abc import Callable, Iterator
 from multiprocessing.context import SpawnContext, SpawnProcess
 
@@ -23,6 +22,7 @@ from cache.ratelimit.service import (
 )
 from cache.settings import Settings
 from tests.integration.ratelimit_fixtures import admit_many, burst_until_killed
+from tests.waiting import wait_until
 from workers.dev.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.ratelimit
@@ -39,14 +39,6 @@ def spawn() -> Iterator[SpawnContext]:
     for child in multiprocessing.active_children():
         child.kill()
         child.join(10)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_four_processes_share_one_limit_exactly(

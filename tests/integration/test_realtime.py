@@ -14,10 +14,10 @@ from cache.errors import RedisUnavailable
 from cache.realtime.envelope import Event, InvalidEvent
 from cache.realtime.service import RealtimeService
 from cache.realtime.subscriber import Subscriber
-from tests.integration.realtime_fixtures import PrivateRedis, Recorder, private_redis, wait_until
+from tests.integration.realtime_fixtures import WAIT_S, PrivateRedis, Recorder
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.realtime
-__all__ = ["private_redis"]
 
 NOW = datetime(2024, 5, 1, 11, 0, 0, 123000, tzinfo=UTC)
 
@@ -97,7 +97,11 @@ def test_200_channels_on_one_connection_each_callback_sees_only_its_own(primary:
         assert subscriber.wait_ready(30)
         sent = {user: service.publish_user_event(user, "hello", {"user": user}) for user in recorders}
         system_id = service.publish_system_event("all", {})
-        assert wait_until(lambda: all(r.ids() for r in recorders.values()) and bool(with_system.ids()))
+        wait_until(
+            lambda: all(r.ids() for r in recorders.values()) and bool(with_system.ids()),
+            WAIT_S,
+            "an event for every user and the system",
+        )
         clients = primary.client_list()
         assert with_system.ids() == [system_id]
         for user, recorder in recorders.items():
@@ -182,7 +186,11 @@ def test_two_subscriptions_share_a_channel_and_unsubscribe_independently(primary
         assert second.wait_for(2) == [a, b]
         assert primary.pubsub_numsub("user:9:events") == [(b"user:9:events", 1)]
         subscriber.unsubscribe(sub2)
-        assert wait_until(lambda: primary.pubsub_numsub("user:9:events") == [(b"user:9:events", 0)])
+        wait_until(
+            lambda: primary.pubsub_numsub("user:9:events") == [(b"user:9:events", 0)],
+            WAIT_S,
+            "no subscriber left on user:9:events",
+        )
         service.publish_user_event(9, "c", {})
         marker = Recorder()
         subscriber.subscribe_user(9, marker)  # a fresh subscription proves the loop processed the rest
@@ -216,8 +224,16 @@ def test_stop_is_clean_even_from_inside_a_handler(primary: redis.Redis) -> None:
     subscriber.subscribe_system(stop_on_first)
     service.publish_system_event("bye", {})
     assert stopped.wait(30)
-    assert wait_until(lambda: not [t for t in threading.enumerate() if t.name == "kryonix-realtime"])
-    assert wait_until(lambda: not [c for c in primary.client_list() if int(c.get("sub", 0)) > 0])
+    wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name == "kryonix-realtime"],
+        WAIT_S,
+        "the subscriber thread gone",
+    )
+    wait_until(
+        lambda: not [c for c in primary.client_list() if int(c.get("sub", 0)) > 0],
+        WAIT_S,
+        "no subscribed client left",
+    )
 
 
 def test_publish_while_redis_is_down_names_the_setting(private_redis: PrivateRedis) -> None:

@@ -11,22 +11,10 @@ import pytest
 
 from cache.realtime.async_service import AsyncRealtimeService
 from cache.realtime.envelope import Event, InvalidEvent
-from tests.integration.realtime_fixtures import PrivateRedis, ReconnectGate, Recorder, private_redis
+from tests.integration.realtime_fixtures import WAIT_S, PrivateRedis, ReconnectGate, Recorder
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.realtime
-__all__ = ["private_redis"]
-
-WAIT_S = 30.0
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
 
 
 def run(make: Callable[[AsyncRealtimeService], Awaitable[None]], redis_: PrivateRedis) -> None:
@@ -73,7 +61,9 @@ def test_async_200_channels_on_one_connection_each_handler_sees_only_its_own(
                 await subscriber.subscribe_user(user, recorder)
             assert await subscriber.wait_ready(WAIT_S)
             sent = {user: await service.publish_user_event(user, "hello", {}) for user in recorders}
-            assert await until(lambda: all(r.ids() for r in recorders.values()))
+            await async_wait_until(
+                lambda: all(r.ids() for r in recorders.values()), WAIT_S, "an event for every user"
+            )
             clients.extend(private_redis.server.client().client_list())
             for user, recorder in recorders.items():
                 assert recorder.ids() == [sent[user]]
@@ -101,12 +91,14 @@ def test_async_coroutine_handlers_malformed_payloads_and_unsubscribe(
             a = await service.publish_system_event("a", {})
             await service.client.publish("system:events", "{not json")
             b = await service.publish_system_event("b", {})
-            assert await until(lambda: len(got) >= 2)
+            await async_wait_until(lambda: len(got) >= 2, WAIT_S, "two events handled")
             assert got == [a, b]
             assert subscriber.stats.malformed == 1
             subscriber.unsubscribe(sub)
             assert await subscriber.wait_ready(WAIT_S)
-            assert await until(lambda: service_numsub(private_redis) == 0)
+            await async_wait_until(
+                lambda: service_numsub(private_redis) == 0, WAIT_S, "no subscriber left on system:events"
+            )
 
     run(body, private_redis)
     assert "malformed message on system:events" in caplog.text
@@ -141,7 +133,11 @@ def test_async_replay_overlapping_live_messages_delivers_each_event_once(private
             c = await service.publish_user_event(11, "c", {})
             release.set()
             d = await service.publish_user_event(11, "d", {})
-            assert await until(lambda: len(second.ids()) >= 4 and len(first.ids()) >= 4)
+            await async_wait_until(
+                lambda: len(second.ids()) >= 4 and len(first.ids()) >= 4,
+                WAIT_S,
+                "four events for each handler",
+            )
             assert second.ids() == first.ids() == [a, b, c, d]
 
     run(body, private_redis)
@@ -167,14 +163,14 @@ def test_async_events_published_while_away_arrive_once_in_order(private_redis: P
             await subscriber.subscribe_user(1, recorder)
             assert await subscriber.wait_ready(WAIT_S)
             before = [await service.publish_user_event(1, "before", {"n": n}) for n in range(3)]
-            assert await until(lambda: len(recorder.ids()) >= 3)
+            await async_wait_until(lambda: len(recorder.ids()) >= 3, WAIT_S, "3 events")
             helper = threading.Thread(target=restart_and_publish)
             helper.start()
             private_redis.server.kill()
-            assert await until(lambda: len(recorder.ids()) >= 8)
+            await async_wait_until(lambda: len(recorder.ids()) >= 8, WAIT_S, "8 events")
             helper.join(WAIT_S)
             after = await service.publish_user_event(1, "after", {})
-            assert await until(lambda: len(recorder.ids()) >= 9)
+            await async_wait_until(lambda: len(recorder.ids()) >= 9, WAIT_S, "9 events")
             assert recorder.ids() == [*before, *during, after]
             assert subscriber.stats.replayed == 5
             assert subscriber.stats.reconnects == 1
@@ -192,12 +188,14 @@ def test_async_restart_under_a_live_subscriber_loses_and_repeats_nothing(private
             ids = [await service.publish_user_event(n % 3, "before", {}) for n in range(9)]
             private_redis.server.restart(kill=False)  # SIGTERM: every acknowledged event is kept
             ids += [await service.publish_user_event(n % 3, "after", {}) for n in range(9)]
-            assert await until(lambda: len(recorder.ids()) >= 18)
+            await async_wait_until(lambda: len(recorder.ids()) >= 18, WAIT_S, "18 events")
             for user in range(3):
                 channel = f"user:{user}:events"
                 expected = [i for n, i in enumerate(ids) if n % 3 == user]
                 assert [e.id for e in recorder.events if e.channel == channel] == expected
             assert len(recorder.ids()) == 18
-            assert await until(lambda: subscriber.stats.reconnects >= 1)
+            await async_wait_until(
+                lambda: subscriber.stats.reconnects >= 1, WAIT_S, "the subscriber reconnected"
+            )
 
     run(body, private_redis)

@@ -7,16 +7,10 @@ import threading
 import pytest
 
 from cache.errors import RedisUnavailable
-from tests.integration.realtime_fixtures import (
-    PrivateRedis,
-    ReconnectGate,
-    Recorder,
-    private_redis,
-    wait_until,
-)
+from tests.integration.realtime_fixtures import WAIT_S, PrivateRedis, ReconnectGate, Recorder
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.realtime
-__all__ = ["private_redis"]
 
 
 def test_events_published_while_the_subscriber_is_away_arrive_once_in_order(
@@ -59,7 +53,7 @@ def test_restart_right_under_a_live_subscriber_loses_and_repeats_nothing(private
         private_redis.server.restart(kill=False)
         ids += [service.publish_system_event("after", {"n": n}) for n in range(10)]
         assert recorder.wait_for(20) == ids
-        assert wait_until(lambda: subscriber.stats.reconnects >= 1)
+        wait_until(lambda: subscriber.stats.reconnects >= 1, WAIT_S, "the subscriber reconnected")
     assert recorder.ids() == ids
 
 
@@ -89,15 +83,17 @@ def test_continuous_publishing_across_a_crash(private_redis: PrivateRedis) -> No
         publisher = threading.Thread(target=publish_forever)
         publisher.start()
         try:
-            assert wait_until(lambda: len(published) >= 50)
+            wait_until(lambda: len(published) >= 50, WAIT_S, "50 events published")
             private_redis.server.restart()  # SIGKILL, then start on the same port and data dir
             after_restart = len(published)
-            assert wait_until(lambda: len(published) >= after_restart + 50)
+            wait_until(
+                lambda: len(published) >= after_restart + 50, WAIT_S, "50 events published after the restart"
+            )
         finally:
             done.set()
             publisher.join(30)
         kept = [e.id for e in service.events_since("busy", "0-0", count=100_000)]
-        assert wait_until(lambda: set(kept) <= set(recorder.ids()))
+        wait_until(lambda: set(kept) <= set(recorder.ids()), WAIT_S, "every kept event delivered")
         assert set(published[after_restart + 1 :]) <= set(recorder.ids())
         assert subscriber.stats.reconnects >= 1
     got = recorder.ids()

@@ -12,7 +12,8 @@ import redis
 
 from cache.realtime.envelope import InvalidEvent
 from cache.realtime.service import RealtimeService
-from tests.integration.realtime_fixtures import wait_until
+from tests.integration.realtime_fixtures import WAIT_S
+from tests.waiting import wait_until
 from workers.cli.events_tail import format_event, tail_events
 
 pytestmark = pytest.mark.realtime
@@ -49,7 +50,7 @@ def tailing(user_ids: list[str], system: bool) -> Iterator[Output]:
 
 def prime(out: Output, publish: Callable[[], str]) -> None:
     """Publish probes until one shows up: from then on the tail is provably live."""
-    assert wait_until(lambda: publish() in "\n".join(out.lines()))
+    wait_until(lambda: publish() in "\n".join(out.lines()), WAIT_S, "a probe printed by the tail")
 
 
 def test_tail_prints_only_the_chosen_channels(primary: redis.Redis) -> None:
@@ -60,7 +61,7 @@ def test_tail_prints_only_the_chosen_channels(primary: redis.Redis) -> None:
         mine = service.publish_user_event(7, "report.ready", {"b": 2, "a": 1})
         service.publish_user_event(8, "not.mine", {})
         system = service.publish_system_event("maintenance", {"minutes": 5})
-        assert wait_until(lambda: len(out.lines()) >= start + 2)
+        wait_until(lambda: len(out.lines()) >= start + 2, WAIT_S, "two more lines printed")
         lines = out.lines()[start:]
     event = service.events_since(7, "0")[-1]
     assert lines == [format_event(event), format_event(service.events_since("system:events")[-1])]
@@ -73,7 +74,7 @@ def test_tail_without_filters_follows_every_user_and_the_system(primary: redis.R
     with tailing([], system=False) as out:
         prime(out, lambda: service.publish_system_event("probe", {}))
         ids = [service.publish_user_event(user, "e", {}) for user in ("a", "b")]
-        assert wait_until(lambda: all(i in "\n".join(out.lines()) for i in ids))
+        wait_until(lambda: all(i in "\n".join(out.lines()) for i in ids), WAIT_S, f"events {ids} printed")
 
 
 def test_tail_rejects_a_bad_user_id(primary: redis.Redis) -> None:

@@ -27,8 +27,9 @@ from cache.settings import reset_settings
 from jobs.enqueue import enqueue, fetch_job
 from jobs.errors import EnqueueUnavailable
 from jobs.queues import KryonixQueue
-from tests.integration.processes import Processes, log_of, process_env, wait_until
+from tests.integration.processes import Processes, log_of, process_env
 from tests.integration.sentinel import SentinelCluster
+from tests.waiting import wait_until
 from workers.dev.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
 
 pytestmark = pytest.mark.reliability

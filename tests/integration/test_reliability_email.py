@@ -22,7 +22,8 @@ from jobs.email import enqueue_email, idempotency
 from jobs.enqueue import fetch_job
 from jobs.retry import RetryPolicy
 from tests.integration.email_fixtures import SmtpServer
-from tests.integration.processes import Processes, wait_until
+from tests.integration.processes import Processes
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.reliability
 

@@ -35,14 +35,11 @@ from tests.integration.reports_fixtures import (
     insert_known,
     read_csv,
     read_jsonl,
-    report_settings,
-    reports_dir,
     seed_bulk,
 )
 from workers.cli.seed import seed_demo
 
 pytestmark = pytest.mark.reports
-__all__ = ["report_settings", "reports_dir"]  # fixtures
 
 JUNE = {"date_from": "2025-06-01", "date_to": "2025-06-30"}
 

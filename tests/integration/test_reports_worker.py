@@ -28,23 +28,22 @@ from jobs.reports import enqueue_report, scheduled_report
 from jobs.reports.seed import SeedPlan, seed_demo
 from jobs.retry import RetryPolicy
 from jobs.serialization import JSONSerializer
-from tests.integration.processes import Processes, log_of, wait_until
+from tests.integration.processes import Processes, log_of
 from tests.integration.reports_fixtures import (
     all_files,
     db_url,
     detail_rows_in_db,
     full_range,
     read_csv,
-    reports_dir,
     seed_bulk,
     visible_files,
 )
+from tests.waiting import wait_until
 from workers.cli.failed import list_failed
 from workers.job import attempt_of
 from workers.scheduler import PeriodicScheduler
 
 pytestmark = pytest.mark.reports
-__all__ = ["reports_dir"]  # fixture
 
 FAST_RETRY = RetryPolicy(attempts=3, base_s=1, factor=1, cap_s=1)
 ROWS = 100_000

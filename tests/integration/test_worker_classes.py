@@ -18,11 +18,10 @@ import pytest
 import redis
 
 from jobs.enqueue import enqueue, fetch_job
-from tests.integration.poison import Listener, PickleCanary, job_hash, push, webhook_listener
-from tests.integration.processes import Processes, log_of, rq_bin, wait_until
+from tests.integration.poison import Listener, PickleCanary, job_hash, push
+from tests.integration.processes import Processes, log_of, rq_bin
+from tests.waiting import wait_until
 from workers.cli.failed import list_failed
-
-__all__ = ["webhook_listener"]
 
 pytestmark = pytest.mark.security
 
