@@ -74,6 +74,8 @@ def _status(job_id: str) -> str | None:
 
 # --- 2. Redis crash under enqueue load ---------------------------------------------------------
 
+AOF_LOSS_WINDOW_S = 2.0  # Redis's worst case for `appendfsync everysec` on a crash
+
 
 @pytest.mark.timeout(240)
 def test_redis_sigkill_under_enqueue_load_keeps_acknowledged_jobs(
@@ -107,7 +109,8 @@ def test_redis_sigkill_under_enqueue_load_keeps_acknowledged_jobs(
     stop.set()
     producer.join(30)
 
-    safe = [job_id for job_id, at in acknowledged if at < killed_at - 1.0]
+    # everysec writes the AOF each second, and postpones a write up to 2 s while an fsync is slow.
+    safe = [job_id for job_id, at in acknowledged if at < killed_at - AOF_LOSS_WINDOW_S]
     assert len(safe) > 300
     missing = [job_id for job_id in safe if fetch_job(job_id=job_id) is None]
     assert not missing, f"{len(missing)} acknowledged jobs lost, e.g. {missing[:3]}"
@@ -140,6 +143,9 @@ def _seed_user(engine: Engine) -> int:
 def test_redis_away_for_ten_seconds(private_env: dict[str, object], private_processes: Processes) -> None:
     primary_server: RedisServer = private_env["primary"]  # type: ignore[assignment]
     cache_server: RedisServer = private_env["cache"]  # type: ignore[assignment]
+    # What survives a SIGKILL under `appendfsync everysec` (up to 2 s of writes lost) is the
+    # crash test's subject; here every acknowledged write is on disk, so the check is recovery.
+    connections.primary().config_set("appendfsync", "always")
     engine = make_engine()
     user_id = _seed_user(engine)
     db = CachedDatabase(engine=engine, cache=CacheService(namespace="db"))
