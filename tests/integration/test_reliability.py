@@ -75,6 +75,7 @@ def _status(job_id: str) -> str | None:
 # --- 2. Redis crash under enqueue load ---------------------------------------------------------
 
 AOF_LOSS_WINDOW_S = 2.0  # Redis's worst case for `appendfsync everysec` on a crash
+LRU_CLOCK_RESOLUTION_S = 1.1  # Redis's LRU clock resolution is 1 s
 
 
 @pytest.mark.timeout(240)
@@ -220,6 +221,11 @@ def test_full_cache_evicts_cache_keys_only(private_env: dict[str, object]) -> No
     cache_client.config_set("maxmemory", 4 * 1024 * 1024)
     cache = CacheService(namespace="bulk")
     for i in range(3000):
+        if i == 2990:
+            # Redis's LRU clock ticks once a second: keys written within one second are equally
+            # recent to it, and eviction picks among them at random. Let the clock tick, so the
+            # last writes are more recent than the bulk (and so is the namespace's generation).
+            time.sleep(LRU_CLOCK_RESOLUTION_S)
         cache.set(f"item:{i}", "v" * 2048)  # never raises: the cache evicts instead
     info = cache_client.info()
     assert int(info["evicted_keys"]) > 0
