@@ -29,7 +29,8 @@ _JSON_SERIALIZERS = (JSONSerializer, RQJSONSerializer, json)
 def _dotted(value: Any) -> str:
     if isinstance(value, str):
         return value
-    return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', None) or value!r}"
+    qualname = getattr(value, "__qualname__", None) or repr(value)
+    return f"{getattr(value, '__module__', '?')}.{qualname}"
 
 
 def our_class(given: Any, ours: type[Any], *, argument: str) -> type[Any]:

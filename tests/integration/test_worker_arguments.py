@@ -121,3 +121,19 @@ def test_the_arguments_rq_worker_passes_by_default_are_accepted(primary: redis.R
 
     assert worker.serializer is JSONSerializer
     assert worker.job_monitoring_interval == HEARTBEAT_INTERVAL_S
+
+
+def test_a_worker_subclass_names_its_classes_as_class_attributes(primary: redis.Redis) -> None:
+    class OurWorker(KryonixWorker):
+        job_class = _OurJob
+        queue_class = _OurQueue
+
+    class PickleWorker(KryonixWorker):
+        job_class = Job
+
+    worker = OurWorker(["email"], connection=primary)
+
+    assert worker.job_class is _OurJob and worker.queue_class is _OurQueue
+    assert KryonixWorker.job_class is KryonixJob and KryonixWorker.queue_class is KryonixQueue
+    with pytest.raises(ConfigError, match=r"KryonixWorker\(job_class='rq.job.Job'\) refused"):
+        PickleWorker(["email"], connection=primary)
