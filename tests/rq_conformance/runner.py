@@ -37,11 +37,14 @@ def fetch_sdist(version: str = VERSION, cache_dir: Path = CACHE_DIR) -> Path:
     sdist = cache_dir / f"rq-{version}.tar.gz"
     if not sdist.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", f"rq=={version}", "--no-binary", ":all:", "--no-deps",
-             "--quiet", "-d", str(cache_dir)],
-            check=True,
-        )  # fmt: skip
+        # Into a directory of its own, then renamed: an interrupted download leaves no sdist.
+        with tempfile.TemporaryDirectory(prefix="download-", dir=cache_dir) as partial:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", f"rq=={version}", "--no-binary", ":all:",
+                 "--no-deps", "--quiet", "-d", partial],
+                check=True,
+            )  # fmt: skip
+            os.replace(Path(partial) / sdist.name, sdist)
     return sdist
 
 
