@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # more processes than the machine's 2 cores finish sooner; worksteal evens out the long ones.
 PYTEST_WORKERS ?= 6
 
-.PHONY: run test lint format unit install clean
+.PHONY: run test lint format unit rq-conformance install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,14 @@ format: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(PY) -m tests.rq_conformance
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# RQ's own worker/job/queue/registry tests against our classes (downloads RQ's sdist once).
+rq-conformance: $(STAMP)
+	$(PY) -m tests.rq_conformance $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,7 @@ from rq.exceptions import DeserializationError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
-from rq.utils import now
+from rq.utils import get_connection_from_queues, now
 from rq.worker import Worker, WorkerStatus
 
 from cache.appcache.stats import flush_cache_stats
@@ -37,6 +37,7 @@ from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob, attempt_of, not_a_json_job
 from workers.job_stats import JobStats
 from workers.logs import configure_logging
+from workers.worker_arguments import monitoring_interval, our_class, refuse_non_json
 
 log = logging.getLogger("kryonix.worker")
 
@@ -60,21 +61,44 @@ CLASS_FIELD = "kx_worker_class"
 
 
 class KryonixWorker(Worker):
+    job_class = KryonixJob  # class-level too: a subclass may name its own (of ours)
+    queue_class = KryonixQueue
+
     def __init__(self, queues: Any, *args: Any, **kwargs: Any) -> None:
+        """RQ's worker, on our job and queue classes, JSON, and our heartbeat interval.
+
+        Raises:
+            ConfigError: `job_class` or `queue_class` is not ours (nor a subclass of
+                ours), `serializer` is not JSON, or `job_monitoring_interval` is one
+                the crash-recovery bound cannot honour (see `workers.worker_arguments`).
+        """
+        kwargs["job_class"] = job_class = our_class(
+            kwargs.get("job_class") or self.job_class, KryonixJob, argument="job_class"
+        )
+        kwargs["queue_class"] = queue_class = our_class(
+            kwargs.get("queue_class") or self.queue_class, KryonixQueue, argument="queue_class"
+        )
+        refuse_non_json(kwargs.get("serializer"))
         kwargs["serializer"] = JSONSerializer
-        kwargs["job_class"] = KryonixJob
-        kwargs["queue_class"] = KryonixQueue
-        kwargs["job_monitoring_interval"] = HEARTBEAT_INTERVAL_S
-        names = [
-            q if isinstance(q, str) else q.name for q in (queues if isinstance(queues, list) else [queues])
-        ]
+        kwargs["job_monitoring_interval"] = monitoring_interval(
+            kwargs.get("job_monitoring_interval"), longest=HEARTBEAT_INTERVAL_S, grace=HEARTBEAT_GRACE_S
+        )
+        given = list(queues) if isinstance(queues, list | tuple) else [queues]
+        # As RQ's Worker: without `connection=`, the one the given Queue objects carry.
+        connection = kwargs.get("connection") or get_connection_from_queues(given)
         if get_settings().sentinel is not None:
-            # `rq worker` only knows RQ_REDIS_URL; with Sentinel the worker needs a client
-            # that finds the master, and follows it after a failover. Its own pool: RQ
-            # raises the socket timeout of the connection it is given.
-            kwargs["connection"] = build_client(Role.PRIMARY)
-        connection = kwargs.get("connection")
-        queues = [KryonixQueue(name, connection=connection, job_class=KryonixJob) for name in names]
+            # `rq worker` only knows RQ_REDIS_URL; with Sentinel the worker needs a client that
+            # follows the master. Its own pool: RQ raises the socket timeout of the one it is given.
+            connection = build_client(Role.PRIMARY)
+        if connection is not None:
+            kwargs["connection"] = connection
+        # Queues of our class on this connection are kept as given; others are rebuilt by name.
+        queues = [
+            q
+            if isinstance(q, queue_class) and q.connection is connection
+            else queue_class(q if isinstance(q, str) else q.name, connection=connection, job_class=job_class)
+            for q in given
+        ]
         super().__init__(queues, *args, **kwargs)
         self.job_stats = JobStats(self.connection)
         self._heartbeat: _Heartbeat | None = None
