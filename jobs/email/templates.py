@@ -157,12 +157,17 @@ class TemplateLibrary:
 
         Like the resolved locale and the variable lists: templates ship with the code and
         `auto_reload` is off, so skipping jinja2's cache lookup per part changes nothing.
+        Each part's globals become one plain dict: jinja2 copies them into every render's
+        context, and copying its ChainMap was a fifth of a trial render. The environment's
+        globals are set once, when it is built, so the copy stays equal to them.
         """
         key = (name, resolved)
         found = self._parts.get(key)
         if found is None:
             env = self.environment(resolved)
             found = tuple(env.get_template(f"{name}/{part}") for part in PARTS)
+            for template in found:
+                template.globals = dict(template.globals)
             self._parts[key] = found
         return found
 

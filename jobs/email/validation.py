@@ -359,7 +359,9 @@ def check_idempotency_key(key: object) -> str:
         raise EmailValidationError("idempotency_key must be a non-empty string")
     if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise EmailValidationError(f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
-    if any(char.isspace() or not char.isprintable() for char in key):
+    # Every whitespace character but " " is unprintable to Python, so this is "no whitespace or
+    # control character" in two C-level scans instead of a Python loop over the key.
+    if not key.isprintable() or " " in key:
         raise EmailValidationError(
             f"idempotency_key must not contain whitespace or control characters, got {key!r}"
         )
