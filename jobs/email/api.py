@@ -71,20 +71,23 @@ def build_request(
         EmailValidationError: the first problem found, named clearly.
     """
     attached = check_attachments(attachments)  # reads `path` attachments, within the size limit
+    recipients = parse_recipients(to)
+    reply = parse_mailbox(reply_to, "reply_to") if reply_to is not None else None
     payload = {
         "v": PAYLOAD_VERSION,
-        "to": [list(mailbox) for mailbox in parse_recipients(to)],
+        "to": [list(mailbox) for mailbox in recipients],
         "template": template,
         "locale": locale,
         "context": context,
         "idempotency_key": f"auto-{uuid.uuid4().hex}" if idempotency_key is None else idempotency_key,
         "attachments": [attachment_payload(a) for a in attached],
-        "reply_to": list(parse_mailbox(reply_to, "reply_to")) if reply_to is not None else None,
+        "reply_to": list(reply) if reply is not None else None,
         "requested_by": requested_by,
     }
+    parsed = {mailbox.address for mailbox in (*recipients, *([reply] if reply is not None else []))}
     sender = parse_sender(get_settings().mail_from)
     return validate_email_payload(
-        payload, sender=sender, now=dt.datetime.now(dt.UTC), library=library
+        payload, sender=sender, now=dt.datetime.now(dt.UTC), library=library, validated_addresses=parsed
     ).request
 
 
@@ -204,7 +207,8 @@ def enqueue_bulk_email(
         }
         for chunk in chunked(items, chunk_size)
     ]
-    checked = _checked_chunks(payloads, chunk_size, library)
+    parsed = frozenset(item["to"][1] for item in items)  # by plan_recipients: parse once
+    checked = _checked_chunks(payloads, chunk_size, library, parsed)
     job_ids = _enqueue_chunks(checked, template, bulk_id, at=at, in_=in_, retry=retry, client=client)
     store_info(client, bulk_id=bulk_id, info=new_bulk_info(template, locale, len(items), job_ids))
     return BulkEmail(bulk_id=bulk_id, job_ids=tuple(job_ids), recipients=len(items), duplicates=duplicates)
@@ -232,12 +236,22 @@ def _bulk_id(idempotency_key: str | None) -> str:
 
 
 def _checked_chunks(
-    payloads: list[dict[str, Any]], chunk_size: int, library: TemplateLibrary
+    payloads: list[dict[str, Any]], chunk_size: int, library: TemplateLibrary, parsed: frozenset[str]
 ) -> list[BulkChunk]:
-    """Every chunk checked, as its job will check it, before the first is enqueued."""
+    """Every chunk checked, as its job will check it, before the first is enqueued.
+
+    `parsed`: the addresses `plan_recipients` validated; the job validates them again.
+    """
     sender, now = parse_sender(get_settings().mail_from), dt.datetime.now(dt.UTC)
     return [
-        validate_bulk_chunk(payload, sender=sender, now=now, library=library, first_index=number * chunk_size)
+        validate_bulk_chunk(
+            payload,
+            sender=sender,
+            now=now,
+            library=library,
+            first_index=number * chunk_size,
+            validated_addresses=parsed,
+        )
         for number, payload in enumerate(payloads)
     ]
 

@@ -12,7 +12,7 @@ import base64
 import binascii
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +109,12 @@ def check_requester(requested_by: object) -> str | None:
 
 
 def validate_email_payload(
-    payload: object, *, sender: Mailbox, now: dt.datetime, library: TemplateLibrary | None = None
+    payload: object,
+    *,
+    sender: Mailbox,
+    now: dt.datetime,
+    library: TemplateLibrary | None = None,
+    validated_addresses: Set[str] = frozenset(),
 ) -> ValidEmail:
     """Check a `send_email` payload completely, including a trial render.
 
@@ -117,6 +122,8 @@ def validate_email_payload(
         payload: the JSON form (`EmailRequest.to_payload()`), as enqueued or as read from Redis.
         sender: the From mailbox; now: the Date header.
         library: the templates (default: the shipped ones).
+        validated_addresses: addresses the enqueue API has just parsed (`parse_mailbox`), so
+            email-validator does not parse them twice; the worker passes none.
 
     Returns:
         The request and its rendered message.
@@ -131,7 +138,7 @@ def validate_email_payload(
         raise EmailValidationError("to must name at least one recipient")
     recipients: dict[str, Mailbox] = {}
     for index, entry in enumerate(to):
-        mailbox = mailbox_from_payload(entry, f"to[{index}]")
+        mailbox = mailbox_from_payload(entry, f"to[{index}]", validated=validated_addresses)
         recipients.setdefault(mailbox.address.lower(), mailbox)
     template, locale, context = _template(fields, library)
     library.check_context(template, locale, context)
@@ -143,7 +150,11 @@ def validate_email_payload(
         context=context,
         idempotency_key=check_idempotency_key(fields.get("idempotency_key")),
         attachments=check_attachments(_attachments(fields.get("attachments"))),
-        reply_to=mailbox_from_payload(reply_to, "reply_to") if reply_to is not None else None,
+        reply_to=(
+            mailbox_from_payload(reply_to, "reply_to", validated=validated_addresses)
+            if reply_to is not None
+            else None
+        ),
         requested_by=check_requester(fields.get("requested_by")),
     )
     # Catches what the variable list cannot: a missing attribute, a bad type, a subject
@@ -159,6 +170,7 @@ def validate_bulk_chunk(
     now: dt.datetime,
     library: TemplateLibrary | None = None,
     first_index: int = 0,
+    validated_addresses: Set[str] = frozenset(),
 ) -> BulkChunk:
     """Check a `send_bulk_chunk` payload completely, with a trial render of each locale.
 
@@ -167,6 +179,8 @@ def validate_bulk_chunk(
         sender: the From mailbox; now: the Date header of the trial render.
         library: the templates (default: the shipped ones).
         first_index: the position of the chunk's first recipient in the whole send (for messages).
+        validated_addresses: addresses the enqueue API has just parsed (`parse_mailbox`), so
+            email-validator does not parse them twice; the worker passes none.
 
     Raises:
         EmailValidationError: the first problem found, naming the recipient.
@@ -190,7 +204,7 @@ def validate_bulk_chunk(
         template=template,
         locale=locale,
         context=shared,
-        items=_items(entries, template, locale, shared, library, first_index),
+        items=_items(entries, template, locale, shared, library, first_index, validated_addresses),
         connections=connections,
         requested_by=check_requester(fields.get("requested_by")),
     )
@@ -253,6 +267,7 @@ def _items(
     shared: Mapping[str, Any],
     library: TemplateLibrary,
     first_index: int,
+    validated: Set[str],
 ) -> tuple[Item, ...]:
     items: list[Item] = []
     seen: set[str] = set()
@@ -260,7 +275,7 @@ def _items(
         what = f"recipients[{first_index + offset}]"
         if not isinstance(entry, Mapping) or "to" not in entry or set(entry) - _ITEM_KEYS:
             raise EmailValidationError(f"{what} must be a mapping with 'to' and optional 'context'/'locale'")
-        mailbox = mailbox_from_payload(entry["to"], what)
+        mailbox = mailbox_from_payload(entry["to"], what, validated=validated)
         if mailbox.address.lower() in seen:
             raise EmailValidationError(f"{what}: {mailbox.address} appears twice in one chunk")
         seen.add(mailbox.address.lower())

@@ -91,6 +91,7 @@ class TemplateLibrary:
         self._envs: dict[str, jinja2.Environment] = {}
         self._resolved: dict[tuple[str, str], str] = {}
         self._variables: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {}
+        self._parts: dict[tuple[str, str], tuple[jinja2.Template, ...]] = {}
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -150,6 +151,25 @@ class TemplateLibrary:
         env.filters["datetime"] = format_datetime
         env.globals["product_name"] = PRODUCT_NAME
         return env
+
+    def _compiled_parts(self, name: str, resolved: str) -> tuple[jinja2.Template, ...]:
+        """The compiled subject, text and HTML of `name` in its resolved locale, once per process.
+
+        Like the resolved locale and the variable lists: templates ship with the code and
+        `auto_reload` is off, so skipping jinja2's cache lookup per part changes nothing.
+        Each part's globals become one plain dict: jinja2 copies them into every render's
+        context, and copying its ChainMap was a fifth of a trial render. The environment's
+        globals are set once, when it is built, so the copy stays equal to them.
+        """
+        key = (name, resolved)
+        found = self._parts.get(key)
+        if found is None:
+            env = self.environment(resolved)
+            found = tuple(env.get_template(f"{name}/{part}") for part in PARTS)
+            for template in found:
+                template.globals = dict(template.globals)
+            self._parts[key] = found
+        return found
 
     def required_variables(self, name: str, locale: str) -> frozenset[str]:
         """Variables the caller must supply for `name` in `locale` (layout and includes too)."""
@@ -211,14 +231,14 @@ class TemplateLibrary:
                 a template error, or a subject that is empty, too long or spans lines.
         """
         resolved = self.resolve_locale(name, locale)
-        env = self.environment(resolved)
         defaults = dict.fromkeys(self.optional_variables(name, resolved))
         values = {**defaults, **context, "locale": resolved, "year": now.year}
         try:
-            subject = env.get_template(f"{name}/subject.txt").render(values).strip()
+            subject_part, text_part, html_part = self._compiled_parts(name, resolved)
+            subject = subject_part.render(values).strip()
             values["subject"] = subject
-            text = env.get_template(f"{name}/body.txt").render(values)
-            html = env.get_template(f"{name}/body.html").render(values)
+            text = text_part.render(values)
+            html = html_part.render(values)
         except jinja2.TemplateError as exc:
             raise EmailValidationError(f"template {name!r} ({resolved}) cannot be rendered: {exc}") from None
         except (TypeError, ValueError, AttributeError, KeyError) as exc:

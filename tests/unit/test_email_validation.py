@@ -7,6 +7,8 @@ import datetime as dt
 import pytest
 
 from cache.errors import ConfigError
+from jobs.email import api, validation
+from jobs.email.api import build_request
 from jobs.email.payloads import validate_email_payload
 from jobs.email.validation import (
     MAX_ATTACHMENT_BYTES,
@@ -14,6 +16,7 @@ from jobs.email.validation import (
     EmailRequest,
     EmailValidationError,
     Mailbox,
+    check_address,
     check_attachments,
     check_context,
     check_header_value,
@@ -212,3 +215,99 @@ def test_payload_round_trip_keeps_everything() -> None:
 def test_malformed_payload_is_refused(payload: dict[str, object]) -> None:
     with pytest.raises(EmailValidationError):
         validate_email_payload(payload, sender=SENDER, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "ana@example.com",
+        "Ana <ana@example.com>",
+        '"Ana Sílva" <ana@exämple.com>',
+        "Ana@EXAMPLE.com",
+        "ana+tag@sub.example.co.uk",
+    ],
+)
+def test_a_parsed_address_validates_to_itself(raw: str) -> None:
+    """Why the payload check may skip re-parsing what `parse_mailbox` returned at enqueue."""
+    address = parse_mailbox(raw, "to").address
+    assert check_address(address, "to") == address
+
+
+def _count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = validation.validate_email
+
+    def counting(address: str, **kwargs: object) -> object:
+        calls.append(address)
+        return real(address, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(validation, "validate_email", counting)
+    return calls
+
+
+def test_enqueue_parses_each_address_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_parses(monkeypatch)
+    request = build_request(
+        ["Ana <ana@example.com>", "bob@example.com"],
+        "welcome",
+        {"name": "Ana", "login_url": "https://x"},
+        reply_to="help@example.com",
+    )
+    assert request.to == (Mailbox("Ana", "ana@example.com"), Mailbox("", "bob@example.com"))
+    assert sorted(calls) == ["Ana <ana@example.com>", "bob@example.com", "help@example.com"]
+
+
+def test_the_worker_check_parses_every_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_parses(monkeypatch)
+    payload = {
+        "v": 1,
+        "to": [["Ana", "ana@example.com"], ["", "bob@example.com"]],
+        "template": "welcome",
+        "locale": "en",
+        "context": {"name": "Ana", "login_url": "https://x"},
+        "idempotency_key": "k",
+        "attachments": [],
+        "reply_to": ["", "help@example.com"],
+        "requested_by": None,
+    }
+    validate_email_payload(payload, sender=SENDER, now=NOW)
+    assert sorted(calls) == ["ana@example.com", "bob@example.com", "help@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (["Ana\r\nBcc: x@evil.example", "ana@example.com"], "display name contains a CR character"),
+        (["", "ana@example.com\r\nBcc: x@evil.example"], "contains a CR character"),
+        (["", "other@example.com\0"], "contains a NUL character"),
+        (["", "nope"], "is not a valid email address"),
+    ],
+)
+def test_validated_addresses_keep_the_other_checks(entry: list[str], expected: str) -> None:
+    """Only an address in the set skips email-validator; names and header checks still run."""
+    payload = {
+        "v": 1,
+        "to": [entry],
+        "template": "welcome",
+        "locale": "en",
+        "context": {"name": "Ana", "login_url": "https://x"},
+        "idempotency_key": "k",
+        "attachments": [],
+        "reply_to": None,
+        "requested_by": None,
+    }
+    with pytest.raises(EmailValidationError, match=expected):
+        validate_email_payload(payload, sender=SENDER, now=NOW, validated_addresses={"ana@example.com"})
+
+
+def test_bulk_enqueue_parses_each_address_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunk check at enqueue shares `plan_recipients`' parse; nothing is written here."""
+    monkeypatch.setattr(api, "_enqueue_chunks", lambda chunks, *a, **k: [f"j{n}" for n in range(len(chunks))])
+    monkeypatch.setattr(api, "store_info", lambda *a, **k: None)
+    calls = _count_parses(monkeypatch)
+    recipients = [{"to": f"u{i}@example.com", "context": {"name": f"U{i}"}} for i in range(5)]
+    bulk = api.enqueue_bulk_email(
+        "welcome", [*recipients, "U0@example.com"], context={"login_url": "https://x"}, chunk_size=2
+    )
+    assert (bulk.recipients, bulk.duplicates, len(bulk.job_ids)) == (5, 1, 3)
+    assert sorted(calls) == sorted(["U0@example.com", *(f"u{i}@example.com" for i in range(5))])
