@@ -1,12 +1,14 @@
-"""`python -m bench NAME [NAME ...]` or `python -m bench all`: one JSON object per line.
+"""`python -m bench NAME [NAME ...] [--option value ...]` or `python -m bench all`: one JSON object per line.
 
 Each benchmark is a module `bench.<name>` with `run() -> list[dict]`; it starts the
-servers it needs and measures its baseline in the same run.
+servers it needs and measures its baseline in the same run. Options (everything from the
+first `--`) go to `run(argv)` of the modules that take them.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import pkgutil
@@ -18,7 +20,9 @@ from pathlib import Path
 import bench
 
 # Modules in bench/ that are helpers, not benchmarks.
-NOT_BENCHMARKS = {"common", "baseline_jobs"}
+NOT_BENCHMARKS = {"common", "baseline_jobs", "peer_apps"}
+# Run by name only: `peers` needs the optional `bench` extra and adds about 2 minutes.
+NOT_IN_ALL = {"peers"}
 
 
 def available() -> list[str]:
@@ -28,7 +32,9 @@ def available() -> list[str]:
 
 def main(argv: list[str]) -> int:
     names = available()
-    wanted = names if argv == ["all"] else argv
+    split = next((i for i, arg in enumerate(argv) if arg.startswith("--")), len(argv))
+    argv, options = argv[:split], argv[split:]
+    wanted = [n for n in names if n not in NOT_IN_ALL] if argv == ["all"] else argv
     if not argv:
         print(f"usage: python -m bench NAME|all   (benchmarks: {', '.join(names)})", file=sys.stderr)
         return 2
@@ -40,7 +46,8 @@ def main(argv: list[str]) -> int:
     for name in wanted:
         module = importlib.import_module(f"bench.{name}")
         started = time.monotonic()
-        for row in module.run():
+        takes_options = bool(inspect.signature(module.run).parameters)
+        for row in module.run(options) if takes_options else module.run():
             row.setdefault("bench", name)
             row.setdefault("machine", machine)
             print(json.dumps(row), flush=True)

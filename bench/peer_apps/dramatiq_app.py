@@ -1,0 +1,15 @@
+"""Dramatiq on its Redis broker, default middleware: `dramatiq bench.peer_apps.dramatiq_app`."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from bench.peer_apps import mark_done, url
+
+dramatiq.set_broker(RedisBroker(url=url()))
+
+
+@dramatiq.actor
+def noop() -> None:
+    mark_done()

@@ -1,0 +1,14 @@
+"""Huey on Redis at its defaults: `huey_consumer bench.peer_apps.huey_app.huey`."""
+
+from __future__ import annotations
+
+from huey import RedisHuey
+
+from bench.peer_apps import mark_done, url
+
+huey = RedisHuey("bench", url=url())
+
+
+@huey.task()
+def noop() -> None:
+    mark_done()
