@@ -52,8 +52,11 @@ def baseline_send(host: str, port: int, sender: str, to: str, subject: str, text
 # --- the sink: its own process, counters in shared memory ---------------------------------------
 
 
-def _serve_sink(port: int, received: Any, duplicates: Any, ready: Any) -> None:
-    """Accept everything; count recipients and repeats (runs in a spawned process)."""
+def _serve_sink(port: int, received: Any, duplicates: Any, ready: Any, delay_s: float = 0.0) -> None:
+    """Accept everything; count recipients and repeats (runs in a spawned process).
+
+    `delay_s` holds each DATA answer that long, as a remote relay would (`bench peers`).
+    """
     import asyncio
 
     from aiosmtpd.smtp import SMTP
@@ -62,6 +65,8 @@ def _serve_sink(port: int, received: Any, duplicates: Any, ready: Any) -> None:
 
     class Handler:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            if delay_s:
+                await asyncio.sleep(delay_s)
             for rcpt in envelope.rcpt_tos:
                 if rcpt in seen:
                     duplicates.value += 1
@@ -83,7 +88,7 @@ def _serve_sink(port: int, received: Any, duplicates: Any, ready: Any) -> None:
 
 
 class _Sink:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, delay_s: float = 0.0) -> None:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
@@ -92,7 +97,7 @@ class _Sink:
         self.duplicates = context.Value("q", 0, lock=False)
         ready = context.Event()
         self.process = context.Process(
-            target=_serve_sink, args=(port, self.received, self.duplicates, ready), daemon=True
+            target=_serve_sink, args=(port, self.received, self.duplicates, ready, delay_s), daemon=True
         )
         self.process.start()
         if not ready.wait(30):
