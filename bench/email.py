@@ -24,6 +24,8 @@ import smtplib
 from email.message import EmailMessage
 from typing import Any
 
+from bench.common import stop_process_groups
+
 TRANSACTIONAL = 2_000
 BASELINE = 300  # the forking worker is ~10x slower: fewer messages keep the run short
 BULK = 10_000
@@ -173,22 +175,6 @@ def _start_workers(queue: str, env: dict[str, str], logdir: Any, *, burst: bool,
     return processes
 
 
-def _stop_workers(processes: list[Any]) -> None:
-    import os
-    import signal
-    import subprocess
-
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 # --- the four measurements -------------------------------------------------------------------
 
 
@@ -208,7 +194,7 @@ def _baseline(url: str, sink: _Sink, logdir: Any, sample: Any, tag: str) -> tupl
     sink.reset()
     workers = _start_workers(BASELINE_QUEUE, _env(url, sink.port, kryonix=False), logdir, burst=True, url=url)
     first, last, complete = sink.wait_for(BASELINE)
-    _stop_workers(workers)
+    stop_process_groups(workers)
     return (BASELINE - 1) / (last - first), complete
 
 
@@ -225,7 +211,7 @@ def _transactional(url: str, sink: _Sink, logdir: Any, tag: str) -> tuple[float,
     sink.reset()
     workers = _start_workers("email", _env(url, sink.port, kryonix=True), logdir, burst=True, url=url)
     first, last, complete = sink.wait_for(TRANSACTIONAL)
-    _stop_workers(workers)
+    stop_process_groups(workers)
     return (TRANSACTIONAL - 1) / (last - first), enqueue_rate, complete
 
 
@@ -247,7 +233,7 @@ def _bulk(url: str, sink: _Sink, logdir: Any, tag: str) -> tuple[float, float, b
     started = time.perf_counter()
     enqueue_bulk_email("welcome", recipients, context={"login_url": LOGIN_URL})
     first, last, complete = sink.wait_for(BULK)
-    _stop_workers(workers)
+    stop_process_groups(workers)
     return BULK / (last - started), (BULK - 1) / (last - first), complete
 
 

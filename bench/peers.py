@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from typing import Any
 import redis
 from rq import Queue
 
-from bench.common import median, private_primary, row
+from bench.common import median, private_primary, row, stop_process_groups
 from bench.peer_apps import DONE_KEY
 from workers.dev.servers import PROJECT_ROOT
 
@@ -210,7 +209,8 @@ def _env(url: str, *, ours: bool, smtp_port: int = 0) -> dict[str, str]:
     prefixes = ("RQ_", "REDIS_", "CACHE_REDIS", "SMTP_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(REDIS_URL=url, CACHE_REDIS_URL=url, BENCH_PEERS_REDIS_URL=url)
-    env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port))
+    if smtp_port:  # the email workload's sink; a no-op run leaves SMTP at its defaults
+        env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port))
     if ours:  # the README's environment
         env.update(
             RQ_REDIS_URL=url,
@@ -236,18 +236,6 @@ def _start(system: System, url: str, logdir: str, smtp_port: int = 0) -> list[su
                 )
             )
     return processes
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @dataclass(frozen=True)
@@ -291,7 +279,7 @@ def _drain(system: System, client: redis.Redis, url: str, jobs: int, logdir: str
         finished = time.perf_counter()
         stats: dict[str, Any] = client.info("commandstats")
     finally:
-        _stop(processes)
+        stop_process_groups(processes)
     calls = sum(int(v["calls"]) for v in stats.values())
     own = polls + (jobs if system.peer else 0)
     return Drain(
@@ -314,7 +302,7 @@ def _email_drain(
         first, last, complete = sink.wait_for(emails)
         time.sleep(0.2)  # a repeat delivered just after the last one is still counted
     finally:
-        _stop(processes)
+        stop_process_groups(processes)
     return (emails - 1) / max(last - first, 1e-9), int(sink.duplicates.value), complete
 
 
