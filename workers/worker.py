@@ -35,6 +35,7 @@ from cache.settings import get_settings
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob, attempt_of, not_a_json_job
+from workers.job_heartbeat import InProcessHeartbeat
 from workers.job_stats import JobStats
 from workers.logs import configure_logging
 from workers.worker_arguments import monitoring_interval, our_class, refuse_non_json
@@ -101,7 +102,7 @@ class KryonixWorker(Worker):
         ]
         super().__init__(queues, *args, **kwargs)
         self.job_stats = JobStats(self.connection)
-        self._heartbeat: _Heartbeat | None = None
+        self._heartbeat: InProcessHeartbeat | None = None
         self._last_beat: tuple[float, int] = (-math.inf, 0)  # (monotonic time, TTL) of the last beat sent
         self._monotonic: Callable[[], float] = time.monotonic  # injected by tests
         self._written_state: str | None = None  # the `state` field as this process last wrote it
@@ -254,10 +255,16 @@ class KryonixWorker(Worker):
             self._until_redis_answers(self._ping)
         self._recycle_if_bloated()
 
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """RQ's, but only with a horse: for a job run in this process, RQ's `killpg(getpgid(0))`
+        would kill this worker's own process group (a stop-job command, a cold shutdown)."""
+        if self.horse_pid > 0:
+            super().kill_horse(sig)
+
     def _execute_in_process(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
         if self._heartbeat is None:
-            self._heartbeat = _Heartbeat(self)
+            self._heartbeat = InProcessHeartbeat(self)
         self._heartbeat.watch(job, execution)
         try:
             self.perform_job(job, queue, execution)
@@ -336,37 +343,6 @@ class KryonixWorker(Worker):
         if rss is not None and rss > self.max_rss_bytes:
             log.warning("worker %s uses %d MiB > WORKER_MAX_RSS_MB MiB: recycling", self.name, rss >> 20)
             self._stop_requested = True
-
-
-class _Heartbeat:
-    """One thread per worker keeping the running in-process job's heartbeat fresh.
-
-    A forked horse is watched by RQ's own monitoring loop; an in-process job blocks the
-    worker's only loop, so without this its heartbeat would lapse and the maintenance
-    loop would retry a job that is still running.
-    """
-
-    def __init__(self, worker: KryonixWorker) -> None:
-        self.worker = worker
-        self._current: tuple[Job, Execution] | None = None
-        self._lock = threading.Lock()
-        threading.Thread(target=self._run, name="job-heartbeat", daemon=True).start()
-
-    def watch(self, job: Job | None, execution: Execution | None) -> None:
-        with self._lock:  # once this returns, no beat for the previous job is in flight
-            self._current = (job, execution) if job is not None and execution is not None else None
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.worker.job_monitoring_interval)
-            with self._lock:
-                if self._current is None:
-                    continue
-                job, execution = self._current
-                try:
-                    self.worker.maintain_heartbeats(job, execution)
-                except Exception:  # a missed beat is survivable; a dead heartbeat thread is not
-                    log.exception("heartbeat for job %s failed", job.id)
 
 
 def _rss_bytes() -> int | None:

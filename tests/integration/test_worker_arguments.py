@@ -137,3 +137,30 @@ def test_a_worker_subclass_names_its_classes_as_class_attributes(primary: redis.
     assert KryonixWorker.job_class is KryonixJob and KryonixWorker.queue_class is KryonixQueue
     with pytest.raises(ConfigError, match=r"KryonixWorker\(job_class='rq.job.Job'\) refused"):
         PickleWorker(["email"], connection=primary)
+
+
+def test_kill_horse_without_a_horse_leaves_the_worker_and_its_process_group_alive(
+    redis_env: dict[str, str],
+) -> None:
+    """An in-process (email) job has no horse: RQ's `killpg(getpgid(0))` would SIGKILL the worker's group."""
+    import subprocess
+    import sys
+
+    code = (
+        "import signal, redis\n"
+        "from workers.worker import KryonixWorker\n"
+        f"worker = KryonixWorker(['email'], connection=redis.Redis.from_url({redis_env['REDIS_URL']!r}))\n"
+        "assert worker.horse_pid == 0\n"
+        "worker.kill_horse()\n"
+        "worker.kill_horse(signal.SIGTERM)\n"
+        "print('alive')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**__import__("os").environ, **redis_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,  # its own group: the old behaviour kills only this child
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "alive"), done.stderr[-2000:]

@@ -14,6 +14,18 @@ DESELECTED: dict[str, str] = {
         "starts the `rqworker` script on redis://127.0.0.1:6379, the machine's server"
     )
     for name in ("test_run_empty_queue", "test_run_access_self", "test_run_scheduled_access_self")
+} | {
+    f"tests/test_worker.py::HerokuWorkerShutdownTestCase::{name}": (
+        "RQ's own HerokuWorker (not ours), and a race in the test: it SIGRTMINs the process group of a "
+        "child that may not have left the test runner's group yet, killing the runner"
+    )
+    for name in (
+        "test_immediate_shutdown",
+        "test_1_sec_shutdown",
+        "test_shutdown_double_sigrtmin",
+        "test_handle_shutdown_request",
+        "test_handle_shutdown_request_no_horse",
+    )
 }
 
 JSON = (

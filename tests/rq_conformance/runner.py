@@ -78,6 +78,7 @@ def main(pytest_args: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="run-", dir=CACHE_DIR) as tmp:
         root = Path(tmp)
         prepare(root, sdist)
+        shutil.rmtree("/tmp/rq_shutdown", ignore_errors=True)  # RQ's fixed path; a killed run leaves it
         server = RedisServer(PRIMARY_CONF, root / "redis").start()
         try:
             env = {
@@ -90,6 +91,12 @@ def main(pytest_args: list[str]) -> int:
             for name in ("REDIS_PASSWORD", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "RQ_REDIS_URL"):
                 env.pop(name, None)
             command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEX"]
-            return subprocess.call([*command, *TEST_FILES, *pytest_args], cwd=root, env=env)
+            # Its own session: a test that signals its process group must not reach `make test`.
+            code = subprocess.call(
+                [*command, *TEST_FILES, *pytest_args], cwd=root, env=env, start_new_session=True
+            )
+            if code < 0:
+                print(f"RQ's test run was killed by signal {-code}", file=sys.stderr)
+            return code
         finally:
             server.stop()
