@@ -30,6 +30,8 @@ DEFAULT_DATABASE_URL = "sqlite:///var/kryonix.db"  # embedded default, no server
 DEFAULT_SMTP_HOST = "127.0.0.1"
 DEFAULT_SMTP_PORT = 1025  # the local SMTP catcher of `make run`
 DEFAULT_SMTP_TIMEOUT_S = 10.0
+DEFAULT_EMAIL_CONCURRENCY = 32  # email jobs in flight per worker process (docs/performance.md)
+DEFAULT_SMTP_MAX_CONNECTIONS = 32  # open SMTP connections per worker process, busy or idle
 DEFAULT_MAIL_FROM = "KRYONIX <no-reply@kryonix.local>"
 DEFAULT_REPORTS_DIR = "var/reports"
 DEFAULT_EVENTS_STREAM_MAXLEN = 1000  # per channel: enough to cover a reconnect, small enough for noeviction
@@ -70,6 +72,8 @@ class Settings:
     smtp_tls: bool = False
     smtp_starttls: bool = False
     smtp_timeout_s: float = DEFAULT_SMTP_TIMEOUT_S
+    smtp_max_connections: int = DEFAULT_SMTP_MAX_CONNECTIONS
+    email_concurrency: int = DEFAULT_EMAIL_CONCURRENCY
     mail_from: str = DEFAULT_MAIL_FROM
     ops_emails: tuple[str, ...] = ()
     reports_dir: Path = Path(DEFAULT_REPORTS_DIR)
@@ -141,6 +145,8 @@ class Settings:
             smtp_tls=smtp_tls,
             smtp_starttls=smtp_starttls,
             smtp_timeout_s=env.number("SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, float),
+            smtp_max_connections=env.bounded("SMTP_MAX_CONNECTIONS", DEFAULT_SMTP_MAX_CONNECTIONS, 1, 1000),
+            email_concurrency=env.bounded("EMAIL_CONCURRENCY", DEFAULT_EMAIL_CONCURRENCY, 1, 1000),
             mail_from=env.mailbox("MAIL_FROM", DEFAULT_MAIL_FROM, example=DEFAULT_MAIL_FROM),
             ops_emails=env.addresses("OPS_EMAIL", example=DEFAULT_MAIL_FROM),
             reports_dir=Path(env.get("REPORTS_DIR", DEFAULT_REPORTS_DIR)),
