@@ -11,9 +11,13 @@ import bisect
 import logging
 
 import redis
+from rq.exceptions import DeserializationError
+from rq.job import Job
+from rq.queue import Queue
 
 from cache.counters import BufferedCounters
 from cache.keys import job_counters
+from workers.job import attempt_of
 
 log = logging.getLogger("kryonix.job_stats")
 
@@ -75,3 +79,45 @@ def read_job_counters(connection: redis.Redis, queue: str) -> dict[str, float]:
     for outcome in OUTCOMES:
         values.setdefault(outcome, 0.0)
     return values
+
+
+# RQ status after a run -> the counter it adds to (a retry is scheduled or requeued).
+_OUTCOMES = {
+    "finished": "finished",
+    "failed": "failed",
+    "stopped": "stopped",
+    "scheduled": "retried",
+    "queued": "retried",
+}
+
+
+def log_outcome(stats: JobStats, job: Job, queue: Queue, duration_s: float, *, in_process: bool) -> None:
+    """Count the job's outcome and log its one line (RQ's own lines say less, in its format)."""
+    try:
+        # In-process, RQ already holds the final status; a forked horse wrote it to Redis.
+        status = job.get_status(refresh=not in_process)
+    except Exception:
+        status = None
+    outcome = _OUTCOMES.get(status.value if status is not None else "", "finished")
+    stats.record(queue.name, outcome, duration_s)
+    attempt = attempt_of(job)
+    try:
+        func_name = job.func_name
+    except DeserializationError:
+        func_name = "<not a JSON job>"
+    log.info(
+        "job %s queue=%s func=%s attempt=%d status=%s duration_ms=%.1f",
+        job.id,
+        queue.name,
+        func_name,
+        attempt,
+        status.value if status is not None else "gone",
+        duration_s * 1000,
+        extra={
+            "job_id": job.id,
+            "queue": queue.name,
+            "attempt": attempt,
+            "status": status.value if status is not None else "gone",
+            "duration_ms": round(duration_s * 1000, 1),
+        },
+    )

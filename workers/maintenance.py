@@ -82,7 +82,8 @@ def _recover_intermediate(queue: KryonixQueue, now: float) -> list[str]:
         queue.name, connection=connection, job_class=KryonixJob, serializer=JSONSerializer
     )
     requeued = []
-    for raw_id in raw_ids(connection.lrange(intermediate.key, 0, -1)):
+    # Newest first: each goes back to the front, so the queue keeps their order.
+    for raw_id in reversed(raw_ids(connection.lrange(intermediate.key, 0, -1))):
         job_id = printable(raw_id)
         if job_id in started:
             continue

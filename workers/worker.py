@@ -1,15 +1,15 @@
 """The RQ worker class: `RQ_WORKER_CLASS=workers.worker.KryonixWorker`.
 
 One class serves both queues. Jobs of an `in_process` queue (email) run inside the
-worker, so SMTP connections live across jobs; the others (report) run in a forked work
-horse, isolated. Either way the job's heartbeat is refreshed every
-`HEARTBEAT_INTERVAL_S`, so a dead worker's job is noticed within about half a minute
-instead of RQ's 90 s to 10+ min.
+worker, up to `EMAIL_CONCURRENCY` at once on slot threads (`workers.slots`), so SMTP
+connections and transactions are shared; the others (report) run in a forked work
+horse, isolated, one at a time. The loop that claims them is `workers.loop`. Every
+job's heartbeat is refreshed every `HEARTBEAT_INTERVAL_S`, so a dead worker's job is
+noticed within about half a minute instead of RQ's 90 s to 10+ min.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -20,24 +20,28 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from rq import defaults as rq_defaults
 from rq.exceptions import DeserializationError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.utils import get_connection_from_queues, now
-from rq.worker import Worker, WorkerStatus
+from rq.worker import DequeueStrategy, WorkerStatus
 
 from cache.appcache.stats import flush_cache_stats
 from cache.connections import Role, build_client, set_process_role
 from cache.health import check_eviction_policy
 from cache.ratelimit.service import flush_ratelimit_stats
 from cache.settings import get_settings
-from jobs.queues import QUEUES, KryonixQueue
+from jobs.queues import KryonixQueue
 from jobs.serialization import JSONSerializer
-from workers.job import KryonixJob, attempt_of, not_a_json_job
-from workers.job_heartbeat import InProcessHeartbeat
-from workers.job_stats import JobStats
+from workers.commands import SlotCommands
+from workers.job import KryonixJob, not_a_json_job
+from workers.job_stats import JobStats, log_outcome
 from workers.logs import configure_logging
+from workers.loop import HORSE_POLL_S, WorkLoop, in_process
+from workers.process import die_with_parent, rss_bytes
+from workers.slots import Slots, ThreadAwareDeathPenalty
 from workers.worker_arguments import monitoring_interval, our_class, refuse_non_json
 
 log = logging.getLogger("kryonix.worker")
@@ -46,24 +50,16 @@ HEARTBEAT_INTERVAL_S = 10  # how often a running job proves its worker is alive
 HEARTBEAT_GRACE_S = 20  # a job whose heartbeat is this late is abandoned (RQ uses 60)
 HEARTBEAT_COALESCE_S = 1.0  # a worker beat this recent makes the next one redundant
 SUSPENSION_CHECK_INTERVAL_S = 1.0  # `rq suspend` takes effect within this
-PR_SET_PDEATHSIG = 1
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
-# RQ status after a run -> the counter it adds to (a retry is scheduled or requeued).
-_OUTCOMES = {
-    "finished": "finished",
-    "failed": "failed",
-    "stopped": "stopped",
-    "scheduled": "retried",
-    "queued": "retried",
-}
 # Worker hash field naming the class; RQ 3 stores none, so `status` tells our workers
 # from a plain `rq worker` (pickle, any function) by this marker.
 CLASS_FIELD = "kx_worker_class"
 
 
-class KryonixWorker(Worker):
+class KryonixWorker(SlotCommands):
     job_class = KryonixJob  # class-level too: a subclass may name its own (of ours)
     queue_class = KryonixQueue
+    death_penalty_class = ThreadAwareDeathPenalty
 
     def __init__(self, queues: Any, *args: Any, **kwargs: Any) -> None:
         """RQ's worker, on our job and queue classes, JSON, and our heartbeat interval.
@@ -102,7 +98,10 @@ class KryonixWorker(Worker):
         ]
         super().__init__(queues, *args, **kwargs)
         self.job_stats = JobStats(self.connection)
-        self._heartbeat: InProcessHeartbeat | None = None
+        self.slots: Slots | None = None  # made when the first in-process job starts
+        self._loop: WorkLoop | None = None  # while `work` runs
+        self._stopped_ids = set()
+        self._stop_lock = threading.Lock()
         self._last_beat: tuple[float, int] = (-math.inf, 0)  # (monotonic time, TTL) of the last beat sent
         self._monotonic: Callable[[], float] = time.monotonic  # injected by tests
         self._written_state: str | None = None  # the `state` field as this process last wrote it
@@ -236,46 +235,128 @@ class KryonixWorker(Worker):
             return int(min(remaining, self.job_monitoring_interval)) + HEARTBEAT_GRACE_S
         return int(self.job_monitoring_interval) + HEARTBEAT_GRACE_S
 
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        started = time.monotonic()
-        spec = QUEUES.get(queue.name)
-        in_process = spec is not None and spec.in_process
+    def work(
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        date_format: str = rq_defaults.DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = rq_defaults.DEFAULT_LOGGING_FORMAT,
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        with_scheduler: bool = False,
+        dequeue_strategy: DequeueStrategy = DequeueStrategy.DEFAULT,
+    ) -> bool:
+        """RQ's `work`, on our loop (`workers.loop`): claims for every free slot, then drains."""
+        self.bootstrap(logging_level, date_format, log_format)
+        self._dequeue_strategy = dequeue_strategy
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level, date_format, log_format)
+        self._install_signal_handlers()  # type: ignore[no-untyped-call]
+        self._loop = WorkLoop(self)
         try:
-            if in_process:
-                self._execute_in_process(job, queue)
-            else:
-                super().execute_job(job, queue)
-            self._log_outcome(job, queue, time.monotonic() - started, in_process)
-        except REDIS_DOWN as exc:
-            # The job's end could not be recorded; it stays in the started registry and the
-            # maintenance loop retries it once its heartbeat lapses. Wait for Redis here.
-            log.error(
-                "worker %s: lost Redis during job %s (%s); it will be recovered", self.name, job.id, exc
+            started = self._loop.run(burst=burst, max_jobs=max_jobs, max_idle_time=max_idle_time)
+        finally:
+            self._loop = None
+            self.teardown()
+        return bool(started)
+
+    def _shutdown(self) -> None:
+        """First SIGTERM/SIGINT: claim nothing more, let every running job end, then exit."""
+        if self._loop is None:
+            super()._shutdown()  # type: ignore[no-untyped-call]
+            return
+        self._stop_requested = True
+        self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
+        if self.scheduler:
+            self.stop_scheduler()  # type: ignore[no-untyped-call]
+        if self._loop.blocking:  # idle in BLMOVE: a claimed id would stay in the intermediate list
+            raise StopRequested()
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Second signal: exit now; maintenance recovers the jobs left running."""
+        if self.slots is not None and self.slots.busy:
+            log.warning(
+                "worker %s: cold shutdown with %d job(s) running; crash recovery runs them again",
+                self.name,
+                self.slots.busy,
             )
-            self._until_redis_answers(self._ping)
+        super().request_force_stop(signum, frame)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """An in-process job on a slot thread (this call waits for it); the others in a horse."""
+        if in_process(queue):
+            self.start_in_slot(job, queue)
+            if self._loop is None and self.slots is not None:  # called directly, not from the loop
+                self.slots.drain()
+                self._set_idle()
+            return
+        started = time.monotonic()
+        try:
+            super().execute_job(job, queue)
+            if self.slots is not None and self.slots.busy:
+                self.set_state(WorkerStatus.BUSY)  # RQ marked the worker idle after the horse
+            log_outcome(self.job_stats, job, queue, time.monotonic() - started, in_process=False)
+        except REDIS_DOWN as exc:
+            self._lost_redis(job, exc)
         self._recycle_if_bloated()
+
+    def start_in_slot(self, job: Job, queue: Queue) -> None:
+        """Register the job's execution (started registry, worker index), then run it on a slot."""
+        if self.slots is None:
+            self.slots = Slots(
+                get_settings().email_concurrency,
+                perform=self._perform_in_slot,
+                beat=self._beat_running,
+                beat_interval_s=self.job_monitoring_interval,
+            )
+        execution = self.prepare_execution(job)
+        self.slots.start(job, queue, execution)
+
+    def _perform_in_slot(self, job: Job, queue: Queue, execution: Execution) -> None:
+        started = time.monotonic()
+        try:
+            self.perform_job(job, queue, execution)
+            log_outcome(self.job_stats, job, queue, time.monotonic() - started, in_process=True)
+        except REDIS_DOWN as exc:
+            self._lost_redis(job, exc)
+        finally:
+            with self._stop_lock:
+                self._stopped_ids.discard(job.id)
+        self._recycle_if_bloated()
+        if self.slots is not None and self.slots.busy <= 1 and self._loop is not None:
+            self._set_idle()  # the last running job: idle, and the worker key's long TTL back
+
+    def _set_idle(self) -> None:
+        with self.connection.pipeline(transaction=False) as pipe:
+            self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+            self.heartbeat(pipeline=pipe)
+            pipe.execute()
+
+    def _lost_redis(self, job: Job, exc: Exception) -> None:
+        # The job's end could not be recorded; it stays in the started registry and the
+        # maintenance loop retries it once its heartbeat lapses. Wait for Redis here.
+        log.error("worker %s: lost Redis during job %s (%s); it will be recovered", self.name, job.id, exc)
+        self._until_redis_answers(self._ping)
+
+    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
+        """RQ's wait, but a worker with slots keeps claiming in-process jobs meanwhile."""
+        if self.slots is None or self._loop is None:
+            return super().wait_for_horse()
+        while True:
+            try:
+                pid, status, rusage = os.wait4(self.horse_pid, os.WNOHANG)
+            except ChildProcessError:
+                return None, None, None
+            if pid:
+                return pid, status, rusage
+            self._loop.feed_slots_while_waiting()
+            time.sleep(HORSE_POLL_S)
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         """RQ's, but only with a horse: for a job run in this process, RQ's `killpg(getpgid(0))`
         would kill this worker's own process group (a stop-job command, a cold shutdown)."""
         if self.horse_pid > 0:
             super().kill_horse(sig)
-
-    def _execute_in_process(self, job: Job, queue: Queue) -> None:
-        execution = self.prepare_execution(job)
-        if self._heartbeat is None:
-            self._heartbeat = InProcessHeartbeat(self)
-        self._heartbeat.watch(job, execution)
-        try:
-            self.perform_job(job, queue, execution)
-        finally:
-            self._heartbeat.watch(None, None)
-        # Idle again, and the worker key's long TTL back (the job's beat shortened it), in
-        # one round trip: RQ's own beat right after this is then coalesced away.
-        with self.connection.pipeline(transaction=False) as pipe:
-            self.set_state(WorkerStatus.IDLE, pipeline=pipe)
-            self.heartbeat(pipeline=pipe)
-            pipe.execute()
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """RQ's, with undecodable job data refused as a permanent failure with its reason.
@@ -292,7 +373,7 @@ class KryonixWorker(Worker):
             raise refusal from None
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
-        _die_with_parent()
+        die_with_parent()
         super().main_work_horse(job, queue)
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
@@ -305,72 +386,11 @@ class KryonixWorker(Worker):
                 flush_cache_stats()
                 flush_ratelimit_stats()
 
-    def _log_outcome(self, job: Job, queue: Queue, duration_s: float, in_process: bool) -> None:
-        try:
-            # In-process, RQ already holds the final status; a forked horse wrote it to Redis.
-            status = job.get_status(refresh=not in_process)
-        except Exception:
-            status = None
-        outcome = _OUTCOMES.get(status.value if status is not None else "", "finished")
-        self.job_stats.record(queue.name, outcome, duration_s)
-        attempt = attempt_of(job)
-        try:
-            func_name = job.func_name
-        except DeserializationError:
-            func_name = "<not a JSON job>"
-        log.info(
-            "job %s queue=%s func=%s attempt=%d status=%s duration_ms=%.1f",
-            job.id,
-            queue.name,
-            func_name,
-            attempt,
-            status.value if status is not None else "gone",
-            duration_s * 1000,
-            extra={
-                "job_id": job.id,
-                "queue": queue.name,
-                "attempt": attempt,
-                "status": status.value if status is not None else "gone",
-                "duration_ms": round(duration_s * 1000, 1),
-            },
-        )
-
     def _recycle_if_bloated(self) -> None:
         """Stop after this job when resident memory passed WORKER_MAX_RSS_MB; the supervisor restarts us."""
         if self.max_rss_bytes is None:
             return
-        rss = _rss_bytes()
+        rss = rss_bytes()
         if rss is not None and rss > self.max_rss_bytes:
             log.warning("worker %s uses %d MiB > WORKER_MAX_RSS_MB MiB: recycling", self.name, rss >> 20)
             self._stop_requested = True
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _die_with_parent() -> None:
-    """Make the kernel SIGKILL this work horse when its worker dies.
-
-    Otherwise a horse whose worker was SIGKILLed runs on while the maintenance loop
-    retries its job elsewhere: the job would run twice at once.
-    """
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)

@@ -25,6 +25,7 @@ import contextlib
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -42,6 +43,7 @@ from aiosmtplib import (
 )
 
 from cache.settings import Settings, get_settings
+from jobs import interrupts
 from jobs.email.validation import Mailbox, parse_sender
 from jobs.errors import JobError
 
@@ -49,6 +51,7 @@ T = TypeVar("T")
 
 SERVICE_CLOSING = 421  # RFC 5321: the server is closing the connection (e.g. idle timeout)
 DEFAULT_MAX_IDLE_CONNECTIONS = 8  # kept open per process between jobs
+DEFAULT_MAX_CONNECTIONS = 32  # busy at once per process (SMTP_MAX_CONNECTIONS)
 DEFAULT_SENDER = Mailbox("KRYONIX", "no-reply@kryonix.local")
 
 
@@ -85,6 +88,7 @@ class SmtpSettings:
     timeout_s: float = 10.0
     sender: Mailbox = DEFAULT_SENDER
     local_hostname: str = "localhost"
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> SmtpSettings:
@@ -100,6 +104,7 @@ class SmtpSettings:
             timeout_s=settings.smtp_timeout_s,
             sender=parse_sender(settings.mail_from),
             local_hostname=_local_hostname(),
+            max_connections=settings.smtp_max_connections,
         )
 
 
@@ -267,10 +272,18 @@ def _stage(exc: SMTPResponseException) -> str:
 class SmtpPool:
     """Open connections kept between jobs; `acquire` never connects (that happens on send)."""
 
-    def __init__(self, settings: SmtpSettings, *, max_idle: int = DEFAULT_MAX_IDLE_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        *,
+        max_idle: int = DEFAULT_MAX_IDLE_CONNECTIONS,
+        max_open: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
         self.settings = settings
         self.max_idle = max_idle
+        self.max_open = max_open
         self._idle: list[SmtpConnection] = []
+        self._open_slots: asyncio.Semaphore | None = None  # made on the loop that first uses it
         self._tls_context: ssl.SSLContext | None = None
 
     def _context(self) -> ssl.SSLContext | None:
@@ -298,11 +311,15 @@ class SmtpPool:
         return len(self._idle)
 
     async def deliver(self, envelope_from: str, recipients: tuple[str, ...], raw: bytes) -> Delivery:
-        connection = self.acquire()
-        try:
-            return await connection.deliver(envelope_from, recipients, raw)
-        finally:
-            self.release(connection)
+        """One transaction on a pooled connection; waits while `max_open` are busy."""
+        if self._open_slots is None:
+            self._open_slots = asyncio.Semaphore(self.max_open)
+        async with self._open_slots:
+            connection = self.acquire()
+            try:
+                return await connection.deliver(envelope_from, recipients, raw)
+            finally:
+                self.release(connection)
 
     async def close(self, timeout_s: float = 1.0) -> None:
         """QUIT politely, but never hold up a worker's exit for a server that does not answer."""
@@ -316,21 +333,34 @@ class SmtpPool:
 
 
 class SmtpRuntime:
-    """One event loop per process, kept across jobs, and its pool of SMTP connections."""
+    """One event loop per process, on its own thread, and its pool of SMTP connections.
+
+    Every job of the process hands its SMTP transactions to this loop, from whichever
+    thread it runs on, so concurrent jobs share the pool and its bound. `run` waits
+    through `jobs.interrupts.wait`: a job's timeout or stop cancels its transaction.
+    """
 
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
-        self.pool = SmtpPool(settings)
-        self._runner = asyncio.Runner()
+        self.pool = SmtpPool(settings, max_idle=settings.max_connections, max_open=settings.max_connections)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="smtp-loop", daemon=True)
+        self._thread.start()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return self._runner.run(coroutine)
+        return interrupts.wait(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
 
-    def close(self) -> None:
-        try:
-            self._runner.run(self.pool.close())
-        finally:
-            self._runner.close()
+    def close(self, timeout_s: float = 2.0) -> None:
+        """QUIT the idle connections and stop the loop; never waits longer than `timeout_s`."""
+        if self._loop.is_closed():
+            return
+        closing = asyncio.run_coroutine_threadsafe(self.pool.close(), self._loop)
+        with contextlib.suppress(Exception):
+            closing.result(timeout_s)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 _runtime: SmtpRuntime | None = None

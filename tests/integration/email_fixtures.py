@@ -71,6 +71,9 @@ class ScriptedHandler:
         self.rcpt_replies_once: dict[str, str] = {}  # recipient -> reply, the first time only
         self.data_commands = 0
         self.drop_after_data = 0  # this many DATA: keep the message, then hang up without a reply
+        self.data_delay_s = 0.0  # answer each DATA this late, as a remote relay does
+        self.in_data = 0  # DATA commands being answered right now
+        self.most_in_data = 0  # the most seen at once: how many transactions a sender overlaps
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -83,6 +86,18 @@ class ScriptedHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.in_data += 1
+            self.most_in_data = max(self.most_in_data, self.in_data)
+        try:
+            if self.data_delay_s:
+                await asyncio.sleep(self.data_delay_s)
+            return self._answer_data(server, envelope)
+        finally:
+            with self.lock:
+                self.in_data -= 1
+
+    def _answer_data(self, server: Any, envelope: Any) -> str:
         with self.lock:
             self.data_commands += 1
             answer = self.data_replies.popleft() if self.data_replies else self.data_reply
@@ -161,13 +176,15 @@ class SmtpServer:
         await self._close_sessions()
 
     async def _close_sessions(self) -> None:
-        for session in self._sessions:
-            # After STARTTLS the session's transport is the TLS layer; close the socket under it too.
-            for transport in (session.transport, getattr(session, "_original_transport", None)):
-                if transport is not None:
-                    transport.close()
-        for _ in range(3):  # let connection_lost callbacks run
-            await asyncio.sleep(0)
+        # Several rounds: a session accepted just before the listener closed gets its
+        # transport a loop turn later, and must be closed too.
+        for _ in range(5):
+            for session in self._sessions:
+                # After STARTTLS the session's transport is the TLS layer; close the socket under it too.
+                for transport in (session.transport, getattr(session, "_original_transport", None)):
+                    if transport is not None and not transport.is_closing():
+                        transport.close()
+            await asyncio.sleep(0.01)  # let connection_made / connection_lost callbacks run
 
     @property
     def running(self) -> bool:
