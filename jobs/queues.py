@@ -236,11 +236,14 @@ class KryonixQueue(Queue):
             if job is not None:
                 return job, queue
 
-    def take(self, raw_id: bytes | str) -> Job | None:
-        """The job `raw_id` names, just dequeued; None after setting an unreadable entry aside."""
+    def take(self, raw_id: bytes | str, *, job_class: type[Job] | None = None) -> Job | None:
+        """The job `raw_id` names, just dequeued, as `job_class` (the worker's; default the
+        queue's); None after setting an unreadable entry aside."""
         try:
             job_id = parse_id(raw_id)
-            job: Job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            job: Job = (job_class or self.job_class).fetch(
+                job_id, connection=self.connection, serializer=self.serializer
+            )
         except UnreadableJob as exc:
             reason = exc.reason
         except NoSuchJobError:

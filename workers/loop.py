@@ -46,8 +46,9 @@ def in_process(queue: Queue) -> bool:
 class Claimer:
     """Moves job ids from queues into their intermediate lists, then reads the jobs."""
 
-    def __init__(self, connection: redis.Redis) -> None:
+    def __init__(self, connection: redis.Redis, *, job_class: type[Job]) -> None:
         self.connection = connection
+        self.job_class = job_class  # the worker's: the queue objects it was given may carry another
         self._claim = script(connection, "queue_claim")
         self.set_aside = 0  # entries of the last claim that were no readable job (quarantined)
 
@@ -77,7 +78,7 @@ class Claimer:
     def _read(self, popped: list[tuple[Queue, bytes | str]]) -> list[tuple[Job, Queue]]:
         jobs = []
         for queue, raw_id in popped:
-            job = cast(KryonixQueue, queue).take(raw_id)  # the worker's queues are of our class
+            job = cast(KryonixQueue, queue).take(raw_id, job_class=self.job_class)
             if job is not None:
                 jobs.append((job, queue))
         self.set_aside = len(popped) - len(jobs)
@@ -87,7 +88,7 @@ class Claimer:
 class WorkLoop:
     def __init__(self, worker: KryonixWorker) -> None:
         self.worker = worker
-        self.claimer = Claimer(worker.connection)
+        self.claimer = Claimer(worker.connection, job_class=worker.job_class)
         self.started = 0
         self.blocking = False  # in a blocking wait for jobs: a stop request may interrupt it
 

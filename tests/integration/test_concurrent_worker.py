@@ -31,6 +31,7 @@ from tests.integration.email_fixtures import SmtpServer
 from tests.integration.processes import Processes
 from tests.waiting import wait_until
 from workers.maintenance import STUCK_AFTER_S, recover
+from workers.job import KryonixJob
 from workers.worker import KryonixWorker
 
 pytestmark = pytest.mark.reliability
@@ -200,7 +201,7 @@ def test_a_claim_is_never_only_in_the_workers_memory(primary: redis.Redis) -> No
     email, report = get_queue(primary, name="email"), get_queue(primary, name="report")
     email_ids = _enqueue(3, "claim")
     report_id = report.enqueue("jobs.reports.jobs.generate_report", {"report_id": "r"}).id
-    claimed = Claimer(primary).claim([(email, 2), (report, 1)])
+    claimed = Claimer(primary, job_class=KryonixJob).claim([(email, 2), (report, 1)])
     assert [job.id for job, _ in claimed] == [*email_ids[:2], report_id]
     assert primary.lrange(email.intermediate_queue_key, 0, -1) == [i.encode() for i in email_ids[:2]]
     assert primary.lrange(report.intermediate_queue_key, 0, -1) == [report_id.encode()]

@@ -164,3 +164,18 @@ def test_kill_horse_without_a_horse_leaves_the_worker_and_its_process_group_aliv
         start_new_session=True,  # its own group: the old behaviour kills only this child
     )
     assert (done.returncode, done.stdout.strip()) == (0, "alive"), done.stderr[-2000:]
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("queue_name", ["email", "other"])  # claimed for a slot / for a horse
+def test_jobs_of_a_given_queue_object_run_as_our_job_class_whatever_the_queue_carries(
+    primary: redis.Redis, queue_name: str
+) -> None:
+    queue = KryonixQueue(queue_name, connection=primary)  # carries the enqueue side's JsonJob
+    job = queue.enqueue("jobs.email.jobs.send_email", {})
+    primary.hset(job.key, "data", json.dumps(["os.system", None, ["touch /tmp/kx-pwned"], {}]))
+    KryonixWorker([queue]).work(burst=True)
+    failed = Job.fetch(job.id, connection=primary, serializer=JSONSerializer)
+    assert failed.get_status(refresh=True).value == "failed"
+    result = failed.latest_result()
+    assert result is not None and "JobNotAllowed" in str(result.exc_string), "refused by the allow-list"
