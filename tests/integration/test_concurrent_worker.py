@@ -30,8 +30,8 @@ from tests.integration.dashboard_fixtures import Dashboard
 from tests.integration.email_fixtures import SmtpServer
 from tests.integration.processes import Processes
 from tests.waiting import wait_until
-from workers.maintenance import STUCK_AFTER_S, recover
 from workers.job import KryonixJob
+from workers.maintenance import STUCK_AFTER_S, recover
 from workers.worker import KryonixWorker
 
 pytestmark = pytest.mark.reliability
