@@ -72,6 +72,7 @@ class ScriptedHandler:
         self.data_commands = 0
         self.drop_after_data = 0  # this many DATA: keep the message, then hang up without a reply
         self.data_delay_s = 0.0  # answer each DATA this late, as a remote relay does
+        self.hold_data = False  # while True, no DATA is answered: transactions stay in flight
         self.in_data = 0  # DATA commands being answered right now
         self.most_in_data = 0  # the most seen at once: how many transactions a sender overlaps
 
@@ -92,6 +93,8 @@ class ScriptedHandler:
         try:
             if self.data_delay_s:
                 await asyncio.sleep(self.data_delay_s)
+            while self.hold_data:
+                await asyncio.sleep(0.05)
             return self._answer_data(server, envelope)
         finally:
             with self.lock:

@@ -43,9 +43,9 @@ QUICK = RetryPolicy(attempts=5, base_s=1, factor=2, cap_s=2)
 
 @pytest.fixture
 def relay(processes: Processes) -> Iterator[SmtpServer]:
-    """A relay slow enough that a worker's jobs are all in flight while the test looks."""
+    """A relay that answers no DATA until the test lets it: the jobs stay in flight while it looks."""
     server = SmtpServer().start()
-    server.handler.data_delay_s = 4.0
+    server.handler.hold_data = True  # until a test releases them, no DATA is answered
     processes.env.update(server.env(), SMTP_TIMEOUT="30", EMAIL_CONCURRENCY=str(SLOTS))
     yield server
     server.stop()
@@ -103,6 +103,7 @@ def test_one_worker_runs_its_slots_full_each_job_started_with_its_own_execution(
         "rq-dashboard lists every running job"
     )
 
+    relay.handler.hold_data = False
     _wait_finished(job_ids, 60)
     assert _deliveries(relay) == Counter({f"many{i}@example.com": 1 for i in range(SLOTS + 4)})
     assert relay.handler.most_in_data == SLOTS
@@ -116,6 +117,7 @@ def test_stop_job_command_stops_that_job_alone(
     wait_until(lambda: relay.handler.in_data == 3, 30, "three transactions in flight")
     send_stop_job_command(primary, job_ids[0])
     wait_until(lambda: _status(job_ids[0]) == "stopped", 10, "the job stopped")
+    relay.handler.hold_data = False
     _wait_finished(job_ids[1:], 30)
     assert job_ids[0] in FailedJobRegistry("email", connection=primary), "kept, as RQ keeps a stopped job"
     time.sleep(2.5)  # longer than the retry backoff: a stopped job must not come back
@@ -130,6 +132,7 @@ def test_each_job_keeps_its_own_timeout(
     primary.hset(f"rq:job:{short}", "timeout", 2)  # far below the relay's answer
     processes.worker("email", name="w")
     wait_until(lambda: _status(short) == "failed", 30, "the short job timed out")
+    relay.handler.hold_data = False
     failed = fetch_job(job_id=short)
     assert failed is not None
     result = failed.latest_result()
@@ -145,6 +148,8 @@ def test_sigterm_finishes_the_running_jobs_claims_no_more_and_exits(
     wait_until(lambda: relay.handler.in_data == SLOTS, 30, "a full set in flight")
     running = _started(primary)
     os.killpg(worker.pid, signal.SIGTERM)
+    time.sleep(1)  # the signal is handled before the jobs can end
+    relay.handler.hold_data = False
     assert worker.wait(60) == 0
     assert all(_status(job_id) == "finished" for job_id in running)
     assert get_queue(primary, name="email").count == 4, "nothing claimed after the signal"
@@ -179,7 +184,7 @@ def test_sigkill_with_a_full_set_in_flight_loses_no_job(
 def _recover_and_check(
     primary: redis.Redis, processes: Processes, relay: SmtpServer, job_ids: list[str], prefix: str
 ) -> None:
-    relay.handler.data_delay_s = 0.0
+    relay.handler.hold_data = False
     processes.scheduler()  # its maintenance finds the abandoned jobs once their heartbeats lapse
     processes.worker("email", name="replacement")
     _wait_finished(job_ids, 120)
