@@ -16,7 +16,8 @@ own process that counts messages per recipient (so duplicates are seen). On 2 co
 Options: `--bulk N` recipients (default 10,000), `--smtp-delay-ms D` (default 0): the sink
 holds each DATA answer D ms, as a remote relay would, and the ceiling then opens as many
 connections as the 2 workers may (2 x SMTP_MAX_CONNECTIONS); `--rounds R` (default 3);
-`--bulk-only` skips the transactional workload.
+`--chunk-size N` (default: `enqueue_bulk_email`'s choice); `--bulk-only` skips the
+transactional workload.
 
 Counts are chosen to keep the run under ~3 minutes on 2 cores; every wait is bounded.
 This module's top level imports only the standard library: the baseline's forked work
@@ -220,7 +221,9 @@ def _transactional(url: str, sink: _Sink, logdir: Any, tag: str) -> tuple[float,
     return (TRANSACTIONAL - 1) / (last - first), enqueue_rate, complete
 
 
-def _bulk(url: str, sink: _Sink, logdir: Any, tag: str, count: int) -> tuple[float, float, int, bool]:
+def _bulk(
+    url: str, sink: _Sink, logdir: Any, tag: str, count: int, chunk_size: int | None
+) -> tuple[float, float, int, bool]:
     import time
 
     from rq.worker_registration import get_keys
@@ -238,7 +241,7 @@ def _bulk(url: str, sink: _Sink, logdir: Any, tag: str, count: int) -> tuple[flo
         {"to": f"bulk{tag}-{i}@example.com", "context": {"name": f"User {i}"}} for i in range(count)
     ]
     started = time.perf_counter()
-    bulk = enqueue_bulk_email("welcome", recipients, context={"login_url": LOGIN_URL})
+    bulk = enqueue_bulk_email("welcome", recipients, context={"login_url": LOGIN_URL}, chunk_size=chunk_size)
     first, last, complete = sink.wait_for(count)
     time.sleep(0.2)  # a repeat delivered just after the last one is still counted
     stop_process_groups(workers)
@@ -347,7 +350,7 @@ def _measure(url: str, sink: _Sink, logdir: str, options: Any) -> list[dict[str,
     for n in range(options.rounds):
         rate, ok = _ceiling(sink, f"r{n}", options.bulk, connections)
         ceiling.append(rate)
-        rate, send_rate, chunks, ok2 = _bulk(url, sink, logdir, f"r{n}", options.bulk)
+        rate, send_rate, chunks, ok2 = _bulk(url, sink, logdir, f"r{n}", options.bulk, options.chunk_size)
         bulk.append(rate)
         bulk_send.append(send_rate)
         complete = complete and ok and ok2
@@ -404,6 +407,7 @@ def _options(argv: list[str]) -> Any:
     parser.add_argument("--bulk", type=int, default=BULK, help="recipients of the bulk send")
     parser.add_argument("--smtp-delay-ms", type=float, default=0.0, help="the sink's DATA answer delay")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--chunk-size", type=int, default=None, help="recipients per chunk job")
     parser.add_argument("--bulk-only", action="store_true", help="skip the transactional workload")
     return parser.parse_args(argv)
 
