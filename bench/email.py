@@ -13,6 +13,12 @@ own process that counts messages per recipient (so duplicates are seen). On 2 co
   waiting; against (b) the ceiling: raw aiosmtplib over 8 connections in one process, no
   queue, sending 10,000 messages rendered before the clock starts.
 
+Options: `--bulk N` recipients (default 10,000), `--smtp-delay-ms D` (default 0): the sink
+holds each DATA answer D ms, as a remote relay would, and the ceiling then opens as many
+connections as the 2 workers may (2 x SMTP_MAX_CONNECTIONS); `--rounds R` (default 3);
+`--chunk-size N` (default: `enqueue_bulk_email`'s choice); `--bulk-only` skips the
+transactional workload.
+
 Counts are chosen to keep the run under ~3 minutes on 2 cores; every wait is bounded.
 This module's top level imports only the standard library: the baseline's forked work
 horses import it for every job.
@@ -215,7 +221,9 @@ def _transactional(url: str, sink: _Sink, logdir: Any, tag: str) -> tuple[float,
     return (TRANSACTIONAL - 1) / (last - first), enqueue_rate, complete
 
 
-def _bulk(url: str, sink: _Sink, logdir: Any, tag: str) -> tuple[float, float, bool]:
+def _bulk(
+    url: str, sink: _Sink, logdir: Any, tag: str, count: int, chunk_size: int | None
+) -> tuple[float, float, int, bool]:
     import time
 
     from rq.worker_registration import get_keys
@@ -229,15 +237,18 @@ def _bulk(url: str, sink: _Sink, logdir: Any, tag: str) -> tuple[float, float, b
         time.sleep(0.05)
     time.sleep(0.5)  # both workers blocked on the empty queue
     sink.reset()
-    recipients = [{"to": f"bulk{tag}-{i}@example.com", "context": {"name": f"User {i}"}} for i in range(BULK)]
+    recipients = [
+        {"to": f"bulk{tag}-{i}@example.com", "context": {"name": f"User {i}"}} for i in range(count)
+    ]
     started = time.perf_counter()
-    enqueue_bulk_email("welcome", recipients, context={"login_url": LOGIN_URL})
-    first, last, complete = sink.wait_for(BULK)
+    bulk = enqueue_bulk_email("welcome", recipients, context={"login_url": LOGIN_URL}, chunk_size=chunk_size)
+    first, last, complete = sink.wait_for(count)
+    time.sleep(0.2)  # a repeat delivered just after the last one is still counted
     stop_process_groups(workers)
-    return BULK / (last - started), (BULK - 1) / (last - first), complete
+    return count / (last - started), (count - 1) / (last - first), len(bulk.job_ids), complete
 
 
-def _ceiling(sink: _Sink, tag: str) -> tuple[float, bool]:
+def _ceiling(sink: _Sink, tag: str, count: int, connections: int) -> tuple[float, bool]:
     import asyncio
     import datetime as dt
     import time
@@ -261,7 +272,7 @@ def _ceiling(sink: _Sink, tag: str) -> tuple[float, bool]:
             sender=sender,
             now=now,
         )
-        for i in range(BULK)
+        for i in range(count)
     ]
 
     async def send_all() -> None:
@@ -277,13 +288,13 @@ def _ceiling(sink: _Sink, tag: str) -> tuple[float, bool]:
                 await smtp.sendmail(message.envelope_from, list(message.recipients), message.raw)
             await smtp.quit()
 
-        await asyncio.gather(*(lane() for _ in range(CEILING_CONNECTIONS)))
+        await asyncio.gather(*(lane() for _ in range(connections)))
 
     sink.reset()
     started = time.perf_counter()
     asyncio.run(asyncio.wait_for(send_all(), WAIT_S))
-    _, last, complete = sink.wait_for(BULK)
-    return BULK / (last - started), complete
+    _, last, complete = sink.wait_for(count)
+    return count / (last - started), complete
 
 
 def _row(
@@ -325,64 +336,92 @@ def _sample_message() -> Any:
     return render_email(request, sender=sender, now=dt.datetime.now(dt.UTC)).as_message()
 
 
-def _measure(url: str, sink: _Sink, logdir: str) -> list[dict[str, Any]]:
+def _measure(url: str, sink: _Sink, logdir: str, options: Any) -> list[dict[str, Any]]:
     """Interleaved rounds, so a noisy neighbour hurts both sides alike; medians reported."""
-    sample = _sample_message()
-    base, ours, enqueue_rates, ceiling, bulk, bulk_send = [], [], [], [], [], []
+    rows = [] if options.bulk_only else [_measure_transactional(url, sink, logdir, options.rounds)]
+    dups_before = int(sink.duplicates.value)
+    connections = CEILING_CONNECTIONS
+    if options.smtp_delay_ms:
+        from cache.settings import get_settings
+
+        connections = WORKERS * get_settings().smtp_max_connections
+    ceiling, bulk, bulk_send, chunks = [], [], [], 0
     complete = True
-    for n in range(ROUNDS):
+    for n in range(options.rounds):
+        rate, ok = _ceiling(sink, f"r{n}", options.bulk, connections)
+        ceiling.append(rate)
+        rate, send_rate, chunks, ok2 = _bulk(url, sink, logdir, f"r{n}", options.bulk, options.chunk_size)
+        bulk.append(rate)
+        bulk_send.append(send_rate)
+        complete = complete and ok and ok2
+    return [
+        *rows,
+        _row(
+            "bulk_emails_per_s",
+            bulk,
+            ceiling,
+            TARGET_BULK,
+            recipients=options.bulk,
+            chunk_jobs=chunks,
+            smtp_delay_ms=options.smtp_delay_ms,
+            baseline_desc=f"raw aiosmtplib, {connections} connections, pre-rendered, no queue",
+            includes_enqueue=True,
+            send_phase_emails_per_s=round(sorted(bulk_send)[len(bulk_send) // 2], 1),
+            duplicates=int(sink.duplicates.value) - dups_before,
+            workers=WORKERS,
+            complete=complete,
+        ),
+    ]
+
+
+def _measure_transactional(url: str, sink: _Sink, logdir: str, rounds: int) -> dict[str, Any]:
+    sample = _sample_message()
+    base, ours, enqueue_rates = [], [], []
+    complete = True
+    for n in range(rounds):
         rate, ok = _baseline(url, sink, logdir, sample, f"r{n}")
         base.append(rate)
         rate, enqueue_rate, ok2 = _transactional(url, sink, logdir, f"r{n}")
         ours.append(rate)
         enqueue_rates.append(enqueue_rate)
         complete = complete and ok and ok2
-    transactional_dups = int(sink.duplicates.value)
-    for n in range(ROUNDS):
-        rate, ok = _ceiling(sink, f"r{n}")
-        ceiling.append(rate)
-        rate, send_rate, ok2 = _bulk(url, sink, logdir, f"r{n}")
-        bulk.append(rate)
-        bulk_send.append(send_rate)
-        complete = complete and ok and ok2
-    common = {"workers": WORKERS, "complete": complete}
-    return [
-        _row(
-            "transactional_emails_per_s",
-            ours,
-            base,
-            TARGET_TRANSACTIONAL,
-            messages=TRANSACTIONAL,
-            baseline_messages=BASELINE,
-            baseline_desc="plain rq worker (forking, pickle), EmailMessage + smtplib connection per email",
-            duplicates=transactional_dups,
-            enqueue_email_per_s=round(sorted(enqueue_rates)[len(enqueue_rates) // 2], 1),
-            **common,
-        ),
-        _row(
-            "bulk_emails_per_s",
-            bulk,
-            ceiling,
-            TARGET_BULK,
-            recipients=BULK,
-            baseline_desc=f"raw aiosmtplib, {CEILING_CONNECTIONS} connections, pre-rendered, no queue",
-            includes_enqueue=True,
-            send_phase_emails_per_s=round(sorted(bulk_send)[len(bulk_send) // 2], 1),
-            duplicates=int(sink.duplicates.value) - transactional_dups,
-            **common,
-        ),
-    ]
+    return _row(
+        "transactional_emails_per_s",
+        ours,
+        base,
+        TARGET_TRANSACTIONAL,
+        messages=TRANSACTIONAL,
+        baseline_messages=BASELINE,
+        baseline_desc="plain rq worker (forking, pickle), EmailMessage + smtplib connection per email",
+        duplicates=int(sink.duplicates.value),
+        enqueue_email_per_s=round(sorted(enqueue_rates)[len(enqueue_rates) // 2], 1),
+        workers=WORKERS,
+        complete=complete,
+    )
 
 
-def run() -> list[dict[str, Any]]:
+def _options(argv: list[str]) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench email")
+    parser.add_argument("--bulk", type=int, default=BULK, help="recipients of the bulk send")
+    parser.add_argument("--smtp-delay-ms", type=float, default=0.0, help="the sink's DATA answer delay")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--chunk-size", type=int, default=None, help="recipients per chunk job")
+    parser.add_argument("--bulk-only", action="store_true", help="skip the transactional workload")
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
     import tempfile
 
     from bench.common import private_primary
     from workers.dev.servers import free_port
 
+    options = _options(argv or [])
     with private_primary("email") as server, tempfile.TemporaryDirectory(prefix="kx-bench-email-") as tmp:
-        sink = _Sink(free_port())
+        sink = _Sink(free_port(), delay_s=options.smtp_delay_ms / 1000)
         try:
-            return _measure(server.url, sink, tmp)
+            return _measure(server.url, sink, tmp, options)
         finally:
             sink.stop()

@@ -18,16 +18,15 @@ import redis
 
 from cache.settings import get_settings
 from jobs.email.bulk import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_CONNECTIONS,
     MAX_CHUNK_SIZE,
     BulkEmail,
     chunked,
     new_bulk_info,
+    plan_chunk_size,
     plan_recipients,
     store_info,
 )
-from jobs.email.payloads import MAX_BULK_CONNECTIONS, BulkChunk, validate_bulk_chunk, validate_email_payload
+from jobs.email.payloads import BulkChunk, check_connections, validate_bulk_chunk, validate_email_payload
 from jobs.email.templates import PROVIDED, TemplateLibrary, default_library
 from jobs.email.validation import (
     PAYLOAD_VERSION,
@@ -161,8 +160,8 @@ def enqueue_bulk_email(
     locale: str = "en",
     idempotency_key: str | None = None,
     requested_by: str | int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    connections: int = DEFAULT_CONNECTIONS,
+    chunk_size: int | None = None,
+    connections: int | None = None,
     at: dt.datetime | None = None,
     in_: dt.timedelta | float | None = None,
     retry: RetryPolicy | None = None,
@@ -177,7 +176,10 @@ def enqueue_bulk_email(
         context: variables shared by every recipient.
         idempotency_key: identifies the bulk send: calling again with the same key enqueues only
             chunks not yet queued, and no recipient that was sent to is ever sent to again.
-        chunk_size: recipients per job (1-1000); connections: SMTP connections per job (1-16).
+        chunk_size: recipients per job (1-1000); None: 1/8 of the send, within 25-250 (see
+            `plan_chunk_size`), so the chunks spread over every worker and its job slots.
+        connections: at most this many SMTP transactions at once per chunk job (1-1000); None:
+            as many as the worker's SMTP_MAX_CONNECTIONS, the bound of its whole SMTP pool.
 
     Returns:
         The bulk id (for `bulk_status`), the chunk job ids, the recipient count.
@@ -188,25 +190,16 @@ def enqueue_bulk_email(
             stay queued: call again with the same idempotency_key to enqueue the rest.
     """
     library = default_library()
-    _check_bulk_shape(recipients, chunk_size, connections)
+    connections = _check_bulk_shape(recipients, chunk_size, connections)
     locale = check_locale(locale)
     library.resolve_locale(template, locale)
     shared = check_context(context or {}, reserved=PROVIDED)
     items, duplicates = plan_recipients(template, recipients, shared=shared, locale=locale, library=library)
     bulk_id = _bulk_id(idempotency_key)
-    payloads = [
-        {
-            "v": PAYLOAD_VERSION,
-            "bulk_id": bulk_id,
-            "template": template,
-            "locale": locale,
-            "context": shared,
-            "recipients": chunk,
-            "connections": connections,
-            "requested_by": requested_by,
-        }
-        for chunk in chunked(items, chunk_size)
-    ]
+    chunk_size = chunk_size or plan_chunk_size(len(items))
+    common = {"v": PAYLOAD_VERSION, "bulk_id": bulk_id, "template": template, "locale": locale}
+    common.update(context=shared, connections=connections, requested_by=requested_by)
+    payloads = [{**common, "recipients": chunk} for chunk in chunked(items, chunk_size)]
     parsed = frozenset(item["to"][1] for item in items)  # by plan_recipients: parse once
     checked = _checked_chunks(payloads, chunk_size, library, parsed)
     job_ids = _enqueue_chunks(checked, template, bulk_id, at=at, in_=in_, retry=retry, client=client)
@@ -214,18 +207,24 @@ def enqueue_bulk_email(
     return BulkEmail(bulk_id=bulk_id, job_ids=tuple(job_ids), recipients=len(items), duplicates=duplicates)
 
 
-def _check_bulk_shape(recipients: object, chunk_size: object, connections: object) -> None:
-    """Raises EmailValidationError for a single string as `recipients`, or chunking out of range."""
+def _check_bulk_shape(recipients: object, chunk_size: object, connections: object) -> int | None:
+    """The checked `connections` cap.
+
+    Raises:
+        EmailValidationError: a single string as `recipients`, or chunk size or cap out of range.
+    """
     if isinstance(recipients, str | bytes) or not isinstance(recipients, Iterable):
         raise EmailValidationError("recipients must be a list of addresses or mappings, not a single string")
-    if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or not 1 <= chunk_size <= MAX_CHUNK_SIZE
+    ):
         raise EmailValidationError(
-            f"chunk_size must be an integer from 1 to {MAX_CHUNK_SIZE}, got {chunk_size!r}"
+            f"chunk_size must be None (chosen from the send's size) or an integer "
+            f"from 1 to {MAX_CHUNK_SIZE}, got {chunk_size!r}"
         )
-    if not isinstance(connections, int) or not 1 <= connections <= MAX_BULK_CONNECTIONS:
-        raise EmailValidationError(
-            f"connections must be an integer from 1 to {MAX_BULK_CONNECTIONS}, got {connections!r}"
-        )
+    return check_connections(connections)
 
 
 def _bulk_id(idempotency_key: str | None) -> str:

@@ -1,16 +1,20 @@
-"""Bulk sending: plan the chunks (pure), send a chunk over a few connections (asyncio), report.
+"""Bulk sending: plan the chunks and lanes (pure), send a chunk concurrently (asyncio), report.
 
-A bulk send is split into chunk jobs of `DEFAULT_CHUNK_SIZE` recipients. A chunk job
-sends to its recipients over `DEFAULT_CONNECTIONS` SMTP connections at once, one
-personalised message per recipient, and records each recipient's outcome in the bulk's
-outcome hash as soon as the server answered. A retried chunk skips every recipient
-whose outcome is final (`sent`, `refused`), so only the deferred ones are tried again.
+A bulk send is split into chunk jobs (`plan_chunk_size`: at least `AUTO_CHUNKS` of them
+when the send is big enough, so every worker and several of its job slots get work). A
+chunk job sends to its recipients with as many SMTP transactions at once as the worker's
+pool allows (`plan_lanes`: SMTP_MAX_CONNECTIONS, or the caller's smaller cap), each
+through `SmtpPool.deliver`, so the pool's process-wide bound holds whatever runs beside
+it. Each recipient's outcome goes into the bulk's outcome hash as soon as the server
+answered. A retried chunk skips every recipient whose outcome is final (`sent`,
+`refused`), so only the deferred ones are tried again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,10 +39,11 @@ from jobs.email.validation import (
     parse_mailbox,
 )
 
-DEFAULT_CHUNK_SIZE = 250  # recipients per job: small enough to spread over workers, big enough to amortise
+AUTO_CHUNKS = 8  # a send is cut into at least this many jobs: 4 per worker of the default 2
+MIN_AUTO_CHUNK_SIZE = 25  # below this a job's own cost (a few Redis round trips) outweighs the spread
+MAX_AUTO_CHUNK_SIZE = 250  # keeps one job short: a retry or a lost worker redoes little
 MAX_CHUNK_SIZE = 1000
-DEFAULT_CONNECTIONS = 4  # SMTP connections one chunk job sends over at once
-UNREACHABLE_AFTER = 3  # consecutive connection failures on one lane: the server is down, stop trying
+UNREACHABLE_AFTER = 3  # server failures in a row (not a recipient's own reply): stop the chunk
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,21 @@ def chunked(items: Sequence[Any], size: int) -> list[list[Any]]:
     if size < 1:
         raise ValueError("chunk size must be at least 1")
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def plan_chunk_size(recipients: int) -> int:
+    """Recipients per chunk job when the caller names none (pure, so a repeated call chunks alike)."""
+    return min(MAX_AUTO_CHUNK_SIZE, max(MIN_AUTO_CHUNK_SIZE, math.ceil(recipients / AUTO_CHUNKS)))
+
+
+def plan_lanes(pending: int, *, cap: int | None, max_connections: int) -> int:
+    """SMTP transactions one chunk job keeps in flight (pure).
+
+    As many as the worker's pool opens (`max_connections`), so one chunk alone can use
+    the whole pool; no more than the recipients left, nor than the caller's `cap`.
+    """
+    limit = max_connections if cap is None else min(cap, max_connections)
+    return max(1, min(limit, pending))
 
 
 def plan_recipients(
@@ -169,19 +189,24 @@ async def deliver_all(
     render: Callable[[Item], RenderedEmail],
     record: Callable[[Mapping[str, str]], None],
     *,
-    connections: int = DEFAULT_CONNECTIONS,
+    lanes: int,
 ) -> ChunkReport:
-    """Send one message per item over `connections` lanes, recording each outcome as soon as it is known.
+    """Send one message per item, `lanes` at a time, recording each outcome as soon as it is known.
+
+    Every message goes through `pool.deliver`, which picks the connection and applies
+    the pool's own bound; a lane is one coroutine taking the next item.
 
     `record({address: outcome, ...})` is a group commit: a recorder task writes, in one
     call, every answer that arrived since its last write, i.e. within one turn of the
     event loop. The window between the server's answer and its record stays one loop
     turn plus one round trip, at one write per batch instead of one per message.
 
-    A configuration error (credentials, TLS) stops every lane; a lane that cannot reach
-    the server stops after a few failures. What was not attempted is reported deferred.
+    A configuration error (credentials, TLS) stops every lane; so do `UNREACHABLE_AFTER`
+    deferrals in a row that are not a recipient's own RCPT reply (connection refused or
+    lost, `421`, `4xx` to MAIL or DATA): the server is down or throttling. What was not
+    attempted is reported deferred.
     """
-    run = _BulkRun(pool, items, render, record, connections)
+    run = _BulkRun(pool, items, render, record, lanes)
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(run.recorder())
@@ -189,7 +214,7 @@ async def deliver_all(
                 group.create_task(run.lane())
     except BaseExceptionGroup as errors:  # e.g. Redis down while recording: surface the error itself
         raise errors.exceptions[0] from None
-    reason = run.report.aborted or "not attempted: the SMTP server could not be reached"
+    reason = run.report.aborted or run.gave_up or "not attempted"
     for item in run.todo:
         run.report.deferred[item.address] = reason
     return run.report
@@ -204,14 +229,16 @@ class _BulkRun:
         items: Sequence[Item],
         render: Callable[[Item], RenderedEmail],
         record: Callable[[Mapping[str, str]], None],
-        connections: int,
+        lanes: int,
     ) -> None:
         self.pool, self.render, self.record = pool, render, record
         self.todo = deque(items)
         self.report = ChunkReport()
         self.pending: dict[str, str] = {}  # outcomes not recorded yet
         self.wake = asyncio.Event()
-        self.lanes_left = max(1, min(connections, len(items)))
+        self.lanes_left = max(1, min(lanes, len(items)))
+        self.failures = 0  # server failures in a row, across the lanes
+        self.gave_up: str | None = None  # why the lanes stopped after too many of them
 
     def note(self, address: str, outcome: str) -> None:
         self.pending[address] = outcome
@@ -226,11 +253,12 @@ class _BulkRun:
                 self.pending.clear()
                 self.record(batch)
 
+    def go_on(self) -> bool:
+        return bool(self.todo) and self.report.aborted is None and self.gave_up is None
+
     async def lane(self) -> None:
-        connection = self.pool.acquire()
-        unreachable = 0  # deferrals in a row without a connection: the server is gone
         try:
-            while self.todo and self.report.aborted is None and unreachable < UNREACHABLE_AFTER:
+            while self.go_on():
                 item = self.todo.popleft()
                 try:
                     message = self.render(item)
@@ -239,34 +267,34 @@ class _BulkRun:
                     self.note(item.address, f"{idempotency.REFUSED}:invalid message: {exc}")
                     continue
                 try:
-                    delivery = await connection.deliver(
-                        message.envelope_from, message.recipients, message.raw
-                    )
+                    delivery = await self.pool.deliver(message.envelope_from, message.recipients, message.raw)
                 except SmtpConfigError as exc:
                     self.report.aborted = str(exc)
                     self.todo.appendleft(item)
                     return
-                deferred = self.count(item, delivery)
-                unreachable = unreachable + 1 if deferred and not connection.connected else 0
+                self.count(item, delivery)
         finally:
-            self.pool.release(connection)
             self.lanes_left -= 1
             self.wake.set()
 
-    def count(self, item: Item, delivery: Delivery) -> bool:
-        """Report and record the server's answer for one item; True if it was deferred."""
+    def count(self, item: Item, delivery: Delivery) -> None:
+        """Report and record the server's answer for one item; count a failure of the server itself."""
         reason = delivery.refused.get(item.address, delivery.reason)  # the RCPT reply, if that was it
+        server_failed = delivery.verdict is Verdict.DEFERRED and item.address not in delivery.refused
+        self.failures = self.failures + 1 if server_failed else 0
+        if self.failures >= UNREACHABLE_AFTER and self.gave_up is None:
+            self.gave_up = (
+                f"not attempted: the SMTP server failed {self.failures} transactions in a row ({reason})"
+            )
         if delivery.verdict is Verdict.ACCEPTED:
             self.report.sent += 1
             self.note(item.address, idempotency.SENT)
-            return False
-        if delivery.verdict is Verdict.REFUSED:
+        elif delivery.verdict is Verdict.REFUSED:
             self.report.refused[item.address] = reason
             self.note(item.address, f"{idempotency.REFUSED}:{reason}")
-            return False
-        self.report.deferred[item.address] = reason
-        self.note(item.address, f"{idempotency.DEFERRED}:{reason}")
-        return True
+        else:
+            self.report.deferred[item.address] = reason
+            self.note(item.address, f"{idempotency.DEFERRED}:{reason}")
 
 
 def store_info(client: redis.Redis | None = None, *, bulk_id: str, info: Mapping[str, Any]) -> None:

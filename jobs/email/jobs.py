@@ -4,9 +4,9 @@ Each job first runs the enqueue API's own payload check (`jobs.email.payloads`):
 written into Redis by hand gets no further than that. `send_email` then checks the
 marker, sends the message the check rendered over the process's open SMTP connection
 and writes the marker once the server accepted; `send_bulk_chunk` does the same per
-recipient over a few connections at once. Failures are classified for the job core:
-`PermanentJobError` (5xx, invalid message, configuration) fails at once,
-`TransientJobError` (4xx, connection loss, timeout) is retried with backoff.
+recipient, as many at once as the process's SMTP pool allows. Failures are classified
+for the job core: `PermanentJobError` (5xx, invalid message, configuration) fails at
+once, `TransientJobError` (4xx, connection loss, timeout) is retried with backoff.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cache.connections import primary
 from cache.errors import ConfigError, RedisUnavailable
 from cache.settings import Settings, get_settings
 from jobs.email import events, idempotency
-from jobs.email.bulk import ChunkReport, Item, deliver_all
+from jobs.email.bulk import ChunkReport, Item, deliver_all, plan_lanes
 from jobs.email.payloads import BulkChunk, ValidEmail, validate_bulk_chunk, validate_email_payload
 from jobs.email.render import RenderedEmail, render_email
 from jobs.email.smtp import Delivery, SmtpConfigError, SmtpSettings, Verdict, process_runtime
@@ -142,10 +142,11 @@ def send_bulk_chunk(chunk: dict[str, Any], *extra: Any, **unknown: Any) -> dict[
         idempotency.record_outcomes(client, bulk_id=bulk_id, outcomes=outcomes)
 
     runtime = process_runtime(settings)
+    lanes = plan_lanes(
+        len(todo), cap=checked.connections, max_connections=get_settings().smtp_max_connections
+    )
     report = (
-        runtime.run(deliver_all(runtime.pool, todo, render, record, connections=checked.connections))
-        if todo
-        else ChunkReport()
+        runtime.run(deliver_all(runtime.pool, todo, render, record, lanes=lanes)) if todo else ChunkReport()
     )
     summary = {"sent": report.sent, "refused": len(report.refused), "skipped": len(items) - len(todo)}
     if report.aborted is not None or (report.deferred and _last_attempt()):

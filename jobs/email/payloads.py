@@ -35,7 +35,7 @@ from jobs.email.validation import (
     mailbox_from_payload,
 )
 
-MAX_BULK_CONNECTIONS = 16
+MAX_BULK_CONNECTIONS = 1000  # the largest SMTP_MAX_CONNECTIONS; a cap above the worker's own does nothing
 _BULK_ID = re.compile(r"[0-9a-f]{32}")  # a uuid4 hex or a sha256 prefix: it names Redis keys
 EMAIL_KEYS = frozenset(
     {"v", "to", "template", "locale", "context", "idempotency_key", "attachments", "reply_to", "requested_by"}
@@ -63,7 +63,7 @@ class BulkChunk:
     locale: str
     context: dict[str, Any]
     items: tuple[Item, ...]
-    connections: int
+    connections: int | None  # the caller's cap on the job's concurrent transactions; None: the worker's
     requested_by: str | None
 
     def to_payload(self) -> dict[str, Any]:
@@ -190,11 +190,7 @@ def validate_bulk_chunk(
     bulk_id = fields.get("bulk_id")
     if not isinstance(bulk_id, str) or not _BULK_ID.fullmatch(bulk_id):
         raise EmailValidationError(f"bulk_id must be 32 lowercase hex digits, got {bulk_id!r}")
-    connections = fields.get("connections")
-    if isinstance(connections, bool) or not isinstance(connections, int):
-        raise EmailValidationError(f"connections must be an integer, got {connections!r}")
-    if not 1 <= connections <= MAX_BULK_CONNECTIONS:
-        raise EmailValidationError(f"connections must be from 1 to {MAX_BULK_CONNECTIONS}, got {connections}")
+    connections = check_connections(fields.get("connections"))
     template, locale, shared = _template(fields, library)
     entries = _sequence(fields.get("recipients"), "recipients", MAX_CHUNK_SIZE)
     if not entries:
@@ -210,6 +206,19 @@ def validate_bulk_chunk(
     )
     _trial_render(chunk, sender, now, library)
     return chunk
+
+
+def check_connections(connections: object) -> int | None:
+    """None (the worker's SMTP_MAX_CONNECTIONS) or a cap from 1 to `MAX_BULK_CONNECTIONS`."""
+    if connections is None:
+        return None
+    if isinstance(connections, bool) or not isinstance(connections, int):
+        raise EmailValidationError(
+            f"connections must be None (the worker's SMTP_MAX_CONNECTIONS) or an integer, got {connections!r}"
+        )
+    if not 1 <= connections <= MAX_BULK_CONNECTIONS:
+        raise EmailValidationError(f"connections must be from 1 to {MAX_BULK_CONNECTIONS}, got {connections}")
+    return connections
 
 
 def _fields(payload: object, known: frozenset[str], what: str) -> Mapping[str, Any]:

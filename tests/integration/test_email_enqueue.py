@@ -119,8 +119,14 @@ LOGIN = {"login_url": "https://app.example.com/login"}
         ({"recipients": [{"to": "x@example.com", "name": "X"}]}, "got keys ['name', 'to']"),
         ({"recipients": [{"to": "x@example.com", "context": {"name": "A\nB"}}]}, "header injection"),
         ({"recipients": [*RECIPIENTS, 42]}, "recipients[3] must be an address or a mapping"),
-        ({"recipients": RECIPIENTS, "chunk_size": 0}, "chunk_size must be an integer from 1 to 1000"),
-        ({"recipients": RECIPIENTS, "connections": 99}, "connections must be an integer from 1 to 16"),
+        (
+            {"recipients": RECIPIENTS, "chunk_size": 0},
+            "chunk_size must be None (chosen from the send's size)",
+        ),
+        ({"recipients": RECIPIENTS, "chunk_size": 1001}, "an integer from 1 to 1000, got 1001"),
+        ({"recipients": RECIPIENTS, "chunk_size": True}, "chunk_size must be None"),
+        ({"recipients": RECIPIENTS, "connections": 0}, "connections must be from 1 to 1000, got 0"),
+        ({"recipients": RECIPIENTS, "connections": "8"}, "connections must be None (the worker's SMTP_MAX"),
         ({"recipients": RECIPIENTS, "template": "nope"}, "unknown email template 'nope'"),
         (
             {"recipients": [{"to": "x@example.com", "context": {"name": "x" * 9000}}]},
@@ -149,6 +155,21 @@ def test_bulk_is_chunked_deduplicated_and_idempotent(primary: redis.Redis) -> No
     status = bulk_status(bulk_id=first.bulk_id)
     assert status is not None and (status.total, status.sent, status.pending) == (25, 0, 25)
     assert bulk_status(bulk_id="unknown") is None
+
+
+@pytest.mark.parametrize(("connections", "chunk_size", "chunks"), [(None, None, 8), (8, 250, 4)])
+def test_bulk_chunks_and_connections_default_to_what_spreads(
+    primary: redis.Redis, connections: int | None, chunk_size: int | None, chunks: int
+) -> None:
+    recipients = [f"user{i}@example.com" for i in range(1000)]
+    handle = enqueue_bulk_email(
+        "welcome", recipients, context={"name": "x", **LOGIN}, connections=connections, chunk_size=chunk_size
+    )
+    assert len(handle.job_ids) == chunks
+    jobs = [fetch_job(job_id=job_id) for job_id in handle.job_ids]
+    payloads = [job.args[0] for job in jobs if job is not None]
+    assert {p["connections"] for p in payloads} == {connections}, "None: the worker's SMTP_MAX_CONNECTIONS"
+    assert sum(len(p["recipients"]) for p in payloads) == 1000
 
 
 def test_attachment_from_a_path_travels_in_the_payload(primary: redis.Redis, tmp_path: Path) -> None:

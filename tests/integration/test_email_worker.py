@@ -171,7 +171,7 @@ def test_bulk_of_1000_with_refusals_reaches_every_accepted_recipient_once(
         idempotency_key="launch-2026",
         retry=FAST_RETRY,
     )
-    assert handle.recipients == 1000 and len(handle.job_ids) == 4
+    assert handle.recipients == 1000 and len(handle.job_ids) == 8
     for n in range(2):
         processes.worker("email", name=f"w{n}", **smtp_server.env())
     processes.scheduler()

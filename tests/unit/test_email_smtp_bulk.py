@@ -1,4 +1,4 @@
-"""Pure parts of SMTP delivery and bulk sending: classification, chunking, outcomes, lanes (no network)."""
+"""Pure parts of SMTP delivery and bulk sending: classification, chunk and lane plans, outcomes."""
 
 from __future__ import annotations
 
@@ -18,7 +18,15 @@ from aiosmtplib import (
 )
 
 from jobs.email import idempotency
-from jobs.email.bulk import Item, chunked, deliver_all, plan_recipients
+from jobs.email.bulk import (
+    UNREACHABLE_AFTER,
+    Item,
+    chunked,
+    deliver_all,
+    plan_chunk_size,
+    plan_lanes,
+    plan_recipients,
+)
 from jobs.email.render import RenderedEmail
 from jobs.email.smtp import (
     Delivery,
@@ -148,42 +156,56 @@ def test_plan_recipients_merges_dedupes_and_keeps_locale() -> None:
     ]
 
 
+# --- planning: chunk size and lanes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("recipients", "size", "chunks"),
+    [(1, 25, 1), (25, 25, 1), (100, 25, 4), (200, 25, 8), (201, 26, 8), (1000, 125, 8),
+     (2000, 250, 8), (10_000, 250, 40), (50_000, 250, 200)],
+)  # fmt: skip
+def test_chunk_size_spreads_a_send_over_several_jobs(recipients: int, size: int, chunks: int) -> None:
+    assert plan_chunk_size(recipients) == size
+    assert len(chunked(list(range(recipients)), size)) == chunks
+
+
+@pytest.mark.parametrize(
+    ("pending", "cap", "max_connections", "lanes"),
+    [(250, None, 32, 32), (10, None, 32, 10), (1, None, 32, 1), (250, 4, 32, 4), (250, 100, 32, 32),
+     (250, None, 1, 1), (0, None, 32, 1), (1000, None, 1000, 1000)],
+)  # fmt: skip
+def test_lanes_fill_the_pool_within_the_cap(
+    pending: int, cap: int | None, max_connections: int, lanes: int
+) -> None:
+    assert plan_lanes(pending, cap=cap, max_connections=max_connections) == lanes
+
+
 # --- deliver_all with a scripted pool: lanes, outcomes, aborts --------------------------------
 
 
-class FakeConnection:
-    def __init__(self, script: dict[str, Any], log: list[str]) -> None:
-        self.script = script
-        self.log = log
-        self.connected = True
-        self.in_transaction = False
-
-    async def deliver(self, envelope_from: str, recipients: tuple[str, ...], raw: bytes) -> Delivery:
-        await asyncio.sleep(0)  # let the other lanes interleave
-        [address] = recipients
-        self.log.append(address)
-        answer = self.script.get(address, Delivery(Verdict.ACCEPTED, "250 OK"))
-        if isinstance(answer, Exception):
-            raise answer
-        if answer.verdict is Verdict.DEFERRED:
-            self.connected = False
-        assert isinstance(answer, Delivery)
-        return answer
-
-
 class FakePool:
+    """`SmtpPool.deliver` scripted per recipient; counts the transactions in flight at once."""
+
     def __init__(self, script: dict[str, Any]) -> None:
         self.script = script
         self.log: list[str] = []
-        self.acquired = 0
-        self.released = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
 
-    def acquire(self) -> FakeConnection:
-        self.acquired += 1
-        return FakeConnection(self.script, self.log)
-
-    def release(self, connection: FakeConnection) -> None:
-        self.released += 1
+    async def deliver(self, envelope_from: str, recipients: tuple[str, ...], raw: bytes) -> Delivery:
+        [address] = recipients
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)  # let the other lanes interleave
+            self.log.append(address)
+            answer = self.script.get(address, Delivery(Verdict.ACCEPTED, "250 OK"))
+            if isinstance(answer, Exception):
+                raise answer
+            assert isinstance(answer, Delivery)
+            return answer
+        finally:
+            self.in_flight -= 1
 
 
 def _items(n: int) -> list[Item]:
@@ -203,20 +225,27 @@ def _render(item: Item) -> RenderedEmail:
     )
 
 
-def _run(pool: FakePool, items: Sequence[Item], connections: int = 4) -> tuple[Any, dict[str, str]]:
+def _run(pool: FakePool, items: Sequence[Item], lanes: int = 4) -> tuple[Any, dict[str, str]]:
     recorded: dict[str, str] = {}
     report = asyncio.run(
-        deliver_all(pool, items, _render, recorded.update, connections=connections)  # type: ignore[arg-type]
+        deliver_all(pool, items, _render, recorded.update, lanes=lanes)  # type: ignore[arg-type]
     )
     return report, recorded
 
 
-def test_every_item_is_sent_once_over_the_lanes() -> None:
+@pytest.mark.parametrize("lanes", [1, 4, 32])
+def test_every_item_is_sent_once_with_lanes_transactions_in_flight(lanes: int) -> None:
     pool = FakePool({})
-    report, recorded = _run(pool, _items(50))
+    report, recorded = _run(pool, _items(50), lanes=lanes)
     assert sorted(pool.log) == sorted(i.address for i in _items(50))
     assert report.sent == 50 and recorded == {i.address: "sent" for i in _items(50)}
-    assert pool.acquired == pool.released == 4
+    assert pool.max_in_flight == lanes
+
+
+def test_no_more_lanes_than_items() -> None:
+    pool = FakePool({})
+    report, _ = _run(pool, _items(3), lanes=32)
+    assert report.sent == 3 and pool.max_in_flight == 3
 
 
 def test_refused_deferred_and_invalid_are_recorded_with_reasons() -> None:
@@ -227,7 +256,7 @@ def test_refused_deferred_and_invalid_are_recorded_with_reasons() -> None:
         }
     )
     items = [*_items(4), Item(Mailbox("", "bad@example.com"), {}, "en")]
-    report, recorded = _run(pool, items, connections=1)
+    report, recorded = _run(pool, items, lanes=1)
     assert report.sent == 2
     assert report.refused == {
         "u1@example.com": "550 no user",
@@ -240,32 +269,51 @@ def test_refused_deferred_and_invalid_are_recorded_with_reasons() -> None:
 
 def test_config_error_stops_every_lane_and_leaves_the_rest_deferred() -> None:
     pool = FakePool({"u3@example.com": SmtpConfigError("SMTP authentication failed")})
-    report, recorded = _run(pool, _items(20), connections=1)
+    report, recorded = _run(pool, _items(20), lanes=1)
     assert report.aborted == "SMTP authentication failed"
     assert report.sent == 3 and len(report.deferred) == 17
     assert "u3@example.com" in report.deferred and "u3@example.com" not in recorded
 
 
-def test_a_lane_that_cannot_reach_the_server_gives_up() -> None:
+@pytest.mark.parametrize("lanes", [1, 2, 32])
+def test_a_server_that_keeps_failing_stops_the_chunk(lanes: int) -> None:
     down = Delivery(Verdict.DEFERRED, "cannot reach SMTP server")
     pool = FakePool({f"u{i}@example.com": down for i in range(100)})
-    report, _ = _run(pool, _items(100), connections=2)
-    assert len(pool.log) == 6, "three attempts per lane, then stop"
+    report, recorded = _run(pool, _items(100), lanes=lanes)
+    assert len(pool.log) <= UNREACHABLE_AFTER + lanes - 1, "the lanes in flight finish, no new attempt"
     assert len(report.deferred) == 100 and report.sent == 0
+    assert len(recorded) == len(pool.log), "only what was attempted is recorded"
+    untried = next(reason for address, reason in report.deferred.items() if address not in pool.log)
+    assert untried.startswith("not attempted: the SMTP server failed 3 transactions in a row (cannot reach")
+
+
+def test_recipients_deferred_at_rcpt_do_not_stop_the_chunk() -> None:
+    later = {f"u{i}@example.com": "451 4.2.1 greylisted" for i in range(10)}
+    pool = FakePool(
+        {a: Delivery(Verdict.DEFERRED, "every recipient was refused", {a: r}) for a, r in later.items()}
+    )
+    report, _ = _run(pool, _items(30), lanes=2)
+    assert report.deferred == later and report.sent == 20
+
+
+def test_a_success_resets_the_count_of_server_failures() -> None:
+    flaky = Delivery(Verdict.DEFERRED, "SMTP connection lost")
+    pool = FakePool({f"u{i}@example.com": flaky for i in range(30) if i % 3})  # 2 in a row, then a success
+    report, _ = _run(pool, _items(30), lanes=1)
+    assert len(pool.log) == 30 and report.sent == 10 and len(report.deferred) == 20
 
 
 def test_an_unexpected_error_surfaces_itself_not_a_group() -> None:
     pool = FakePool({"u2@example.com": RuntimeError("redis went away")})
     with pytest.raises(RuntimeError, match="redis went away"):
-        _run(pool, _items(10), connections=3)
-    assert pool.acquired == pool.released, "every connection went back to the pool"
+        _run(pool, _items(10), lanes=3)
 
 
 def test_outcomes_are_group_committed_and_all_written_before_returning() -> None:
     pool = FakePool({})
     batches: list[dict[str, str]] = []
     report = asyncio.run(
-        deliver_all(pool, _items(40), _render, lambda b: batches.append(dict(b)), connections=4)  # type: ignore[arg-type]
+        deliver_all(pool, _items(40), _render, lambda b: batches.append(dict(b)), lanes=4)  # type: ignore[arg-type]
     )
     assert report.sent == 40
     assert sum(len(b) for b in batches) == 40 and len({a for b in batches for a in b}) == 40
@@ -278,5 +326,4 @@ def test_a_failing_record_stops_the_chunk_with_its_own_error() -> None:
 
     pool = FakePool({})
     with pytest.raises(ConnectionError, match="PRIMARY unreachable"):
-        asyncio.run(deliver_all(pool, _items(20), _render, broken, connections=2))  # type: ignore[arg-type]
-    assert pool.acquired == pool.released
+        asyncio.run(deliver_all(pool, _items(20), _render, broken, lanes=2))  # type: ignore[arg-type]
