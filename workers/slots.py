@@ -62,10 +62,19 @@ Beat = Callable[[list[Running]], None]
 class Slots:
     """The jobs running on slot threads; `start` never blocks, `wait_for_free` does."""
 
-    def __init__(self, size: int, *, perform: Perform, beat: Beat, beat_interval_s: float) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        perform: Perform,
+        beat: Beat,
+        beat_interval_s: float,
+        on_idle: Callable[[], None] = lambda: None,
+    ) -> None:
         self.size = size
         self._perform = perform
         self._beat = beat
+        self._on_idle = on_idle
         self._beat_interval_s = beat_interval_s
         self._running: dict[str, Running] = {}  # job id -> its run
         self._changed = threading.Condition()
@@ -83,9 +92,14 @@ class Slots:
         with self._changed:
             return list(self._running.values())
 
-    def start(self, job: Job, queue: Queue, execution: Execution) -> None:
-        run = Running(job, queue, execution)
+    def start(self, job: Job, queue: Queue, prepare: Callable[[], Execution]) -> None:
+        """Run `job` on a slot; `prepare` registers its execution (the worker turns busy).
+
+        `prepare` and the last job's `on_idle` run under one lock, so the worker's state
+        written last is the true one.
+        """
         with self._changed:
+            run = Running(job, queue, prepare())
             self._running[job.id] = run
         threading.Thread(target=self._run, args=(run,), name=f"job-{job.id}", daemon=True).start()
 
@@ -99,7 +113,15 @@ class Slots:
             interrupts.install(None)
             with self._changed:
                 self._running.pop(run.job.id, None)
+                if not self._running:
+                    self._idle_quietly()
                 self._changed.notify_all()
+
+    def _idle_quietly(self) -> None:
+        try:
+            self._on_idle()
+        except Exception as exc:  # e.g. Redis away: the next job's start writes the state again
+            log.warning("could not mark the worker idle: %s", exc)
 
     def wait_for_free(self, timeout_s: float) -> bool:
         """Wait until a slot is free (True) or `timeout_s` passed (False)."""

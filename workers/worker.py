@@ -308,9 +308,9 @@ class KryonixWorker(SlotCommands):
                 perform=self._perform_in_slot,
                 beat=self._beat_running,
                 beat_interval_s=self.job_monitoring_interval,
+                on_idle=self._idle_after_slots,
             )
-        execution = self.prepare_execution(job)
-        self.slots.start(job, queue, execution)
+        self.slots.start(job, queue, lambda: self.prepare_execution(job))
 
     def _perform_in_slot(self, job: Job, queue: Queue, execution: Execution) -> None:
         started = time.monotonic()
@@ -323,8 +323,11 @@ class KryonixWorker(SlotCommands):
             with self._stop_lock:
                 self._stopped_ids.discard(job.id)
         self._recycle_if_bloated()
-        if self.slots is not None and self.slots.busy <= 1 and self._loop is not None:
-            self._set_idle()  # the last running job: idle, and the worker key's long TTL back
+
+    def _idle_after_slots(self) -> None:
+        """The last slot job ended: idle (unless a horse runs), and the worker key's long TTL back."""
+        if self._loop is not None and self.horse_pid <= 0:
+            self._set_idle()
 
     def _set_idle(self) -> None:
         with self.connection.pipeline(transaction=False) as pipe:
