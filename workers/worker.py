@@ -24,6 +24,7 @@ from rq.exceptions import DeserializationError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 from rq.utils import get_connection_from_queues, now
 from rq.worker import Worker, WorkerStatus
 
@@ -34,6 +35,7 @@ from cache.ratelimit.service import flush_ratelimit_stats
 from cache.settings import get_settings
 from jobs.queues import QUEUES, KryonixQueue
 from jobs.serialization import JSONSerializer
+from workers import bookkeeping
 from workers.job import KryonixJob, attempt_of, not_a_json_job
 from workers.job_heartbeat import InProcessHeartbeat
 from workers.job_stats import JobStats
@@ -134,7 +136,7 @@ class KryonixWorker(Worker):
         check_eviction_policy(self.connection)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        """RQ's heartbeat (HSET + 2 EXPIRE) in one round trip instead of three.
+        """RQ's heartbeat (`bookkeeping.worker_beat`) in one round trip instead of two or three.
 
         RQ beats several times around each job. A beat within HEARTBEAT_COALESCE_S of the
         last one (pipelined beats included), asking for no longer a TTL, is skipped: the
@@ -143,7 +145,7 @@ class KryonixWorker(Worker):
         ttl = timeout or self.worker_ttl + 60
         now_s = self._monotonic()
         if pipeline is not None:
-            super().heartbeat(ttl, pipeline=pipeline)
+            bookkeeping.worker_beat(self, ttl, pipeline)
             # Recorded too: a job's beat may set a shorter TTL (the job's timeout plus a
             # grace), and the next beat asking for more must then be sent, not skipped.
             self._last_beat = (now_s, ttl)
@@ -156,7 +158,7 @@ class KryonixWorker(Worker):
 
         def beat() -> None:
             with self.connection.pipeline(transaction=False) as pipe:
-                super(KryonixWorker, self).heartbeat(ttl, pipeline=pipe)
+                bookkeeping.worker_beat(self, ttl, pipe)
                 pipe.execute()
 
         self._until_redis_answers(beat)
@@ -277,19 +279,34 @@ class KryonixWorker(Worker):
             self.heartbeat(pipeline=pipe)
             pipe.execute()
 
+    def prepare_execution(self, job: Job) -> Execution:
+        """RQ's prepare_execution and prepare_job_execution, in one Lua call (workers.bookkeeping)."""
+        return bookkeeping.start(self, job) or super().prepare_execution(job)
+
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """RQ's, with undecodable job data refused as a permanent failure with its reason.
 
-        RQ decodes the data first for the process title, so the refusal in the job's
-        `perform` never sees a pickle or garbage payload.
+        Nothing is written when `prepare_execution` already did it. RQ decodes the data
+        first for the process title, so the refusal in the job's `perform` never sees a
+        pickle or garbage payload.
         """
         try:
+            if bookkeeping.take_started(job):
+                self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
+                return
             super().prepare_job_execution(job, remove_from_intermediate_queue)
         except DeserializationError as exc:
             refusal = not_a_json_job(exc)
             if isinstance(job, KryonixJob):
                 job.fail_permanently(refusal)
             raise refusal from None
+
+    def handle_job_success(
+        self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
+    ) -> None:
+        """RQ's, in one Lua call while the job has no dependents (workers.bookkeeping)."""
+        if not bookkeeping.finish_success(self, job, queue, execution):
+            super().handle_job_success(job, queue, started_job_registry, execution)
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         _die_with_parent()
@@ -300,6 +317,7 @@ class KryonixWorker(Worker):
             return bool(super().perform_job(job, queue, execution))
         finally:
             if self._is_horse:
+                bookkeeping.record_outcome(job)
                 # A work horse exits with os._exit: counters its job kept in memory
                 # (cache hits, rate-limit decisions) are pushed now or never.
                 flush_cache_stats()
@@ -307,8 +325,7 @@ class KryonixWorker(Worker):
 
     def _log_outcome(self, job: Job, queue: Queue, duration_s: float, in_process: bool) -> None:
         try:
-            # In-process, RQ already holds the final status; a forked horse wrote it to Redis.
-            status = job.get_status(refresh=not in_process)
+            status = bookkeeping.final_status(job, in_process=in_process)
         except Exception:
             status = None
         outcome = _OUTCOMES.get(status.value if status is not None else "", "finished")
