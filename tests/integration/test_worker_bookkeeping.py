@@ -127,3 +127,36 @@ def test_commands_of_a_batch_run_in_order(primary: redis.Redis) -> None:
     assert primary.hgetall("k") == {b"a": b"1", b"b": b"2"} and 45 <= primary.ttl("k") <= 50
     assert not ran(primary, [("DEL", "k", ())], unless_exists=["k"])
     assert primary.exists("k")
+
+
+def test_jobs_on_threads_of_one_worker_each_keep_their_own_records(primary: redis.Redis) -> None:
+    import threading
+
+    from rq.job import JobStatus
+
+    queue = KryonixQueue("email", connection=primary, job_class=KryonixJob)
+    worker = KryonixWorker([queue], connection=primary, name="threaded-worker")
+    worker.register_birth()
+    jobs = [
+        KryonixJob.fetch(enqueue("email", "jobs.diagnostics.noop", client=primary), primary) for _ in range(8)
+    ]
+    started = threading.Barrier(len(jobs))
+
+    def run(job: KryonixJob) -> None:
+        execution = worker.prepare_execution(job)
+        started.wait(10)  # every job is running before any finishes
+        worker.prepare_job_execution(job)
+        job.perform()
+        worker.handle_execution_ended(job, queue, 60)
+        worker.handle_job_success(job, queue, queue.started_job_registry, execution)
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [job.get_status() for job in jobs] == [JobStatus.FINISHED] * len(jobs)
+    assert queue.started_job_registry.count == 0 and queue.finished_job_registry.count == len(jobs)
+    assert worker.executions == {} and not primary.exists(worker.executions_key)
+    assert int(primary.hget(worker.key, "successful_job_count") or 0) == len(jobs)
+    assert all(len(job.results()) == 1 and not primary.exists(job.execution_registry.key) for job in jobs)
