@@ -1,4 +1,5 @@
-"""What a worker with slots adds to RQ's: stop commands per running job, one heartbeat for all.
+"""What a worker with slots changes in RQ's: stop commands per running job, one heartbeat
+for all, shutdown with jobs in flight, and claiming while a horse runs.
 
 RQ's worker runs one job at a time: its stop-job command compares the job id with
 "the" current job and kills "the" horse, and its failure handler reads one
@@ -9,15 +10,19 @@ of these per job.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from typing import Any
 
 from rq.command import parse_payload
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
 from rq.utils import now
 from rq.worker import Worker
 
+from workers.loop import HORSE_POLL_S, WorkLoop
 from workers.slots import Running, Slots, working_time_s
 
 log = logging.getLogger("kryonix.worker")
@@ -29,6 +34,7 @@ class SlotCommands(Worker):
     slots: Slots | None
     _stopped_ids: set[str]  # running jobs a stop-job command stopped
     _stop_lock: threading.Lock  # RQ keeps one `_stopped_job_id` per worker
+    _loop: WorkLoop | None  # while `work` runs
 
     def _beat_running(self, runs: list[Running]) -> None:
         """RQ's `maintain_heartbeats` for every running job at once, in one round trip."""
@@ -98,3 +104,39 @@ class SlotCommands(Worker):
             finally:
                 self._stopped_job_id = None
                 self._stopped_ids.discard(job.id)
+
+    def _shutdown(self) -> None:
+        """First SIGTERM/SIGINT: claim nothing more, let every running job end, then exit."""
+        if self._loop is None:
+            super()._shutdown()  # type: ignore[no-untyped-call]
+            return
+        self._stop_requested = True
+        self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
+        if self.scheduler:
+            self.stop_scheduler()  # type: ignore[no-untyped-call]
+        if self._loop.blocking:  # idle in BLMOVE: a claimed id would stay in the intermediate list
+            raise StopRequested()
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Second signal: exit now; maintenance recovers the jobs left running."""
+        if self.slots is not None and self.slots.busy:
+            log.warning(
+                "worker %s: cold shutdown with %d job(s) running; crash recovery runs them again",
+                self.name,
+                self.slots.busy,
+            )
+        super().request_force_stop(signum, frame)
+
+    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
+        """RQ's wait, but a worker with slots keeps claiming in-process jobs meanwhile."""
+        if self.slots is None or self._loop is None:
+            return super().wait_for_horse()
+        while True:
+            try:
+                pid, status, rusage = os.wait4(self.horse_pid, os.WNOHANG)
+            except ChildProcessError:
+                return None, None, None
+            if pid:
+                return pid, status, rusage
+            self._loop.feed_slots_while_waiting()
+            time.sleep(HORSE_POLL_S)

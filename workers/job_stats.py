@@ -17,6 +17,7 @@ from rq.queue import Queue
 
 from cache.counters import BufferedCounters
 from cache.keys import job_counters
+from workers import bookkeeping
 from workers.job import attempt_of
 
 log = logging.getLogger("kryonix.job_stats")
@@ -94,8 +95,7 @@ _OUTCOMES = {
 def log_outcome(stats: JobStats, job: Job, queue: Queue, duration_s: float, *, in_process: bool) -> None:
     """Count the job's outcome and log its one line (RQ's own lines say less, in its format)."""
     try:
-        # In-process, RQ already holds the final status; a forked horse wrote it to Redis.
-        status = job.get_status(refresh=not in_process)
+        status = bookkeeping.final_status(job, in_process=in_process)
     except Exception:
         status = None
     outcome = _OUTCOMES.get(status.value if status is not None else "", "finished")

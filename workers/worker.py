@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -25,6 +24,7 @@ from rq.exceptions import DeserializationError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 from rq.utils import get_connection_from_queues, now
 from rq.worker import DequeueStrategy, WorkerStatus
 
@@ -35,11 +35,12 @@ from cache.ratelimit.service import flush_ratelimit_stats
 from cache.settings import get_settings
 from jobs.queues import KryonixQueue
 from jobs.serialization import JSONSerializer
+from workers import bookkeeping
 from workers.commands import SlotCommands
 from workers.job import KryonixJob, not_a_json_job
 from workers.job_stats import JobStats, log_outcome
 from workers.logs import configure_logging
-from workers.loop import HORSE_POLL_S, WorkLoop, in_process
+from workers.loop import WorkLoop, in_process
 from workers.process import die_with_parent, rss_bytes
 from workers.slots import Slots, ThreadAwareDeathPenalty
 from workers.worker_arguments import monitoring_interval, our_class, refuse_non_json
@@ -133,7 +134,7 @@ class KryonixWorker(SlotCommands):
         check_eviction_policy(self.connection)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        """RQ's heartbeat (HSET + 2 EXPIRE) in one round trip instead of three.
+        """RQ's heartbeat (`bookkeeping.worker_beat`) in one round trip instead of two or three.
 
         RQ beats several times around each job. A beat within HEARTBEAT_COALESCE_S of the
         last one (pipelined beats included), asking for no longer a TTL, is skipped: the
@@ -142,7 +143,7 @@ class KryonixWorker(SlotCommands):
         ttl = timeout or self.worker_ttl + 60
         now_s = self._monotonic()
         if pipeline is not None:
-            super().heartbeat(ttl, pipeline=pipeline)
+            bookkeeping.worker_beat(self, ttl, pipeline)
             # Recorded too: a job's beat may set a shorter TTL (the job's timeout plus a
             # grace), and the next beat asking for more must then be sent, not skipped.
             self._last_beat = (now_s, ttl)
@@ -155,7 +156,7 @@ class KryonixWorker(SlotCommands):
 
         def beat() -> None:
             with self.connection.pipeline(transaction=False) as pipe:
-                super(KryonixWorker, self).heartbeat(ttl, pipeline=pipe)
+                bookkeeping.worker_beat(self, ttl, pipe)
                 pipe.execute()
 
         self._until_redis_answers(beat)
@@ -260,28 +261,6 @@ class KryonixWorker(SlotCommands):
             self.teardown()
         return bool(started)
 
-    def _shutdown(self) -> None:
-        """First SIGTERM/SIGINT: claim nothing more, let every running job end, then exit."""
-        if self._loop is None:
-            super()._shutdown()  # type: ignore[no-untyped-call]
-            return
-        self._stop_requested = True
-        self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
-        if self.scheduler:
-            self.stop_scheduler()  # type: ignore[no-untyped-call]
-        if self._loop.blocking:  # idle in BLMOVE: a claimed id would stay in the intermediate list
-            raise StopRequested()
-
-    def request_force_stop(self, signum: int, frame: Any) -> None:
-        """Second signal: exit now; maintenance recovers the jobs left running."""
-        if self.slots is not None and self.slots.busy:
-            log.warning(
-                "worker %s: cold shutdown with %d job(s) running; crash recovery runs them again",
-                self.name,
-                self.slots.busy,
-            )
-        super().request_force_stop(signum, frame)
-
     def execute_job(self, job: Job, queue: Queue) -> None:
         """An in-process job on a slot thread (this call waits for it); the others in a horse."""
         if in_process(queue):
@@ -341,39 +320,40 @@ class KryonixWorker(SlotCommands):
         log.error("worker %s: lost Redis during job %s (%s); it will be recovered", self.name, job.id, exc)
         self._until_redis_answers(self._ping)
 
-    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
-        """RQ's wait, but a worker with slots keeps claiming in-process jobs meanwhile."""
-        if self.slots is None or self._loop is None:
-            return super().wait_for_horse()
-        while True:
-            try:
-                pid, status, rusage = os.wait4(self.horse_pid, os.WNOHANG)
-            except ChildProcessError:
-                return None, None, None
-            if pid:
-                return pid, status, rusage
-            self._loop.feed_slots_while_waiting()
-            time.sleep(HORSE_POLL_S)
-
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         """RQ's, but only with a horse: for a job run in this process, RQ's `killpg(getpgid(0))`
         would kill this worker's own process group (a stop-job command, a cold shutdown)."""
         if self.horse_pid > 0:
             super().kill_horse(sig)
 
+    def prepare_execution(self, job: Job) -> Execution:
+        """RQ's prepare_execution and prepare_job_execution, in one Lua call (workers.bookkeeping)."""
+        return bookkeeping.start(self, job) or super().prepare_execution(job)
+
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """RQ's, with undecodable job data refused as a permanent failure with its reason.
 
-        RQ decodes the data first for the process title, so the refusal in the job's
-        `perform` never sees a pickle or garbage payload.
+        Nothing is written when `prepare_execution` already did it. RQ decodes the data
+        first for the process title, so the refusal in the job's `perform` never sees a
+        pickle or garbage payload.
         """
         try:
+            if bookkeeping.take_started(job):
+                self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
+                return
             super().prepare_job_execution(job, remove_from_intermediate_queue)
         except DeserializationError as exc:
             refusal = not_a_json_job(exc)
             if isinstance(job, KryonixJob):
                 job.fail_permanently(refusal)
             raise refusal from None
+
+    def handle_job_success(
+        self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
+    ) -> None:
+        """RQ's, in one Lua call while the job has no dependents (workers.bookkeeping)."""
+        if not bookkeeping.finish_success(self, job, queue, execution):
+            super().handle_job_success(job, queue, started_job_registry, execution)
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         die_with_parent()
@@ -384,6 +364,7 @@ class KryonixWorker(SlotCommands):
             return bool(super().perform_job(job, queue, execution))
         finally:
             if self._is_horse:
+                bookkeeping.record_outcome(job)
                 # A work horse exits with os._exit: counters its job kept in memory
                 # (cache hits, rate-limit decisions) are pushed now or never.
                 flush_cache_stats()

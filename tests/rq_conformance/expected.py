@@ -50,6 +50,10 @@ MIXED_JOB_CLASSES = (
     "artifact: RQ's registries (and queues) build RQ's Job or our JsonJob, which compare unequal "
     "to a KryonixJob of the same id"
 )
+BATCHED_START = (
+    "prepare_execution writes the whole start (RQ's prepare_job_execution too) in one Lua call, so a "
+    "TTL the test sets on the job between the two calls is not cleared by prepare_job_execution"
+)
 SIMPLE_WORKER = "artifact: SimpleWorker is RQ's own (pickle) worker, not ours; it cannot read our JSON jobs"
 
 _W = "tests/test_worker.py::TestWorker::"
@@ -64,6 +68,7 @@ EXPECTED_FAILURES: dict[str, str] = {
     f"{_W}test_custom_queue_class": OTHER_CLASS,
     f"{_W}test_deserializing_failure_is_handled": REFUSED_NAME,
     f"{_W}test_get_heartbeat_ttl": HEARTBEAT,
+    f"{_W}test_prepare_job_execution": BATCHED_START,
     f"{_W}test_retry_keeps_unreadable_meta": JSON,
     f"{_W}test_simpleworker_heartbeat_ttl": SIMPLE_WORKER,
     f"{_W}test_work_via_simpleworker": SIMPLE_WORKER,
