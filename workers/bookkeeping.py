@@ -187,8 +187,8 @@ def start(worker: Worker, job: Job) -> Execution | None:
     for name, value in before.items():
         setattr(job, name, value)
     pipe.persist(job.key)
-    if len(worker.queues) == 1:  # RQ dequeued with LMOVE into the intermediate list
-        pipe.lrem(Queue(job.origin, connection=worker.connection).intermediate_queue_key, 1, job.id)
+    # Our loop claims into the intermediate list for any number of queues (`workers.loop`).
+    pipe.lrem(Queue(job.origin, connection=worker.connection).intermediate_queue_key, 1, job.id)
     commands = recorded(pipe)
     if commands is None:
         pipe.execute()

@@ -341,7 +341,9 @@ class KryonixWorker(SlotCommands):
             if bookkeeping.take_started(job):
                 self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
                 return
-            super().prepare_job_execution(job, remove_from_intermediate_queue)
+            # Always out of the intermediate list: our loop claims through it for several
+            # queues too (RQ's BLPOP for several queues has none).
+            super().prepare_job_execution(job, remove_from_intermediate_queue=True)
         except DeserializationError as exc:
             refusal = not_a_json_job(exc)
             if isinstance(job, KryonixJob):

@@ -216,3 +216,17 @@ def test_a_claim_is_never_only_in_the_workers_memory(primary: redis.Redis) -> No
     assert report_.requeued_from_intermediate["report"] == [report_id]
     assert email.get_job_ids() == email_ids, "back at the front, in their order"
     assert report.get_job_ids() == [report_id]
+
+
+def test_a_worker_on_both_queues_leaves_nothing_in_the_intermediate_lists(
+    primary: redis.Redis, processes: Processes, relay: SmtpServer
+) -> None:
+    relay.handler.hold_data = False
+    job_ids = _enqueue(SLOTS, "both")
+    processes.worker("email", "report", name="w")
+    _wait_finished(job_ids, 60)
+    email = get_queue(primary, name="email")
+    assert primary.lrange(email.intermediate_queue_key, 0, -1) == [], (
+        "a finished job is not left to be requeued"
+    )
+    assert recover(primary, queue_names=["email"], now=time.time() + STUCK_AFTER_S + 1).total == 0
