@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ NOOP = "jobs.diagnostics.noop"
 CELERY_APP = "bench.peer_apps.celery_app"
 # Our email worker's own knobs, passed through from the caller's environment (only to ours).
 OUR_PASSTHROUGH = ("EMAIL_CONCURRENCY", "SMTP_MAX_CONNECTIONS")
+ARQ_SKIPPED = "arq pins redis<6 (the project needs redis-py 8)"
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,20 @@ SYSTEMS = (
         peer=True,
     ),
 )
+
+
+def installed(
+    systems: Sequence[System], is_installed: Callable[[str], bool]
+) -> tuple[list[System], list[dict[str, str]]]:
+    """(the systems whose package imports, a skipped line for each other); arq is always skipped."""
+    present = [s for s in systems if s.module is None or is_installed(s.module)]
+    skipped = [
+        {"bench": "peers", "metric": f"peer_{s.name}", "skipped": f"{s.module} is not installed"}
+        for s in systems
+        if s not in present
+    ]
+    skipped.append({"bench": "peers", "metric": "peer_arq", "skipped": ARQ_SKIPPED})
+    return present, skipped
 
 
 def worker_env(

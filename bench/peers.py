@@ -36,7 +36,7 @@ from typing import Any
 from bench import peer_targets as targets
 from bench import peer_workloads as workloads
 from bench.common import median, private_primary
-from bench.peer_systems import OURS, SYSTEMS, WORKERS, Mail, System
+from bench.peer_systems import OURS, SYSTEMS, WORKERS, Mail, System, installed
 
 JOBS = 2_000
 EMAILS = 1_000
@@ -206,15 +206,8 @@ def _measure(
 
 def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
     options = _options(argv or [])
-    present = [s for s in SYSTEMS if s.module is None or importlib.util.find_spec(s.module) is not None]
-    rows: list[dict[str, Any]] = [
-        {"bench": "peers", "metric": f"peer_{s.name}", "skipped": f"{s.module} is not installed"}
-        for s in SYSTEMS
-        if s not in present
-    ]
-    rows.append(
-        {"bench": "peers", "metric": "peer_arq", "skipped": "arq pins redis<6 (the project needs redis-py 8)"}
-    )
+    present, skipped = installed(SYSTEMS, lambda module: importlib.util.find_spec(module) is not None)
+    rows: list[dict[str, Any]] = list(skipped)
     env = {"EMAIL_CONCURRENCY": str(options.email_concurrency)} if options.email_concurrency else {}
     with tempfile.TemporaryDirectory(prefix="kx-bench-peers-") as logdir:
         found = _measure(present, options, env, logdir)

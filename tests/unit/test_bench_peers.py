@@ -1,4 +1,4 @@
-"""The pure target arithmetic of `python -m bench peers` (bench/peer_targets.py)."""
+"""The pure helpers of `python -m bench peers`: targets, installed systems, worker env, and bench all."""
 
 from __future__ import annotations
 
@@ -67,3 +67,56 @@ def test_comparison_carries_every_ratio_the_best_peer_and_whether_all_targets_ar
 def test_comparison_without_peers_has_no_baseline_and_unmeasured_targets() -> None:
     line = t.comparison({"ours": 5.0, "rq-worker": 1.0}, t.RELAY_TARGETS)
     assert (line["baseline"], line["ratio"], line["targets_met"]) == (None, None, False)
+
+
+def test_without_the_bench_extra_every_peer_is_a_skipped_line_and_ours_still_runs() -> None:
+    from bench.peer_systems import SYSTEMS, installed
+
+    present, skipped = installed(SYSTEMS, lambda module: False)
+    assert [s.name for s in present] == ["ours", "rq-simpleworker", "rq-worker"]
+    assert [line["metric"] for line in skipped] == ["peer_dramatiq", "peer_celery", "peer_huey", "peer_arq"]
+    assert all(line["skipped"] for line in skipped)
+
+
+class _FakeSink:
+    class _Value:
+        value = 0
+
+    def __init__(self, received: int) -> None:
+        self.received = self._Value()
+        self.received.value = received
+
+
+def test_wait_deliveries_ends_once_all_are_seen() -> None:
+    from bench.peer_workloads import wait_deliveries
+
+    _rate, seen, complete = wait_deliveries(_FakeSink(50), 50, budget_s=5.0)
+    assert (seen, complete) == (50, True)
+
+
+def test_our_workers_get_the_email_concurrency_knobs_and_the_peers_do_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench.peer_systems import worker_env
+
+    monkeypatch.setenv("EMAIL_CONCURRENCY", "8")
+    monkeypatch.setenv("SMTP_MAX_CONNECTIONS", "4")
+    monkeypatch.setenv("SMTP_HOST", "mail.example.com")
+    ours = worker_env("redis://127.0.0.1:1/0", ours=True, smtp_port=25)
+    assert (ours["EMAIL_CONCURRENCY"], ours["SMTP_MAX_CONNECTIONS"], ours["SMTP_HOST"]) == (
+        "8",
+        "4",
+        "127.0.0.1",
+    )
+    assert (
+        worker_env("redis://x", ours=True, overrides={"EMAIL_CONCURRENCY": "64"})["EMAIL_CONCURRENCY"] == "64"
+    )
+    peer = worker_env("redis://x", ours=False, overrides={"EMAIL_CONCURRENCY": "64"})
+    assert "EMAIL_CONCURRENCY" not in peer and "SMTP_MAX_CONNECTIONS" not in peer
+
+
+def test_bench_all_runs_the_peers_but_not_the_soak() -> None:
+    from bench.__main__ import NOT_IN_ALL, available
+
+    assert {"peers", "soak"} <= set(available())
+    assert "peers" not in NOT_IN_ALL and "soak" in NOT_IN_ALL
