@@ -4,15 +4,16 @@ Workloads (`--workloads relay,sink,noop,bulk`, default all; a size of 0 skips on
 - relay: `--emails N` (default 1,000) welcome emails, one job each, through bench.email's
   aiosmtpd sink holding each DATA answer `--smtp-delay-ms` (default 100 ms, a remote relay);
 - sink: `--sink-emails N` (default 1,000) the same through a sink that answers at once (CPU-bound);
-- noop: `--jobs N` (default 2,000) no-op jobs/s, and Redis commands per job from
-  INFO commandstats after CONFIG RESETSTAT, less the bench's own polls and the peers' one
-  INCR per job; the RQ workers are timed to their burst exit, so their shutdown commands count;
+- noop: `--jobs N` (default 2,000; RQ's forking Worker, ~10x slower, N/5) no-op jobs/s, and
+  Redis commands per job from INFO commandstats after CONFIG RESETSTAT, less the bench's
+  own polls and the peers' one INCR per job; the RQ workers are timed to their burst exit,
+  so their shutdown commands count;
 - bulk: ours only, the relay's N emails as ONE `enqueue_bulk_email` (project defaults).
 
 One private redis-server (the shipped redis.conf), 2 worker processes per system at its
 documented defaults (bench.peer_systems). Work is queued first, then the workers start;
 the clock runs from the first job taken (first delivery) to the last. An email drain ends
-at N deliveries or `--budget-s` (default 6 s) after the first, whichever comes first.
+at N deliveries or `--budget-s` (default 3 s) after the first, whichever comes first.
 `--rounds R` (default 3) rounds interleave workloads and systems; medians are reported,
 one line per workload metric with ours against every system, against the best peer, and
 the targets of bench.peer_targets with met / missed. Repeats per recipient are counted
@@ -43,7 +44,7 @@ EMAILS = 1_000
 SINK_EMAILS = 1_000
 ROUNDS = 3
 RELAY_DELAY_MS = 100.0
-BUDGET_S = 6.0
+BUDGET_S = 3.0
 WORKLOADS = ("relay", "sink", "noop", "bulk")
 
 
@@ -168,7 +169,8 @@ def _measure(
                     for system in present if workload != "bulk" else [OURS]:
                         runs = found[workload].setdefault(system.name, [])
                         if workload == "noop":
-                            runs.append(workloads.noop(system, client, url, options.jobs, logdir, **env))
+                            count = max(1, options.jobs // system.noop_share)
+                            runs.append(workloads.noop(system, client, url, count, logdir, **env))
                         elif workload == "bulk":
                             assert relay is not None
                             mail = _mail(relay.port)
@@ -217,7 +219,8 @@ def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
     relay_common = {**common, "emails": options.emails, "smtp_delay_ms": options.smtp_delay_ms}
     relay_common["budget_s"] = options.budget_s
     if "noop" in found:
-        rows += _noop_lines(found["noop"], {**common, "jobs": options.jobs})
+        jobs = {s.name: max(1, options.jobs // s.noop_share) for s in present}
+        rows += _noop_lines(found["noop"], {**common, "jobs": jobs})
     if "relay" in found:
         rows.append(_email_line("emails_per_s_relay", found["relay"], targets.RELAY_TARGETS, **relay_common))
     if "bulk" in found:
