@@ -21,8 +21,8 @@ import bench
 
 # Modules in bench/ that are helpers, not benchmarks.
 NOT_BENCHMARKS = {"common", "baseline_jobs", "peer_apps"}
-# Run by name only: `peers` needs the optional `bench` extra and adds about 2 minutes.
-NOT_IN_ALL = {"peers"}
+# Run by name only: `soak` is a long robustness run (workers SIGKILLed, Redis restarted).
+NOT_IN_ALL = {"soak"}
 
 
 def available() -> list[str]:

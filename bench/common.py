@@ -18,10 +18,10 @@ from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 
 @contextlib.contextmanager
-def private_primary(name: str) -> Iterator[RedisServer]:
-    """A redis-server on the shipped redis.conf, with the process settings pointed at it."""
+def private_primary(name: str, extra_args: Sequence[str] = ()) -> Iterator[RedisServer]:
+    """A redis-server on the shipped redis.conf plus `extra_args`, the process settings pointed at it."""
     with tempfile.TemporaryDirectory(prefix=f"kx-bench-{name}-") as tmp:
-        server = RedisServer(PRIMARY_CONF, Path(tmp) / "primary").start()
+        server = RedisServer(PRIMARY_CONF, Path(tmp) / "primary", extra_args=list(extra_args)).start()
         saved = {k: os.environ.get(k) for k in ("REDIS_URL", "CACHE_REDIS_URL")}
         os.environ["REDIS_URL"] = os.environ["CACHE_REDIS_URL"] = server.url
         reset_settings()

@@ -60,10 +60,18 @@ def baseline_send(host: str, port: int, sender: str, to: str, subject: str, text
 # --- the sink: its own process, counters in shared memory ---------------------------------------
 
 
-def _serve_sink(port: int, received: Any, duplicates: Any, ready: Any, delay_s: float = 0.0) -> None:
+def _serve_sink(
+    port: int,
+    received: Any,
+    duplicates: Any,
+    ready: Any,
+    delay_s: float = 0.0,
+    repeats_path: str | None = None,
+) -> None:
     """Accept everything; count recipients and repeats (runs in a spawned process).
 
-    `delay_s` holds each DATA answer that long, as a remote relay would (`bench peers`).
+    `delay_s` holds each DATA answer that long, as a remote relay would (`bench peers`);
+    `repeats_path` gets one line per repeated recipient (`bench soak` names them).
     """
     import asyncio
 
@@ -78,6 +86,9 @@ def _serve_sink(port: int, received: Any, duplicates: Any, ready: Any, delay_s: 
             for rcpt in envelope.rcpt_tos:
                 if rcpt in seen:
                     duplicates.value += 1
+                    if repeats_path is not None:
+                        with open(repeats_path, "a", encoding="utf-8") as repeats:
+                            repeats.write(f"{rcpt}\n")
                 seen.add(rcpt)
             received.value += len(envelope.rcpt_tos)
             return "250 2.0.0 OK"
@@ -96,7 +107,7 @@ def _serve_sink(port: int, received: Any, duplicates: Any, ready: Any, delay_s: 
 
 
 class _Sink:
-    def __init__(self, port: int, delay_s: float = 0.0) -> None:
+    def __init__(self, port: int, delay_s: float = 0.0, repeats_path: str | None = None) -> None:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
@@ -105,7 +116,9 @@ class _Sink:
         self.duplicates = context.Value("q", 0, lock=False)
         ready = context.Event()
         self.process = context.Process(
-            target=_serve_sink, args=(port, self.received, self.duplicates, ready, delay_s), daemon=True
+            target=_serve_sink,
+            args=(port, self.received, self.duplicates, ready, delay_s, repeats_path),
+            daemon=True,
         )
         self.process.start()
         if not ready.wait(30):

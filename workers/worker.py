@@ -269,6 +269,11 @@ class KryonixWorker(SlotCommands):
                 self.slots.drain()
                 self._set_idle()
             return
+        if self.slots is not None and self.slots.busy:
+            # A fork copies the locks other threads hold (the import lock, a connection's)
+            # without those threads: the horse would hang on the first one. Let the
+            # running jobs end first; new ones start again while the horse runs.
+            self.slots.drain()
         started = time.monotonic()
         try:
             super().execute_job(job, queue)
