@@ -14,7 +14,7 @@ from typing import Any
 
 from cache import connections
 from cache.settings import reset_settings
-from workers.dev.servers import PRIMARY_CONF, RedisServer
+from workers.dev.servers import PRIMARY_CONF, PROJECT_ROOT, RedisServer
 
 
 @contextlib.contextmanager
@@ -84,3 +84,24 @@ def stop_process_groups(processes: Sequence[subprocess.Popen[bytes]], timeout_s:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def spawn_logged(
+    commands: Sequence[Sequence[str]], *, env: dict[str, str], logdir: str | Path, prefix: str
+) -> list[subprocess.Popen[bytes]]:
+    """One process per command, each in its own session, logging to `logdir/prefix-N.log`
+    (stop them with `stop_process_groups`)."""
+    processes = []
+    for n, command in enumerate(commands):
+        with open(Path(logdir) / f"{prefix}-{n}.log", "ab") as log:
+            processes.append(
+                subprocess.Popen(
+                    list(command),
+                    env=env,
+                    cwd=PROJECT_ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    return processes

@@ -27,10 +27,12 @@ horses import it for every job.
 from __future__ import annotations
 
 import smtplib
+import sys
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
-from bench.common import stop_process_groups
+from bench.common import spawn_logged, stop_process_groups
 
 TRANSACTIONAL = 2_000
 BASELINE = 300  # the forking worker is ~10x slower: fewer messages keep the run short
@@ -170,28 +172,9 @@ def _env(redis_url: str, smtp_port: int, *, kryonix: bool) -> dict[str, str]:
 
 
 def _start_workers(queue: str, env: dict[str, str], logdir: Any, *, burst: bool, url: str) -> list[Any]:
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from workers.dev.servers import PROJECT_ROOT
-
     rq = str(Path(sys.executable).parent / "rq")
-    processes = []
-    for n in range(WORKERS):
-        command = [rq, "worker", queue, "--url", url, *(["--burst"] if burst else [])]
-        with open(Path(logdir) / f"{queue}-{n}.log", "ab") as log:
-            processes.append(
-                subprocess.Popen(
-                    command,
-                    env=env,
-                    cwd=PROJECT_ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-    return processes
+    command = [rq, "worker", queue, "--url", url, *(["--burst"] if burst else [])]
+    return spawn_logged([command] * WORKERS, env=env, logdir=logdir, prefix=queue)
 
 
 # --- the four measurements -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 import redis
 from rq import Queue
 
-from workers.dev.servers import PROJECT_ROOT
+from bench.common import spawn_logged
 
 WORKERS = 2
 RQ_QUEUE = "bench-noop"
@@ -227,17 +227,4 @@ def start(
     """The system's worker processes, each in its own session (stop with `stop_process_groups`)."""
     ours = system.name == OURS.name
     env = worker_env(url, ours=ours, smtp_port=smtp_port, overrides=overrides)
-    processes = []
-    for n, command in enumerate(system.commands(url)):
-        with open(Path(logdir) / f"{system.name}-{n}.log", "ab") as log:
-            processes.append(
-                subprocess.Popen(
-                    command,
-                    env=env,
-                    cwd=PROJECT_ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-    return processes
+    return spawn_logged(system.commands(url), env=env, logdir=logdir, prefix=system.name)
