@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # more processes than the machine's 2 cores finish sooner; worksteal evens out the long ones.
 PYTEST_WORKERS ?= 6
 
-.PHONY: run test lint format unit rq-conformance install clean
+.PHONY: run test lint format unit rq-conformance bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# `make bench` (every benchmark), `make bench BENCH=peers`: installs the peers first.
+BENCH ?= all
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench $(BENCH)
 
 run: $(STAMP)
 	$(PY) -m workers dev
