@@ -117,6 +117,9 @@ class WorkLoop:
                         break
                     log.error("worker %s: Redis unreachable (%s); waiting for it", worker.name, exc)
                     worker._until_redis_answers(worker._ping)
+                except Exception:  # as RQ's loop: log, stop claiming, let the running jobs end
+                    log.exception("worker %s: unhandled exception in the work loop, quitting", worker.name)
+                    break
         finally:
             self.drain()
         return self.started
