@@ -13,7 +13,7 @@ PYTEST_WORKERS ?= 6
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,ops,postgres]'
+	$(PY) -m pip install --quiet -e '.[dev,ops,postgres,web]'
 	touch $(STAMP)
 
 install: $(STAMP)
