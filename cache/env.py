@@ -101,6 +101,13 @@ class Env:
             raise ConfigError(f"{name} must be a TCP port between 1 and 65535, got {value}")
         return value
 
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """One of `choices`, exactly as written there; `default` when unset."""
+        value = self.get(name, default)
+        if value not in choices:
+            raise ConfigError(f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}")
+        return value
+
     def boolean(self, name: str, default: bool) -> bool:
         raw = self._environ.get(name, "").strip().lower()
         if not raw:

@@ -15,6 +15,7 @@ from pathlib import Path
 from cache.env import Env, redact_url
 from cache.errors import ConfigError
 from cache.limits import API, BY_IP, BY_USER, Preset
+from cache.proxies import ForwardedHeader, TrustedProxies
 
 # Defaults, one line of why each.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # the standard local Redis
@@ -25,6 +26,7 @@ DEFAULT_HEALTH_CHECK_INTERVAL_S = 30  # PING idle connections before reuse, so a
 DEFAULT_RETRY_ATTEMPTS = 6  # ~3 s of exponential backoff: rides over a Redis restart
 DEFAULT_CALL_TIMEOUT_S = 1.0  # a web request waits on Redis about a second, then fails or fails open
 DEFAULT_IPV6_PREFIX = 56  # RIPE-690's residential assignment: one home is one /56 (see docs/ratelimit.md)
+DEFAULT_TRUSTED_PROXIES = TrustedProxies()  # trust no proxy: the connecting peer is the client
 DEFAULT_SESSION_MAX_BYTES = 64 * 1024  # encoded data of one session: a cart, not a file store
 DEFAULT_DATABASE_URL = "sqlite:///var/kryonix.db"  # embedded default, no server needed
 DEFAULT_SMTP_HOST = "127.0.0.1"
@@ -83,6 +85,7 @@ class Settings:
     ratelimit_by_user: Preset = BY_USER
     ratelimit_api: Preset = API
     ratelimit_ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    trusted_proxies: TrustedProxies = DEFAULT_TRUSTED_PROXIES
     session_max_bytes: int = DEFAULT_SESSION_MAX_BYTES
     events_stream_maxlen: int = DEFAULT_EVENTS_STREAM_MAXLEN
     events_stream_ttl_s: int = DEFAULT_EVENTS_STREAM_TTL_S
@@ -122,9 +125,7 @@ class Settings:
         smtp_starttls = env.boolean("SMTP_STARTTLS", False)
         if smtp_tls and smtp_starttls:
             raise ConfigError("SMTP_TLS and SMTP_STARTTLS are exclusive: implicit TLS or STARTTLS, not both")
-        log_format = env.get("LOG_FORMAT", "text")
-        if log_format not in ("text", "json"):
-            raise ConfigError(f"LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+        log_format = env.choice("LOG_FORMAT", "text", ("text", "json"))
         return cls(
             redis_url=redis_url,
             cache_redis_url=env.redis_url("CACHE_REDIS_URL", redis_url, example=DEFAULT_REDIS_URL),
@@ -156,6 +157,7 @@ class Settings:
             ratelimit_by_user=env.preset("RATELIMIT_BY_USER"),
             ratelimit_api=env.preset("RATELIMIT_API"),
             ratelimit_ipv6_prefix=env.bounded("RATELIMIT_IPV6_PREFIX", DEFAULT_IPV6_PREFIX, 16, 128),
+            trusted_proxies=_trusted_proxies(env),
             session_max_bytes=env.bounded(
                 "SESSION_MAX_BYTES", DEFAULT_SESSION_MAX_BYTES, 1024, 64 * 1024 * 1024
             ),
@@ -190,6 +192,12 @@ def _sentinel(env: Env) -> Sentinel | None:
         master_name=env.get("REDIS_SENTINEL_MASTER", DEFAULT_SENTINEL_MASTER),
         password=env.optional("REDIS_SENTINEL_PASSWORD"),
     )
+
+
+def _trusted_proxies(env: Env) -> TrustedProxies:
+    """`TRUSTED_PROXIES`, applied to the header `TRUSTED_PROXY_HEADER` names."""
+    header = env.choice("TRUSTED_PROXY_HEADER", "x-forwarded-for", tuple(h.value for h in ForwardedHeader))
+    return TrustedProxies.parse(env.raw("TRUSTED_PROXIES"), header=header)
 
 
 _settings: Settings | None = None
