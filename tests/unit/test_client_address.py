@@ -14,6 +14,8 @@ from cache.integrations.client_address import MAX_ENTRIES, client_ip, normalize_
 from cache.proxies import ForwardedHeader, TrustedProxies
 from cache.settings import Settings
 
+pytestmark = [pytest.mark.ratelimit, pytest.mark.security]
+
 NONE = TrustedProxies()
 NETS = TrustedProxies.parse("10.0.0.0/8,192.168.1.1,::1")
 ONE = TrustedProxies.parse("1")
