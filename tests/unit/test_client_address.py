@@ -259,3 +259,58 @@ def test_a_trusted_proxies_value_is_one_kind_of_trust() -> None:
         TrustedProxies(hops=-1)
     assert not TrustedProxies().enabled
     assert TrustedProxies(hops=1).enabled
+
+
+# --- agreement with the proxies' own middleware on well-formed chains ---
+
+_POOL = ["10.0.0.2", "10.255.0.9", "192.168.1.1", "::1", "198.51.100.9", "2001:db8::7", "6.6.6.6"]
+_CHAIN_ADDRESSES = st.one_of(
+    st.sampled_from(_POOL),
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).filter(lambda a: a.ipv4_mapped is None and a.scope_id is None).map(str),
+)
+
+
+def _with_port(address: str, port: int | None) -> str:
+    if port is None:
+        return address
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+_ENTRIES = st.lists(
+    st.tuples(_CHAIN_ADDRESSES, st.one_of(st.none(), st.integers(1, 65535))).map(lambda e: _with_port(*e)),
+    max_size=8,
+)
+
+
+@given(peer=st.sampled_from(["10.0.0.1", "::1", "192.168.1.1"]), entries=_ENTRIES)
+def test_trust_by_address_agrees_with_uvicorn(peer: str, entries: list[str]) -> None:
+    from uvicorn.middleware.proxy_headers import _TrustedHosts
+
+    header = ", ".join(entries)
+    ours = client_ip(peer, forwarded_for=header, trusted=NETS)
+    if not entries:
+        assert ours == peer
+        return
+    host, _ = _TrustedHosts("10.0.0.0/8,192.168.1.1,::1").get_trusted_client_address(header)
+    assert ours == normalize_peer(host)
+
+
+@given(peer=st.sampled_from(["10.0.0.1", "203.0.113.5"]), entries=_ENTRIES, hops=st.integers(1, 4))
+def test_a_hop_count_agrees_with_werkzeug_proxy_fix(peer: str, entries: list[str], hops: int) -> None:
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    seen: list[str] = []
+
+    def app(environ: dict[str, str], start_response: object) -> list[bytes]:
+        seen.append(environ["REMOTE_ADDR"])
+        return []
+
+    environ = {"REMOTE_ADDR": peer, "REQUEST_METHOD": "GET", "wsgi.url_scheme": "http"}
+    if entries:
+        environ["HTTP_X_FORWARDED_FOR"] = ", ".join(entries)
+    ProxyFix(app, x_for=hops)(environ, lambda *_: None)  # type: ignore[arg-type]
+    ours = client_ip(
+        peer, forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"), trusted=TrustedProxies(hops=hops)
+    )
+    assert ours == normalize_peer(seen[0])
