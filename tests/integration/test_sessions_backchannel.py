@@ -202,7 +202,7 @@ REFUSED: dict[str, Callable[[], object]] = {
     "neither sub nor sid": lambda: make_token(),
     "alg none": lambda: unsigned_token(sid="s1"),
     "HS256 with the public key as secret": lambda: confused_token(sid="s1"),
-    "an ID token's type": lambda: jwt.encode(
+    "an access token's type": lambda: jwt.encode(
         {
             "iss": ISSUER,
             "aud": AUDIENCE,
