@@ -6,23 +6,27 @@ against the IdP's JWKS (the algorithm comes from the key, never `none` nor a sha
 secret), `iss`, `aud`, `iat` (bounded skew and age), `exp` when present, the `events`
 claim, `sub` and/or `sid`, no `nonce`. `handle_logout_token` adds the `jti` replay check
 (kept in Redis until the token could no longer be accepted) and destroys the matching
-sessions, answering what section 2.8 asks (200, 400, `Cache-Control: no-store`).
-Framework-neutral: a Flask or Starlette view passes the form field and returns the answer.
+sessions, answering what section 2.8 asks (200, 400, `Cache-Control: no-store`);
+`async_handle_logout_token` is its asyncio twin. Framework-neutral: a Flask or Starlette
+view passes the form field and returns the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import jwt
+import redis.asyncio
 from redis import Redis
 
 from cache import keys
+from cache.sessions.async_service import AsyncSessionService
 from cache.sessions.calls import fail_closed
 from cache.sessions.core import SessionError, SessionStoreUnavailable, check_idp_value
 from cache.sessions.service import SessionService
@@ -34,6 +38,8 @@ __all__ = [
     "LogoutClaims",
     "LogoutResponse",
     "LogoutTokenError",
+    "VerifyOptions",
+    "async_handle_logout_token",
     "claim_jti",
     "handle_logout_token",
     "jwks_client",
@@ -58,6 +64,16 @@ ACCEPTED_TYPES = frozenset({"logout+jwt", "jwt"})  # `typ` header, when present 
 NO_STORE = {"Cache-Control": "no-store"}
 
 JwksSource = jwt.PyJWKClient | Mapping[str, Any]  # a client fetching the IdP's JWKS URL, or a JWKS dict
+
+
+class VerifyOptions(TypedDict, total=False):
+    """`verify_logout_token`'s tuning, passed through by the handlers."""
+
+    algorithms: Collection[str]
+    leeway_s: float
+    max_age_s: float
+    require_exp: bool
+    clock: Callable[[], float]
 
 
 class LogoutTokenError(SessionError):
@@ -238,37 +254,49 @@ def _jti_key(claims: LogoutClaims) -> str:
     return keys.logout_token_jti(digest)
 
 
-def claim_jti(
-    client: Redis,
-    *,
-    claims: LogoutClaims,
-    max_age_s: float = DEFAULT_MAX_AGE_S,
-    leeway_s: float = DEFAULT_LEEWAY_S,
-    clock: Callable[[], float] = time.time,
-) -> bool:
+def _jti_ttl_ms(claims: LogoutClaims, options: VerifyOptions) -> int:
+    """Until the token's `iat` is too old to be accepted anyway: the marks never pile up."""
+    max_age_s = options.get("max_age_s", DEFAULT_MAX_AGE_S)
+    leeway_s = options.get("leeway_s", DEFAULT_LEEWAY_S)
+    now = options.get("clock", time.time)()
+    return max(1000, int((claims.issued_at + max_age_s + leeway_s - now) * 1000))
+
+
+def claim_jti(client: Redis, *, claims: LogoutClaims, **options: Unpack[VerifyOptions]) -> bool:
     """Mark the token's `jti` as used (SET NX); False when it already was: a replay.
 
-    Kept until the token's `iat` is too old to be accepted anyway, so the marks never
-    pile up. Raises SessionStoreUnavailable when Redis is unreachable (fail closed).
+    Raises SessionStoreUnavailable when Redis is unreachable (fail closed).
     """
-    ttl_ms = max(1000, int((claims.issued_at + max_age_s + leeway_s - clock()) * 1000))
     with fail_closed(action="record a logout token"):
-        return bool(client.set(_jti_key(claims), b"1", nx=True, px=ttl_ms))
-
-
-def _release_jti(client: Redis, claims: LogoutClaims) -> None:
-    """Best effort: let the IdP's retry through after a logout that did not happen."""
-    try:
-        with fail_closed(action="release a logout token"):
-            client.delete(_jti_key(claims))
-    except SessionStoreUnavailable:
-        log.warning("could not release a logout token's jti; a retry of it will be refused")
+        return bool(client.set(_jti_key(claims), b"1", nx=True, px=_jti_ttl_ms(claims, options)))
 
 
 def _refused(reason: str) -> LogoutResponse:
     log.warning("back-channel logout refused: %s", reason[:200])  # header values are the sender's
     body = '{"error":"invalid_request","error_description":"invalid logout token"}'
     return LogoutResponse(status=400, body=body, headers={**NO_STORE, "Content-Type": "application/json"})
+
+
+def _unavailable(exc: Exception) -> LogoutResponse:
+    log.error("back-channel logout not done: %s", exc)
+    return LogoutResponse(status=503, body="", headers={**NO_STORE, "Retry-After": "5"})
+
+
+def _verified(
+    token: object, jwks: JwksSource, issuer: str, audience: str, options: VerifyOptions
+) -> LogoutClaims | LogoutResponse:
+    """The claims, or the answer when the token is refused or cannot be checked now."""
+    try:
+        return verify_logout_token(token, jwks=jwks, issuer=issuer, audience=audience, **options)
+    except LogoutTokenError as exc:
+        return _refused(exc.reason)
+    except JwksUnavailable as exc:
+        return _unavailable(exc)
+
+
+def _done(destroyed: int) -> LogoutResponse:
+    log.info("back-channel logout: %d session(s) ended", destroyed)
+    return LogoutResponse(status=200, body="", destroyed=destroyed)
 
 
 def handle_logout_token(
@@ -279,11 +307,7 @@ def handle_logout_token(
     issuer: str,
     audience: str,
     service: SessionService | None = None,
-    algorithms: Collection[str] = DEFAULT_ALGORITHMS,
-    leeway_s: float = DEFAULT_LEEWAY_S,
-    max_age_s: float = DEFAULT_MAX_AGE_S,
-    require_exp: bool = False,
-    clock: Callable[[], float] = time.time,
+    **options: Unpack[VerifyOptions],
 ) -> LogoutResponse:
     """Verify `token` and destroy its sessions; the answer for the IdP (section 2.8).
 
@@ -291,51 +315,64 @@ def handle_logout_token(
     that subject. 200 on success (even when no session matched), 400 for any invalid or
     replayed token (the body never says why; the log does), 503 when Redis or the JWKS
     is unreachable (nothing was destroyed for sure; the IdP may retry). `client` is the
-    PRIMARY Redis; `service` defaults to `SessionService(client)`.
+    PRIMARY Redis; `service` defaults to `SessionService(client)`; `options` are
+    `verify_logout_token`'s.
     """
+    claims = _verified(token, jwks, issuer, audience, options)
+    if isinstance(claims, LogoutResponse):
+        return claims
+    service = service or SessionService(client)
     try:
-        claims = verify_logout_token(
-            token,
-            jwks=jwks,
-            issuer=issuer,
-            audience=audience,
-            algorithms=algorithms,
-            leeway_s=leeway_s,
-            max_age_s=max_age_s,
-            require_exp=require_exp,
-            clock=clock,
-        )
-    except LogoutTokenError as exc:
-        return _refused(exc.reason)
-    except JwksUnavailable as exc:
-        log.error("back-channel logout: %s", exc)
-        return LogoutResponse(status=503, body="", headers={**NO_STORE, "Retry-After": "5"})
-    return _logout(client, claims, service or SessionService(client), max_age_s, leeway_s, clock)
-
-
-def _logout(
-    client: Redis,
-    claims: LogoutClaims,
-    service: SessionService,
-    max_age_s: float,
-    leeway_s: float,
-    clock: Callable[[], float],
-) -> LogoutResponse:
-    try:
-        if not claim_jti(client, claims=claims, max_age_s=max_age_s, leeway_s=leeway_s, clock=clock):
+        if not claim_jti(client, claims=claims, **options):
             return _refused("the jti was already used (replay)")
     except SessionStoreUnavailable as exc:
-        log.error("back-channel logout: %s", exc)
-        return LogoutResponse(status=503, body="", headers={**NO_STORE, "Retry-After": "5"})
+        return _unavailable(exc)
     try:
         if claims.sid is not None:
-            destroyed = service.logout_by_idp_session(claims.sid)
-        else:
-            assert claims.sub is not None  # _logout_claims guarantees one of them
-            destroyed = service.logout_by_subject(claims.sub)
+            return _done(service.logout_by_idp_session(claims.sid))
+        return _done(service.logout_by_subject(claims.sub or ""))  # verified: sid or sub is set
     except SessionStoreUnavailable as exc:
-        log.error("back-channel logout: %s", exc)
-        _release_jti(client, claims)
-        return LogoutResponse(status=503, body="", headers={**NO_STORE, "Retry-After": "5"})
-    log.info("back-channel logout: %d session(s) ended", destroyed)
-    return LogoutResponse(status=200, body="", destroyed=destroyed)
+        try:  # best effort: let the IdP's retry through, since the logout did not happen
+            with fail_closed(action="release a logout token"):
+                client.delete(_jti_key(claims))
+        except SessionStoreUnavailable:
+            log.warning("could not release a logout token's jti; a retry of it will be refused")
+        return _unavailable(exc)
+
+
+async def async_handle_logout_token(
+    client: redis.asyncio.Redis,
+    *,
+    token: object,
+    jwks: JwksSource,
+    issuer: str,
+    audience: str,
+    service: AsyncSessionService | None = None,
+    **options: Unpack[VerifyOptions],
+) -> LogoutResponse:
+    """`handle_logout_token` for ASGI apps: the JWKS fetch runs in a thread, Redis on `client`.
+
+    `service` defaults to `AsyncSessionService(client)`.
+    """
+    claims = await asyncio.to_thread(_verified, token, jwks, issuer, audience, options)
+    if isinstance(claims, LogoutResponse):
+        return claims
+    service = service or AsyncSessionService(client)
+    try:
+        with fail_closed(action="record a logout token"):
+            fresh = await client.set(_jti_key(claims), b"1", nx=True, px=_jti_ttl_ms(claims, options))
+        if not fresh:
+            return _refused("the jti was already used (replay)")
+    except SessionStoreUnavailable as exc:
+        return _unavailable(exc)
+    try:
+        if claims.sid is not None:
+            return _done(await service.logout_by_idp_session(claims.sid))
+        return _done(await service.logout_by_subject(claims.sub or ""))
+    except SessionStoreUnavailable as exc:
+        try:
+            with fail_closed(action="release a logout token"):
+                await client.delete(_jti_key(claims))
+        except SessionStoreUnavailable:
+            log.warning("could not release a logout token's jti; a retry of it will be refused")
+        return _unavailable(exc)

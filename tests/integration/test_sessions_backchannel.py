@@ -7,6 +7,7 @@ Every refused token must leave every session alive.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -24,12 +25,17 @@ import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from cache import keys
+from cache.connections import Role, build_async_client
+from cache.sessions.async_service import AsyncSessionService
 from cache.sessions.backchannel import (
     BACKCHANNEL_LOGOUT_EVENT,
     LogoutResponse,
     LogoutTokenError,
+    async_handle_logout_token,
     handle_logout_token,
     jwks_client,
     verify_logout_token,
@@ -276,3 +282,43 @@ def test_an_unreachable_jwks_answers_503_and_destroys_nothing(
     assert response.status == 503
     assert response.headers["Cache-Control"] == "no-store"
     assert alive(service, logins) == set(logins)
+
+
+def test_a_store_outage_after_the_jti_answers_503_and_lets_the_retry_through(
+    primary: redis.Redis, service: SessionService, logins: dict[str, str]
+) -> None:
+    dead = redis.Redis(host="127.0.0.1", port=9, retry=Retry(NoBackoff(), 0))  # the discard port: refused
+    token = make_token(sid="s1")
+    options: dict[str, Any] = {"jwks": JWKS, "issuer": ISSUER, "audience": AUDIENCE}
+    failed = handle_logout_token(primary, token=token, service=SessionService(dead), **options)
+    dead.close()
+    assert (failed.status, failed.headers["Cache-Control"]) == (503, "no-store")
+    assert alive(service, logins) == set(logins)
+    retried = handle_logout_token(primary, token=token, **options)
+    assert (retried.status, retried.destroyed) == (200, 2)
+
+
+def test_the_async_handler_answers_as_the_sync_one(
+    primary: redis.Redis, service: SessionService, logins: dict[str, str], jwks_url: str
+) -> None:
+    async def main() -> list[tuple[int, int]]:
+        client = build_async_client(Role.PRIMARY)
+        jwks = jwks_client(jwks_url)
+        options: dict[str, Any] = {"jwks": jwks, "issuer": ISSUER, "audience": AUDIENCE}
+        token = make_token(sid="s1")
+        try:
+            answers = [
+                await async_handle_logout_token(client, token=_wrong(nonce="n"), **options),
+                await async_handle_logout_token(client, token=token, **options),
+                await async_handle_logout_token(client, token=token, **options),
+                await async_handle_logout_token(
+                    client, token=make_token(sub="sub-bob"), service=AsyncSessionService(client), **options
+                ),
+            ]
+        finally:
+            await client.aclose()
+        assert all(a.headers["Cache-Control"] == "no-store" for a in answers)
+        return [(a.status, a.destroyed) for a in answers]
+
+    assert asyncio.run(main()) == [(400, 0), (200, 2), (400, 0), (200, 1)]
+    assert alive(service, logins) == {"alice-3", "local"}
