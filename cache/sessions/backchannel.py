@@ -187,7 +187,8 @@ def verify_logout_token(
         algorithms: the signature algorithms accepted (asymmetric only).
         leeway_s: clock skew allowed for `iat` and `exp`.
         max_age_s: how old `iat` may be; also how long a `jti` is remembered.
-        require_exp: refuse tokens without `exp` (1.0 final requires it; older IdPs omit it).
+        require_exp: refuse tokens without `exp` (REQUIRED since the spec's 2023 errata;
+            IdPs following the 2022 text omit it). `exp`, when present, is always checked.
         clock: seconds since the epoch, for the age check.
 
     Raises:
