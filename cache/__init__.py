@@ -18,10 +18,11 @@ if TYPE_CHECKING:
     from cache.appcache import CachedDatabase, CacheService
     from cache.ratelimit import RateLimiter
     from cache.realtime import AsyncRealtimeService, RealtimeService
-    from cache.sessions import SessionService
+    from cache.sessions import AsyncSessionService, SessionService
 
 __all__ = [
     "AsyncRealtimeService",
+    "AsyncSessionService",
     "CacheService",
     "CachedDatabase",
     "ConfigError",
@@ -41,6 +42,7 @@ __getattr__ = lazy_exports(
     __name__,
     {
         "AsyncRealtimeService": "cache.realtime",
+        "AsyncSessionService": "cache.sessions",
         "CacheService": "cache.appcache",
         "CachedDatabase": "cache.appcache",
         "RateLimiter": "cache.ratelimit",

@@ -38,6 +38,21 @@ def user_sessions(user_id: str) -> str:
     return f"{PREFIX}:user-sessions:{user_id}"
 
 
+def idp_session_sessions(idp_sid: str) -> str:
+    """The sessions signed in through one IdP session (OIDC `sid`): back-channel logout."""
+    return f"{PREFIX}:idp-sid-sessions:{idp_sid}"
+
+
+def idp_subject_sessions(idp_sub: str) -> str:
+    """The sessions of one IdP subject (OIDC `sub`): back-channel logout without a `sid`."""
+    return f"{PREFIX}:idp-sub-sessions:{idp_sub}"
+
+
+def logout_token_jti(digest: str) -> str:
+    """Marks a back-channel logout token as used (its issuer and `jti`, hashed) until it expires."""
+    return f"{PREFIX}:logout-jti:{digest}"
+
+
 def rate_limit(scope: str, identifier: str) -> str:
     return f"{PREFIX}:rl:{{{scope}:{identifier}}}"
 

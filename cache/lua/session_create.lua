@@ -1,10 +1,11 @@
--- Create one session and add it to its user's index, atomically.
--- KEYS[1]  the session hash (session:<id>)
--- KEYS[2]  the user's index: sorted set of session ids scored by absolute deadline (ms)
--- ARGV[1]  session id
--- ARGV[2]  now, ms on the service clock
--- ARGV[3]  absolute deadline, ms
--- ARGV[4]  key TTL, ms: min(idle deadline, absolute deadline) - now
+-- Create one session and add it to each of its indexes, atomically.
+-- KEYS[1]   the session hash (session:<id>)
+-- KEYS[2..] its indexes: the user's, then the IdP session's and the IdP subject's when
+--           the session carries them; sorted sets of session ids scored by absolute deadline (ms)
+-- ARGV[1]   session id
+-- ARGV[2]   now, ms on the service clock
+-- ARGV[3]   absolute deadline, ms
+-- ARGV[4]   key TTL, ms: min(idle deadline, absolute deadline) - now
 -- ARGV[5..] field, value pairs of the hash
 -- Returns 1 when created, 0 when the id is taken (the caller draws a new one).
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -13,10 +14,12 @@ end
 local now = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
--- Ids past their absolute deadline can never come back: drop them while we are here.
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
--- The index lives as long as its longest-lived session, so it never outlives them all.
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[2], math.max(1, tonumber(last[2]) - now))
+for i = 2, #KEYS do
+  -- Ids past their absolute deadline can never come back: drop them while we are here.
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1])
+  -- An index lives as long as its longest-lived session, so it never outlives them all.
+  local last = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[i], math.max(1, tonumber(last[2]) - now))
+end
 return 1

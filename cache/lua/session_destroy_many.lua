@@ -1,22 +1,30 @@
--- Destroy a batch of one user's sessions and drop them from the index, atomically.
--- KEYS[1]   the user's index (session id -> absolute deadline ms)
--- KEYS[2..] session hashes, one per id in ARGV[3..], same order
+-- Destroy a batch of sessions found through one index and drop them from every index, atomically.
+-- KEYS[1]   the index the batch was read from (user, IdP session or IdP subject)
+-- KEYS[2..] per session: its hash, then the ARGV-given number of its index keys
 -- ARGV[1]   now, ms on the service clock
--- ARGV[2]   user id
--- ARGV[3..] session ids
--- Returns {live sessions destroyed, ids still in the index}; the caller repeats while
--- ids remain, so a session created during "log out everywhere" is caught too.
+-- ARGV[2..] per session, five values: id, user id, IdP sid, IdP sub (as the caller read
+--           them from the hash; '' when absent) and how many index keys follow its hash
+-- A session is destroyed only when its hash still holds the owners the caller read
+-- (a gone or replaced hash is left alone); its id leaves every index either way, since
+-- ids are never reused.
+-- Returns {live sessions destroyed, ids still in KEYS[1]}; the caller repeats while
+-- ids remain, so a session created or rotated meanwhile is caught too.
 local now = tonumber(ARGV[1])
-local destroyed = 0
-for i = 2, #KEYS do
-  local h = redis.call('HMGET', KEYS[i], 'uid', 'seen', 'idle', 'abs')
-  if h[1] == ARGV[2] then
+local destroyed, k = 0, 2
+for i = 2, #ARGV, 5 do
+  local id, n = ARGV[i], tonumber(ARGV[i + 4])
+  local h = redis.call('HMGET', KEYS[k], 'uid', 'seen', 'idle', 'abs', 'isid', 'isub')
+  if h[1] and h[1] == ARGV[i + 1] and (h[5] or '') == ARGV[i + 2] and (h[6] or '') == ARGV[i + 3] then
     if h[2] and h[3] and h[4]
       and now < math.min(tonumber(h[2]) + tonumber(h[3]), tonumber(h[4])) then
       destroyed = destroyed + 1
     end
-    redis.call('DEL', KEYS[i])
+    redis.call('DEL', KEYS[k])
   end
-  redis.call('ZREM', KEYS[1], ARGV[i + 1])
+  for j = k + 1, k + n do
+    redis.call('ZREM', KEYS[j], id)
+  end
+  redis.call('ZREM', KEYS[1], id)
+  k = k + 1 + n
 end
 return {destroyed, redis.call('ZCARD', KEYS[1])}

@@ -38,6 +38,7 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 _ID_LENGTH = 43
 DATA_PREFIX = "d:"
 _META_FIELDS = ("uid", "created", "seen", "idle", "abs")
+IDP_FIELDS = ("isid", "isub")  # optional: the IdP's `sid` and `sub` of the login
 
 
 class SessionError(KryonixError):
@@ -70,6 +71,8 @@ class Session:
     last_seen: float
     idle_ttl_s: float
     absolute_expires_at: float
+    idp_sid: str | None = None  # the IdP's session (OIDC `sid`) this login came from
+    idp_sub: str | None = None  # the IdP's subject (OIDC `sub`)
 
     @property
     def expires_at(self) -> float:
@@ -161,6 +164,23 @@ def check_user_id(user_id: object) -> str:
     return user_id
 
 
+def check_idp_value(name: str, value: object) -> str | None:
+    """An IdP session id or subject as stored in the hash and an index key name; None stays None.
+
+    Raises:
+        InvalidSessionArgument: not a non-empty string without control characters, or too long.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidSessionArgument(f"{name} must be a non-empty string or None, got {value!r}")
+    if len(value) > MAX_USER_ID_LENGTH:
+        raise InvalidSessionArgument(f"{name} is longer than {MAX_USER_ID_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidSessionArgument(f"{name} must not contain control characters, got {value!r}")
+    return value
+
+
 def check_field_name(name: object) -> str:
     if not isinstance(name, str) or not name or len(name) > MAX_FIELD_NAME_LENGTH:
         raise InvalidSessionArgument(
@@ -235,9 +255,12 @@ def decode_session(session_id: str, raw: Mapping[Any, Any]) -> Session | None:
     except (KeyError, ValueError):
         logger.warning("a session record is malformed; treated as no session")
         return None
+    idp_sid, idp_sub = (as_text(fields[n]) if n in fields else None for n in IDP_FIELDS)
     return Session(
         id=session_id,
         user_id=meta["uid"],
+        idp_sid=idp_sid,
+        idp_sub=idp_sub,
         data=data,
         created_at=created / 1000,
         last_seen=seen / 1000,

@@ -74,6 +74,7 @@ def test_no_module_or_function_is_too_long_to_read_whole() -> None:
 SERVICE_CLASSES = (
     "cache.appcache.CacheService",
     "cache.sessions.SessionService",
+    "cache.sessions.AsyncSessionService",
     "cache.ratelimit.RateLimiter",
     "cache.realtime.RealtimeService",
     "cache.realtime.AsyncRealtimeService",
