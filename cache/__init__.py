@@ -16,11 +16,12 @@ from cache.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from cache.appcache import CachedDatabase, CacheService
-    from cache.ratelimit import RateLimiter
+    from cache.ratelimit import AsyncRateLimiter, RateLimiter
     from cache.realtime import AsyncRealtimeService, RealtimeService
     from cache.sessions import SessionService
 
 __all__ = [
+    "AsyncRateLimiter",
     "AsyncRealtimeService",
     "CacheService",
     "CachedDatabase",
@@ -40,6 +41,7 @@ __all__ = [
 __getattr__ = lazy_exports(
     __name__,
     {
+        "AsyncRateLimiter": "cache.ratelimit",
         "AsyncRealtimeService": "cache.realtime",
         "CacheService": "cache.appcache",
         "CachedDatabase": "cache.appcache",

@@ -75,6 +75,7 @@ SERVICE_CLASSES = (
     "cache.appcache.CacheService",
     "cache.sessions.SessionService",
     "cache.ratelimit.RateLimiter",
+    "cache.ratelimit.AsyncRateLimiter",
     "cache.realtime.RealtimeService",
     "cache.realtime.AsyncRealtimeService",
     "cache.realtime.Subscriber",
