@@ -15,12 +15,13 @@ from cache.exports import lazy_exports
 from cache.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from cache.appcache import CachedDatabase, CacheService
+    from cache.appcache import AsyncCacheService, CachedDatabase, CacheService
     from cache.ratelimit import AsyncRateLimiter, RateLimiter
     from cache.realtime import AsyncRealtimeService, RealtimeService
     from cache.sessions import SessionService
 
 __all__ = [
+    "AsyncCacheService",
     "AsyncRateLimiter",
     "AsyncRealtimeService",
     "CacheService",
@@ -41,6 +42,7 @@ __all__ = [
 __getattr__ = lazy_exports(
     __name__,
     {
+        "AsyncCacheService": "cache.appcache",
         "AsyncRateLimiter": "cache.ratelimit",
         "AsyncRealtimeService": "cache.realtime",
         "CacheService": "cache.appcache",
