@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from cache.appcache.breaker import BreakerState, CircuitBreaker
     from cache.appcache.cached_db import CachedDatabase, Project, User
     from cache.appcache.core import CacheSerializationError
-    from cache.appcache.decorator import CachedFunction
+    from cache.appcache.decorator import AsyncCachedFunction, CachedFunction
     from cache.appcache.service import (
         MISSING,
         CacheService,
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MISSING",
     "AsyncCacheService",
+    "AsyncCachedFunction",
     "BreakerState",
     "CacheSerializationError",
     "CacheService",
@@ -53,6 +54,7 @@ __getattr__ = lazy_exports(
         "flush_cache_stats": "cache.appcache.service",
         "CacheSerializationError": "cache.appcache.core",
         "CachedFunction": "cache.appcache.decorator",
+        "AsyncCachedFunction": "cache.appcache.decorator",
         "BreakerState": "cache.appcache.breaker",
         "CircuitBreaker": "cache.appcache.breaker",
         "CachedDatabase": "cache.appcache.cached_db",

@@ -28,8 +28,10 @@ from cache.appcache.core import (
     DEFAULT_TTL_S,
     MISSING,
     Entry,
+    check_ttl,
     new_token,
 )
+from cache.appcache.decorator import AsyncCachedFunction, KeySpec, P, R, check_key_spec
 from cache.appcache.stats import CacheStats, flush_counters_async
 from cache.appcache.steps import DOWN, CacheCore, FillState
 
@@ -122,6 +124,19 @@ class AsyncCacheService(CacheCore):
         if plan == "hit":
             return entry.value
         return await self._refresh(key, entry_key, fetcher, ttl_s, entry, plan == "stale")
+
+    def cached(
+        self, ttl_s: float | None = None, key: KeySpec | None = None
+    ) -> Callable[[Callable[P, Awaitable[R]]], AsyncCachedFunction[P, R]]:
+        """See `CacheService.cached`; decorates a coroutine function, same keys."""
+        if ttl_s is not None:
+            check_ttl("ttl_s", ttl_s)
+        check_key_spec(key)
+
+        def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
+            return AsyncCachedFunction(lambda: self, func, ttl_s, key)
+
+        return decorate
 
     # --- reads and fills -----------------------------------------------------------
 

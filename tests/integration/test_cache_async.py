@@ -130,6 +130,37 @@ def test_sync_and_async_leave_the_same_redis_state_and_counts(
     assert async_stats.snapshot() == sync_stats.snapshot()
 
 
+def test_decorator_one_entry_per_argument_set_the_sync_keys_and_methods(cache_redis: redis.Redis) -> None:
+    calls: list[tuple[int, str]] = []
+
+    async def body(service: AsyncCacheService) -> None:
+        @service.cached(ttl_s=60)
+        async def lookup(item_id: int, lang: str = "en") -> dict[str, Any]:
+            calls.append((item_id, lang))
+            return {"id": item_id, "lang": lang}
+
+        class Repo:
+            @service.cached(ttl_s=60, key="repo:item:{item_id}")
+            async def item(self, item_id: int) -> int:
+                calls.append((item_id, "repo"))
+                return item_id * 10
+
+        assert await lookup(1) == await lookup(item_id=1, lang="en") == {"id": 1, "lang": "en"}
+        assert await lookup(1, "fr") == {"id": 1, "lang": "fr"}
+        await lookup.invalidate(1)
+        await lookup(1)
+        assert calls == [(1, "en"), (1, "fr"), (1, "en")]
+        sync = CacheService(cache_redis, namespace="deco")
+        assert sync.get(lookup.key_for(1, "fr")) == {"id": 1, "lang": "fr"}  # the sync service reads it
+        repo = Repo()
+        assert await repo.item(3) == await repo.item(3) == 30
+        assert sync.get("repo:item:3") == 30
+        await repo.item.invalidate(3)
+        assert sync.get("repo:item:3", MISSING) is MISSING
+
+    run(body, namespace="deco")
+
+
 def test_clear_empties_one_namespace_only(cache_redis: redis.Redis) -> None:
     async def body(service: AsyncCacheService) -> None:
         other = AsyncCacheService(service.client, namespace="other")
