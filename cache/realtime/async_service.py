@@ -22,6 +22,7 @@ import redis.asyncio
 
 from cache import connections, keys, lua
 from cache.connections import Role, translate_errors
+from cache.realtime.book import DEFAULT_POLL_INTERVAL_S, SubscriptionBook, default_backoff, pubsub_command
 from cache.realtime.envelope import (
     DEFAULT_MAX_EVENT_BYTES,
     Event,
@@ -42,7 +43,6 @@ from cache.realtime.service import (
     DEFAULT_REPLAY_COUNT,
     RealtimeCore,
 )
-from cache.realtime.subscriber import DEFAULT_POLL_INTERVAL_S, SubscriptionBook, default_backoff
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +237,7 @@ class AsyncSubscriber:
                     await self._step()
             except Exception as exc:
                 await self._disconnect()
-                delay = self._backoff(self._book.attempt)
-                self._book.attempt += 1
-                if isinstance(exc, redis.ConnectionError | redis.TimeoutError | ConnectionError):
-                    log.warning("realtime subscriber lost Redis (%s); reconnecting in %.2f s", exc, delay)
-                else:
-                    log.exception("realtime subscriber failed; reconnecting in %.2f s", delay)
+                delay = self._book.lost(exc, self._backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         await self._disconnect()
@@ -272,10 +267,9 @@ class AsyncSubscriber:
         while self._commands:
             op, sub = self._commands.popleft()
             action = self._book.apply(op, sub)
-            if action == "subscribe":
-                await (pubsub.subscribe if sub.kind == "channel" else pubsub.psubscribe)(sub.name)
-            elif action == "unsubscribe":
-                await (pubsub.unsubscribe if sub.kind == "channel" else pubsub.punsubscribe)(sub.name)
+            command = pubsub_command(action, sub)
+            if command is not None:
+                await getattr(pubsub, command)(sub.name)
             elif action == "replay":
                 await self._replay([sub], sub.kind, sub.name)
         if pubsub.connection is None:  # nothing subscribed yet: redis.asyncio cannot read
@@ -289,13 +283,12 @@ class AsyncSubscriber:
             self._ready.set()
 
     async def _handle(self, message: Mapping[str, Any]) -> None:
-        if message["type"] in ("message", "pmessage"):
-            for sub, event in self._book.route(message):
-                await self._deliver(sub, event)
-        elif message["type"] in ("subscribe", "psubscribe"):
-            kind, subs = self._book.confirmed(message["type"], message["channel"])
-            if subs:
-                await self._replay(subs, kind, subs[0].name)
+        deliveries, replay = self._book.received(message)
+        for sub, event in deliveries:
+            await self._deliver(sub, event)
+        if replay is not None:
+            kind, subs, name = replay
+            await self._replay(subs, kind, name)
 
     async def _replay(self, subs: list[Subscription], kind: Kind, name: str) -> None:
         matching = await self._service.channels_matching(name) if kind == "pattern" else []
@@ -311,6 +304,5 @@ class AsyncSubscriber:
             result = sub.handler(event)
             if inspect.isawaitable(result):
                 await result
-        except Exception:
-            self._book.stats.handler_errors += 1
-            log.exception("realtime handler %r failed on %s event %s", sub.handler, event.channel, event.id)
+        except Exception as exc:
+            self._book.handler_failed(sub, event, exc)
