@@ -21,18 +21,16 @@ import redis
 import redis.asyncio
 
 from cache import connections, keys, lua
-from cache.connections import Role, translate_errors
+from cache.connections import Role
 from cache.realtime.book import DEFAULT_POLL_INTERVAL_S, SubscriptionBook, default_backoff, pubsub_command
 from cache.realtime.envelope import (
     DEFAULT_MAX_EVENT_BYTES,
     Event,
     EventHandler,
     Kind,
-    RealtimeError,
     SubscriberStats,
     Subscription,
     parse_stream_id,
-    plan_replay,
     resolve_channel,
     time_baseline,
     validate_channel,
@@ -79,10 +77,8 @@ class AsyncRealtimeService(RealtimeCore):
         return await self.publish(keys.SYSTEM_CHANNEL, event, data)
 
     async def publish(self, channel: str, event: str, data: Mapping[str, Any]) -> str:
-        script_keys, args = self._publish_call(channel, event, data)
-        with translate_errors(
-            Role.PRIMARY, action=f"publish {event!r} to {channel}", refused_class=RealtimeError
-        ):
+        script_keys, args, errors = self._publish_call(channel, event, data)
+        with errors:
             stream_id = await self._publish_script(keys=script_keys, args=args)
         return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
 
@@ -95,30 +91,26 @@ class AsyncRealtimeService(RealtimeCore):
     async def replay(
         self, positions: Mapping[str, str], *, count: int = DEFAULT_REPLAY_COUNT
     ) -> dict[str, list[Event]]:
-        reads = plan_replay(positions)
-        with translate_errors(Role.PRIMARY, action="replay events", refused_class=RealtimeError):
+        reads, errors = self._replay_plan(positions)
+        with errors:
             pipe = self.client.pipeline(transaction=False)
             for read in reads:
                 pipe.xrange(read.key, min=read.start, max="+", count=count)
             return self._replayed(reads, await pipe.execute())
 
     async def latest_id(self, channel: str) -> str:
-        stream = keys.event_stream(validate_channel(channel))
-        with translate_errors(
-            Role.PRIMARY, action=f"read the latest event of {channel}", refused_class=RealtimeError
-        ):
+        stream, errors = self._latest_call(channel)
+        with errors:
             return self._newest_id(await self.client.xrevrange(stream, max="+", min="-", count=1))
 
     async def now_id(self) -> str:
-        with translate_errors(Role.PRIMARY, action="read the server time", refused_class=RealtimeError):
+        with self._time_errors():
             seconds, microseconds = await self.client.time()
         return time_baseline(int(seconds), int(microseconds))
 
     async def channels_matching(self, pattern: str) -> list[str]:
-        match = keys.event_stream(validate_pattern(pattern))
-        with translate_errors(
-            Role.PRIMARY, action=f"list streams matching {pattern!r}", refused_class=RealtimeError
-        ):
+        match, errors = self._scan_call(pattern)
+        with errors:
             found = [raw async for raw in self.client.scan_iter(match=match, count=1000, _type="stream")]
         return self._event_channels(found)
 
