@@ -15,12 +15,14 @@ from cache.exports import lazy_exports
 from cache.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from cache.appcache import CachedDatabase, CacheService
-    from cache.ratelimit import RateLimiter
+    from cache.appcache import AsyncCacheService, CachedDatabase, CacheService
+    from cache.ratelimit import AsyncRateLimiter, RateLimiter
     from cache.realtime import AsyncRealtimeService, RealtimeService
     from cache.sessions import AsyncSessionService, SessionService
 
 __all__ = [
+    "AsyncCacheService",
+    "AsyncRateLimiter",
     "AsyncRealtimeService",
     "AsyncSessionService",
     "CacheService",
@@ -41,6 +43,8 @@ __all__ = [
 __getattr__ = lazy_exports(
     __name__,
     {
+        "AsyncCacheService": "cache.appcache",
+        "AsyncRateLimiter": "cache.ratelimit",
         "AsyncRealtimeService": "cache.realtime",
         "AsyncSessionService": "cache.sessions",
         "CacheService": "cache.appcache",

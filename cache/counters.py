@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -98,6 +98,19 @@ class BufferedCounters(Generic[K, V]):
             return
         try:
             write(pending)
+        except BaseException:
+            self.restore_pending(pending)
+            raise
+
+    async def flush_async(
+        self, write: Callable[[dict[K, V]], Awaitable[object]], now: float | None = None
+    ) -> None:
+        """`flush` with a coroutine writer (an asyncio client's pipeline): the same protocol."""
+        pending = self.take_pending(now)
+        if not pending:
+            return
+        try:
+            await write(pending)
         except BaseException:
             self.restore_pending(pending)
             raise

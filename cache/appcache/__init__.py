@@ -1,5 +1,5 @@
 """Application cache: cache-aside `get_or_set`, the `@cached` decorator, a circuit breaker
-for the CACHE role, cached database queries and the platform tables they read.
+for the CACHE role, an asyncio twin, cached database queries and the platform tables they read.
 """
 
 from typing import TYPE_CHECKING
@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 from cache.exports import lazy_exports
 
 if TYPE_CHECKING:
+    from cache.appcache.async_service import AsyncCacheService
     from cache.appcache.breaker import BreakerState, CircuitBreaker
     from cache.appcache.cached_db import CachedDatabase, Project, User
     from cache.appcache.core import CacheSerializationError
-    from cache.appcache.decorator import CachedFunction
+    from cache.appcache.decorator import AsyncCachedFunction, CachedFunction
     from cache.appcache.service import (
         MISSING,
         CacheService,
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MISSING",
+    "AsyncCacheService",
+    "AsyncCachedFunction",
     "BreakerState",
     "CacheSerializationError",
     "CacheService",
@@ -42,6 +45,7 @@ __getattr__ = lazy_exports(
     __name__,
     {
         "CacheService": "cache.appcache.service",
+        "AsyncCacheService": "cache.appcache.async_service",
         "MISSING": "cache.appcache.service",
         "cache_counters": "cache.appcache.service",
         "cache_stats": "cache.appcache.service",
@@ -50,6 +54,7 @@ __getattr__ = lazy_exports(
         "flush_cache_stats": "cache.appcache.service",
         "CacheSerializationError": "cache.appcache.core",
         "CachedFunction": "cache.appcache.decorator",
+        "AsyncCachedFunction": "cache.appcache.decorator",
         "BreakerState": "cache.appcache.breaker",
         "CircuitBreaker": "cache.appcache.breaker",
         "CachedDatabase": "cache.appcache.cached_db",

@@ -19,6 +19,7 @@ from dataclasses import replace
 from enum import StrEnum
 
 import redis
+import redis.asyncio
 
 from cache import connections
 from cache.appcache.core import InvalidCacheArgument, InvalidCacheArgumentType
@@ -249,3 +250,10 @@ def default_cache_client() -> redis.Redis:
 def default_breaker() -> CircuitBreaker:
     """The breaker shared by every service on `default_cache_client()`: one outage, one breaker."""
     return _defaults()[2]
+
+
+def async_cache_client() -> redis.asyncio.Redis:
+    """A new fail-fast CACHE-role asyncio client (as `default_cache_client()`, bytes replies);
+    asyncio clients belong to one event loop, so build one per loop and close it."""
+    settings = fail_fast_settings(get_settings())
+    return connections.build_async_client(Role.CACHE, settings, decode_responses=False)

@@ -1,11 +1,14 @@
-"""The `cached` decorator: a function's results through `CacheService.get_or_set`, one key per call."""
+"""The `cached` decorator: a function's results through `CacheService.get_or_set`, one key per call.
+
+`AsyncCacheService.cached` gives `AsyncCachedFunction`, the same keys for a coroutine function.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 import orjson
@@ -35,18 +38,21 @@ def check_key_spec(key: object) -> None:
         )
 
 
-class CachedFunction(Generic[P, R]):
-    """A function whose results go through `CacheService.get_or_set`.
+class AsyncResultStore(Protocol):
+    """What an asyncio cached function needs of its cache (`AsyncCacheService` is one)."""
 
-    Results are JSON round trips (a tuple comes back as a list). Also offers
-    `invalidate(*args, **kwargs)`, `key_for(*args, **kwargs)` and `uncached`.
-    On a method the instance is not part of the default key: pass `key=` to include it.
-    """
+    async def get_or_set(self, key: str, fetcher: Callable[[], Any], ttl_s: float | None = None) -> Any: ...
+
+    async def delete(self, key: str) -> None: ...
+
+
+class _KeyedFunction:
+    """What the sync and asyncio cached functions share: the function, its TTL and its keys."""
 
     def __init__(
         self,
-        service: Callable[[], ResultStore],
-        func: Callable[P, R],
+        service: Callable[[], Any],
+        func: Callable[..., Any],
         ttl_s: float | None,
         key: KeySpec | None,
     ) -> None:
@@ -56,27 +62,7 @@ class CachedFunction(Generic[P, R]):
         self._key = key
         self._signature = inspect.signature(func)
         self._name = f"{func.__module__}.{func.__qualname__}"
-        functools.update_wrapper(self, func)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        value = self.service.get_or_set(
-            self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs), self._ttl_s
-        )
-        return cast(R, value)
-
-    def __get__(self, instance: object, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        return _BoundCachedFunction(self, instance)
-
-    @property
-    def service(self) -> ResultStore:
-        """The service the results go to (resolved per call: the default one is built lazily)."""
-        return self._service()
-
-    def invalidate(self, *args: Any, **kwargs: Any) -> None:
-        """Forget the cached result for these arguments."""
-        self.service.delete(self.key_for(*args, **kwargs))
+        functools.update_wrapper(cast(Any, self), func)  # name and docs of the function, on either twin
 
     def key_for(self, *args: Any, **kwargs: Any) -> str:
         """The cache key of a call with these arguments.
@@ -109,16 +95,94 @@ class CachedFunction(Generic[P, R]):
         return check_key(f"{self._name}:{text}")
 
 
+class CachedFunction(_KeyedFunction, Generic[P, R]):
+    """A function whose results go through `CacheService.get_or_set`.
+
+    Results are JSON round trips (a tuple comes back as a list). Also offers
+    `invalidate(*args, **kwargs)`, `key_for(*args, **kwargs)` and `uncached`.
+    On a method the instance is not part of the default key: pass `key=` to include it.
+    """
+
+    uncached: Callable[P, R]
+
+    def __init__(
+        self,
+        service: Callable[[], ResultStore],
+        func: Callable[P, R],
+        ttl_s: float | None,
+        key: KeySpec | None,
+    ) -> None:
+        super().__init__(service, func, ttl_s, key)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        value = self.service.get_or_set(
+            self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs), self._ttl_s
+        )
+        return cast(R, value)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return _BoundCachedFunction(self, instance)
+
+    @property
+    def service(self) -> ResultStore:
+        """The service the results go to (resolved per call: the default one is built lazily)."""
+        return cast(ResultStore, self._service())
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> None:
+        """Forget the cached result for these arguments."""
+        self.service.delete(self.key_for(*args, **kwargs))
+
+
+class AsyncCachedFunction(_KeyedFunction, Generic[P, R]):
+    """`CachedFunction` for a coroutine function, through `AsyncCacheService.get_or_set`:
+    awaiting a call (or `invalidate`) does what the sync one does, with the same keys."""
+
+    uncached: Callable[P, Awaitable[R]]
+
+    def __init__(
+        self,
+        service: Callable[[], AsyncResultStore],
+        func: Callable[P, Awaitable[R]],
+        ttl_s: float | None,
+        key: KeySpec | None,
+    ) -> None:
+        super().__init__(service, func, ttl_s, key)
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        value = await self.service.get_or_set(
+            self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs), self._ttl_s
+        )
+        return cast(R, value)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return _BoundCachedFunction(self, instance)
+
+    @property
+    def service(self) -> AsyncResultStore:
+        """The service the results go to."""
+        return cast(AsyncResultStore, self._service())
+
+    async def invalidate(self, *args: Any, **kwargs: Any) -> None:
+        """Forget the cached result for these arguments."""
+        await self.service.delete(self.key_for(*args, **kwargs))
+
+
 class _BoundCachedFunction:
-    def __init__(self, function: CachedFunction[Any, Any], instance: object) -> None:
+    def __init__(
+        self, function: CachedFunction[Any, Any] | AsyncCachedFunction[Any, Any], instance: object
+    ) -> None:
         self._function = function
         self._instance = instance
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._function(self._instance, *args, **kwargs)
 
-    def invalidate(self, *args: Any, **kwargs: Any) -> None:
-        self._function.invalidate(self._instance, *args, **kwargs)
+    def invalidate(self, *args: Any, **kwargs: Any) -> Any:
+        return self._function.invalidate(self._instance, *args, **kwargs)  # a coroutine for the async one
 
     def key_for(self, *args: Any, **kwargs: Any) -> str:
         return self._function.key_for(self._instance, *args, **kwargs)

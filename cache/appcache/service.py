@@ -15,23 +15,13 @@ before the next read once Redis answers again.
 from __future__ import annotations
 
 import contextlib
-import logging
-import random
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any
 
 from redis import Redis, RedisError
 
-from cache import connections, keys
-from cache.appcache.breaker import (
-    DEFAULT_WARN_INTERVAL_S,
-    CircuitBreaker,
-    InvalidationBacklog,
-    LogThrottle,
-    default_breaker,
-    default_cache_client,
-)
+from cache.appcache.breaker import DEFAULT_WARN_INTERVAL_S, CircuitBreaker, default_cache_client
 from cache.appcache.core import (
     CORRUPT,
     DEFAULT_LOCK_TTL_S,
@@ -43,35 +33,21 @@ from cache.appcache.core import (
     CacheError,
     CacheSerializationError,
     Entry,
-    InvalidCacheArgumentType,
-    as_bytes,
-    check_key,
     check_namespace,
     check_ttl,
-    decode_entry,
     new_token,
-    should_refresh_early,
 )
 from cache.appcache.decorator import CachedFunction, KeySpec, P, R, check_key_spec
 from cache.appcache.fill import LeasedFill
 from cache.appcache.stats import (
-    PROCESS_STATS,
     CacheStats,
     cache_counters,
     cache_stats,
     flush_cache_stats,
     flush_counters,
 )
-from cache.connections import Role
+from cache.appcache.steps import DOWN
 from cache.lua import LuaScript, script
-
-log = logging.getLogger(__name__)
-
-MAX_PENDING_INVALIDATIONS = 10_000  # more failed deletes than this are replayed as one clear()
-UNLINK_BATCH = 500  # keys per UNLINK: bounds one command's argument list
-LOCK_WAIT_MARGIN_S = 1.0  # waiters outlast the lease by this much, so they see it expire and take over
-
-_DOWN: Final = Entry(None, 0.0, 0.0)  # marker: Redis could not be asked
 
 __all__ = [
     "MISSING",
@@ -130,47 +106,30 @@ class CacheService(LeasedFill):
         warn_interval_s: float = DEFAULT_WARN_INTERVAL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.namespace = check_namespace(namespace)
-        self.default_ttl_s = check_ttl("default_ttl_s", default_ttl_s)
-        self.negative_ttl_s = check_ttl("negative_ttl_s", negative_ttl_s)
-        self.stale_ttl_s = check_ttl("stale_ttl_s", stale_ttl_s, allow_zero=True)
-        self.lock_ttl_s = check_ttl("lock_ttl_s", lock_ttl_s)
-        self.lock_wait_s = (
-            self.lock_ttl_s + LOCK_WAIT_MARGIN_S
-            if lock_wait_s is None
-            else check_ttl("lock_wait_s", lock_wait_s)
+        super().__init__(
+            client_given=client is not None,
+            namespace=namespace,
+            default_ttl_s=default_ttl_s,
+            negative_ttl_s=negative_ttl_s,
+            stale_ttl_s=stale_ttl_s,
+            lock_ttl_s=lock_ttl_s,
+            lock_wait_s=lock_wait_s,
+            breaker=breaker,
+            stats=stats,
+            warn_interval_s=warn_interval_s,
+            clock=clock,
         )
-        self._uses_settings = client is None
         self.client: Redis = default_cache_client() if client is None else client
-        if breaker is None:
-            breaker = default_breaker() if client is None else CircuitBreaker()
-        self.breaker = breaker
-        self.stats = PROCESS_STATS if stats is None else stats
-        self._throttle = LogThrottle(warn_interval_s)
-        self._corrupt_throttle = LogThrottle(warn_interval_s)
-        self._clock = clock
-        self._version_key = keys.cache_namespace_version(namespace)
         self._acquire: LuaScript = script(self.client, "cache_acquire")
         self._store: LuaScript = script(self.client, "cache_store")
         self._release_script: LuaScript = script(self.client, "cache_release")
         self._set: LuaScript = script(self.client, "cache_set")
-        self._backlog = InvalidationBacklog(MAX_PENDING_INVALIDATIONS)
-
-    def __repr__(self) -> str:
-        return f"CacheService(namespace={self.namespace!r}, breaker={self.breaker.state.value})"
 
     # --- public API ----------------------------------------------------------------
 
     def get(self, key: str, default: Any = None) -> Any:
         """The fresh cached value of `key`, or `default` on a miss or while Redis is unavailable."""
-        entry = self._read(keys.cache_entry(self.namespace, check_key(key)))
-        if entry is _DOWN:
-            return default
-        if entry is None or entry is CORRUPT or self._clock() >= entry.soft_expiry:
-            self.stats.incr("misses")
-            return default
-        self.stats.incr("hits")
-        return entry.value
+        return self._got(self._read(self._entry_key(key)), default)
 
     def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         """Store `value` for `ttl_s` seconds (jittered); voids a fetch of `key` in flight.
@@ -178,15 +137,9 @@ class CacheService(LeasedFill):
         Raises:
             CacheSerializationError: `value` is not JSON (raised even while Redis is down).
         """
-        entry_key = keys.cache_entry(self.namespace, check_key(key))
-        envelope, hard_ttl_ms = self._envelope(value, self._ttl(ttl_s), 0.0)
-        lock_key = keys.cache_fill_lock(self.namespace, key)
-        self._invalidate(
-            lambda: self._set(
-                keys=[self._version_key, entry_key, lock_key], args=[new_token(), envelope, hard_ttl_ms]
-            ),
-            (key,),  # if it fails, Redis may still hold the old value: delete that on replay
-        )
+        script_keys, args = self._set_call(key, value, ttl_s)
+        # If it fails, Redis may still hold the old value: delete that on replay.
+        self._invalidate(lambda: self._set(keys=script_keys, args=args), (key,))
 
     def delete(self, key: str) -> None:
         """Remove `key` and void a fetch of it in flight; replayed later if Redis is unavailable."""
@@ -194,7 +147,7 @@ class CacheService(LeasedFill):
 
     def delete_many(self, keys_: Iterable[str]) -> None:
         """Remove several keys in one atomic step (they share the namespace's hash slot)."""
-        names = [check_key(k) for k in keys_]
+        names = self._names(keys_)
         if names:
             self._invalidate(lambda: self._unlink(names), tuple(names))
 
@@ -218,23 +171,18 @@ class CacheService(LeasedFill):
             Exception: whatever `fetcher` raises; nothing is cached then.
         """
         ttl_s = self._ttl(ttl_s)
-        if not callable(fetcher):
-            raise InvalidCacheArgumentType(f"fetcher must be callable, got {type(fetcher).__name__}")
-        entry_key = keys.cache_entry(self.namespace, check_key(key))
+        self._check_fetcher(fetcher)
+        entry_key = self._entry_key(key)
         entry = self._read(entry_key)
-        if entry is _DOWN:
+        plan = self._plan(entry)
+        if plan == "down":
             return self._fetch_uncached(fetcher)
-        if entry is None or entry is CORRUPT:
-            self.stats.incr("misses")
+        if plan == "fill":
             return self._fill(key, entry_key, fetcher, ttl_s, corrupt=entry is CORRUPT)
-        now = self._clock()
-        stale = now >= entry.soft_expiry
-        if not stale and not should_refresh_early(
-            now, entry.soft_expiry, entry.fetch_s, 1.0 - random.random()
-        ):
-            self.stats.incr("hits")
+        assert entry is not None
+        if plan == "hit":
             return entry.value
-        return self._refresh(key, entry_key, fetcher, ttl_s, entry, stale)
+        return self._refresh(key, entry_key, fetcher, ttl_s, entry, plan == "stale")
 
     def cached(
         self, ttl_s: float | None = None, key: KeySpec | None = None
@@ -256,73 +204,33 @@ class CacheService(LeasedFill):
 
         return decorate
 
-    # --- reads and fills -----------------------------------------------------------
+    # --- I/O -------------------------------------------------------------------------
 
     def _read(self, entry_key: str) -> Entry | None:
         if not self._ready():
-            return _DOWN
+            return DOWN
         try:
             generation, raw = self.client.mget((self._version_key, entry_key))
         except RedisError as exc:
             self._failed(exc)
-            return _DOWN
+            return DOWN
         self._succeeded()
-        entry = decode_entry(as_bytes(generation), as_bytes(raw))
-        if entry is CORRUPT:
-            self.stats.incr("corrupt")
-            if self._corrupt_throttle.ready() is not None:
-                log.warning("cache entry %s cannot be decoded; the next get_or_set refetches it", entry_key)
-        return entry
-
-    def _ttl(self, ttl_s: float | None) -> float:
-        return self.default_ttl_s if ttl_s is None else check_ttl("ttl_s", ttl_s)
+        return self._decoded(entry_key, generation, raw)
 
     def _unlink(self, names: list[str]) -> None:
         pipe = self.client.pipeline(transaction=True)
-        for start in range(0, len(names), UNLINK_BATCH):
-            batch = names[start : start + UNLINK_BATCH]
-            pipe.unlink(*[keys.cache_entry(self.namespace, k) for k in batch])
-            pipe.unlink(*[keys.cache_fill_lock(self.namespace, k) for k in batch])
+        for group in self._unlink_groups(names):
+            pipe.unlink(*group)
         pipe.execute()
-
-    # --- failure handling ----------------------------------------------------------
 
     def _ready(self) -> bool:
         """Whether to talk to Redis now: the breaker allows it and queued invalidations went out."""
-        if not self.breaker.allow():
-            self._fail_open(None)
-            return False
-        return not self._backlog.dirty or self._replay()
+        return self._allowed() and (not self._backlog.dirty or self._replay())
 
     def _succeeded(self) -> None:
-        if self.breaker.record_success():
-            log.info("cache Redis answers again; caching resumed (namespace %r)", self.namespace)
-        if self.stats.flush_due():
+        if self._recovered():
             with contextlib.suppress(RedisError):  # the counts are kept for the next flush
                 flush_counters(self.client, self.stats)
-
-    def _failed(self, exc: RedisError) -> None:
-        if self.breaker.record_failure():
-            self.stats.incr("breaker_opens")
-        self._fail_open(exc)
-
-    def _fail_open(self, exc: RedisError | None) -> None:
-        self.stats.incr("fail_open")
-        held_back = self._throttle.ready()
-        if held_back is None:
-            return
-        log.warning(
-            "cache unavailable, serving uncached (namespace %r, breaker %s, %d more since last warning): %s",
-            self.namespace,
-            self.breaker.state.value,
-            held_back,
-            "circuit breaker open" if exc is None else self._describe(exc),
-        )
-
-    def _describe(self, exc: RedisError) -> str:
-        """The failure for a log line; names CACHE_REDIS_URL when the client came from the settings."""
-        translated = connections.translate_errors(Role.CACHE).translated(exc) if self._uses_settings else None
-        return f"{type(exc).__name__}: {exc}" if translated is None else str(translated)
 
     def _invalidate(
         self, send: Callable[[], object], names: tuple[str, ...] = (), clear: bool = False
@@ -336,8 +244,7 @@ class CacheService(LeasedFill):
             else:
                 self._succeeded()
                 return
-        self.stats.incr("invalidation_errors")
-        self._backlog.add(names, clear=clear)
+        self._queue(names, clear)
 
     def _replay(self) -> bool:
         """Send invalidations that failed earlier, before anything is read again."""
@@ -353,12 +260,7 @@ class CacheService(LeasedFill):
             except RedisError as exc:
                 self._failed(exc)
                 return False
-            self._backlog.done(names, clear=clear)
-        log.info(
-            "cache: replayed %s of namespace %r",
-            "a clear" if clear else f"{len(names)} deletes",
-            self.namespace,
-        )
+            self._replayed(names, clear)
         return True
 
 

@@ -9,6 +9,7 @@ status command, in another process, reads the hash.
 from __future__ import annotations
 
 import redis
+import redis.asyncio
 
 from cache import connections, keys
 from cache.appcache.breaker import default_cache_client
@@ -74,6 +75,22 @@ def flush_counters(client: redis.Redis, stats: CacheStats = PROCESS_STATS) -> No
         pipe.execute()
 
     stats.flush(write)
+
+
+async def flush_counters_async(client: redis.asyncio.Redis, stats: CacheStats = PROCESS_STATS) -> None:
+    """`flush_counters` on an asyncio client: the same hash, fields and protocol.
+
+    Raises:
+        redis.RedisError: Redis failed; the increments are kept for the next flush.
+    """
+
+    async def write(pending: dict[str, int]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for name, amount in pending.items():
+            pipe.hincrby(keys.cache_counters(), name, amount)
+        await pipe.execute()
+
+    await stats.flush_async(write)
 
 
 def read_counters(client: redis.Redis) -> dict[str, int]:

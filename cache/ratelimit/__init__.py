@@ -1,5 +1,5 @@
 """Rate limiting per IP, per user and per API key: one sliding-window check per request
-in Lua, presets from the environment, IETF RateLimit headers.
+in Lua, presets from the environment, IETF RateLimit headers; sync and asyncio limiters.
 """
 
 from typing import TYPE_CHECKING
@@ -8,6 +8,7 @@ from cache.exports import lazy_exports
 
 if TYPE_CHECKING:
     from cache.limits import API, BY_IP, BY_USER, FailurePolicy, InvalidRateLimit, Preset, RateLimitError
+    from cache.ratelimit.async_service import AsyncRateLimiter
     from cache.ratelimit.core import Decision
     from cache.ratelimit.headers import rate_limit_headers
     from cache.ratelimit.service import (
@@ -21,6 +22,7 @@ __all__ = [
     "API",
     "BY_IP",
     "BY_USER",
+    "AsyncRateLimiter",
     "Decision",
     "FailurePolicy",
     "InvalidRateLimit",
@@ -37,6 +39,7 @@ __getattr__ = lazy_exports(
     __name__,
     {
         "RateLimiter": "cache.ratelimit.service",
+        "AsyncRateLimiter": "cache.ratelimit.async_service",
         "flush_ratelimit_stats": "cache.ratelimit.service",
         "ratelimit_counters": "cache.ratelimit.service",
         "ratelimit_stats": "cache.ratelimit.service",

@@ -4,26 +4,49 @@ The policies themselves (`Preset`, `FailurePolicy`, their checks) are values in
 `cache.limits`, which the settings hold.
 
 Everything here is arithmetic on values the caller or the Lua script supplies, so it
-is unit-tested table-driven without a server. `cache.ratelimit.service` is the I/O shell and
-re-exports the public names.
+is unit-tested table-driven without a server. `LimiterCore` holds every step of a check
+but the script call itself; `cache.ratelimit.service` (sync, re-exporting the public
+names) and `cache.ratelimit.async_service` (asyncio) only make that call.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import redis
 from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
+from cache import keys
 from cache.counters import BufferedCounters
-from cache.limits import SCOPE, FailurePolicy, InvalidRateLimit
+from cache.identifiers import IdentifierKind, normalize
+from cache.limits import (
+    SCOPE,
+    FailurePolicy,
+    InvalidRateLimit,
+    Preset,
+    RateLimitError,
+    Spec,
+    check_failure_policy,
+    check_identifier_kind,
+    check_limit,
+    check_scope,
+    resolution_to_ms,
+    window_to_ms,
+)
+from cache.ratelimit.outages import OutageLog
+from cache.settings import get_settings
+
+logger = logging.getLogger("cache.ratelimit.service")  # one logger for both twins
 
 MAX_NOW_MS = 2**53  # times travel to Lua as doubles, exact up to here
 FAIL_CLOSED_RETRY_AFTER_S = 5.0  # clients back off long enough not to hammer a recovering Redis
 COUNTERS_FLUSH_INTERVAL_S = 5.0  # shared decision counts lag by at most this; one HINCRBY batch per 5 s
 OUTCOMES = ("allowed", "denied", "fail_open", "fail_closed")  # Redis's answers, then the failure policy's
+FAILURE_LOG_INTERVAL_S = 60.0  # one warning a minute per scope while Redis is down: pages, not floods
+MAX_CACHED_SPECS = 256  # distinct (limit, window, resolution) a limiter remembers as validated
 
 # Replies that mean "Redis cannot serve us now" rather than "our call is wrong".
 _OUTAGE_TYPES = (
@@ -203,3 +226,117 @@ def _by_scope(items: Sequence[tuple[tuple[str, str], int]]) -> dict[str, dict[st
     for (scope, outcome), count in sorted(items):
         result.setdefault(scope, dict.fromkeys(OUTCOMES, 0))[outcome] = count
     return result
+
+
+PROCESS_STATS = DecisionCounters()
+"""This process's decisions, sync and asyncio limiters alike (`ratelimit_stats()`)."""
+
+PROCESS_STATS.reset_in_forked_children()
+
+
+# --- the steps of a check ----------------------------------------------------------------
+
+
+class LimiterCore:
+    """Everything `RateLimiter` and `AsyncRateLimiter` do around their one script call.
+
+    A check is `_prepare` (validate, build the key and ARGV), the script call, then
+    `_decided` on a reply or `_unavailable` on a Redis error; `_decided` says whether
+    the counters' flush is due, which the shell then sends. Arguments as `RateLimiter`'s.
+    """
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        failure_policy: FailurePolicy,
+        identifier_kind: IdentifierKind,
+        by_ip: Preset | None,
+        by_user: Preset | None,
+        api: Preset | None,
+        ipv6_prefix: int | None,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.scope = check_scope(scope)
+        self.failure_policy = check_failure_policy(failure_policy)
+        self.identifier_kind = check_identifier_kind(identifier_kind)
+        if by_ip is None or by_user is None or api is None or ipv6_prefix is None:
+            settings = get_settings()  # RATELIMIT_BY_IP, _BY_USER, _API, _IPV6_PREFIX
+            by_ip = by_ip or settings.ratelimit_by_ip
+            by_user = by_user or settings.ratelimit_by_user
+            api = api or settings.ratelimit_api
+            ipv6_prefix = settings.ratelimit_ipv6_prefix if ipv6_prefix is None else ipv6_prefix
+        self.by_ip, self.by_user, self.api = by_ip, by_user, api
+        normalize("::1", IdentifierKind.IP, ipv6_prefix=ipv6_prefix)  # a bad prefix fails here, not per check
+        self.ipv6_prefix = ipv6_prefix
+        self._specs: dict[tuple[object, ...], Spec] = {}
+        self._monotonic = monotonic
+        self._outages = OutageLog(FAILURE_LOG_INTERVAL_S, monotonic)
+
+    def _spec_for(self, limit: object, window_s: object, resolution_s: object) -> Spec:
+        """The checked Spec of `check`'s arguments, validated once per distinct policy.
+
+        The types are part of the cache key: `True == 1` must not pass as a limit of 1.
+        """
+        cache_key = (limit, window_s, resolution_s, type(limit), type(window_s), type(resolution_s))
+        spec = self._specs.get(cache_key)
+        if spec is None:
+            window_ms = window_to_ms(window_s)
+            spec = Spec(
+                scope=self.scope,
+                failure_policy=self.failure_policy,
+                identifier_kind=self.identifier_kind,
+                limit=check_limit(limit),
+                window_ms=window_ms,
+                resolution_ms=resolution_to_ms(resolution_s, window_ms),
+            )
+            if len(self._specs) >= MAX_CACHED_SPECS:
+                self._specs.clear()
+            self._specs[cache_key] = spec
+        return spec
+
+    def _prepare(
+        self, spec: Spec, identifier: object, cost: object, now_ms: object
+    ) -> tuple[str, list[str | int]]:
+        """The key and ARGV of `ratelimit_check.lua`; validates everything before any I/O."""
+        _, _, kind, limit, window_ms, resolution_ms = spec
+        units = check_cost(cost, limit)
+        now_arg = "" if now_ms is None else str(check_now_ms(now_ms))
+        key = keys.rate_limit_log(
+            spec.scope, window_ms, normalize(identifier, kind, ipv6_prefix=self.ipv6_prefix)
+        )
+        return key, [now_arg, window_ms, limit, units, resolution_ms]
+
+    def _unavailable(self, spec: Spec, exc: redis.RedisError) -> Decision:
+        """The failure policy's decision for an outage, counted and logged.
+
+        Raises:
+            RateLimitError: `exc` is no outage (a refused script): a bug, loud.
+        """
+        scope, policy, _, limit, window_ms, _ = spec
+        if not is_outage(exc):
+            raise RateLimitError(
+                f"rate limit {scope!r}: Redis refused the check: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._outages.failed(scope, policy, exc)
+        decision = unavailable_decision(
+            policy, scope=scope, limit=limit, window_ms=window_ms, error=f"{type(exc).__name__}: {exc}"
+        )
+        PROCESS_STATS.add(scope, "fail_open" if decision.allowed else "fail_closed")
+        return decision
+
+    def _decided(self, spec: Spec, reply: Sequence[int]) -> tuple[Decision, float | None]:
+        """The decision for the script's reply, counted; and `now` when the counters' flush is due.
+
+        Only after Redis answered: a check during an outage never waits on a flush.
+        """
+        self._outages.succeeded(spec.scope)
+        decision = decision_from_reply(reply, scope=spec.scope, limit=spec.limit, window_ms=spec.window_ms)
+        PROCESS_STATS.add(spec.scope, "allowed" if decision.allowed else "denied")
+        now = self._monotonic()
+        return decision, now if PROCESS_STATS.flush_due(now) else None
+
+
+def flush_failed(exc: redis.RedisError) -> None:
+    """A flush piggybacked on a check failed: the counts are kept for the next one, the check stands."""
+    logger.debug("rate limit counters not flushed: %s: %s", type(exc).__name__, exc)

@@ -14,13 +14,13 @@ log, count) or fail closed (deny with a reason). Decisions are counted in memory
 (`ratelimit_stats()`) and added to one hash on the primary at most every 5 s, inside a
 check that already reached Redis, so `ratelimit_counters()` and the metrics exporter see
 every process's totals without a second round trip per check.
-The pure core (policies, validation, decisions) lives in `cache.ratelimit.core` and is
-re-exported here.
+The pure core (policies, validation, decisions, every step of a check but the script
+call) lives in `cache.ratelimit.core`, shared with the asyncio twin
+`cache.ratelimit.async_service`, and is re-exported here.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
@@ -29,7 +29,7 @@ from redis import Redis
 
 from cache import connections, keys, lua
 from cache.connections import Role
-from cache.identifiers import IdentifierKind, normalize
+from cache.identifiers import IdentifierKind
 from cache.limits import (
     API,
     BY_IP,
@@ -41,8 +41,6 @@ from cache.limits import (
     Preset,
     RateLimitError,
     Spec,
-    check_failure_policy,
-    check_identifier_kind,
     check_limit,
     check_scope,
     resolution_to_ms,
@@ -53,19 +51,20 @@ from cache.ratelimit.core import (
     FAIL_CLOSED_RETRY_AFTER_S,
     MAX_NOW_MS,
     OUTCOMES,
+    PROCESS_STATS,
     Decision,
     DecisionCounters,
+    LimiterCore,
     check_cost,
     check_now_ms,
     counter_field,
     decision_from_reply,
+    flush_failed,
     is_outage,
     parse_counters,
     unavailable_decision,
 )
-from cache.ratelimit.outages import OutageLog
 from cache.retry import bounded_call
-from cache.settings import get_settings
 
 __all__ = [
     "API",
@@ -101,21 +100,13 @@ __all__ = [
     "window_to_ms",
 ]
 
-logger = logging.getLogger(__name__)
-
-FAILURE_LOG_INTERVAL_S = 60.0  # one warning a minute per scope while Redis is down: pages, not floods
-MAX_CACHED_SPECS = 256  # distinct (limit, window, resolution) a limiter remembers as validated
-
-
-# --- counters and outage logging -----------------------------------------------------------
-
-_stats = DecisionCounters()
+# --- counters ------------------------------------------------------------------------------
 
 
 def ratelimit_stats() -> dict[str, int]:
     """This process's checks since start: allowed, denied (by Redis), fail_open, fail_closed."""
     totals = dict.fromkeys(OUTCOMES, 0)
-    for counts in _stats.by_scope().values():
+    for counts in PROCESS_STATS.by_scope().values():
         for outcome, count in counts.items():
             totals[outcome] += count
     return totals
@@ -123,13 +114,13 @@ def ratelimit_stats() -> dict[str, int]:
 
 def ratelimit_stats_by_scope() -> dict[str, dict[str, int]]:
     """The same counts per scope (`ip`, `user`, `api`, ...), for this process only."""
-    return _stats.by_scope()
+    return PROCESS_STATS.by_scope()
 
 
 def reset_ratelimit_stats() -> None:
     """Zero the counters (tests; a forked child starts from zero on its own, or it would
     flush its parent's counts a second time)."""
-    _stats.reset()
+    PROCESS_STATS.reset()
 
 
 def flush_counters(client: Redis, now: float | None = None) -> None:
@@ -146,7 +137,7 @@ def flush_counters(client: Redis, now: float | None = None) -> None:
             pipe.hincrby(keys.rate_limit_counters(), counter_field(scope, outcome), count)
         pipe.execute()
 
-    _stats.flush(write, now)
+    PROCESS_STATS.flush(write, now)
 
 
 def read_ratelimit_counters(client: Redis) -> dict[str, dict[str, int]]:
@@ -188,13 +179,10 @@ def flush_ratelimit_stats(client: Redis | None = None) -> bool:
     return True
 
 
-_stats.reset_in_forked_children()
-
-
 # --- I/O shell ---------------------------------------------------------------------------
 
 
-class RateLimiter:
+class RateLimiter(LimiterCore):
     """Sliding-window rate limits on the PRIMARY Redis; see docs/ratelimit.md.
 
     Args:
@@ -227,23 +215,18 @@ class RateLimiter:
         ipv6_prefix: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.scope = check_scope(scope)
-        self.failure_policy = check_failure_policy(failure_policy)
-        self.identifier_kind = check_identifier_kind(identifier_kind)
-        if by_ip is None or by_user is None or api is None or ipv6_prefix is None:
-            settings = get_settings()  # RATELIMIT_BY_IP, _BY_USER, _API, _IPV6_PREFIX
-            by_ip = by_ip or settings.ratelimit_by_ip
-            by_user = by_user or settings.ratelimit_by_user
-            api = api or settings.ratelimit_api
-            ipv6_prefix = settings.ratelimit_ipv6_prefix if ipv6_prefix is None else ipv6_prefix
-        self.by_ip, self.by_user, self.api = by_ip, by_user, api
-        normalize("::1", IdentifierKind.IP, ipv6_prefix=ipv6_prefix)  # a bad prefix fails here, not per check
-        self.ipv6_prefix = ipv6_prefix
+        super().__init__(
+            scope=scope,
+            failure_policy=failure_policy,
+            identifier_kind=identifier_kind,
+            by_ip=by_ip,
+            by_user=by_user,
+            api=api,
+            ipv6_prefix=ipv6_prefix,
+            monotonic=monotonic,
+        )
         self.client = client if client is not None else connections.primary()
         self._script = lua.script(self.client, "ratelimit_check")
-        self._specs: dict[tuple[object, ...], Spec] = {}
-        self._monotonic = monotonic
-        self._outages = OutageLog(FAILURE_LOG_INTERVAL_S, monotonic)
 
     def check(
         self,
@@ -297,62 +280,17 @@ class RateLimiter:
         """The per-API-key quota (default 10,000/hour, key hashed, fails closed)."""
         return self.check_preset(self.api, api_key, cost=cost, now_ms=now_ms)
 
-    def _spec_for(self, limit: object, window_s: object, resolution_s: object) -> Spec:
-        """The checked Spec of `check`'s arguments, validated once per distinct policy.
-
-        The types are part of the cache key: `True == 1` must not pass as a limit of 1.
-        """
-        cache_key = (limit, window_s, resolution_s, type(limit), type(window_s), type(resolution_s))
-        spec = self._specs.get(cache_key)
-        if spec is None:
-            window_ms = window_to_ms(window_s)
-            spec = Spec(
-                scope=self.scope,
-                failure_policy=self.failure_policy,
-                identifier_kind=self.identifier_kind,
-                limit=check_limit(limit),
-                window_ms=window_ms,
-                resolution_ms=resolution_to_ms(resolution_s, window_ms),
-            )
-            if len(self._specs) >= MAX_CACHED_SPECS:
-                self._specs.clear()
-            self._specs[cache_key] = spec
-        return spec
-
-    def _evalsha(self, key: str, args: list[str | int]) -> list[int]:
-        reply: list[int] = self._script((key,), args)
-        return reply
-
     def _check(self, spec: Spec, identifier: object, cost: object, now_ms: object) -> Decision:
-        scope, policy, kind, limit, window_ms, resolution_ms = spec
-        units = check_cost(cost, limit)
-        now_arg = "" if now_ms is None else str(check_now_ms(now_ms))
-        key = keys.rate_limit_log(scope, window_ms, normalize(identifier, kind, ipv6_prefix=self.ipv6_prefix))
+        key, args = self._prepare(spec, identifier, cost, now_ms)
         try:
             with bounded_call(self.client):  # EVALSHA and, after NOSCRIPT, the reload
-                reply = self._evalsha(key, [now_arg, window_ms, limit, units, resolution_ms])
+                reply: list[int] = self._script((key,), args)
         except redis.RedisError as exc:
-            if not is_outage(exc):
-                raise RateLimitError(
-                    f"rate limit {scope!r}: Redis refused the check: {type(exc).__name__}: {exc}"
-                ) from exc
-            self._outages.failed(scope, policy, exc)
-            decision = unavailable_decision(
-                policy, scope=scope, limit=limit, window_ms=window_ms, error=f"{type(exc).__name__}: {exc}"
-            )
-            _stats.add(scope, "fail_open" if decision.allowed else "fail_closed")
-            return decision
-        self._outages.succeeded(scope)
-        decision = decision_from_reply(reply, scope=scope, limit=limit, window_ms=window_ms)
-        stats = _stats
-        stats.add(scope, "allowed" if decision.allowed else "denied")
-        # Only here, after Redis answered: a check during an outage never waits on a flush.
-        if stats.flush_due(now := self._monotonic()):
-            self._flush_counters(now)
+            return self._unavailable(spec, exc)
+        decision, flush_at = self._decided(spec, reply)
+        if flush_at is not None:
+            try:
+                flush_counters(self.client, flush_at)
+            except redis.RedisError as exc:
+                flush_failed(exc)
         return decision
-
-    def _flush_counters(self, now: float) -> None:
-        try:
-            flush_counters(self.client, now)
-        except redis.RedisError as exc:  # the counts are kept for the next flush; the check stands
-            logger.debug("rate limit counters not flushed: %s: %s", type(exc).__name__, exc)

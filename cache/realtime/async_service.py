@@ -21,17 +21,16 @@ import redis
 import redis.asyncio
 
 from cache import connections, keys, lua
-from cache.connections import Role, translate_errors
+from cache.connections import Role
+from cache.realtime.book import DEFAULT_POLL_INTERVAL_S, SubscriptionBook, default_backoff, pubsub_command
 from cache.realtime.envelope import (
     DEFAULT_MAX_EVENT_BYTES,
     Event,
     EventHandler,
     Kind,
-    RealtimeError,
     SubscriberStats,
     Subscription,
     parse_stream_id,
-    plan_replay,
     resolve_channel,
     time_baseline,
     validate_channel,
@@ -42,7 +41,6 @@ from cache.realtime.service import (
     DEFAULT_REPLAY_COUNT,
     RealtimeCore,
 )
-from cache.realtime.subscriber import DEFAULT_POLL_INTERVAL_S, SubscriptionBook, default_backoff
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +77,8 @@ class AsyncRealtimeService(RealtimeCore):
         return await self.publish(keys.SYSTEM_CHANNEL, event, data)
 
     async def publish(self, channel: str, event: str, data: Mapping[str, Any]) -> str:
-        script_keys, args = self._publish_call(channel, event, data)
-        with translate_errors(
-            Role.PRIMARY, action=f"publish {event!r} to {channel}", refused_class=RealtimeError
-        ):
+        script_keys, args, errors = self._publish_call(channel, event, data)
+        with errors:
             stream_id = await self._publish_script(keys=script_keys, args=args)
         return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
 
@@ -95,30 +91,26 @@ class AsyncRealtimeService(RealtimeCore):
     async def replay(
         self, positions: Mapping[str, str], *, count: int = DEFAULT_REPLAY_COUNT
     ) -> dict[str, list[Event]]:
-        reads = plan_replay(positions)
-        with translate_errors(Role.PRIMARY, action="replay events", refused_class=RealtimeError):
+        reads, errors = self._replay_plan(positions)
+        with errors:
             pipe = self.client.pipeline(transaction=False)
             for read in reads:
                 pipe.xrange(read.key, min=read.start, max="+", count=count)
             return self._replayed(reads, await pipe.execute())
 
     async def latest_id(self, channel: str) -> str:
-        stream = keys.event_stream(validate_channel(channel))
-        with translate_errors(
-            Role.PRIMARY, action=f"read the latest event of {channel}", refused_class=RealtimeError
-        ):
+        stream, errors = self._latest_call(channel)
+        with errors:
             return self._newest_id(await self.client.xrevrange(stream, max="+", min="-", count=1))
 
     async def now_id(self) -> str:
-        with translate_errors(Role.PRIMARY, action="read the server time", refused_class=RealtimeError):
+        with self._time_errors():
             seconds, microseconds = await self.client.time()
         return time_baseline(int(seconds), int(microseconds))
 
     async def channels_matching(self, pattern: str) -> list[str]:
-        match = keys.event_stream(validate_pattern(pattern))
-        with translate_errors(
-            Role.PRIMARY, action=f"list streams matching {pattern!r}", refused_class=RealtimeError
-        ):
+        match, errors = self._scan_call(pattern)
+        with errors:
             found = [raw async for raw in self.client.scan_iter(match=match, count=1000, _type="stream")]
         return self._event_channels(found)
 
@@ -237,12 +229,7 @@ class AsyncSubscriber:
                     await self._step()
             except Exception as exc:
                 await self._disconnect()
-                delay = self._backoff(self._book.attempt)
-                self._book.attempt += 1
-                if isinstance(exc, redis.ConnectionError | redis.TimeoutError | ConnectionError):
-                    log.warning("realtime subscriber lost Redis (%s); reconnecting in %.2f s", exc, delay)
-                else:
-                    log.exception("realtime subscriber failed; reconnecting in %.2f s", delay)
+                delay = self._book.lost(exc, self._backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         await self._disconnect()
@@ -272,10 +259,9 @@ class AsyncSubscriber:
         while self._commands:
             op, sub = self._commands.popleft()
             action = self._book.apply(op, sub)
-            if action == "subscribe":
-                await (pubsub.subscribe if sub.kind == "channel" else pubsub.psubscribe)(sub.name)
-            elif action == "unsubscribe":
-                await (pubsub.unsubscribe if sub.kind == "channel" else pubsub.punsubscribe)(sub.name)
+            command = pubsub_command(action, sub)
+            if command is not None:
+                await getattr(pubsub, command)(sub.name)
             elif action == "replay":
                 await self._replay([sub], sub.kind, sub.name)
         if pubsub.connection is None:  # nothing subscribed yet: redis.asyncio cannot read
@@ -289,13 +275,12 @@ class AsyncSubscriber:
             self._ready.set()
 
     async def _handle(self, message: Mapping[str, Any]) -> None:
-        if message["type"] in ("message", "pmessage"):
-            for sub, event in self._book.route(message):
-                await self._deliver(sub, event)
-        elif message["type"] in ("subscribe", "psubscribe"):
-            kind, subs = self._book.confirmed(message["type"], message["channel"])
-            if subs:
-                await self._replay(subs, kind, subs[0].name)
+        deliveries, replay = self._book.received(message)
+        for sub, event in deliveries:
+            await self._deliver(sub, event)
+        if replay is not None:
+            kind, subs, name = replay
+            await self._replay(subs, kind, name)
 
     async def _replay(self, subs: list[Subscription], kind: Kind, name: str) -> None:
         matching = await self._service.channels_matching(name) if kind == "pattern" else []
@@ -311,6 +296,5 @@ class AsyncSubscriber:
             result = sub.handler(event)
             if inspect.isawaitable(result):
                 await result
-        except Exception:
-            self._book.stats.handler_errors += 1
-            log.exception("realtime handler %r failed on %s event %s", sub.handler, event.channel, event.id)
+        except Exception as exc:
+            self._book.handler_failed(sub, event, exc)

@@ -55,6 +55,11 @@ def check_limits(stream_maxlen: int, stream_ttl_s: int, max_event_bytes: int) ->
             raise InvalidRealtimeLimit(f"{name} must be a positive integer, got {value!r}")
 
 
+def _errors(action: str) -> translate_errors:
+    """Redis errors of `action` as ours: outages `RedisUnavailable`, refusals `RealtimeError`."""
+    return translate_errors(Role.PRIMARY, action=action, refused_class=RealtimeError)
+
+
 class RealtimeCore:
     """Settings and the I/O-free steps shared by `RealtimeService` and its asyncio twin."""
 
@@ -76,12 +81,34 @@ class RealtimeCore:
         self.max_event_bytes = max_event_bytes
         self._clock = clock
 
-    def _publish_call(self, channel: str, event: str, data: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of `realtime_publish.lua`; validates everything before any I/O."""
+    def _publish_call(
+        self, channel: str, event: str, data: Mapping[str, Any]
+    ) -> tuple[list[str], list[Any], translate_errors]:
+        """KEYS and ARGV of `realtime_publish.lua`, and its error translation; validates
+        everything before any I/O."""
         now = datetime.fromtimestamp(self._clock(), UTC)
         body = encode_body(event, data, now, max_bytes=self.max_event_bytes)
         stream = keys.event_stream(validate_channel(channel))
-        return [stream], [channel, self.stream_maxlen, self.stream_ttl_s * 1000, body]
+        errors = _errors(f"publish {event!r} to {channel}")
+        return [stream], [channel, self.stream_maxlen, self.stream_ttl_s * 1000, body], errors
+
+    @staticmethod
+    def _replay_plan(positions: Mapping[str, str]) -> tuple[list[ReplayRead], translate_errors]:
+        return plan_replay(positions), _errors("replay events")
+
+    @staticmethod
+    def _latest_call(channel: str) -> tuple[str, translate_errors]:
+        """The stream to read the newest id of, and the error translation of that read."""
+        return keys.event_stream(validate_channel(channel)), _errors(f"read the latest event of {channel}")
+
+    @staticmethod
+    def _time_errors() -> translate_errors:
+        return _errors("read the server time")
+
+    @staticmethod
+    def _scan_call(pattern: str) -> tuple[str, translate_errors]:
+        """The SCAN MATCH of `channels_matching(pattern)`, and its error translation."""
+        return keys.event_stream(validate_pattern(pattern)), _errors(f"list streams matching {pattern!r}")
 
     @staticmethod
     def _replayed(reads: list[ReplayRead], results: list[Any]) -> dict[str, list[Event]]:
@@ -159,13 +186,8 @@ class RealtimeService(RealtimeCore):
             RedisUnavailable: the PRIMARY Redis cannot be reached.
             RealtimeError: Redis refused the write (e.g. out of memory under noeviction).
         """
-        script_keys, args = self._publish_call(channel, event, data)
-        with (
-            bounded_call(self.client),
-            translate_errors(
-                Role.PRIMARY, action=f"publish {event!r} to {channel}", refused_class=RealtimeError
-            ),
-        ):
+        script_keys, args, errors = self._publish_call(channel, event, data)
+        with bounded_call(self.client), errors:
             return as_text(self._publish_script(keys=script_keys, args=args))
 
     def events_since(
@@ -192,8 +214,8 @@ class RealtimeService(RealtimeCore):
         self, positions: Mapping[str, str], *, count: int = DEFAULT_REPLAY_COUNT
     ) -> dict[str, list[Event]]:
         """`events_since` for many channels in one round trip: `{channel: last_id}` -> events."""
-        reads = plan_replay(positions)
-        with translate_errors(Role.PRIMARY, action="replay events", refused_class=RealtimeError):
+        reads, errors = self._replay_plan(positions)
+        with errors:
             pipe = self.client.pipeline(transaction=False)
             for read in reads:
                 pipe.xrange(read.key, min=read.start, max="+", count=count)
@@ -201,15 +223,13 @@ class RealtimeService(RealtimeCore):
 
     def latest_id(self, channel: str) -> str:
         """The id of the newest event kept for `channel`, `0-0` when there is none."""
-        stream = keys.event_stream(validate_channel(channel))
-        with translate_errors(
-            Role.PRIMARY, action=f"read the latest event of {channel}", refused_class=RealtimeError
-        ):
+        stream, errors = self._latest_call(channel)
+        with errors:
             return self._newest_id(self.client.xrevrange(stream, max="+", min="-", count=1))
 
     def now_id(self) -> str:
         """An id just below anything published from now on (Redis' clock, not ours)."""
-        with translate_errors(Role.PRIMARY, action="read the server time", refused_class=RealtimeError):
+        with self._time_errors():
             seconds, microseconds = self.client.time()
         return time_baseline(int(seconds), int(microseconds))
 
@@ -218,8 +238,6 @@ class RealtimeService(RealtimeCore):
 
         SCANs the keyspace: meant for a pattern subscriber's replay after a reconnect.
         """
-        match = keys.event_stream(validate_pattern(pattern))
-        with translate_errors(
-            Role.PRIMARY, action=f"list streams matching {pattern!r}", refused_class=RealtimeError
-        ):
+        match, errors = self._scan_call(pattern)
+        with errors:
             return self._event_channels(list(self.client.scan_iter(match=match, count=1000, _type="stream")))

@@ -7,15 +7,15 @@ everything after the last event that subscription saw, and live messages are
 deduplicated by event id; together: every event published after `subscribe()`
 returned reaches the handler once, in order per channel, across Redis restarts.
 
-`SubscriptionBook` is the I/O-free half (routing, dedupe, positions, what the
-connection has confirmed), shared with the asyncio twin in `cache.realtime.async_service`.
+`cache.realtime.book.SubscriptionBook` is the I/O-free half (routing, dedupe, positions,
+what the connection has confirmed, reconnect delays), shared with the asyncio twin in
+`cache.realtime.async_service`.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -24,173 +24,21 @@ from typing import Any, Literal
 import redis
 
 from cache import connections, keys
+from cache.realtime.book import DEFAULT_POLL_INTERVAL_S, SubscriptionBook, default_backoff, pubsub_command
 from cache.realtime.envelope import (
     Event,
     EventHandler,
-    InvalidEnvelope,
     Kind,
     SubscriberStats,
     Subscription,
-    decode_envelope,
-    format_stream_id,
     parse_stream_id,
-    reconnect_delay_s,
     validate_channel,
     validate_pattern,
     validate_user_id,
 )
 from cache.realtime.service import DEFAULT_REPLAY_COUNT, RealtimeService
-from cache.text import as_text
 
 log = logging.getLogger(__name__)
-
-DEFAULT_POLL_INTERVAL_S = 0.1  # how long a read blocks before the loop looks at commands and stop
-REPLAY_BATCH = 500  # channels per pipelined replay read
-Delivery = tuple[Subscription, Event]
-
-
-def default_backoff(attempt: int) -> float:
-    return reconnect_delay_s(attempt, random.random())
-
-
-class SubscriptionBook:
-    """Which subscriptions exist, what each has seen, and what the connection has confirmed.
-
-    The subscriber loops (thread or asyncio) only move bytes; every decision is here.
-    """
-
-    def __init__(self) -> None:
-        self._by_name: dict[tuple[Kind, str], list[Subscription]] = {}
-        self._confirmed: set[tuple[Kind, str]] = set()
-        self._had_connection = False
-        self._lost = False
-        self.attempt = 0  # failed connection attempts since the last confirmation
-        self.stats = SubscriberStats()
-
-    # -- subscriptions -------------------------------------------------------------
-
-    def apply(
-        self, op: Literal["add", "remove"], sub: Subscription
-    ) -> Literal["subscribe", "unsubscribe", "replay"] | None:
-        """A queued command -> what to send: a (P)SUBSCRIBE, an (P)UNSUBSCRIBE, a replay, or nothing.
-
-        A subscription added to a name the connection already confirmed is replayed at
-        once, before any further live message is read, so it sees its events in order.
-        """
-        key = (sub.kind, sub.name)
-        if op == "add":
-            subs = self._by_name.setdefault(key, [])
-            subs.append(sub)
-            if len(subs) == 1:
-                return "subscribe"
-            # Not confirmed yet: the confirmation on its way replays every subscription of the name.
-            return "replay" if key in self._confirmed else None
-        subs = self._by_name.get(key, [])
-        if sub not in subs:
-            return None
-        subs.remove(sub)
-        if subs:
-            return None
-        del self._by_name[key]
-        self._confirmed.discard(key)
-        return "unsubscribe"
-
-    def names(self, kind: Kind) -> list[str]:
-        return [name for k, name in self._by_name if k == kind]
-
-    # -- the connection --------------------------------------------------------------
-
-    def connection_lost(self) -> None:
-        """Nothing is subscribed on the next connection until its confirmations arrive."""
-        self._confirmed.clear()
-        self._lost = self._had_connection
-
-    def confirmed(self, message_type: str, name: Any) -> tuple[Kind, list[Subscription]]:
-        """A (p)subscribe confirmation -> the subscriptions to replay now."""
-        kind: Kind = "channel" if message_type == "subscribe" else "pattern"
-        key = (kind, as_text(name))
-        if key in self._confirmed:
-            # redis-py reconnected underneath us and resubscribed everything: each
-            # confirmation now replays what was published in between.
-            self._confirmed.clear()
-            self._lost = True
-        if self._lost:
-            self._lost = False
-            self.stats.reconnects += 1
-        self._had_connection = True
-        self.attempt = 0
-        subs = list(self._by_name.get(key, []))
-        if subs:
-            self._confirmed.add(key)
-        return kind, subs
-
-    def ready(self) -> bool:
-        """Every subscription is confirmed on the current connection (and so replayed)."""
-        return set(self._by_name) <= self._confirmed
-
-    # -- events ----------------------------------------------------------------------
-
-    def route(self, message: Mapping[str, Any]) -> list[Delivery]:
-        """A pub/sub message -> the (subscription, event) pairs to deliver, duplicates dropped.
-
-        A payload that is not an envelope is logged and counted, never raised: one bad
-        publisher must not stop the subscriber.
-        """
-        kind: Kind = "pattern" if message["type"] == "pmessage" else "channel"
-        channel = as_text(message["channel"])
-        name = as_text(message["pattern"]) if kind == "pattern" else channel
-        subs = self._by_name.get((kind, name))
-        if not subs:
-            return []
-        try:
-            event = decode_envelope(channel, message["data"])
-        except InvalidEnvelope as exc:
-            self.stats.malformed += 1
-            log.warning("skipped a malformed message on %s: %s (%.200r)", channel, exc, message["data"])
-            return []
-        return self._accept(subs, [event], "live")
-
-    def replay_batches(
-        self, subs: list[Subscription], kind: Kind, name: str, matching: list[str]
-    ) -> list[dict[str, str]]:
-        """Replay start positions, in batches: per channel the oldest position among `subs`.
-
-        For a pattern, `matching` (streams found by SCAN) adds channels first used while
-        the subscriber was away; they start at the subscription's baseline.
-        """
-        if kind == "channel":
-            channels = [name]
-        else:
-            channels = sorted({ch for sub in subs for ch in sub.positions}.union(matching))
-        return [
-            {
-                ch: format_stream_id(min(sub.position(ch) for sub in subs))
-                for ch in channels[i : i + REPLAY_BATCH]
-            }
-            for i in range(0, len(channels), REPLAY_BATCH)
-        ]
-
-    def route_replay(
-        self, subs: list[Subscription], events: Mapping[str, list[Event]]
-    ) -> tuple[list[Delivery], dict[str, str]]:
-        """Replayed events -> the pairs to deliver, and where to read on (channels that returned any)."""
-        out = []
-        for channel_events in events.values():
-            out.extend(self._accept(subs, channel_events, "replayed"))
-        return out, {ch: evs[-1].id for ch, evs in events.items() if evs}
-
-    def _accept(
-        self, subs: list[Subscription], events: list[Event], counter: Literal["live", "replayed"]
-    ) -> list[Delivery]:
-        out = []
-        for event in events:
-            for sub in subs:
-                if sub.accept(event):
-                    out.append((sub, event))
-                    setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-                else:
-                    self.stats.duplicates += 1
-        return out
 
 
 class Subscriber:
@@ -317,13 +165,7 @@ class Subscriber:
                     self._step()
             except Exception as exc:
                 self._disconnect()
-                delay = self._backoff(self._book.attempt)
-                self._book.attempt += 1
-                if isinstance(exc, redis.ConnectionError | redis.TimeoutError | ConnectionError):
-                    log.warning("realtime subscriber lost Redis (%s); reconnecting in %.2f s", exc, delay)
-                else:
-                    log.exception("realtime subscriber failed; reconnecting in %.2f s", delay)
-                self._stop.wait(delay)
+                self._stop.wait(self._book.lost(exc, self._backoff))
         self._disconnect()
 
     def _connect(self) -> None:
@@ -351,13 +193,9 @@ class Subscriber:
         while not self._commands.empty():  # only this thread takes from the queue
             op, sub = self._commands.get_nowait()
             action = self._book.apply(op, sub)
-            if action == "subscribe":
-                (pubsub.subscribe if sub.kind == "channel" else pubsub.psubscribe)(sub.name)
-            elif action == "unsubscribe":
-                unsubscribe: Callable[[str], object] = (
-                    pubsub.unsubscribe if sub.kind == "channel" else pubsub.punsubscribe
-                )
-                unsubscribe(sub.name)
+            command = pubsub_command(action, sub)
+            if command is not None:
+                getattr(pubsub, command)(sub.name)
             elif action == "replay":
                 self._replay([sub], sub.kind, sub.name)
         message = pubsub.get_message(timeout=self._poll_interval_s)
@@ -369,13 +207,12 @@ class Subscriber:
                     self._ready.set()
 
     def _handle(self, message: Mapping[str, Any]) -> None:
-        if message["type"] in ("message", "pmessage"):
-            for sub, event in self._book.route(message):
-                self._deliver(sub, event)
-        elif message["type"] in ("subscribe", "psubscribe"):
-            kind, subs = self._book.confirmed(message["type"], message["channel"])
-            if subs:
-                self._replay(subs, kind, as_text(message["channel"]))
+        deliveries, replay = self._book.received(message)
+        for sub, event in deliveries:
+            self._deliver(sub, event)
+        if replay is not None:
+            kind, subs, name = replay
+            self._replay(subs, kind, name)
 
     def _replay(self, subs: list[Subscription], kind: Kind, name: str) -> None:
         matching = self._service.channels_matching(name) if kind == "pattern" else []
@@ -389,6 +226,5 @@ class Subscriber:
     def _deliver(self, sub: Subscription, event: Event) -> None:
         try:
             sub.handler(event)
-        except Exception:
-            self._book.stats.handler_errors += 1
-            log.exception("realtime handler %r failed on %s event %s", sub.handler, event.channel, event.id)
+        except Exception as exc:
+            self._book.handler_failed(sub, event, exc)

@@ -13,7 +13,7 @@ import redis
 import rq
 
 from cache import keys
-from cache.appcache import service as cache_module
+from cache.appcache import steps as cache_steps
 from cache.appcache.service import (
     MISSING,
     CacheSerializationError,
@@ -262,7 +262,7 @@ def test_fast_value_is_not_refreshed_early_even_on_eager_dice(
         def random() -> float:
             return 0.999999  # u = 1e-6: the largest gap XFetch will ever draw here
 
-    monkeypatch.setattr(cache_module, "random", EagerDice)
+    monkeypatch.setattr(cache_steps, "random", EagerDice)
     fetcher = CountingFetcher("v2")
     assert service.get_or_set("k", fetcher, ttl_s=100) == "v1"  # the fetch took microseconds
     assert fetcher.calls == 0

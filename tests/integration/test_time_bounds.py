@@ -14,13 +14,14 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis
 
-from cache import connections
+from cache import AsyncCacheService, AsyncRateLimiter, connections
 from cache.appcache.breaker import CircuitBreaker
 from cache.appcache.service import CacheService
 from cache.appcache.stats import CacheStats
@@ -120,6 +121,22 @@ def _web_tier_calls(s: Services) -> dict[str, tuple[Callable[[], object], Callab
             raised(RedisUnavailable),
         ),
         "AsyncRealtimeService.publish": (_publish_async, raised(RedisUnavailable)),
+        "AsyncRateLimiter.check": (
+            lambda: _on_loop(AsyncRateLimiter, lambda lim: lim.check("client-1", 10, 60)),
+            decision(True),
+        ),
+        "AsyncRateLimiter.limit_api": (
+            lambda: _on_loop(AsyncRateLimiter, lambda lim: lim.limit_api("key-1")),
+            decision(False),
+        ),
+        "AsyncCacheService.get_or_set": (
+            lambda: _on_loop(AsyncCacheService, lambda c: c.get_or_set("k", lambda: "fetched")),
+            lambda o: o == "fetched",
+        ),
+        "AsyncCacheService.set": (
+            lambda: _on_loop(AsyncCacheService, lambda c: c.set("k", 2)),
+            lambda o: o is None,
+        ),
         "jobs.enqueue.enqueue": (
             lambda: enqueue("email", "jobs.diagnostics.noop"),
             raised(EnqueueUnavailable),
@@ -140,6 +157,19 @@ def _publish_async() -> str:
             await service.client.aclose()
 
     return asyncio.run(publish())
+
+
+def _on_loop(make: Callable[[], Any], call: Callable[[Any], Awaitable[object]]) -> object:
+    """`call(service)` on a new asyncio service with its default client, on a fresh event loop."""
+
+    async def main() -> object:
+        service = make()
+        try:
+            return await call(service)
+        finally:
+            await service.client.aclose()
+
+    return asyncio.run(main())
 
 
 def _run(call: Callable[[], object]) -> tuple[float, object]:

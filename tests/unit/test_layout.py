@@ -73,9 +73,11 @@ def test_no_module_or_function_is_too_long_to_read_whole() -> None:
 
 SERVICE_CLASSES = (
     "cache.appcache.CacheService",
+    "cache.appcache.AsyncCacheService",
     "cache.sessions.SessionService",
     "cache.sessions.AsyncSessionService",
     "cache.ratelimit.RateLimiter",
+    "cache.ratelimit.AsyncRateLimiter",
     "cache.realtime.RealtimeService",
     "cache.realtime.AsyncRealtimeService",
     "cache.realtime.Subscriber",

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from cache.realtime.book import REPLAY_BATCH, SubscriptionBook
 from cache.realtime.envelope import MAX_SEQ, Event, Subscription, envelope_from_body, parse_stream_id
-from cache.realtime.subscriber import REPLAY_BATCH, SubscriptionBook
 
 pytestmark = pytest.mark.realtime
 

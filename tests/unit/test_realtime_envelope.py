@@ -277,8 +277,9 @@ def test_limits_must_be_positive_integers(kwargs: dict[str, object], name: str) 
 
 def test_publish_call_validates_and_uses_the_injected_clock() -> None:
     core = RealtimeCore(stream_maxlen=50, stream_ttl_s=60, clock=lambda: NOW.timestamp())
-    script_keys, args = core._publish_call("user:9:events", "report.ready", {"id": 1})
+    script_keys, args, errors = core._publish_call("user:9:events", "report.ready", {"id": 1})
     assert script_keys == ["kx:stream:user:9:events"]
+    assert errors.action == "publish 'report.ready' to user:9:events"
     assert args[:3] == ["user:9:events", 50, 60_000]
     assert orjson.loads(args[3])["timestamp"] == "2024-05-01T11:00:00.123Z"
     with pytest.raises(InvalidEvent, match="channel must be"):
