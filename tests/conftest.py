@@ -37,6 +37,7 @@ pytest_plugins = [
     "tests.integration.realtime_fixtures",
     "tests.integration.reports_fixtures",
     "tests.integration.sentinel",
+    "tests.integration.starlette_fixtures",
 ]
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

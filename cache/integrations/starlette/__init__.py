@@ -1,0 +1,36 @@
+"""Starlette and FastAPI adapters: sessions, rate limits (and their headers), in pure ASGI middleware.
+
+```python
+app = Starlette(routes=..., middleware=[
+    Middleware(SessionMiddleware),  # outermost: a route needing the session gets 503 without Redis
+    Middleware(RateLimitMiddleware, limits=("ip",)),
+])
+```
+"""
+
+from cache.integrations.starlette.ratelimit import RateLimited, RateLimitMiddleware, rate_limit, request_ip
+from cache.integrations.starlette.sessions import (
+    DEFAULT_COOKIE_NAME,
+    RequestSession,
+    SessionMiddleware,
+    load_session,
+    login,
+    logout,
+    logout_everywhere,
+    rotate_session,
+)
+
+__all__ = [
+    "DEFAULT_COOKIE_NAME",
+    "RateLimitMiddleware",
+    "RateLimited",
+    "RequestSession",
+    "SessionMiddleware",
+    "load_session",
+    "login",
+    "logout",
+    "logout_everywhere",
+    "rate_limit",
+    "request_ip",
+    "rotate_session",
+]

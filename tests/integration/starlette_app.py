@@ -1,0 +1,73 @@
+"""A Starlette app using only `cache.integrations.starlette`, served by uvicorn in the tests."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from cache.integrations.starlette import (
+    RateLimitMiddleware,
+    SessionMiddleware,
+    load_session,
+    login,
+    logout,
+    logout_everywhere,
+    rate_limit,
+    rotate_session,
+)
+from cache.limits import Preset
+
+login_limit = rate_limit(Preset(scope="login", limit=3, window_s=60, identifier_kind="ip"))
+
+
+async def static(request: Request) -> Response:
+    return PlainTextResponse("static")
+
+
+async def sign_in(request: Request) -> Response:
+    await login_limit(request)
+    await login(request, request.query_params["user"], {"role": "member"})
+    return JSONResponse({"ok": True})
+
+
+async def me(request: Request) -> Response:
+    session = await load_session(request)
+    return JSONResponse({"user_id": session.user_id, "data": dict(session) if session.user_id else None})
+
+
+async def put(request: Request) -> Response:
+    session = await load_session(request)
+    for name, value in request.query_params.items():
+        session[name] = value
+    return JSONResponse({"ok": True})
+
+
+async def rotate(request: Request) -> Response:
+    await rotate_session(request, {"role": "admin"})
+    return JSONResponse({"ok": True})
+
+
+async def sign_out(request: Request) -> Response:
+    await logout(request)
+    return JSONResponse({"ok": True})
+
+
+async def everywhere(request: Request) -> Response:
+    return JSONResponse({"ended": await logout_everywhere(request)})
+
+
+app = Starlette(
+    routes=[
+        Route("/static", static),
+        Route("/login", sign_in, methods=["POST"]),
+        Route("/me", me),
+        Route("/put", put, methods=["POST"]),
+        Route("/rotate", rotate, methods=["POST"]),
+        Route("/logout", sign_out, methods=["POST"]),
+        Route("/logout-everywhere", everywhere, methods=["POST"]),
+    ],
+    middleware=[Middleware(SessionMiddleware), Middleware(RateLimitMiddleware, limits=("ip",))],
+)
