@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from cache.integrations.starlette import (
+    EventStreamResponse,
     RateLimitMiddleware,
     SessionMiddleware,
     load_session,
@@ -59,6 +60,13 @@ async def everywhere(request: Request) -> Response:
     return JSONResponse({"ended": await logout_everywhere(request)})
 
 
+async def events(request: Request) -> Response:
+    session = await load_session(request)
+    if session.user_id is None:
+        return JSONResponse({"error": "sign in"}, status_code=401)
+    return EventStreamResponse(request, session.user_id, keep_alive_s=0.5)
+
+
 app = Starlette(
     routes=[
         Route("/static", static),
@@ -68,6 +76,7 @@ app = Starlette(
         Route("/rotate", rotate, methods=["POST"]),
         Route("/logout", sign_out, methods=["POST"]),
         Route("/logout-everywhere", everywhere, methods=["POST"]),
+        Route("/events", events),
     ],
     middleware=[Middleware(SessionMiddleware), Middleware(RateLimitMiddleware, limits=("ip",))],
 )

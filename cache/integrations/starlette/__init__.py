@@ -8,6 +8,7 @@ app = Starlette(routes=..., middleware=[
 ```
 """
 
+from cache.integrations.starlette.events import EventStreamResponse, shutdown_event_streams
 from cache.integrations.starlette.ratelimit import RateLimited, RateLimitMiddleware, rate_limit, request_ip
 from cache.integrations.starlette.sessions import (
     DEFAULT_COOKIE_NAME,
@@ -22,6 +23,7 @@ from cache.integrations.starlette.sessions import (
 
 __all__ = [
     "DEFAULT_COOKIE_NAME",
+    "EventStreamResponse",
     "RateLimitMiddleware",
     "RateLimited",
     "RequestSession",
@@ -33,4 +35,5 @@ __all__ = [
     "rate_limit",
     "request_ip",
     "rotate_session",
+    "shutdown_event_streams",
 ]

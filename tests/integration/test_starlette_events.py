@@ -1,0 +1,121 @@
+"""`EventStreamResponse` under uvicorn: replay from Last-Event-ID, keep-alive, shutdown; a slow client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Callable, Iterator
+
+import pytest
+from starlette.requests import Request
+
+from cache.integrations.starlette import EventStreamResponse, shutdown_event_streams
+from cache.realtime.service import RealtimeService
+from tests.integration.starlette_fixtures import Served
+from tests.integration.test_starlette_sessions import APP, COOKIE, signed_in
+
+pytestmark = pytest.mark.realtime
+
+
+@pytest.fixture
+def served(redis_env: dict[str, str], uvicorn_app: Callable[..., Served]) -> Served:
+    return uvicorn_app(APP, "--timeout-graceful-shutdown", "30")
+
+
+def frames(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """SSE frames as {field: value}; comments become {"comment": text}."""
+    frame: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if frame:
+                yield frame
+            frame = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            name, _, value = line.partition(":")
+            frame[name] = value.strip()
+
+
+def test_stream_headers_retry_replay_and_keep_alive(served: Served, redis_env: dict[str, str]) -> None:
+    events = RealtimeService()
+    first = events.publish_user_event(42, "report.progress", {"percent": 40})
+    events.publish_user_event(42, "report.ready", {"id": "r-1"})
+    with served.client() as http:
+        sid = signed_in(http, "42")
+        headers = {"cookie": f"{COOKIE}={sid}", "last-event-id": first}
+        with http.stream("GET", "/events", headers=headers) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["cache-control"] == "no-cache"
+            assert response.headers["x-accel-buffering"] == "no"
+            seen = frames(response.iter_lines())
+            assert next(seen) == {"retry": "3000"}
+            replayed = next(seen)
+            assert replayed["event"] == "report.ready" and json.loads(replayed["data"])["data"] == {
+                "id": "r-1"
+            }
+            live_id = events.publish_user_event(42, "email.sent", {"to": 1})
+            live, comments = False, 0
+            while not (live and comments):  # the app's keep-alive is 0.5 s; pytest-timeout bounds this
+                frame = next(seen)
+                live = live or frame.get("id") == live_id
+                comments += frame == {"comment": "keep-alive"}
+
+
+def test_query_fallback_and_a_bad_id(served: Served, redis_env: dict[str, str]) -> None:
+    events = RealtimeService()
+    first = events.publish_user_event(42, "a", {})
+    events.publish_user_event(42, "b", {})
+    with served.client() as http:
+        sid = signed_in(http, "42")
+        cookie = {"cookie": f"{COOKIE}={sid}"}
+        with http.stream("GET", "/events", params={"last_event_id": first}, headers=cookie) as response:
+            seen = frames(response.iter_lines())
+            next(seen)
+            assert next(seen)["event"] == "b"
+        assert http.get("/events", headers={**cookie, "last-event-id": "junk"}).status_code == 400
+
+
+def test_sigterm_ends_open_streams_and_uvicorn_exits(served: Served) -> None:
+    with served.client() as http:
+        sid = signed_in(http, "42")
+        with http.stream("GET", "/events", headers={"cookie": f"{COOKIE}={sid}"}) as response:
+            seen = frames(response.iter_lines())
+            assert next(seen) == {"retry": "3000"}
+            served.process.send_signal(signal.SIGTERM)
+            for _ in seen:  # the stream ends instead of waiting for the graceful timeout
+                pass
+    # uvicorn re-raises the SIGTERM it handled once it is done: -15 is its clean exit
+    assert served.process.wait(timeout=20) in (0, -signal.SIGTERM), served.log()
+    assert "Finished server process" in served.log()
+    assert "timeout graceful shutdown exceeded" not in served.log()
+
+
+def test_a_client_that_stops_reading_is_closed(redis_env: dict[str, str]) -> None:
+    async def main() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/events", "headers": [], "query_string": b""}
+        response = EventStreamResponse(Request(scope), 42, buffer=3)
+        sent: list[object] = []
+        stuck = asyncio.Event()
+
+        async def receive() -> dict[str, object]:
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+            if len(sent) >= 2:  # the start and `retry:` went out, then the socket fills
+                await stuck.wait()
+
+        task = asyncio.create_task(response(scope, receive, send))
+        while len(sent) < 2:
+            await asyncio.sleep(0.01)
+        events = RealtimeService()
+        for number in range(10):
+            events.publish_user_event(42, "tick", {"n": number})
+        await asyncio.wait_for(task, timeout=20)
+        assert response.overflowed.is_set()
+        await shutdown_event_streams()
+
+    asyncio.run(main())
