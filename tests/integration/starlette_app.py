@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -12,6 +15,7 @@ from cache.integrations.starlette import (
     EventStreamResponse,
     RateLimitMiddleware,
     SessionMiddleware,
+    backchannel_logout,
     load_session,
     login,
     logout,
@@ -30,7 +34,8 @@ async def static(request: Request) -> Response:
 
 async def sign_in(request: Request) -> Response:
     await login_limit(request)
-    await login(request, request.query_params["user"], {"role": "member"})
+    idp_sid = request.query_params.get("sid")
+    await login(request, request.query_params["user"], {"role": "member"}, idp_sid=idp_sid)
     return JSONResponse({"ok": True})
 
 
@@ -67,6 +72,14 @@ async def events(request: Request) -> Response:
     return EventStreamResponse(request, session.user_id, keep_alive_s=0.5)
 
 
+# The tests pass the IdP's JWKS and issuer in the environment.
+logout_endpoint = backchannel_logout(
+    jwks=json.loads(os.environ.get("TEST_JWKS", '{"keys": []}')),
+    issuer=os.environ.get("TEST_ISSUER", "https://sso.example.test/realms/kryonix"),
+    audience="kryonix-web",
+)
+
+
 app = Starlette(
     routes=[
         Route("/static", static),
@@ -77,6 +90,7 @@ app = Starlette(
         Route("/logout", sign_out, methods=["POST"]),
         Route("/logout-everywhere", everywhere, methods=["POST"]),
         Route("/events", events),
+        Route("/backchannel-logout", logout_endpoint, methods=["POST"]),
     ],
     middleware=[Middleware(SessionMiddleware), Middleware(RateLimitMiddleware, limits=("ip",))],
 )

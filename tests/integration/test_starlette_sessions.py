@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from http.cookies import SimpleCookie
 
@@ -144,3 +145,21 @@ def test_redis_down_session_routes_503_static_routes_200(
         static = http.get("/static", headers={"cookie": f"{COOKIE}={sid}"})
         assert static.status_code == 200 and static.text == "static"
         assert "set-cookie" not in static.headers
+
+
+def test_backchannel_logout_ends_the_idp_session(
+    redis_env: dict[str, str], uvicorn_app: Callable[..., Served]
+) -> None:
+    from tests.integration.test_sessions_backchannel import JWKS, make_token
+
+    served = uvicorn_app(APP, TEST_JWKS=json.dumps(JWKS))
+    with served.client() as http:
+        sid = session_id(http.post("/login", params={"user": "42", "sid": "idp-1"}))
+        kept = session_id(http.post("/login", params={"user": "42", "sid": "idp-2"}))
+        token = make_token(sid="idp-1")
+        answer = http.post("/backchannel-logout", data={"logout_token": token})
+        assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+        assert http.post("/backchannel-logout", data={"logout_token": token}).status_code == 400  # replay
+        assert http.post("/backchannel-logout", content=b"{}").status_code == 400
+        assert me(http, sid).json()["user_id"] is None
+        assert me(http, kept).json()["user_id"] == "42"

@@ -8,6 +8,7 @@ app = Starlette(routes=..., middleware=[
 ```
 """
 
+from cache.integrations.starlette.backchannel import backchannel_logout
 from cache.integrations.starlette.events import EventStreamResponse, shutdown_event_streams
 from cache.integrations.starlette.ratelimit import RateLimited, RateLimitMiddleware, rate_limit, request_ip
 from cache.integrations.starlette.sessions import (
@@ -28,6 +29,7 @@ __all__ = [
     "RateLimited",
     "RequestSession",
     "SessionMiddleware",
+    "backchannel_logout",
     "load_session",
     "login",
     "logout",

@@ -254,9 +254,14 @@ async def load_session(request: Request) -> RequestSession:
     return await _handle(request).load()
 
 
-async def login(request: Request, user_id: str | int, data: Mapping[str, Any] | None = None) -> None:
-    """Sign in: a new session and cookie; any session the request carried is destroyed."""
-    await _handle(request).login(user_id, data)
+async def login(
+    request: Request, user_id: str | int, data: Mapping[str, Any] | None = None, **options: Any
+) -> None:
+    """Sign in: a new session and cookie; any session the request carried is destroyed.
+
+    `options` go to `AsyncSessionService.create` (`ttl_s`, `absolute_ttl_s`, `idp_sid`, `idp_sub`).
+    """
+    await _handle(request).login(user_id, data, **options)
 
 
 async def rotate_session(request: Request, changes: Mapping[str, Any] | None = None) -> None:
