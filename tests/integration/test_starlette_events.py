@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from starlette.requests import Request
 
 from cache.integrations.starlette import EventStreamResponse, shutdown_event_streams
 from cache.realtime.service import RealtimeService
+from tests.integration.processes import Processes, log_of
 from tests.integration.starlette_fixtures import Served
 from tests.integration.test_starlette_sessions import APP, COOKIE, signed_in
+from tests.waiting import wait_until
+from workers.dev.servers import free_port, wait_for_port
 
 pytestmark = pytest.mark.realtime
 
@@ -119,3 +125,45 @@ def test_a_client_that_stops_reading_is_closed(redis_env: dict[str, str]) -> Non
         await shutdown_event_streams()
 
     asyncio.run(main())
+
+
+def test_gunicorn_preload_workers_each_stream_and_stop_on_sigterm(
+    redis_env: dict[str, str], processes: Processes
+) -> None:
+    port = free_port()
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    worker = "uvicorn.workers.UvicornWorker"
+    bind = f"127.0.0.1:{port}"
+    master = processes.start(
+        gunicorn,
+        "-k",
+        worker,
+        "--preload",
+        "-w",
+        "2",
+        "-b",
+        bind,
+        "--graceful-timeout",
+        "30",
+        APP,
+        name="gunicorn",
+    )
+    wait_for_port(port, timeout_s=30)
+    events = RealtimeService()
+    with httpx.Client(base_url=f"http://{bind}", timeout=15) as http:
+        sid = signed_in(http, "42")
+        streams = [http.stream("GET", "/events", headers={"cookie": f"{COOKIE}={sid}"}) for _ in range(2)]
+        readers = [frames(stream.__enter__().iter_lines()) for stream in streams]
+        for reader in readers:
+            assert next(reader) == {"retry": "3000"}
+        wait_until(lambda: events.client.pubsub_numsub("user:42:events")[0][1] >= 1, 15, "a subscriber")
+        event_id = events.publish_user_event(42, "report.ready", {})
+        for reader in readers:  # whichever worker holds it, each stream gets the event
+            assert next(f for f in reader if "id" in f)["id"] == event_id
+        master.send_signal(signal.SIGTERM)
+        for reader in readers:
+            for _ in reader:
+                pass
+        for stream in streams:
+            stream.__exit__(None, None, None)
+    assert master.wait(timeout=25) == 0, log_of(master)
