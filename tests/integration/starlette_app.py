@@ -25,11 +25,17 @@ from cache.integrations.starlette import (
 )
 from cache.limits import Preset
 
+api_limit = rate_limit("api")  # keyed by X-API-Key, fails closed
 login_limit = rate_limit(Preset(scope="login", limit=3, window_s=60, identifier_kind="ip"))
 
 
 async def static(request: Request) -> Response:
     return PlainTextResponse("static")
+
+
+async def api(request: Request) -> Response:
+    await api_limit(request)
+    return JSONResponse({"ok": True})
 
 
 async def sign_in(request: Request) -> Response:
@@ -83,6 +89,7 @@ logout_endpoint = backchannel_logout(
 app = Starlette(
     routes=[
         Route("/static", static),
+        Route("/api", api),
         Route("/login", sign_in, methods=["POST"]),
         Route("/me", me),
         Route("/put", put, methods=["POST"]),

@@ -139,8 +139,12 @@ def test_redis_down_session_routes_503_static_routes_200(
     served = uvicorn_app(APP, REDIS_URL=server.url)
     with served.client() as http:
         sid = signed_in(http)
+        assert http.get("/api", headers={"x-api-key": "k-1"}).headers["ratelimit-policy"].startswith('"ip"')
         server.kill()
         assert me(http, sid).status_code == 503
+        closed = http.get("/api", headers={"x-api-key": "k-1"})  # the api preset fails closed
+        assert closed.status_code == 503 and closed.headers["retry-after"] == "5"
+        assert '"api";q=10000;w=3600' in closed.headers["ratelimit-policy"]
         assert http.post("/login", params={"user": "1"}).status_code == 503
         static = http.get("/static", headers={"cookie": f"{COOKIE}={sid}"})
         assert static.status_code == 200 and static.text == "static"
