@@ -121,7 +121,7 @@ def test_twenty_worker_kills_lose_no_email_and_flag_every_copy(
     killer.start()
     killer.join(120)
     assert kills == 20
-    assert smtp.handler.most_in_data >= 2 * CONCURRENCY, "workers ran their slots full"
+    assert smtp.handler.most_in_data >= CONCURRENCY, "a worker ran its slots full"
     pending = list(job_ids)
 
     def all_finished() -> bool:
