@@ -39,7 +39,7 @@ def create_app() -> Flask:
 
     @app.post("/login")
     def sign_in() -> ResponseReturnValue:
-        login(request.form["user"], {"role": "member"}, idp_sid=request.form.get("sid"))
+        login(request.form["user"], {"role": "member"}, idp_sid=request.form.get("idp_sid"))
         return "", 204
 
     @app.post("/theme")

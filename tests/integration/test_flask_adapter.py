@@ -7,15 +7,23 @@ would send it over HTTPS.
 
 from __future__ import annotations
 
+import json
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 import redis
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from cache import keys
+from cache.sessions.backchannel import BACKCHANNEL_LOGOUT_EVENT
+from tests.integration.flask_app import AUDIENCE, ISSUER
 from tests.integration.processes import Processes
 from workers.dev.servers import RedisServer, free_port, wait_for_port
 
@@ -24,6 +32,8 @@ pytestmark = [pytest.mark.sessions, pytest.mark.ratelimit]
 COOKIE = "__Host-session"
 TIMEOUT_S = 10.0  # generous bound on every request; an outage must answer well within it
 Serve = Callable[..., str]
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+JWKS = {"keys": [{**RSAAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": "k1", "alg": "RS256"}]}
 
 
 @pytest.fixture
@@ -57,8 +67,8 @@ def session_cookie(response: httpx.Response) -> tuple[str, list[str]]:
     return value.split("=", 1)[1], attributes
 
 
-def sign_in(base: str, user: str, sid: str | None = None, **form: str) -> str:
-    response = call("POST", f"{base}/login", sid, data={"user": user, **form})
+def sign_in(base: str, user: str, cookie: str | None = None, **form: str) -> str:
+    response = call("POST", f"{base}/login", cookie, data={"user": user, **form})
     assert response.status_code == 204, response.text
     return session_cookie(response)[0]
 
@@ -85,7 +95,7 @@ def test_the_cookie_holds_only_the_id_with_safe_flags(serve: Serve, primary: red
 def test_login_never_keeps_a_planted_id(serve: Serve) -> None:
     base = serve()
     planted = sign_in(base, "mallory")
-    victim = sign_in(base, "victim", sid=planted)
+    victim = sign_in(base, "victim", cookie=planted)
     assert victim != planted
     assert whoami(base, planted) is None  # the planted id died at the login
     assert whoami(base, victim) == "victim"
@@ -183,3 +193,25 @@ def test_redis_down_session_routes_503_static_routes_200(
     assert limited.status_code == 200 and "RateLimit-Policy" in limited.headers
     server.start()
     assert whoami(base, sid) == "alice"
+
+
+def logout_token(**claims: object) -> str:
+    now = int(time.time())
+    payload = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 120, "jti": uuid.uuid4().hex}
+    payload["events"] = {BACKCHANNEL_LOGOUT_EVENT: {}}
+    return jwt.encode(
+        {**payload, **claims}, KEY, algorithm="RS256", headers={"kid": "k1", "typ": "logout+jwt"}
+    )
+
+
+def test_backchannel_logout_ends_the_idp_session(serve: Serve) -> None:
+    base = serve(TEST_JWKS=json.dumps(JWKS))
+    first, second = sign_in(base, "alice", idp_sid="idp-1"), sign_in(base, "alice")
+    token = logout_token(sid="idp-1")
+    response = call("POST", f"{base}/backchannel-logout", data={"logout_token": token})
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+    assert whoami(base, first) is None and whoami(base, second) == "alice"
+    replayed = call("POST", f"{base}/backchannel-logout", data={"logout_token": token})
+    assert replayed.status_code == 400 and replayed.json()["error"] == "invalid_request"
+    assert call("POST", f"{base}/backchannel-logout", data={"logout_token": "x.y.z"}).status_code == 400
+    assert call("GET", f"{base}/backchannel-logout").status_code == 405
