@@ -1,4 +1,4 @@
-"""Flask adapter: server-side `flask.session`, rate limits, back-channel logout.
+"""Flask adapter: server-side `flask.session`, rate limits, SSE, back-channel logout.
 
 `init_app(app)` and the view helpers below are the whole integration; docs/flask.md
 shows an app using only them. The pieces live in `flask_sessions` and `flask_limits`.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from cache.integrations.flask_events import close_event_streams, event_stream
 from cache.integrations.flask_limits import backchannel_logout_view, rate_limit, request_ip
 from cache.integrations.flask_sessions import (
     EXTENSION,
@@ -31,6 +32,8 @@ __all__ = [
     "ServerSessionInterface",
     "SessionOptions",
     "backchannel_logout_view",
+    "close_event_streams",
+    "event_stream",
     "init_app",
     "login",
     "logout",

@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 
 from cache.integrations.flask import (
     backchannel_logout_view,
+    event_stream,
     init_app,
     login,
     logout,
@@ -74,6 +75,14 @@ def create_app() -> Flask:
     @rate_limit("api")
     def api() -> ResponseReturnValue:
         return "ok"
+
+    @app.get("/events")
+    def events() -> ResponseReturnValue:
+        user_id = session_user_id()
+        if user_id is None:
+            return "", 401
+        keepalive_s = float(os.environ.get("TEST_KEEPALIVE_S", "15"))
+        return event_stream(user_id, keepalive_s=keepalive_s)
 
     jwks = os.environ.get("TEST_JWKS")
     if jwks:
