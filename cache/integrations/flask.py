@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from cache.integrations.flask_events import close_event_streams, event_stream
+from cache.integrations.flask_events import close_event_streams, end_streams_on_sigterm, event_stream
 from cache.integrations.flask_limits import backchannel_logout_view, rate_limit, request_ip
 from cache.integrations.flask_sessions import (
     EXTENSION,
@@ -33,6 +33,7 @@ __all__ = [
     "SessionOptions",
     "backchannel_logout_view",
     "close_event_streams",
+    "end_streams_on_sigterm",
     "event_stream",
     "init_app",
     "login",

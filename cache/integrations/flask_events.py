@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import threading
 from collections.abc import Iterator
+from types import FrameType
 
 from flask import Response, request
 
@@ -27,6 +29,7 @@ __all__ = [
     "DEFAULT_RETRY_MS",
     "EventStream",
     "close_event_streams",
+    "end_streams_on_sigterm",
     "event_stream",
 ]
 
@@ -98,14 +101,35 @@ def _current_hub() -> _Hub:
 
 
 def close_event_streams() -> None:
-    """End every open stream of this process and stop its subscriber (call at shutdown)."""
+    """End every open stream of this process and stop its subscriber (call at shutdown).
+
+    Takes no lock, so a signal handler may call it.
+    """
     global _hub
-    with _lock:
-        hub, _hub = _hub, None
+    hub, _hub = _hub, None
     if hub is not None and hub.pid == os.getpid():
         for stream in list(hub.streams):
             stream.close()
         hub.subscriber.stop()
+
+
+def end_streams_on_sigterm() -> None:
+    """Chain SIGTERM to `close_event_streams`, then to the handler already installed.
+
+    Call it in the worker's main thread after the server set its own handlers, e.g.
+    gunicorn's `post_worker_init`; streams then end at once and the graceful shutdown
+    does not wait for its timeout.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        close_event_streams()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def event_stream(

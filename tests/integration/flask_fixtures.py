@@ -29,7 +29,7 @@ def serve(processes: Processes) -> Serve:
         port = free_port()
         gunicorn = str(Path(sys.executable).parent / "gunicorn")
         processes.start(
-            gunicorn, "-w", "2", *options, "-b", f"127.0.0.1:{port}", "--graceful-timeout", "1",
+            gunicorn, "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "1", *options,
             "tests.integration.flask_app:create_app()", name="gunicorn", **env,
         )  # fmt: skip
         wait_for_port(port, timeout_s=30)

@@ -6,6 +6,8 @@ Events are published with `RealtimeService` on the test PRIMARY; the stream repl
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -17,6 +19,8 @@ from cache.integrations.flask_events import EventStream
 from cache.realtime.envelope import Event
 from cache.realtime.service import RealtimeService
 from tests.integration.flask_fixtures import COOKIE, TIMEOUT_S, Serve, call, sign_in
+from tests.integration.processes import Processes
+from workers.dev.servers import PROJECT_ROOT
 
 pytestmark = pytest.mark.realtime
 
@@ -98,3 +102,17 @@ def test_close_ends_a_waiting_stream() -> None:
     closer.start()
     assert list(reader) == []  # woken by close(), not by the 30 s keep-alive
     closer.join()
+
+
+def test_streams_end_when_gunicorn_shuts_down(serve: Serve, processes: Processes) -> None:
+    config = str(PROJECT_ROOT / "tests/integration/gunicorn_flask.conf.py")
+    base = serve(*GTHREAD, "-c", config, "--graceful-timeout", "120")
+    sid = sign_in(base, "alice")
+    with httpx.Client(timeout=TIMEOUT_S, headers={"Cookie": f"{COOKIE}={sid}"}) as client:
+        with client.stream("GET", f"{base}/events") as response:
+            reader = frames(response)
+            assert next(reader) == {"retry": "3000"}
+            master = processes.started[-1]
+            os.kill(master.pid, signal.SIGTERM)
+            assert list(reader) == []  # the stream ended, long before the 120 s graceful timeout
+    master.wait(timeout=60)
