@@ -172,7 +172,8 @@ class ServerSessionInterface(SessionInterface):
             unavailable_in_place(response)
             return
         options = extension(app).options
-        if session.ended:
+        stale = session.loaded and session.record is None and bool(session.cookie_id)
+        if session.ended or stale:  # logged out, or a cookie naming no live session: drop it
             response.delete_cookie(
                 options.cookie_name,
                 path=options.path,

@@ -50,7 +50,10 @@ def test_login_never_keeps_a_planted_id(serve: Serve) -> None:
     assert victim != planted
     assert whoami(base, planted) is None  # the planted id died at the login
     assert whoami(base, victim) == "victim"
-    assert whoami(base, "forged-" + "A" * 36) is None
+    forged = call("GET", f"{base}/me", "forged-" + "A" * 36)
+    assert (
+        forged.json()["user"] is None and "Max-Age=0" in session_cookie(forged)[1]
+    )  # a stale cookie is dropped
 
 
 def test_rotation_gives_a_new_id_and_kills_the_old(serve: Serve) -> None:
@@ -142,6 +145,9 @@ def test_redis_down_session_routes_503_static_routes_200(
     assert call("GET", f"{base}/static", sid).status_code == 200  # a cookie alone reads nothing
     limited = call("GET", f"{base}/limited")  # the per-address preset fails open
     assert limited.status_code == 200 and "RateLimit-Policy" in limited.headers
+    api = call("GET", f"{base}/api", headers={"X-API-Key": "k-1"})  # the API quota fails closed
+    assert api.status_code == 503 and api.json() == {"error": "rate_limit_unavailable"}
+    assert api.headers["Retry-After"] == "5"
     server.start()
     assert whoami(base, sid) == "alice"
 

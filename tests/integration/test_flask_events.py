@@ -41,8 +41,11 @@ def frames(response: httpx.Response) -> Iterator[dict[str, str]]:
             frame = {}
 
 
-def test_replay_then_live_then_resume_from_last_event_id(serve: Serve, primary: redis.Redis) -> None:
-    base = serve(*GTHREAD)
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
+def test_replay_then_live_then_resume_from_last_event_id(
+    serve: Serve, primary: redis.Redis, preload: bool
+) -> None:
+    base = serve(*GTHREAD, *(["--preload"] if preload else []))
     sid = sign_in(base, "alice")
     events = RealtimeService(primary)
     first = events.publish_user_event("alice", "report.progress", {"percent": 40})
