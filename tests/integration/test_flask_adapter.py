@@ -8,6 +8,8 @@ would send it over HTTPS.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -172,3 +174,20 @@ def test_backchannel_logout_ends_the_idp_session(serve: Serve) -> None:
     assert replayed.status_code == 400 and replayed.json()["error"] == "invalid_request"
     assert call("POST", f"{base}/backchannel-logout", data={"logout_token": "x.y.z"}).status_code == 400
     assert call("GET", f"{base}/backchannel-logout").status_code == 405
+
+
+def test_a_hung_redis_answers_503_within_the_call_bound(
+    serve: Serve, redis_factory: Callable[..., RedisServer]
+) -> None:
+    server = redis_factory(name="flask-hung")
+    base = serve(REDIS_URL=server.url)
+    sid = sign_in(base, "alice")
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        response = call("GET", f"{base}/me", sid)  # bounded by REDIS_CALL_TIMEOUT, well inside TIMEOUT_S
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert call("GET", f"{base}/static", sid).status_code == 200
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert whoami(base, sid) == "alice"
