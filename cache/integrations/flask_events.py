@@ -1,0 +1,165 @@
+"""Server-Sent Events for Flask: a user's events as a streaming `Response`.
+
+One `Subscriber` (one pub/sub connection, one thread) per worker process, started on
+the first stream, so nothing connects at import and a fork (gunicorn `--preload`)
+never shares a subscriber: a process that finds one made by its parent builds its
+own. Each stream is one subscription feeding a bounded queue; a client that stops
+reading fills it and is closed (its browser reconnects with `Last-Event-ID` and
+replays what it missed) instead of growing the buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+from flask import Response, request
+
+from cache.realtime.envelope import Event, InvalidEvent, to_sse
+from cache.realtime.subscriber import Subscriber
+
+__all__ = [
+    "DEFAULT_BUFFER_EVENTS",
+    "DEFAULT_KEEPALIVE_S",
+    "DEFAULT_RETRY_MS",
+    "EventStream",
+    "close_event_streams",
+    "end_streams_on_sigterm",
+    "event_stream",
+]
+
+DEFAULT_RETRY_MS = 3_000  # the browser's reconnect delay (`retry:`)
+DEFAULT_KEEPALIVE_S = 15.0  # a comment this often keeps proxies from closing an idle stream
+DEFAULT_BUFFER_EVENTS = 256  # events held for one slow client before it is closed
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+_CLOSE = object()  # the queue's end marker
+
+
+class EventStream:
+    """One client's bounded buffer and its SSE frames; framework-free, so tests drive it directly."""
+
+    def __init__(self, *, buffer_events: int, keepalive_s: float, retry_ms: int) -> None:
+        self.queue: queue.Queue[object] = queue.Queue(maxsize=buffer_events)
+        self.keepalive_s = keepalive_s
+        self.retry_ms = retry_ms
+        self.ended = False
+
+    def offer(self, event: Event) -> None:
+        """The subscriber's handler: never blocks the subscriber thread; a full buffer closes the stream."""
+        if self.ended:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except queue.Full:
+            self.ended = True
+
+    def close(self) -> None:
+        """End the stream at its next wake-up (server shutdown)."""
+        self.ended = True
+        with contextlib.suppress(queue.Full):  # a full buffer: `ended` stops the loop before its next read
+            self.queue.put_nowait(_CLOSE)
+
+    def frames(self) -> Iterator[str]:
+        """`retry:`, then one frame per event and a comment per idle `keepalive_s`, until closed."""
+        yield f"retry: {self.retry_ms}\n\n"
+        while not self.ended:
+            try:
+                item = self.queue.get(timeout=self.keepalive_s)
+            except queue.Empty:
+                yield ": keep-alive\n\n"
+                continue
+            if not isinstance(item, Event):
+                return
+            yield to_sse(item)
+
+
+class _Hub:
+    """This process's subscriber and open streams; rebuilt in a forked child."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.subscriber = Subscriber()
+        self.streams: set[EventStream] = set()
+
+
+_lock = threading.Lock()
+_hub: _Hub | None = None
+
+
+def _current_hub() -> _Hub:
+    global _hub
+    with _lock:
+        if _hub is None or _hub.pid != os.getpid():
+            _hub = _Hub()  # a parent's subscriber thread does not exist in a forked child
+            _hub.subscriber.start()
+        return _hub
+
+
+def close_event_streams() -> None:
+    """End every open stream of this process and stop its subscriber (call at shutdown).
+
+    Takes no lock, so a signal handler may call it.
+    """
+    global _hub
+    hub, _hub = _hub, None
+    if hub is not None and hub.pid == os.getpid():
+        for stream in list(hub.streams):
+            stream.close()
+        hub.subscriber.stop()
+
+
+def end_streams_on_sigterm() -> None:
+    """Chain SIGTERM to `close_event_streams`, then to the handler already installed.
+
+    Call it in the worker's main thread after the server set its own handlers, e.g.
+    gunicorn's `post_worker_init`; streams then end at once and the graceful shutdown
+    does not wait for its timeout.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        close_event_streams()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def event_stream(
+    user_id: str | int,
+    *,
+    last_event_id: str | None = None,
+    retry_ms: int = DEFAULT_RETRY_MS,
+    keepalive_s: float = DEFAULT_KEEPALIVE_S,
+    buffer_events: int = DEFAULT_BUFFER_EVENTS,
+) -> Response:
+    """A `text/event-stream` response of `user_id`'s events, replaying those after the last seen.
+
+    Take `user_id` from the session, never from the request. The position is
+    `last_event_id`, else the `Last-Event-ID` header (a reconnecting browser), else the
+    `last_event_id` query parameter (a reloaded page); a malformed one answers 400.
+    """
+    since = last_event_id or request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    hub = _current_hub()
+    stream = EventStream(buffer_events=buffer_events, keepalive_s=keepalive_s, retry_ms=retry_ms)
+    try:
+        subscription = hub.subscriber.subscribe_user(user_id, stream.offer, since=since or None)
+    except InvalidEvent:
+        return Response("bad Last-Event-ID\n", status=400, mimetype="text/plain")
+    hub.streams.add(stream)
+
+    def body() -> Iterator[str]:
+        try:
+            yield from stream.frames()
+        finally:  # the client went away, overflowed, or the server is shutting down
+            hub.streams.discard(stream)
+            hub.subscriber.unsubscribe(subscription)
+
+    return Response(body(), mimetype="text/event-stream", headers=SSE_HEADERS)
