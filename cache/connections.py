@@ -142,6 +142,8 @@ def _client_kwargs(
     }
     if settings.redis_password:
         kwargs["password"] = settings.redis_password
+    if url_for(role, settings).startswith("unix:"):
+        del kwargs["socket_keepalive"]  # a TCP option: redis.asyncio's Unix connection refuses it
     return kwargs
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cache.connections import Role, build_client, ping
+from cache.connections import Role, build_async_client, build_client, ping
 from cache.errors import ConfigError, RedisUnavailable
 from cache.health import check_eviction_policy, role_status
 from cache.settings import Settings
@@ -255,3 +255,23 @@ def test_status_works_when_config_is_renamed(redis_factory: Factory) -> None:
     assert status.reachable
     assert status.maxmemory_policy == "noeviction"
     assert status.warning is None
+
+
+def test_a_unix_socket_url_works_for_sync_and_async_clients(
+    redis_factory: Callable[..., RedisServer], tmp_path: Path, settings_env: Callable[..., None]
+) -> None:
+    import asyncio
+
+    socket_path = tmp_path / "redis.sock"
+    redis_factory(PRIMARY_CONF, "--unixsocket", str(socket_path), "--unixsocketperm", "700", name="unix")
+    settings_env(REDIS_URL=f"unix://{socket_path}", CACHE_REDIS_URL=f"unix://{socket_path}")
+    assert build_client(Role.PRIMARY).ping()
+
+    async def ping() -> bool:
+        client = build_async_client(Role.PRIMARY)
+        try:
+            return bool(await client.ping())
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(ping())
