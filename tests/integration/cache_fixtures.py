@@ -18,7 +18,9 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FETCH_COUNT_KEY = "test:cache:fetch-count"
 GO_KEY = "test:cache:go"
-FETCH_S = 0.5  # long enough that every participant misses while the first one fetches
+ARRIVED_KEY = "test:cache:arrived"  # participants past the start line
+ARRIVALS_KEY = "test:cache:arrivals-expected"
+FETCH_S = 0.5  # after the last arrival: time for every participant to reach the lease
 
 
 class FakeClock:
@@ -65,6 +67,12 @@ def shared_fetcher(primary: Any, tag: str) -> Any:
 
     def fetch() -> dict[str, Any]:
         primary.incr(FETCH_COUNT_KEY)
+        # Hold the fetch until every participant has started (a loaded machine may take
+        # longer than any fixed sleep to schedule 50 threads), then a little longer.
+        expected = int(primary.get(ARRIVALS_KEY) or 0)
+        deadline = time.monotonic() + 30
+        while int(primary.get(ARRIVED_KEY) or 0) < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(FETCH_S)
         return {"computed_by": tag}
 
@@ -89,6 +97,7 @@ def _child(namespace: str, key: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("no go signal")
         time.sleep(0.001)
+    primary.incr(ARRIVED_KEY)
     value = service.get_or_set(key, shared_fetcher(primary, f"process-{os.getpid()}"))
     print(json.dumps(value), flush=True)
 

@@ -14,6 +14,8 @@ from cache import keys
 from cache.appcache.service import MISSING, CacheService
 from cache.appcache.stats import CacheStats
 from tests.integration.cache_fixtures import (
+    ARRIVALS_KEY,
+    ARRIVED_KEY,
     FETCH_COUNT_KEY,
     GO_KEY,
     PROJECT_ROOT,
@@ -53,11 +55,13 @@ def test_threads_and_processes_missing_one_key_fetch_once(
 
         def call(i: int) -> None:
             go.wait(30)
+            primary.incr(ARRIVED_KEY)
             results.append(service.get_or_set("hot", shared_fetcher(primary, f"thread-{i}")))
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(THREADS)]
         for thread in threads:
             thread.start()
+        primary.set(ARRIVALS_KEY, THREADS + PROCESSES)
         primary.set(GO_KEY, 1)
         go.set()
         for thread in threads:
