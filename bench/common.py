@@ -8,13 +8,17 @@ import signal
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cache import connections
 from cache.settings import reset_settings
 from workers.dev.servers import PRIMARY_CONF, PROJECT_ROOT, RedisServer
+from workers.startup import SAFE_CLASSES
+
+# Our email worker's knobs: passed through from the caller's environment to our workers only.
+OUR_PASSTHROUGH = ("EMAIL_CONCURRENCY", "SMTP_MAX_CONNECTIONS")
 
 
 @contextlib.contextmanager
@@ -105,3 +109,23 @@ def spawn_logged(
                 )
             )
     return processes
+
+
+def worker_env(
+    url: str, *, ours: bool, smtp_port: int = 0, overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The caller's environment pointed at the bench's Redis (and sink); ours also gets the README's.
+
+    Our email worker's knobs (`OUR_PASSTHROUGH`) survive the SMTP_* cleanup; `overrides`
+    (e.g. `EMAIL_CONCURRENCY` from `--email-concurrency`) go to ours only.
+    """
+    prefixes = ("RQ_", "REDIS_", "CACHE_REDIS", "SMTP_", *OUR_PASSTHROUGH)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(REDIS_URL=url, CACHE_REDIS_URL=url, BENCH_PEERS_REDIS_URL=url)
+    if smtp_port:  # the email workload's sink; a no-op run leaves SMTP at its defaults
+        env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port))
+    if ours:  # the README's environment
+        env.update(SAFE_CLASSES, RQ_REDIS_URL=url)
+        env.update({k: os.environ[k] for k in OUR_PASSTHROUGH if k in os.environ})
+        env.update(overrides or {})
+    return env

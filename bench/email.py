@@ -32,7 +32,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from bench.common import spawn_logged, stop_process_groups
+from bench.common import spawn_logged, stop_process_groups, worker_env
 
 TRANSACTIONAL = 2_000
 BASELINE = 300  # the forking worker is ~10x slower: fewer messages keep the run short
@@ -154,23 +154,6 @@ class _Sink:
 # --- worker processes ------------------------------------------------------------------------
 
 
-def _env(redis_url: str, smtp_port: int, *, kryonix: bool) -> dict[str, str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "REDIS_", "CACHE_REDIS", "SMTP_"))}
-    env.update(
-        REDIS_URL=redis_url, CACHE_REDIS_URL=redis_url, SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port)
-    )
-    if kryonix:  # the README's environment
-        env.update(
-            RQ_REDIS_URL=redis_url,
-            RQ_WORKER_CLASS="workers.worker.KryonixWorker",
-            RQ_JOB_CLASS="workers.job.KryonixJob",
-            RQ_QUEUE_CLASS="jobs.queues.KryonixQueue",
-        )
-    return env
-
-
 def _start_workers(queue: str, env: dict[str, str], logdir: Any, *, burst: bool, url: str) -> list[Any]:
     rq = str(Path(sys.executable).parent / "rq")
     command = [rq, "worker", queue, "--url", url, *(["--burst"] if burst else [])]
@@ -194,7 +177,9 @@ def _baseline(url: str, sink: _Sink, logdir: Any, sample: Any, tag: str) -> tupl
             baseline_send, "127.0.0.1", sink.port, sample["From"], to, sample["Subject"], text, html
         )
     sink.reset()
-    workers = _start_workers(BASELINE_QUEUE, _env(url, sink.port, kryonix=False), logdir, burst=True, url=url)
+    workers = _start_workers(
+        BASELINE_QUEUE, worker_env(url, ours=False, smtp_port=sink.port), logdir, burst=True, url=url
+    )
     first, last, complete = sink.wait_for(BASELINE)
     stop_process_groups(workers)
     return (BASELINE - 1) / (last - first), complete
@@ -211,7 +196,9 @@ def _transactional(url: str, sink: _Sink, logdir: Any, tag: str) -> tuple[float,
         enqueue_email(f"user{tag}-{i}@example.com", "welcome", context)
     enqueue_rate = TRANSACTIONAL / (time.perf_counter() - started)
     sink.reset()
-    workers = _start_workers("email", _env(url, sink.port, kryonix=True), logdir, burst=True, url=url)
+    workers = _start_workers(
+        "email", worker_env(url, ours=True, smtp_port=sink.port), logdir, burst=True, url=url
+    )
     first, last, complete = sink.wait_for(TRANSACTIONAL)
     stop_process_groups(workers)
     return (TRANSACTIONAL - 1) / (last - first), enqueue_rate, complete
@@ -227,7 +214,9 @@ def _bulk(
     from cache.connections import primary
     from jobs.email import enqueue_bulk_email
 
-    workers = _start_workers("email", _env(url, sink.port, kryonix=True), logdir, burst=False, url=url)
+    workers = _start_workers(
+        "email", worker_env(url, ours=True, smtp_port=sink.port), logdir, burst=False, url=url
+    )
     deadline = time.monotonic() + 60
     while len(get_keys(connection=primary())) < WORKERS and time.monotonic() < deadline:
         time.sleep(0.05)

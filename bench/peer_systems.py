@@ -12,7 +12,6 @@ arq is not measured: every arq release pins redis<6 (the project runs redis-py 8
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -22,14 +21,13 @@ from pathlib import Path
 import redis
 from rq import Queue
 
-from bench.common import spawn_logged
+from bench.common import spawn_logged, worker_env
 
 WORKERS = 2
 RQ_QUEUE = "bench-noop"
 NOOP = "jobs.diagnostics.noop"
 CELERY_APP = "bench.peer_apps.celery_app"
 # Our email worker's own knobs, passed through from the caller's environment (only to ours).
-OUR_PASSTHROUGH = ("EMAIL_CONCURRENCY", "SMTP_MAX_CONNECTIONS")
 ARQ_SKIPPED = "arq pins redis<6 (the project needs redis-py 8)"
 
 
@@ -194,31 +192,6 @@ def installed(
     ]
     skipped.append({"bench": "peers", "metric": "peer_arq", "skipped": ARQ_SKIPPED})
     return present, skipped
-
-
-def worker_env(
-    url: str, *, ours: bool, smtp_port: int = 0, overrides: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The caller's environment pointed at the bench's Redis (and sink); ours also gets the README's.
-
-    Our email worker's knobs (`OUR_PASSTHROUGH`) survive the SMTP_* cleanup; `overrides`
-    (e.g. `EMAIL_CONCURRENCY` from `--email-concurrency`) go to ours only.
-    """
-    prefixes = ("RQ_", "REDIS_", "CACHE_REDIS", "SMTP_", *OUR_PASSTHROUGH)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env.update(REDIS_URL=url, CACHE_REDIS_URL=url, BENCH_PEERS_REDIS_URL=url)
-    if smtp_port:  # the email workload's sink; a no-op run leaves SMTP at its defaults
-        env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port))
-    if ours:  # the README's environment
-        env.update(
-            RQ_REDIS_URL=url,
-            RQ_WORKER_CLASS="workers.worker.KryonixWorker",
-            RQ_JOB_CLASS="workers.job.KryonixJob",
-            RQ_QUEUE_CLASS="jobs.queues.KryonixQueue",
-        )
-        env.update({k: os.environ[k] for k in OUR_PASSTHROUGH if k in os.environ})
-        env.update(overrides or {})
-    return env
 
 
 def start(

@@ -34,9 +34,8 @@ import redis
 from rq.job import JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from bench.common import private_primary, stop_process_groups
+from bench.common import private_primary, stop_process_groups, worker_env
 from bench.email import LOGIN_URL, _Sink
-from bench.peer_systems import worker_env
 from workers.dev.servers import PROJECT_ROOT, RedisServer, free_port
 
 JOBS = 50_000

@@ -97,7 +97,7 @@ def test_wait_deliveries_ends_once_all_are_seen() -> None:
 def test_our_workers_get_the_email_concurrency_knobs_and_the_peers_do_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from bench.peer_systems import worker_env
+    from bench.common import worker_env
 
     monkeypatch.setenv("EMAIL_CONCURRENCY", "8")
     monkeypatch.setenv("SMTP_MAX_CONNECTIONS", "4")
