@@ -157,11 +157,7 @@ def check_user_id(user_id: object) -> str:
         user_id = str(user_id)
     if not isinstance(user_id, str) or not user_id:
         raise InvalidSessionArgument(f"user_id must be a non-empty string or an int, got {user_id!r}")
-    if len(user_id) > MAX_USER_ID_LENGTH:
-        raise InvalidSessionArgument(f"user_id is longer than {MAX_USER_ID_LENGTH} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in user_id):
-        raise InvalidSessionArgument(f"user_id must not contain control characters, got {user_id!r}")
-    return user_id
+    return _index_name("user_id", user_id)
 
 
 def check_idp_value(name: str, value: object) -> str | None:
@@ -174,6 +170,11 @@ def check_idp_value(name: str, value: object) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise InvalidSessionArgument(f"{name} must be a non-empty string or None, got {value!r}")
+    return _index_name(name, value)
+
+
+def _index_name(name: str, value: str) -> str:
+    """`value`, checked for use inside an index key name: bounded, no control characters."""
     if len(value) > MAX_USER_ID_LENGTH:
         raise InvalidSessionArgument(f"{name} is longer than {MAX_USER_ID_LENGTH} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
