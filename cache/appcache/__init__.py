@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from cache.exports import lazy_exports
 
 if TYPE_CHECKING:
-    from cache.appcache.async_service import AsyncCacheService
+    from cache.appcache.async_service import AsyncCacheService, async_cached, default_async_service
     from cache.appcache.breaker import BreakerState, CircuitBreaker
     from cache.appcache.cached_db import CachedDatabase, Project, User
     from cache.appcache.core import CacheSerializationError
@@ -34,9 +34,11 @@ __all__ = [
     "CircuitBreaker",
     "Project",
     "User",
+    "async_cached",
     "cache_counters",
     "cache_stats",
     "cached",
+    "default_async_service",
     "default_service",
     "flush_cache_stats",
 ]
@@ -46,6 +48,8 @@ __getattr__ = lazy_exports(
     {
         "CacheService": "cache.appcache.service",
         "AsyncCacheService": "cache.appcache.async_service",
+        "async_cached": "cache.appcache.async_service",
+        "default_async_service": "cache.appcache.async_service",
         "MISSING": "cache.appcache.service",
         "cache_counters": "cache.appcache.service",
         "cache_stats": "cache.appcache.service",

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -31,11 +32,19 @@ from cache.appcache.core import (
     check_ttl,
     new_token,
 )
-from cache.appcache.decorator import AsyncCachedFunction, KeySpec, P, R, check_key_spec
+from cache.appcache.decorator import (
+    AsyncCachedFunction,
+    KeySpec,
+    P,
+    R,
+    check_decorator_arguments,
+    check_key_spec,
+)
 from cache.appcache.stats import CacheStats, flush_counters_async
 from cache.appcache.steps import DOWN, CacheCore, FillState
+from cache.settings import Settings, get_settings
 
-__all__ = ["AsyncCacheService"]
+__all__ = ["AsyncCacheService", "async_cached", "default_async_service"]
 
 Fetcher = Callable[[], Any]  # returns the value, or an awaitable of it
 
@@ -50,8 +59,8 @@ class AsyncCacheService(CacheCore):
 
     `client` defaults to `breaker.async_cache_client()` (fail-fast, every command
     bounded by `REDIS_CALL_TIMEOUT`), sharing the process's default breaker with the
-    sync services on the default client; build one service per event loop (e.g. in the
-    ASGI lifespan) and `await service.client.aclose()` at shutdown.
+    sync services on the default client. asyncio clients belong to one event loop: build
+    one service per loop, or use `default_async_service()`/`async_cached`, which do.
     """
 
     def __init__(
@@ -270,3 +279,39 @@ class AsyncCacheService(CacheCore):
                 return False
             self._replayed(names, clear)
         return True
+
+
+_loop_services: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[Settings, dict[str, AsyncCacheService]]
+] = weakref.WeakKeyDictionary()
+
+
+def default_async_service(namespace: str = DEFAULT_NAMESPACE) -> AsyncCacheService:
+    """The running loop's `AsyncCacheService(namespace=...)`, built on first use in that loop.
+
+    One per loop because an asyncio client cannot move between loops; so a forking server
+    (`gunicorn --preload`) builds its own in each worker, and nothing connects at import.
+    Rebuilt when the settings are re-read, as `default_service` is.
+    """
+    loop = asyncio.get_running_loop()
+    settings = get_settings()
+    known = _loop_services.get(loop)
+    if known is None or known[0] is not settings:
+        known = _loop_services[loop] = (settings, {})
+    service = known[1].get(namespace)
+    if service is None:
+        service = known[1][namespace] = AsyncCacheService(namespace=namespace)
+    return service
+
+
+def async_cached(
+    ttl_s: float | None = None, key: KeySpec | None = None, *, namespace: str = DEFAULT_NAMESPACE
+) -> Callable[[Callable[P, Awaitable[R]]], AsyncCachedFunction[P, R]]:
+    """`cached` for coroutine functions: `AsyncCacheService.cached` on the running loop's
+    `default_async_service(namespace)`, resolved at each call, never at import."""
+    check_decorator_arguments(ttl_s, key, namespace)
+
+    def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
+        return AsyncCachedFunction(lambda: default_async_service(namespace), func, ttl_s, key)
+
+    return decorate

@@ -13,7 +13,13 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 import orjson
 
-from cache.appcache.core import InvalidCacheArgument, InvalidCacheArgumentType, check_key
+from cache.appcache.core import (
+    InvalidCacheArgument,
+    InvalidCacheArgumentType,
+    check_key,
+    check_namespace,
+    check_ttl,
+)
 
 MAX_READABLE_ARGS = 128  # default keys show the JSON of short argument lists and hash longer ones
 
@@ -36,6 +42,14 @@ def check_key_spec(key: object) -> None:
         raise InvalidCacheArgumentType(
             f"key must be a template string or a callable, got {type(key).__name__}"
         )
+
+
+def check_decorator_arguments(ttl_s: float | None, key: object, namespace: object) -> None:
+    """The checks of the module-level `cached`/`async_cached`, at decoration time."""
+    if ttl_s is not None:
+        check_ttl("ttl_s", ttl_s)
+    check_key_spec(key)
+    check_namespace(namespace)
 
 
 class AsyncResultStore(Protocol):

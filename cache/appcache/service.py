@@ -33,11 +33,17 @@ from cache.appcache.core import (
     CacheError,
     CacheSerializationError,
     Entry,
-    check_namespace,
     check_ttl,
     new_token,
 )
-from cache.appcache.decorator import CachedFunction, KeySpec, P, R, check_key_spec
+from cache.appcache.decorator import (
+    CachedFunction,
+    KeySpec,
+    P,
+    R,
+    check_decorator_arguments,
+    check_key_spec,
+)
 from cache.appcache.fill import LeasedFill
 from cache.appcache.stats import (
     CacheStats,
@@ -279,10 +285,7 @@ def cached(
     ttl_s: float | None = None, key: KeySpec | None = None, *, namespace: str = DEFAULT_NAMESPACE
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
     """`CacheService.cached` on `default_service(namespace)`, resolved at call time, not import time."""
-    if ttl_s is not None:
-        check_ttl("ttl_s", ttl_s)
-    check_key_spec(key)
-    check_namespace(namespace)
+    check_decorator_arguments(ttl_s, key, namespace)
 
     def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
         return CachedFunction(lambda: default_service(namespace), func, ttl_s, key)

@@ -15,6 +15,7 @@ import redis
 
 from cache import AsyncCacheService, keys
 from cache.appcache import steps as cache_steps
+from cache.appcache.async_service import async_cached, default_async_service
 from cache.appcache.breaker import BreakerState, CircuitBreaker
 from cache.appcache.core import MISSING, CacheSerializationError
 from cache.appcache.service import CacheService
@@ -159,6 +160,33 @@ def test_decorator_one_entry_per_argument_set_the_sync_keys_and_methods(cache_re
         assert sync.get("repo:item:3", MISSING) is MISSING
 
     run(body, namespace="deco")
+
+
+def test_async_cached_uses_one_default_service_per_loop_built_at_call_time(cache_redis: redis.Redis) -> None:
+    calls: list[int] = []
+
+    @async_cached(ttl_s=60, key="module:item:{item_id}", namespace="deco-default")
+    async def item(item_id: int) -> int:  # decorated outside any loop: nothing built yet
+        calls.append(item_id)
+        return item_id * 2
+
+    async def twice() -> tuple[AsyncCacheService, AsyncCacheService]:
+        assert await item(4) == await item(4) == 8
+        first, again = default_async_service("deco-default"), default_async_service("deco-default")
+        await first.client.aclose()
+        return first, again
+
+    first, again = asyncio.run(twice())
+    assert first is again and calls == [4]
+    assert CacheService(cache_redis, namespace="deco-default").get("module:item:4") == 8
+    second, _ = asyncio.run(twice())  # a new loop gets its own service (and client)
+    assert second is not first and second.client is not first.client and calls == [4]
+    reset_settings()
+    assert asyncio.run(twice())[0] is not second  # re-read settings: rebuilt
+    with pytest.raises(RuntimeError):
+        default_async_service()  # no running loop: refused, never a client for the wrong loop
+    with pytest.raises(ValueError, match="ttl_s"):
+        async_cached(ttl_s=-1)
 
 
 def test_clear_empties_one_namespace_only(cache_redis: redis.Redis) -> None:
