@@ -28,13 +28,13 @@ run: $(STAMP)
 	$(PY) -m workers dev
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cache jobs workers bench tests
-	$(VENV)/bin/ruff format --check cache jobs workers bench tests
+	$(VENV)/bin/ruff check cache jobs workers bench tests examples
+	$(VENV)/bin/ruff format --check cache jobs workers bench tests examples
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format cache jobs workers bench tests
-	$(VENV)/bin/ruff check --fix cache jobs workers bench tests
+	$(VENV)/bin/ruff format cache jobs workers bench tests examples
+	$(VENV)/bin/ruff check --fix cache jobs workers bench tests examples
 
 test: lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)

@@ -16,15 +16,17 @@ from cache.integrations.flask_sessions import (
     ServerSession,
     ServerSessionInterface,
     SessionOptions,
+    current_user,
     login,
     logout,
     logout_everywhere,
     rotate_session,
     session_user_id,
+    sign_in_required,
     unavailable,
 )
 from cache.ratelimit.service import RateLimiter
-from cache.sessions.core import SessionStoreUnavailable
+from cache.sessions.core import SessionStoreUnavailable, SignInRequired
 from cache.sessions.service import SessionService
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "SessionOptions",
     "backchannel_logout_view",
     "close_event_streams",
+    "current_user",
     "end_streams_on_sigterm",
     "event_stream",
     "init_app",
@@ -67,3 +70,4 @@ def init_app(
     )
     app.session_interface = ServerSessionInterface()
     app.register_error_handler(SessionStoreUnavailable, unavailable)
+    app.register_error_handler(SignInRequired, sign_in_required)

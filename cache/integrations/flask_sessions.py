@@ -20,7 +20,7 @@ from werkzeug.wrappers import Request as BaseRequest
 from werkzeug.wrappers import Response as BaseResponse
 
 from cache.ratelimit.service import RateLimiter
-from cache.sessions.core import Session, SessionStoreUnavailable
+from cache.sessions.core import Session, SessionStoreUnavailable, SignInRequired
 from cache.sessions.service import SessionService
 
 __all__ = [
@@ -252,23 +252,21 @@ def login(
     current.start(service.get(new_id, touch=False), new_id)
 
 
-def rotate_session(changes: Mapping[str, Any] | None = None) -> bool:
+def rotate_session(changes: Mapping[str, Any] | None = None) -> None:
     """A new id for the signed-in session (privilege change), the old id dead at once.
 
-    Returns:
-        False when there is no signed-in session.
+    Raises:
+        SignInRequired: no signed-in session (answered 401), also when it ended meanwhile.
     """
     current = _current()
-    _ = current.data
-    if current.record is None:
-        return False
+    current_user()
+    assert current.record is not None
     current.flush()
     new_id = current.service.rotate(current.record.id, changes=changes)
     if new_id is None:
         current.start(None, None)
-        return False
+        raise SignInRequired("the session ended before it could be rotated")
     current.start(current.service.get(new_id, touch=False), new_id)
-    return True
 
 
 def logout() -> bool:
@@ -281,10 +279,14 @@ def logout() -> bool:
 
 
 def logout_everywhere() -> int:
-    """End every session of the signed-in user (this one included); how many were live."""
-    user_id = session_user_id()
+    """End every session of the signed-in user (this one included); how many were live.
+
+    Raises:
+        SignInRequired: no signed-in session (answered 401).
+    """
+    user_id = current_user()
     current = _current()
-    count = current.service.destroy_all_for_user(user_id) if user_id is not None else 0
+    count = current.service.destroy_all_for_user(user_id)
     current.start(None, None)
     return count
 
@@ -295,3 +297,22 @@ def session_user_id() -> str | None:
     if not current.loaded:
         _ = current.data
     return current.record.user_id if current.record is not None else None
+
+
+def current_user() -> str:
+    """The signed-in user's id (as stored: text), for views that need one.
+
+    Raises:
+        SignInRequired: signed out (`init_app` answers it with 401).
+    """
+    user_id = session_user_id()
+    if user_id is None:
+        raise SignInRequired("this needs a signed-in session")
+    return user_id
+
+
+def sign_in_required(error: SignInRequired) -> Response:
+    response = jsonify(error="sign_in_required")
+    response.status_code = 401
+    response.headers["Cache-Control"] = "no-store"
+    return response

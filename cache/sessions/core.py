@@ -49,6 +49,10 @@ class InvalidSessionArgument(SessionError, ValueError):
     """A caller passed a user id, TTL or data item the service will not store."""
 
 
+class SignInRequired(SessionError):
+    """A call that needs a signed-in session ran in a request without one (the adapters answer 401)."""
+
+
 class SessionStoreUnavailable(SessionError, RedisUnavailable):
     """The PRIMARY Redis could not be reached or refused the operation: fail closed."""
 

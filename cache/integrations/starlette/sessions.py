@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cache.sessions.async_service import AsyncSessionService
-from cache.sessions.core import Session, SessionStoreUnavailable
+from cache.sessions.core import Session, SessionStoreUnavailable, SignInRequired
 
 __all__ = [
     "DEFAULT_COOKIE_NAME",
@@ -72,7 +72,7 @@ class RequestSession(MutableMapping[str, Any]):
         if not self._loaded:
             raise RuntimeError("await load_session(request) before reading the session")
         if self.session is None:
-            raise KeyError("no session: the request is not signed in")
+            raise SignInRequired("this needs a signed-in session")
         return self.session
 
     async def login(self, user_id: str | int, data: Mapping[str, Any] | None = None, **options: Any) -> None:
@@ -225,6 +225,12 @@ class SessionMiddleware:
             if started or scope["type"] != "http":
                 raise
             await unavailable_response()(scope, receive, send)
+        except SignInRequired:
+            if started or scope["type"] != "http":
+                raise
+            await JSONResponse({"error": "sign_in_required"}, 401, {"Cache-Control": "no-store"})(
+                scope, receive, send
+            )
 
     def _cookie(self, session_id: str | None) -> str:
         if session_id is None:
@@ -271,6 +277,18 @@ async def rotate_session(request: Request, changes: Mapping[str, Any] | None = N
 
 async def logout(request: Request) -> None:
     await _handle(request).logout()
+
+
+async def current_user(request: Request) -> str:
+    """The signed-in user's id, for routes that need one (a FastAPI dependency).
+
+    Raises:
+        SignInRequired: signed out; the middleware answers 401.
+    """
+    session = await load_session(request)
+    if session.user_id is None:
+        raise SignInRequired("this needs a signed-in session")
+    return session.user_id
 
 
 async def logout_everywhere(request: Request) -> int:

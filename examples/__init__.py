@@ -1,0 +1,1 @@
+"""Complete small web apps built only on the adapters (`cache.integrations`)."""
