@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from cache.errors import RedisUnavailable
 from cache.integrations.flask_events import close_event_streams, end_streams_on_sigterm, event_stream
 from cache.integrations.flask_limits import backchannel_logout_view, rate_limit, request_ip
 from cache.integrations.flask_sessions import (
@@ -26,7 +27,7 @@ from cache.integrations.flask_sessions import (
     unavailable,
 )
 from cache.ratelimit.service import RateLimiter
-from cache.sessions.core import SessionStoreUnavailable, SignInRequired
+from cache.sessions.core import SignInRequired
 from cache.sessions.service import SessionService
 
 __all__ = [
@@ -56,7 +57,11 @@ def init_app(
     limiter: RateLimiter | None = None,
     options: SessionOptions | None = None,
 ) -> None:
-    """Make `flask.session` server-side and let `rate_limit` find its limiter.
+    """Make `flask.session` server-side, let `rate_limit` find its limiter, answer outages with 503.
+
+    A view that raises `RedisUnavailable` (a session read, an `enqueue_*` while the
+    PRIMARY is down) answers 503 `session_store_unavailable` or `redis_unavailable`
+    (`cache.integrations.problems`) instead of 500.
 
     Args:
         app: the Flask app.
@@ -69,5 +74,5 @@ def init_app(
         options=options or SessionOptions(), session_service=sessions, limiter=limiter
     )
     app.session_interface = ServerSessionInterface()
-    app.register_error_handler(SessionStoreUnavailable, unavailable)
+    app.register_error_handler(RedisUnavailable, unavailable)
     app.register_error_handler(SignInRequired, sign_in_required)

@@ -20,6 +20,9 @@ from types import FrameType
 
 from flask import Response, request
 
+from cache.errors import KryonixError
+from cache.integrations import problems
+from cache.integrations.flask_sessions import problem_response
 from cache.realtime.envelope import Event, InvalidEvent, to_sse
 from cache.realtime.subscriber import Subscriber
 
@@ -89,6 +92,7 @@ class _Hub:
 
 _lock = threading.Lock()
 _hub: _Hub | None = None
+_closed_in: int | None = None  # the pid that called close_event_streams: it is shutting down
 
 
 def _current_hub() -> _Hub:
@@ -105,7 +109,8 @@ def close_event_streams() -> None:
 
     Takes no lock, so a signal handler may call it.
     """
-    global _hub
+    global _hub, _closed_in
+    _closed_in = os.getpid()
     hub, _hub = _hub, None
     if hub is not None and hub.pid == os.getpid():
         for stream in list(hub.streams):
@@ -144,15 +149,21 @@ def event_stream(
 
     Take `user_id` from the session, never from the request. The position is
     `last_event_id`, else the `Last-Event-ID` header (a reconnecting browser), else the
-    `last_event_id` query parameter (a reloaded page); a malformed one answers 400.
+    `last_event_id` query parameter (a reloaded page). A malformed one answers 400
+    `bad_last_event_id`; Redis down when the start position must be read, 503
+    `events_unavailable`; after `close_event_streams()`, 503 `shutting_down`.
     """
+    if _closed_in == os.getpid():
+        return problem_response(problems.shutting_down())
     since = last_event_id or request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     hub = _current_hub()
     stream = EventStream(buffer_events=buffer_events, keepalive_s=keepalive_s, retry_ms=retry_ms)
     try:
         subscription = hub.subscriber.subscribe_user(user_id, stream.offer, since=since or None)
     except InvalidEvent:
-        return Response("bad Last-Event-ID\n", status=400, mimetype="text/plain")
+        return problem_response(problems.bad_last_event_id())
+    except KryonixError:  # Redis down (or refusing): the start position could not be read
+        return problem_response(problems.events_unavailable())
     hub.streams.add(stream)
 
     def body() -> Iterator[str]:

@@ -11,12 +11,13 @@ import functools
 from collections.abc import Callable
 from typing import Any, ParamSpec, Unpack
 
-from flask import Response, current_app, jsonify, make_response, request
+from flask import Response, current_app, make_response, request
 from flask.typing import ResponseReturnValue
 
 from cache.identifiers import IdentifierKind
 from cache.integrations.client_address import client_ip
-from cache.integrations.flask_sessions import extension, session_user_id
+from cache.integrations.flask_sessions import extension, problem_response, session_user_id
+from cache.integrations.problems import rate_limit_denied
 from cache.limits import Preset
 from cache.ratelimit.core import Decision
 from cache.ratelimit.headers import rate_limit_headers
@@ -99,28 +100,15 @@ def rate_limit(
         @functools.wraps(view)
         def limited(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
             decision = _decide(own, cost, api_key_header)
-            headers = rate_limit_headers(decision)
             if not decision.allowed:
-                return _denied(decision, headers)
+                return problem_response(rate_limit_denied(decision))
             response = make_response(view(*args, **kwargs))
-            response.headers.update(headers)
+            response.headers.update(rate_limit_headers(decision))
             return response
 
         return limited
 
     return decorate
-
-
-def _denied(decision: Decision, headers: dict[str, str]) -> Response:
-    if decision.degraded:
-        response = jsonify(error="rate_limit_unavailable")
-        response.status_code = 503
-    else:
-        response = jsonify(error="rate_limited", retry_after_s=int(headers.get("Retry-After", "1")))
-        response.status_code = 429
-    response.headers.update(headers)
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 def backchannel_logout_view(

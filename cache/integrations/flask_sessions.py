@@ -14,11 +14,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, jsonify, session
+from flask import Flask, Response, session
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.wrappers import Request as BaseRequest
 from werkzeug.wrappers import Response as BaseResponse
 
+from cache.errors import RedisUnavailable
+from cache.integrations import problems
+from cache.integrations.problems import Problem
 from cache.ratelimit.service import RateLimiter
 from cache.sessions.core import Session, SessionStoreUnavailable, SignInRequired
 from cache.sessions.service import SessionService
@@ -36,7 +39,6 @@ __all__ = [
 ]
 
 EXTENSION = "kryonix"
-UNAVAILABLE_RETRY_AFTER_S = 5  # what a 503 tells the client; Redis outages are short or paged
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +99,7 @@ class ServerSession(SessionMixin):
         self.removed: set[str] = set()
         self.new_id: str | None = None  # login or rotation: send this id
         self.ended = False  # logout: delete the cookie
+        self.outage = False  # answered 503 for a Redis outage: write nothing more, set no cookie
         self.modified = False
         self.accessed = False
 
@@ -162,14 +165,14 @@ class ServerSessionInterface(SessionInterface):
         return ServerSession(ext.sessions, request.cookies.get(ext.options.cookie_name))
 
     def save_session(self, app: Flask, session: SessionMixin, response: BaseResponse) -> None:
-        if not isinstance(session, ServerSession):
+        if not isinstance(session, ServerSession) or session.outage:
             return
         if session.accessed:
             response.vary.add("Cookie")
         try:
             session.flush()
-        except SessionStoreUnavailable:
-            unavailable_in_place(response)
+        except SessionStoreUnavailable as error:
+            answer_in_place(response, problems.outage(error))
             return
         options = extension(app).options
         stale = session.loaded and session.record is None and bool(session.cookie_id)
@@ -206,19 +209,29 @@ def extension(app: Flask) -> Extension:
     return ext
 
 
-def unavailable(error: SessionStoreUnavailable) -> Response:
-    response = jsonify(error="session_store_unavailable")
-    unavailable_in_place(response)
-    return response
+def problem_response(problem: Problem) -> Response:
+    """`problem` as a Flask response."""
+    return Response(problem.content, problem.status, problem.headers, mimetype=problems.MEDIA_TYPE)
 
 
-def unavailable_in_place(response: BaseResponse) -> None:
-    """Turn `response` into the 503 of a session store outage (also after the view ran)."""
-    response.status_code = 503
-    response.set_data(b'{"error":"session_store_unavailable"}\n')
-    response.mimetype = "application/json"
-    response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_S)
-    response.headers["Cache-Control"] = "no-store"
+def unavailable(error: RedisUnavailable) -> Response:
+    """The handler `init_app` registers: a view that hit a Redis outage answers 503, not 500.
+
+    As for a session outage found after the view, the answer writes no pending session
+    change and sets no cookie (Starlette's `SessionMiddleware` answers the same way).
+    """
+    current = session  # the proxy forwards isinstance and attribute writes to the request's session
+    if isinstance(current, ServerSession):
+        current.outage = True
+    return problem_response(problems.outage(error))
+
+
+def answer_in_place(response: BaseResponse, problem: Problem) -> None:
+    """Turn `response` into `problem` (a session outage found after the view ran); no cookie is set."""
+    response.status_code = problem.status
+    response.set_data(problem.content)
+    response.mimetype = problems.MEDIA_TYPE
+    response.headers.update(problem.headers)
     response.headers.pop("Set-Cookie", None)
 
 
@@ -312,7 +325,5 @@ def current_user() -> str:
 
 
 def sign_in_required(error: SignInRequired) -> Response:
-    response = jsonify(error="sign_in_required")
-    response.status_code = 401
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    """The handler `init_app` registers: a view that needs a signed-in user answers 401."""
+    return problem_response(problems.sign_in_required())

@@ -20,13 +20,16 @@ from cache.integrations.flask import (
     rotate_session,
     session_user_id,
 )
+from jobs.email import enqueue_email
 
 ISSUER = "https://sso.example.test/realms/kryonix"
 AUDIENCE = "kryonix-web"
+LOGIN_URL = "https://x.example/login"
+DEMO_USER = "demo"
 
 
 def create_app() -> Flask:
-    """Session, rate-limit and back-channel routes; `/static` never touches Redis."""
+    """Session, rate-limit, enqueue, SSE and back-channel routes; `/static` never touches Redis."""
     app = Flask(__name__)
     init_app(app)
 
@@ -84,6 +87,15 @@ def create_app() -> Flask:
             return "", 401
         keepalive_s = float(os.environ.get("TEST_KEEPALIVE_S", "15"))
         return event_stream(user_id, keepalive_s=keepalive_s)
+
+    @app.post("/welcome")
+    def welcome() -> ResponseReturnValue:  # an enqueue: never reads the session
+        job_id = enqueue_email("ana@example.com", "welcome", {"name": "Ana", "login_url": LOGIN_URL})
+        return jsonify(job=job_id), 202
+
+    @app.get("/demo-events")
+    def demo_events() -> ResponseReturnValue:  # a stream that reads no session: Redis down reaches it
+        return event_stream(DEMO_USER)
 
     jwks = os.environ.get("TEST_JWKS")
     if jwks:

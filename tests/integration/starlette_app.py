@@ -6,6 +6,7 @@ import json
 import os
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -24,6 +25,7 @@ from cache.integrations.starlette import (
     rotate_session,
 )
 from cache.limits import Preset
+from jobs.email import enqueue_email
 
 api_limit = rate_limit("api")  # keyed by X-API-Key, fails closed
 login_limit = rate_limit(Preset(scope="login", limit=3, window_s=60, identifier_kind="ip"))
@@ -78,6 +80,16 @@ async def events(request: Request) -> Response:
     return EventStreamResponse(request, session.user_id, keep_alive_s=0.5)
 
 
+async def welcome(request: Request) -> Response:  # an enqueue (blocking: off the loop); reads no session
+    context = {"name": "Ana", "login_url": "https://x.example/login"}
+    job_id = await run_in_threadpool(enqueue_email, "ana@example.com", "welcome", context)
+    return JSONResponse({"job": job_id}, status_code=202)
+
+
+async def demo_events(request: Request) -> Response:  # a stream that reads no session: Redis down reaches it
+    return EventStreamResponse(request, "demo", keep_alive_s=0.5)
+
+
 # The tests pass the IdP's JWKS and issuer in the environment.
 logout_endpoint = backchannel_logout(
     jwks=json.loads(os.environ.get("TEST_JWKS", '{"keys": []}')),
@@ -97,7 +109,15 @@ app = Starlette(
         Route("/logout", sign_out, methods=["POST"]),
         Route("/logout-everywhere", everywhere, methods=["POST"]),
         Route("/events", events),
+        Route("/welcome", welcome, methods=["POST"]),
+        Route("/demo-events", demo_events),
         Route("/backchannel-logout", logout_endpoint, methods=["POST"]),
     ],
     middleware=[Middleware(SessionMiddleware), Middleware(RateLimitMiddleware, limits=("ip",))],
+)
+
+# An app with rate limits and no sessions: RateLimitMiddleware answers outages itself.
+limits_only = Starlette(
+    routes=[Route("/static", static), Route("/welcome", welcome, methods=["POST"])],
+    middleware=[Middleware(RateLimitMiddleware, limits=("ip",))],
 )

@@ -91,8 +91,10 @@ def test_429_with_headers_and_headers_on_allowed_responses(serve: Serve) -> None
     assert allowed[-1].headers["RateLimit"].startswith('"limited";r=0;')
     denied = call("GET", f"{base}/limited")
     assert denied.status_code == 429
-    assert denied.json()["error"] == "rate_limited"
-    assert int(denied.headers["Retry-After"]) >= 1 and "RateLimit-Policy" in denied.headers
+    retry_after_s = int(denied.headers["Retry-After"])
+    assert denied.json() == {"error": "rate_limited", "limit": "limited", "retry_after_s": retry_after_s}
+    assert retry_after_s >= 1 and "RateLimit-Policy" in denied.headers
+    assert denied.headers["Cache-Control"] == "no-store"
 
 
 @pytest.mark.parametrize(
@@ -142,16 +144,32 @@ def test_redis_down_session_routes_503_static_routes_200(
     for method, path in (("GET", "/me"), ("POST", "/login"), ("POST", "/logout"), ("POST", "/theme")):
         response = call(method, f"{base}{path}", sid, data={"user": "alice", "theme": "x"})
         assert response.status_code == 503, (path, response.text)
-        assert response.headers["Retry-After"] == "5" and "set-cookie" not in response.headers
+        assert response.json() == {"error": "session_store_unavailable"}
+        assert response.headers["Retry-After"] == "5" and response.headers["Cache-Control"] == "no-store"
+        assert "set-cookie" not in response.headers
     assert call("GET", f"{base}/static").status_code == 200
     assert call("GET", f"{base}/static", sid).status_code == 200  # a cookie alone reads nothing
     limited = call("GET", f"{base}/limited")  # the per-address preset fails open
     assert limited.status_code == 200 and "RateLimit-Policy" in limited.headers
     api = call("GET", f"{base}/api", headers={"X-API-Key": "k-1"})  # the API quota fails closed
-    assert api.status_code == 503 and api.json() == {"error": "rate_limit_unavailable"}
-    assert api.headers["Retry-After"] == "5"
+    assert api.status_code == 503 and api.json() == {"error": "rate_limit_unavailable", "limit": "api"}
+    assert api.headers["Retry-After"] == "5" and api.headers["Cache-Control"] == "no-store"
     server.start()
     assert whoami(base, sid) == "alice"
+
+
+def test_an_enqueue_while_redis_is_down_answers_503_not_500(
+    serve: Serve, redis_factory: Callable[..., RedisServer]
+) -> None:
+    server = redis_factory(name="flask-enqueue")
+    base = serve(REDIS_URL=server.url)
+    assert call("POST", f"{base}/welcome").status_code == 202
+    server.stop()
+    response = call("POST", f"{base}/welcome")  # bounded by REDIS_CALL_TIMEOUT, well inside TIMEOUT_S
+    assert response.status_code == 503 and response.json() == {"error": "redis_unavailable"}
+    assert response.headers["Retry-After"] == "5" and response.headers["Cache-Control"] == "no-store"
+    server.start()
+    assert call("POST", f"{base}/welcome").status_code == 202
 
 
 def logout_token(**claims: object) -> str:

@@ -9,18 +9,20 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 import redis
 
-from cache.integrations.flask_events import EventStream
+from cache.integrations import flask_events
+from cache.integrations.flask_events import EventStream, close_event_streams
 from cache.realtime.envelope import Event
 from cache.realtime.service import RealtimeService
+from tests.integration.flask_app import create_app
 from tests.integration.flask_fixtures import COOKIE, TIMEOUT_S, Serve, call, sign_in
 from tests.integration.processes import Processes
-from workers.dev.servers import PROJECT_ROOT
+from workers.dev.servers import PROJECT_ROOT, RedisServer
 
 pytestmark = pytest.mark.realtime
 
@@ -79,8 +81,31 @@ def test_keepalive_comments_and_refusals(serve: Serve) -> None:
             assert next(reader) == {"retry": "3000"}
             assert next(reader) == {"comment": "keep-alive"}
         for bad in ({"headers": {"Last-Event-ID": "not-an-id"}}, {"params": {"last_event_id": "1-0; x"}}):
-            assert client.get(f"{base}/events", **bad).status_code == 400  # type: ignore[arg-type]
+            refused = client.get(f"{base}/events", **bad)  # type: ignore[arg-type]
+            assert refused.status_code == 400 and refused.json() == {"error": "bad_last_event_id"}
+            assert refused.headers["Cache-Control"] == "no-store"
     assert call("GET", f"{base}/events").status_code == 401
+
+
+def test_redis_down_at_connect_answers_503_events_unavailable(
+    serve: Serve, redis_factory: Callable[..., RedisServer]
+) -> None:
+    server = redis_factory(name="flask-events")
+    base = serve(*GTHREAD, REDIS_URL=server.url)
+    server.stop()
+    response = call("GET", f"{base}/demo-events")  # the start position cannot be read
+    assert response.status_code == 503 and response.json() == {"error": "events_unavailable"}
+    assert response.headers["Retry-After"] == "5" and response.headers["Cache-Control"] == "no-store"
+
+
+def test_after_close_event_streams_new_streams_answer_503_shutting_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(flask_events, "_closed_in", None)  # restored after the test
+    close_event_streams()
+    response = create_app().test_client().get("/demo-events")
+    assert response.status_code == 503 and response.json == {"error": "shutting_down"}
+    assert response.headers["Retry-After"] == "1" and response.headers["Cache-Control"] == "no-store"
 
 
 def _event(n: int) -> Event:

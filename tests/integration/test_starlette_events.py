@@ -19,7 +19,7 @@ from tests.integration.processes import Processes, log_of
 from tests.integration.starlette_fixtures import Served
 from tests.integration.test_starlette_sessions import APP, COOKIE, signed_in
 from tests.waiting import wait_until
-from workers.dev.servers import free_port, wait_for_port
+from workers.dev.servers import RedisServer, free_port, wait_for_port
 
 pytestmark = pytest.mark.realtime
 
@@ -80,7 +80,21 @@ def test_query_fallback_and_a_bad_id(served: Served, redis_env: dict[str, str]) 
             seen = frames(response.iter_lines())
             next(seen)
             assert next(seen)["event"] == "b"
-        assert http.get("/events", headers={**cookie, "last-event-id": "junk"}).status_code == 400
+        refused = http.get("/events", headers={**cookie, "last-event-id": "junk"})
+        assert refused.status_code == 400 and refused.json() == {"error": "bad_last_event_id"}
+        assert refused.headers["cache-control"] == "no-store"
+
+
+def test_redis_down_at_connect_answers_503_events_unavailable(
+    redis_env: dict[str, str], uvicorn_app: Callable[..., Served], redis_factory: Callable[..., RedisServer]
+) -> None:
+    server = redis_factory()
+    served = uvicorn_app(APP, REDIS_URL=server.url)
+    server.kill()
+    with served.client() as http:
+        answer = http.get("/demo-events")  # the start position cannot be read
+    assert answer.status_code == 503 and answer.json() == {"error": "events_unavailable"}
+    assert answer.headers["retry-after"] == "5" and answer.headers["cache-control"] == "no-store"
 
 
 def test_sigterm_ends_open_streams_and_uvicorn_exits(served: Served) -> None:

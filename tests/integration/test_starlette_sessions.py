@@ -103,8 +103,9 @@ def test_a_limit_denies_with_429_json_and_headers_on_every_response(served: Serv
         assert '"ip";q=100;w=60' in response.headers["ratelimit-policy"]
         assert "ratelimit" in response.headers
     assert denied.status_code == 429
-    assert denied.json()["error"] == "rate limit exceeded" and denied.json()["limit"] == "login"
-    assert int(denied.headers["retry-after"]) >= 1
+    retry_after_s = int(denied.headers["retry-after"])
+    assert denied.json() == {"error": "rate_limited", "limit": "login", "retry_after_s": retry_after_s}
+    assert retry_after_s >= 1 and denied.headers["cache-control"] == "no-store"
     assert '"login";r=0' in denied.headers["ratelimit"]
 
 
@@ -141,14 +142,40 @@ def test_redis_down_session_routes_503_static_routes_200(
         sid = signed_in(http)
         assert http.get("/api", headers={"x-api-key": "k-1"}).headers["ratelimit-policy"].startswith('"ip"')
         server.kill()
-        assert me(http, sid).status_code == 503
+        for answer in (me(http, sid), http.post("/login", params={"user": "1"})):
+            assert answer.status_code == 503 and answer.json() == {"error": "session_store_unavailable"}
+            assert answer.headers["retry-after"] == "5" and answer.headers["cache-control"] == "no-store"
+            assert "set-cookie" not in answer.headers
         closed = http.get("/api", headers={"x-api-key": "k-1"})  # the api preset fails closed
-        assert closed.status_code == 503 and closed.headers["retry-after"] == "5"
+        assert closed.status_code == 503 and closed.json() == {
+            "error": "rate_limit_unavailable",
+            "limit": "api",
+        }
+        assert closed.headers["retry-after"] == "5" and closed.headers["cache-control"] == "no-store"
         assert '"api";q=10000;w=3600' in closed.headers["ratelimit-policy"]
-        assert http.post("/login", params={"user": "1"}).status_code == 503
         static = http.get("/static", headers={"cookie": f"{COOKIE}={sid}"})
         assert static.status_code == 200 and static.text == "static"
         assert "set-cookie" not in static.headers
+
+
+@pytest.mark.parametrize(
+    "app", [APP, "tests.integration.starlette_app:limits_only"], ids=["sessions", "limits-only"]
+)
+def test_an_enqueue_while_redis_is_down_answers_503_not_500(
+    redis_env: dict[str, str],
+    uvicorn_app: Callable[..., Served],
+    redis_factory: Callable[..., RedisServer],
+    app: str,
+) -> None:
+    server = redis_factory()
+    served = uvicorn_app(app, REDIS_URL=server.url)
+    with served.client() as http:
+        assert http.post("/welcome").status_code == 202
+        server.kill()
+        answer = http.post("/welcome")  # bounded by REDIS_CALL_TIMEOUT, well inside the client's 15 s
+        assert answer.status_code == 503 and answer.json() == {"error": "redis_unavailable"}
+        assert answer.headers["retry-after"] == "5" and answer.headers["cache-control"] == "no-store"
+        assert http.get("/static").status_code == 200
 
 
 def test_backchannel_logout_ends_the_idp_session(

@@ -2,7 +2,7 @@
 
 ```python
 app = Starlette(routes=..., middleware=[
-    Middleware(SessionMiddleware),  # outermost: a route needing the session gets 503 without Redis
+    Middleware(SessionMiddleware),  # outermost: a Redis outage below it is a 503, never a 500
     Middleware(RateLimitMiddleware, limits=("ip",)),
 ])
 ```

@@ -20,10 +20,12 @@ from collections.abc import Callable
 from types import FrameType
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from cache.errors import KryonixError
+from cache.integrations import problems
+from cache.integrations.starlette.sessions import problem_response
 from cache.realtime.async_service import AsyncRealtimeService, AsyncSubscriber
 from cache.realtime.envelope import Event, InvalidEvent, to_sse
 
@@ -143,18 +145,16 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = _current_hub()
         if hub.closing.is_set():
-            await JSONResponse({"error": "shutting down"}, 503, {"Retry-After": "1"})(scope, receive, send)
+            await problem_response(problems.shutting_down())(scope, receive, send)
             return
         try:
             subscriber = await hub.subscriber()
             subscription = await subscriber.subscribe_user(self.user_id, self._offer, since=self.since)
         except InvalidEvent:
-            await JSONResponse({"error": "bad Last-Event-ID"}, 400)(scope, receive, send)
+            await problem_response(problems.bad_last_event_id())(scope, receive, send)
             return
-        except KryonixError:  # Redis unavailable: the browser retries after `Retry-After`
-            await JSONResponse({"error": "events unavailable"}, 503, {"Retry-After": "5"})(
-                scope, receive, send
-            )
+        except KryonixError:  # Redis down (or refusing): the start position could not be read
+            await problem_response(problems.events_unavailable())(scope, receive, send)
             return
         try:
             await self._stream(hub, receive, send)

@@ -3,7 +3,8 @@
 A limit is a preset name (`"ip"`, `"user"`, `"api"`) or an explicit `Preset`. Every
 decision of a request (the middleware's and the dependencies') goes into the response
 headers (`RateLimit-Policy`, `RateLimit`, `X-RateLimit-*`); a denial is a 429 JSON answer
-with `Retry-After`, a closed limit that could not be checked a 503.
+with `Retry-After`, a closed limit that could not be checked a 503 (bodies in
+`cache.integrations.problems`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cache.errors import RedisUnavailable
 from cache.identifiers import IdentifierKind
 from cache.integrations.client_address import client_ip
-from cache.integrations.starlette.sessions import load_session
+from cache.integrations.problems import Problem, outage, rate_limit_denied
+from cache.integrations.starlette.sessions import RequestSession, load_session, problem_response
 from cache.limits import Preset
 from cache.ratelimit.async_service import AsyncRateLimiter
 from cache.ratelimit.core import Decision
@@ -102,18 +104,16 @@ def rate_limit(
     return check
 
 
-def denied_response(decisions: Sequence[Decision]) -> JSONResponse:
-    """429 (denied) or 503 (a closed limit that could not be checked), with the headers."""
-    denied = [d for d in decisions if not d.allowed]
-    unavailable = all(d.degraded for d in denied)
-    status = 503 if unavailable else 429
-    error = "rate limit unavailable" if unavailable else "rate limit exceeded"
-    headers = rate_limit_headers(*decisions)
-    return JSONResponse(
-        {"error": error, "limit": denied[0].scope, "retry_after_s": int(headers.get("Retry-After", "1"))},
-        status_code=status,
-        headers=headers,
-    )
+def _problem(error: RateLimited | RedisUnavailable, decisions: Sequence[Decision]) -> Problem:
+    return rate_limit_denied(*decisions) if isinstance(error, RateLimited) else outage(error)
+
+
+def _answers(error: Exception, scope: Scope) -> bool:
+    """Whether this middleware answers `error`: a denial always, an outage only without sessions.
+
+    With `SessionMiddleware` installed, that middleware answers outages, setting no cookie.
+    """
+    return isinstance(error, RateLimited) or not isinstance(scope.get("session"), RequestSession)
 
 
 class RateLimitMiddleware:
@@ -125,6 +125,10 @@ class RateLimitMiddleware:
         limiter: defaults to `AsyncRateLimiter()` (the PRIMARY Redis), built on first use.
         identify: as for `rate_limit`.
         exempt: path prefixes not limited by `limits` (health checks, static files).
+
+    Answers a denial 429 (503 `rate_limit_unavailable` for a closed limit Redis could not
+    check). In an app without `SessionMiddleware` it also answers a `RedisUnavailable`
+    raised below (503 `redis_unavailable`); with it, `SessionMiddleware` does.
     """
 
     def __init__(
@@ -161,8 +165,10 @@ class RateLimitMiddleware:
             if not scope["path"].startswith(self.exempt):
                 for limit in self.limits:
                     await _decide(request, self.limiter, limit, self._identify, 1)
-        except RateLimited:
-            await denied_response(decisions)(scope, receive, send)
+        except (RateLimited, RedisUnavailable) as error:
+            if not _answers(error, scope):
+                raise
+            await problem_response(_problem(error, decisions))(scope, receive, send)
             return
         started = False
 
@@ -178,7 +184,7 @@ class RateLimitMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
-        except RateLimited:
-            if started:
+        except (RateLimited, RedisUnavailable) as error:
+            if started or not _answers(error, scope):
                 raise
-            await denied_response(decisions)(scope, receive, send)
+            await problem_response(_problem(error, decisions))(scope, receive, send)

@@ -3,7 +3,8 @@
 The cookie carries only the opaque id. Nothing reaches Redis until a route asks for the
 session (`await load_session(request)` or a FastAPI `Depends(load_session)`), so routes
 that never touch it keep working while Redis is down; a route that does gets a 503
-(sessions fail closed), within the client's call timeout.
+(sessions fail closed), within the client's call timeout. Any other `RedisUnavailable` a
+route raises (an enqueue while the PRIMARY is down) is a 503 `redis_unavailable` too.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cache.errors import RedisUnavailable
+from cache.integrations import problems
+from cache.integrations.problems import Problem
 from cache.sessions.async_service import AsyncSessionService
-from cache.sessions.core import Session, SessionStoreUnavailable, SignInRequired
+from cache.sessions.core import Session, SignInRequired
 
 __all__ = [
     "DEFAULT_COOKIE_NAME",
@@ -160,6 +164,9 @@ class RequestSession(MutableMapping[str, Any]):
 class SessionMiddleware:
     """Pure ASGI middleware: `request.state.session` / `request.session` is a `RequestSession`.
 
+    A `RedisUnavailable` raised below before the response started is answered here: 503
+    `session_store_unavailable` for the session store, `redis_unavailable` for any other.
+
     Args:
         app: the ASGI app.
         service: defaults to `AsyncSessionService()` (the PRIMARY Redis), built on first use.
@@ -221,16 +228,14 @@ class SessionMiddleware:
 
         try:
             await self.app(scope, receive, send_with_cookie)
-        except SessionStoreUnavailable:
+        except RedisUnavailable as error:  # the session store's outage, or any other one of a route
             if started or scope["type"] != "http":
                 raise
-            await unavailable_response()(scope, receive, send)
+            await problem_response(problems.outage(error))(scope, receive, send)  # no cookie, no save
         except SignInRequired:
             if started or scope["type"] != "http":
                 raise
-            await JSONResponse({"error": "sign_in_required"}, 401, {"Cache-Control": "no-store"})(
-                scope, receive, send
-            )
+            await problem_response(problems.sign_in_required())(scope, receive, send)
 
     def _cookie(self, session_id: str | None) -> str:
         if session_id is None:
@@ -239,13 +244,9 @@ class SessionMiddleware:
         return f"{self.cookie_name}={session_id}{max_age}; {self._flags}"
 
 
-def unavailable_response() -> JSONResponse:
-    """503 for a route that needs the session while the store is down (fail closed)."""
-    return JSONResponse(
-        {"error": "session store unavailable"},
-        status_code=503,
-        headers={"Retry-After": "5", "Cache-Control": "no-store"},
-    )
+def problem_response(problem: Problem) -> Response:
+    """`problem` (`cache.integrations.problems`) as a Starlette response."""
+    return Response(problem.content, problem.status, problem.headers, media_type=problems.MEDIA_TYPE)
 
 
 def _handle(request: HTTPConnection) -> RequestSession:
