@@ -39,6 +39,7 @@ pytest_plugins = [
     "tests.integration.reports_fixtures",
     "tests.integration.sentinel",
     "tests.integration.starlette_fixtures",
+    "tests.integration.examples_fixtures",  # imports flask_ and starlette_fixtures
 ]
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
