@@ -69,6 +69,11 @@ class RequestSession(MutableMapping[str, Any]):
         return self
 
     @property
+    def loaded(self) -> bool:
+        """True once the session was read from Redis in this request."""
+        return self._loaded
+
+    @property
     def user_id(self) -> str | None:
         return self._require().user_id if self.session else None
 
@@ -222,8 +227,13 @@ class SessionMiddleware:
             if message["type"] == "http.response.start":
                 await handle.save()  # may raise SessionStoreUnavailable: still time for a 503
                 started = True
+                headers = MutableHeaders(scope=message)
+                if handle.loaded:
+                    headers.add_vary_header("Cookie")  # the answer depends on whose session it is
                 if handle.new_cookie is not _UNSET:
-                    MutableHeaders(scope=message).append("set-cookie", self._cookie(handle.new_cookie))
+                    headers.append("set-cookie", self._cookie(handle.new_cookie))
+                if isinstance(handle.new_cookie, str):
+                    headers["Cache-Control"] = "no-store"  # a new id must never sit in a shared cache
             await send(message)
 
         try:
@@ -235,7 +245,8 @@ class SessionMiddleware:
         except SignInRequired:
             if started or scope["type"] != "http":
                 raise
-            await problem_response(problems.sign_in_required())(scope, receive, send)
+            # Through `send_with_cookie`: a dead id the request carried is still dropped.
+            await problem_response(problems.sign_in_required())(scope, receive, send_with_cookie)
 
     def _cookie(self, session_id: str | None) -> str:
         if session_id is None:
