@@ -28,9 +28,9 @@ from tests.waiting import wait_until
 from workers.dev.servers import free_port
 
 USER = "ana"
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 60.0  # generous: each server is given a graceful timeout well under this
-SHOW_TIMEOUT_S = 30.0  # a reconnect waits for the stream's `retry: 3000` and the page's 3 s
+SHOW_TIMEOUT_S = 60.0  # a reconnect waits for the stream's `retry: 3000` and the page's 3 s
 SHOWN_BEFORE_UNLOAD = "test:shown-before-unload"
 
 # What the page rendered when it went away: the reload test compares it with what the new
