@@ -32,6 +32,7 @@ pytest_plugins = [
     "tests.integration.browser",
     "tests.integration.dashboard_fixtures",
     "tests.integration.email_fixtures",
+    "tests.integration.examples_browser_fixtures",
     "tests.integration.flask_fixtures",
     "tests.integration.ops_fixtures",
     "tests.integration.poison",
