@@ -145,10 +145,29 @@ class BoundedRedisCluster(redis.cluster.RedisCluster):
         return super().pubsub(node=node, host=host, port=port, **kwargs)  # type: ignore[no-untyped-call]
 
 
+class _FreshAsyncClusterPubSub(redis.asyncio.cluster.ClusterPubSub):
+    """Picks its node from a fresh slot map: redis-py 8.1's reads an empty one (KeyError) on a
+    client that has run no command yet, and a stale one after a failover."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self.connection is None and self.connection_pool is None:
+            cluster = cast(Any, self.cluster)
+            if cluster._initialize:  # never initialised (or closed): the lazy first discovery
+                await cluster.initialize()
+            else:
+                await cluster.nodes_manager.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
 class BoundedAsyncRedisCluster(redis.asyncio.cluster.RedisCluster):
     """An asyncio cluster client whose every command, retries included, ends within `call_timeout_s`."""
 
     call_timeout_s: float | None = None
+
+    def pubsub(self, node: Any = None, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+        if node is not None or host is not None:
+            return super().pubsub(node=node, host=host, port=port, **kwargs)
+        return _FreshAsyncClusterPubSub(self, **kwargs)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         parent = cast(Any, super())

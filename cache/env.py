@@ -153,7 +153,8 @@ class Env:
         found = []
         for item in raw.split(","):
             host, sep, port = item.strip().rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            malformed = not sep or not host or any(c in host for c in "/@ ")
+            if malformed or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(f"{name} must be a comma-separated list of host:port, got item {item!r}")
             found.append((host.strip("[]"), int(port)))
         return tuple(dict.fromkeys(found))
