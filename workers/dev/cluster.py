@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 from workers.dev.servers import PRIMARY_CONF, RedisServer
 
@@ -95,17 +96,17 @@ class LocalCluster:
         """MEET every node, give each master a range of slots, make the rest replicas."""
         clients = [node.client(decode_responses=True) for node in self.nodes]
         for node in self.nodes[1:]:
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            _command(clients[0], "CLUSTER", "MEET", "127.0.0.1", node.port)
         _wait(lambda: all(len(_known(c)) == len(self.nodes) for c in clients), 30, "every node met")
         step = SLOTS // self.masters
         for index in range(self.masters):
             high = SLOTS - 1 if index == self.masters - 1 else (index + 1) * step - 1
-            clients[index].execute_command("CLUSTER", "ADDSLOTSRANGE", index * step, high)
-        ids = [c.execute_command("CLUSTER", "MYID") for c in clients]
+            _command(clients[index], "CLUSTER", "ADDSLOTSRANGE", index * step, high)
+        ids = [_command(c, "CLUSTER", "MYID") for c in clients]
         _wait(lambda: all(_masters(c) >= self.masters for c in clients), 30, "the masters known")
         for index in range(self.masters, len(self.nodes)):
             master = (index - self.masters) % self.masters
-            clients[index].execute_command("CLUSTER", "REPLICATE", ids[master])
+            _command(clients[index], "CLUSTER", "REPLICATE", ids[master])
         for client in clients:
             client.close()
 
@@ -135,7 +136,7 @@ class LocalCluster:
         node = next(node for node in self.nodes if node.running)
         client = node.client(socket_timeout=1)
         try:
-            ranges = client.execute_command("CLUSTER", "SLOTS")
+            ranges = _command(client, "CLUSTER", "SLOTS")
         finally:
             client.close()
         owners: dict[int, int] = {}
@@ -181,7 +182,7 @@ class LocalCluster:
 
 
 def _known(client: redis.Redis) -> list[str]:
-    return [line for line in client.execute_command("CLUSTER", "NODES").splitlines() if line.strip()]
+    return [line for line in _command(client, "CLUSTER", "NODES").splitlines() if line.strip()]
 
 
 def _masters(client: redis.Redis) -> int:
@@ -189,4 +190,8 @@ def _masters(client: redis.Redis) -> int:
 
 
 def _role(client: redis.Redis) -> str:
-    return str(client.execute_command("ROLE")[0])
+    return str(_command(client, "ROLE")[0])
+
+
+def _command(client: redis.Redis, *args: Any) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
