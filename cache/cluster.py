@@ -183,6 +183,23 @@ class BoundedAsyncRedisCluster(redis.asyncio.cluster.RedisCluster):
             raise redis.TimeoutError(f"Timeout: no reply within REDIS_CALL_TIMEOUT ({bound} s)") from exc
 
 
+_checked_classes: dict[tuple[type[Any], int], type[Any]] = {}
+
+
+def _health_checked(base: type[Any], interval_s: int) -> type[Any]:
+    """`base` with `health_check_interval` set: redis-py's sync cluster client drops that kwarg."""
+    checked = _checked_classes.get((base, interval_s))
+    if checked is None:
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("health_check_interval", interval_s)
+            base.__init__(self, *args, **kwargs)
+
+        checked = type(f"HealthChecked{base.__name__}", (base,), {"__init__": __init__})
+        _checked_classes[(base, interval_s)] = checked
+    return checked
+
+
 def _node_url(host: str, port: int) -> str:
     return f"redis://[{host}]:{port}" if ":" in host else f"redis://{host}:{port}"
 
@@ -202,6 +219,7 @@ def build_cluster_client(
     retry = ClusterRetry(default_backoff(), retry_attempts, call_timeout_s=call_timeout_s)
     retry.update_supported_errors(list(redis.cluster.RedisCluster.ERRORS_ALLOW_RETRY))
     base: type[Any] = redis.connection.SSLConnection if cluster.tls else redis.connection.Connection
+    base = _health_checked(base, kwargs.pop("health_check_interval", 0))
     (host, port), *others = cluster.nodes
     # Through `url`: only then does redis-py build each node's pool from these kwargs,
     # connection_class included (the plain host/port path has no way to pass it).

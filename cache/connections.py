@@ -28,10 +28,7 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 import redis.connection
-from redis.backoff import NoBackoff
 from redis.exceptions import ClusterDownError, RedisClusterException
-from redis.retry import Retry
-from redis.sentinel import Sentinel as RedisSentinel
 
 from cache.cluster import (
     REDIS_ERRORS,
@@ -52,6 +49,7 @@ from cache.retry import (
     bounded_connection_class,
     default_backoff,
 )
+from cache.sentinel import sentinel_client
 from cache.settings import Settings, get_settings
 
 __all__ = ["REDIS_ERRORS", "is_cluster"]  # re-exported: callers catch and test through this module
@@ -129,7 +127,7 @@ def build_client(
             )
         return cast(redis.Redis, built)  # the same command methods; see the module docstring
     if uses_sentinel(role, settings):
-        client = _sentinel_client(settings, kwargs)
+        client = sentinel_client(settings, kwargs)
     else:
         url = url_for(role, settings)
         try:
@@ -170,26 +168,6 @@ def _client_kwargs(
     if cluster_of(settings, cache=role is Role.CACHE) is None and url_for(role, settings).startswith("unix:"):
         del kwargs["socket_keepalive"]  # a TCP option: redis.asyncio's Unix connection refuses it
     return kwargs
-
-
-def _sentinel_client(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:
-    assert settings.sentinel is not None
-    sentinel_kwargs: dict[str, Any] = {
-        "socket_timeout": settings.connect_timeout_s,
-        "socket_connect_timeout": settings.connect_timeout_s,
-        # No retry: discovery moves on to the next Sentinel, and retries would multiply
-        # the time a new connection waits on a Sentinel that never answers.
-        "retry": Retry(NoBackoff(), 0),
-    }
-    if settings.sentinel.password:
-        sentinel_kwargs["password"] = settings.sentinel.password
-    sentinel = RedisSentinel(list(settings.sentinel.addresses), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    # The SentinelConnectionPool asks the sentinels for the master on every new
-    # connection, so after a failover the same client object follows the new master.
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        settings.sentinel.master_name, redis_class=BoundedRedis, **kwargs
-    )
-    return client
 
 
 def build_async_client(

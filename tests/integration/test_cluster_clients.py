@@ -113,3 +113,24 @@ def test_a_single_server_given_as_a_cluster_node_is_refused_clearly(primary_serv
     settings = Settings.from_env({"REDIS_CLUSTER_NODES": f"127.0.0.1:{primary_server.port}"})
     with pytest.raises(RedisUnavailable, match=r"REDIS_CLUSTER_NODES.*Cluster mode is not enabled"):
         connections.build_client(Role.PRIMARY, settings)
+
+
+def test_every_node_connection_carries_the_settings(cluster_primary: redis.Redis) -> None:
+    """Timeouts, health checks, the name, and the deadline-bounded connection class, on every node."""
+    from cache.retry import _BoundedConnection
+
+    settings = get_settings()
+    assert isinstance(cluster_primary, BoundedRedisCluster)
+    cluster_primary.ping(target_nodes=BoundedRedisCluster.ALL_NODES)
+    for node in cluster_primary.get_nodes():
+        pool = node.redis_connection.connection_pool  # type: ignore[union-attr]
+        connection = pool.get_connection()
+        try:
+            assert isinstance(connection, _BoundedConnection)
+            assert connection.health_check_interval == settings.health_check_interval_s
+            assert connection.socket_timeout == min(settings.socket_timeout_s, settings.call_timeout_s)
+            assert connection.client_name is not None and connection.client_name.startswith(
+                "kryonix:primary:"
+            )
+        finally:
+            pool.release(connection)
