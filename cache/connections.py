@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 import redis.connection
-from redis.exceptions import ClusterDownError, RedisClusterException
+from redis.exceptions import RedisClusterException
 
 from cache.cluster import (
     REDIS_ERRORS,
@@ -337,7 +337,7 @@ class translate_errors:
         cause = exc.__cause__
         if isinstance(exc, RedisClusterException) and isinstance(cause, redis.RedisError):
             exc = cause  # "cannot be connected": say why (refused, timed out, bad password)
-        if isinstance(exc, RedisClusterException | ClusterDownError) and is_cluster_outage(exc):
+        if is_cluster_outage(exc):
             detail = f"{where}: cannot serve the command ({type(exc).__name__}: {exc}); check CLUSTER INFO"
         elif isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
             detail = f"{where}: authentication failed; check REDIS_PASSWORD ({exc})"
