@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypedDict
 
 from cache.env import Env, redact_url
 from cache.errors import ConfigError
@@ -139,21 +140,11 @@ class Settings:
         if smtp_tls and smtp_starttls:
             raise ConfigError("SMTP_TLS and SMTP_STARTTLS are exclusive: implicit TLS or STARTTLS, not both")
         log_format = env.choice("LOG_FORMAT", "text", ("text", "json"))
-        sentinel = _sentinel(env)
-        cluster_tls = env.boolean("REDIS_CLUSTER_TLS", False)
-        cluster = _cluster(env, "REDIS_CLUSTER_NODES", tls=cluster_tls)
-        if cluster is not None and sentinel is not None:
-            raise ConfigError(
-                "REDIS_CLUSTER_NODES and REDIS_SENTINELS are exclusive: the PRIMARY Redis is "
-                "a cluster or is found through Sentinel, not both"
-            )
         return cls(
             redis_url=redis_url,
             cache_redis_url=env.redis_url("CACHE_REDIS_URL", redis_url, example=DEFAULT_REDIS_URL),
             redis_password=env.optional("REDIS_PASSWORD"),
-            sentinel=sentinel,
-            cluster=cluster,
-            cache_cluster=_cluster(env, "CACHE_REDIS_CLUSTER_NODES", tls=cluster_tls),
+            **_topology(env),
             socket_timeout_s=env.number("REDIS_SOCKET_TIMEOUT", DEFAULT_SOCKET_TIMEOUT_S, float),
             connect_timeout_s=env.number("REDIS_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, float),
             health_check_interval_s=env.number(
@@ -207,6 +198,26 @@ def _sentinel(env: Env) -> Sentinel | None:
         master_name=env.get("REDIS_SENTINEL_MASTER", DEFAULT_SENTINEL_MASTER),
         password=env.optional("REDIS_SENTINEL_PASSWORD"),
     )
+
+
+class _Topology(TypedDict):
+    sentinel: Sentinel | None
+    cluster: Cluster | None
+    cache_cluster: Cluster | None
+
+
+def _topology(env: Env) -> _Topology:
+    """Sentinel for the primary, the primary's cluster, the cache's own cluster (each or None)."""
+    sentinel = _sentinel(env)
+    tls = env.boolean("REDIS_CLUSTER_TLS", False)
+    cluster = _cluster(env, "REDIS_CLUSTER_NODES", tls=tls)
+    if cluster is not None and sentinel is not None:
+        raise ConfigError(
+            "REDIS_CLUSTER_NODES and REDIS_SENTINELS are exclusive: the PRIMARY Redis is "
+            "a cluster or is found through Sentinel, not both"
+        )
+    cache_cluster = _cluster(env, "CACHE_REDIS_CLUSTER_NODES", tls=tls)
+    return _Topology(sentinel=sentinel, cluster=cluster, cache_cluster=cache_cluster)
 
 
 def _cluster(env: Env, name: str, *, tls: bool) -> Cluster | None:
