@@ -9,6 +9,10 @@ Every call is bounded in time (docs/reliability.md, "Time bounds"; the mechanics
 `cache.retry`): retries never nest, and the web tier's clients carry a per-call deadline
 (`REDIS_CALL_TIMEOUT`) that caps each connect, read and retry, so a Redis that accepts
 connections but never answers costs a request about a second.
+
+A role on a Redis Cluster gets a `cache.cluster` client under the same bounds, typed as
+`redis.Redis` (same command methods, no `connection_pool`; `is_cluster` tells them apart).
+Catch `REDIS_ERRORS`, never `redis.RedisError` alone: some cluster errors are not RedisError.
 """
 
 from __future__ import annotations
@@ -24,12 +28,20 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 import redis.connection
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-from redis.sentinel import Sentinel as RedisSentinel
+from redis.exceptions import RedisClusterException
 
+from cache.cluster import (
+    REDIS_ERRORS,
+    build_async_cluster_client,
+    build_cluster_client,
+    cluster_of,
+    describe,
+    is_cluster,
+    is_cluster_outage,
+    nodes_setting,
+)
 from cache.env import redact_url
-from cache.errors import ConfigError, KryonixError, RedisUnavailable
+from cache.errors import ClusterCommandError, ConfigError, KryonixError, RedisUnavailable
 from cache.retry import (
     BoundedAsyncRedis,
     BoundedRedis,
@@ -37,7 +49,10 @@ from cache.retry import (
     bounded_connection_class,
     default_backoff,
 )
+from cache.sentinel import sentinel_client
 from cache.settings import Settings, get_settings
+
+__all__ = ["REDIS_ERRORS", "is_cluster"]  # re-exported: callers catch and test through this module
 
 
 class Role(StrEnum):
@@ -70,7 +85,7 @@ def url_for(role: Role, settings: Settings) -> str:
 
 def uses_sentinel(role: Role, settings: Settings) -> bool:
     """The primary follows Sentinel when configured; the cache does too while it shares the primary."""
-    if settings.sentinel is None:
+    if settings.sentinel is None or (role is Role.CACHE and settings.cache_cluster is not None):
         return False
     return role is Role.PRIMARY or settings.cache_redis_url == settings.redis_url
 
@@ -97,14 +112,22 @@ def build_client(
 
     Raises:
         ConfigError: the URL cannot be used; the message names the setting.
+        RedisUnavailable: a cluster, which is read at once, did not answer.
     """
     settings = settings or get_settings()
     if call_timeout_s is not None:
         settings = web_tier_settings(settings, call_timeout_s)
     retry = BoundedRetry(default_backoff(), settings.retry_attempts, call_timeout_s=call_timeout_s)
     kwargs = _client_kwargs(role, settings, pubsub, decode_responses, retry, _process_role)
+    cluster = cluster_of(settings, cache=role is Role.CACHE)
+    if cluster is not None:
+        with translate_errors(role, settings, all_errors=True):
+            built = build_cluster_client(
+                cluster, kwargs, retry_attempts=settings.retry_attempts, call_timeout_s=call_timeout_s
+            )
+        return cast(redis.Redis, built)  # the same command methods; see the module docstring
     if uses_sentinel(role, settings):
-        client = _sentinel_client(settings, kwargs)
+        client = sentinel_client(settings, kwargs)
     else:
         url = url_for(role, settings)
         try:
@@ -142,29 +165,9 @@ def _client_kwargs(
     }
     if settings.redis_password:
         kwargs["password"] = settings.redis_password
-    if url_for(role, settings).startswith("unix:"):
+    if cluster_of(settings, cache=role is Role.CACHE) is None and url_for(role, settings).startswith("unix:"):
         del kwargs["socket_keepalive"]  # a TCP option: redis.asyncio's Unix connection refuses it
     return kwargs
-
-
-def _sentinel_client(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:
-    assert settings.sentinel is not None
-    sentinel_kwargs: dict[str, Any] = {
-        "socket_timeout": settings.connect_timeout_s,
-        "socket_connect_timeout": settings.connect_timeout_s,
-        # No retry: discovery moves on to the next Sentinel, and retries would multiply
-        # the time a new connection waits on a Sentinel that never answers.
-        "retry": Retry(NoBackoff(), 0),
-    }
-    if settings.sentinel.password:
-        sentinel_kwargs["password"] = settings.sentinel.password
-    sentinel = RedisSentinel(list(settings.sentinel.addresses), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    # The SentinelConnectionPool asks the sentinels for the master on every new
-    # connection, so after a failover the same client object follows the new master.
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        settings.sentinel.master_name, redis_class=BoundedRedis, **kwargs
-    )
-    return client
 
 
 def build_async_client(
@@ -176,6 +179,8 @@ def build_async_client(
 ) -> redis.asyncio.Redis:
     """A `redis.asyncio` client for ASGI code, configured like `build_client` (no Sentinel).
 
+    On a cluster it is a `cache.cluster.BoundedAsyncRedisCluster`, typed as `redis.asyncio.Redis`.
+
     The web tier's: unless it is a subscriber's (`pubsub`, which blocks on purpose),
     every command ends within `REDIS_CALL_TIMEOUT`, retries included.
     """
@@ -186,6 +191,10 @@ def build_async_client(
     url = url_for(role, settings)
     retry = AsyncRetry(default_backoff(), settings.retry_attempts)
     kwargs = _client_kwargs(role, settings, pubsub, decode_responses, retry, f"{_process_role}-async")
+    cluster = cluster_of(settings, cache=role is Role.CACHE)
+    if cluster is not None:
+        built = build_async_cluster_client(cluster, kwargs, call_timeout_s=call_timeout_s)
+        return cast(redis.asyncio.Redis, built)
     try:
         client = cast(BoundedAsyncRedis, BoundedAsyncRedis.from_url(url, **kwargs))
     except ValueError as exc:
@@ -310,18 +319,27 @@ class translate_errors:
         return None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if exc is None or not isinstance(exc, redis.RedisError):
+        if exc is None or not isinstance(exc, REDIS_ERRORS):
             return
         translated = self.translated(exc)
         if translated is not None:
             raise translated from exc
 
-    def translated(self, exc: redis.RedisError) -> KryonixError | None:
-        """The error `exc` becomes, without raising it; None when it passes through."""
+    def translated(self, exc: Exception) -> KryonixError | None:
+        """The error `exc` (one of `REDIS_ERRORS`) becomes, without raising it; None when it passes through.
+
+        A cluster error that is not a RedisError never passes through: an outage is
+        `error_class`, a refused command (keys in several slots) `refused_class` or `ClusterCommandError`.
+        """
         settings = self.settings or get_settings()
         setting = address_setting(self.role, settings)
         where = _describe(self.role, settings)
-        if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
+        cause = exc.__cause__
+        if isinstance(exc, RedisClusterException) and isinstance(cause, redis.RedisError):
+            exc = cause  # "cannot be connected": say why (refused, timed out, bad password)
+        if is_cluster_outage(exc):
+            detail = f"{where}: cannot serve the command ({type(exc).__name__}: {exc}); check CLUSTER INFO"
+        elif isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
             detail = f"{where}: authentication failed; check REDIS_PASSWORD ({exc})"
             setting = "REDIS_PASSWORD"
         elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
@@ -333,16 +351,17 @@ class translate_errors:
             detail = f"{where}: full (maxmemory reached, noeviction); free memory or raise maxmemory ({exc})"
         elif self.all_errors:
             detail = f"{where}: {type(exc).__name__}: {exc}"
-        elif self.refused_class is not None:
+        elif self.refused_class is not None or isinstance(exc, RedisClusterException):
             doing = "" if self.action is None else f"could not {self.action}: "
-            return self.refused_class(f"{doing}{type(exc).__name__}: {exc}")
+            refused = self.refused_class or ClusterCommandError
+            return refused(f"{doing}{type(exc).__name__}: {exc}")
         else:
             return None
         message = self.error_class.explain(detail, action=self.action)
         return self.error_class(message, role=self.role.value, setting=setting)
 
 
-def is_full(exc: redis.RedisError) -> bool:
+def is_full(exc: Exception) -> bool:
     """Whether Redis refused a write because maxmemory is reached under noeviction."""
     return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
         isinstance(exc, redis.ResponseError) and "OOM" in str(exc)
@@ -350,11 +369,16 @@ def is_full(exc: redis.RedisError) -> bool:
 
 
 def address_setting(role: Role, settings: Settings) -> str:
-    """The setting that says where `role`'s Redis is: REDIS_SENTINELS under Sentinel."""
+    """The setting that says where `role`'s Redis is: the cluster's nodes, REDIS_SENTINELS, or the URL."""
+    if cluster_of(settings, cache=role is Role.CACHE) is not None:
+        return nodes_setting(settings, cache=role is Role.CACHE)
     return "REDIS_SENTINELS" if uses_sentinel(role, settings) else role.setting
 
 
 def _describe(role: Role, settings: Settings) -> str:
+    cluster = cluster_of(settings, cache=role is Role.CACHE)
+    if cluster is not None:
+        return describe(cluster, setting=nodes_setting(settings, cache=role is Role.CACHE), role=role.value)
     if uses_sentinel(role, settings):
         assert settings.sentinel is not None
         hosts = ",".join(f"{h}:{p}" for h, p in settings.sentinel.addresses)

@@ -145,6 +145,20 @@ class Env:
         _check_redis_options(name, value)
         return value
 
+    def host_ports(self, name: str) -> tuple[tuple[str, int], ...]:
+        """A comma-separated list of `host:port` (IPv6 as `[::1]:7000`); empty when unset."""
+        raw = self.raw(name)
+        if not raw:
+            return ()
+        found = []
+        for item in raw.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            malformed = not sep or not host or any(c in host for c in "/@ ")
+            if malformed or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"{name} must be a comma-separated list of host:port, got item {item!r}")
+            found.append((host.strip("[]"), int(port)))
+        return tuple(dict.fromkeys(found))
+
     def preset(self, name: str) -> Preset:
         base = PRESET_VARIABLES[name]
         raw = self._environ.get(name, "").strip()

@@ -23,3 +23,9 @@ class RedisUnavailable(KryonixError, ConnectionError):
     def explain(cls, detail: str, *, action: str | None = None) -> str:
         """The message for `detail` (which Redis, what went wrong, the setting); services add theirs."""
         return detail if action is None else f"could not {action}: {detail}"
+
+
+class ClusterCommandError(KryonixError):
+    """Redis Cluster refused a command it cannot route: keys in several hash slots (a script,
+    a MULTI or a multi-key command whose keys share no `{hash tag}`), or a command cluster
+    mode does not support. A key-layout bug, not an outage; the message says which."""

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypedDict
 
 from cache.env import Env, redact_url
 from cache.errors import ConfigError
@@ -54,6 +55,17 @@ class Sentinel:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Cluster:
+    """A Redis Cluster for one role: the nodes a client discovers the whole cluster from.
+
+    Password and timeouts are the role's usual settings; `tls` is `REDIS_CLUSTER_TLS`.
+    """
+
+    nodes: tuple[tuple[str, int], ...]
+    tls: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Process-wide configuration; see `.env.example` for every variable."""
 
@@ -61,6 +73,8 @@ class Settings:
     cache_redis_url: str = DEFAULT_REDIS_URL
     redis_password: str | None = field(default=None, repr=False)
     sentinel: Sentinel | None = None
+    cluster: Cluster | None = None  # REDIS_CLUSTER_NODES: the PRIMARY is a Redis Cluster
+    cache_cluster: Cluster | None = None  # CACHE_REDIS_CLUSTER_NODES: the CACHE is its own cluster
     socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     health_check_interval_s: int = DEFAULT_HEALTH_CHECK_INTERVAL_S
@@ -130,7 +144,7 @@ class Settings:
             redis_url=redis_url,
             cache_redis_url=env.redis_url("CACHE_REDIS_URL", redis_url, example=DEFAULT_REDIS_URL),
             redis_password=env.optional("REDIS_PASSWORD"),
-            sentinel=_sentinel(env),
+            **_topology(env),
             socket_timeout_s=env.number("REDIS_SOCKET_TIMEOUT", DEFAULT_SOCKET_TIMEOUT_S, float),
             connect_timeout_s=env.number("REDIS_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, float),
             health_check_interval_s=env.number(
@@ -176,22 +190,40 @@ class Settings:
 
 def _sentinel(env: Env) -> Sentinel | None:
     """`REDIS_SENTINELS` (`host:port,...`) and its master and password; None when unset."""
-    raw = env.raw("REDIS_SENTINELS")
-    if not raw:
+    addresses = env.host_ports("REDIS_SENTINELS")
+    if not addresses:
         return None
-    addresses = []
-    for item in raw.split(","):
-        host, sep, port = item.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(
-                f"REDIS_SENTINELS must be a comma-separated list of host:port, got item {item!r}"
-            )
-        addresses.append((host.strip("[]"), int(port)))
     return Sentinel(
-        addresses=tuple(addresses),
+        addresses=addresses,
         master_name=env.get("REDIS_SENTINEL_MASTER", DEFAULT_SENTINEL_MASTER),
         password=env.optional("REDIS_SENTINEL_PASSWORD"),
     )
+
+
+class _Topology(TypedDict):
+    sentinel: Sentinel | None
+    cluster: Cluster | None
+    cache_cluster: Cluster | None
+
+
+def _topology(env: Env) -> _Topology:
+    """Sentinel for the primary, the primary's cluster, the cache's own cluster (each or None)."""
+    sentinel = _sentinel(env)
+    tls = env.boolean("REDIS_CLUSTER_TLS", False)
+    cluster = _cluster(env, "REDIS_CLUSTER_NODES", tls=tls)
+    if cluster is not None and sentinel is not None:
+        raise ConfigError(
+            "REDIS_CLUSTER_NODES and REDIS_SENTINELS are exclusive: the PRIMARY Redis is "
+            "a cluster or is found through Sentinel, not both"
+        )
+    cache_cluster = _cluster(env, "CACHE_REDIS_CLUSTER_NODES", tls=tls)
+    return _Topology(sentinel=sentinel, cluster=cluster, cache_cluster=cache_cluster)
+
+
+def _cluster(env: Env, name: str, *, tls: bool) -> Cluster | None:
+    """A cluster's startup nodes from `name` (`host:port,...`); None when unset."""
+    nodes = env.host_ports(name)
+    return Cluster(nodes=nodes, tls=tls) if nodes else None
 
 
 def _trusted_proxies(env: Env) -> TrustedProxies:

@@ -30,6 +30,7 @@ from workers.dev.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
 pytest_plugins = [
     "tests.integration.processes",
     "tests.integration.browser",
+    "tests.integration.cluster_fixtures",
     "tests.integration.dashboard_fixtures",
     "tests.integration.email_fixtures",
     "tests.integration.examples_browser_fixtures",

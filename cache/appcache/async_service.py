@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio
-from redis import RedisError
 
 from cache import lua
 from cache.appcache.breaker import DEFAULT_WARN_INTERVAL_S, CircuitBreaker, async_cache_client
@@ -42,6 +41,7 @@ from cache.appcache.decorator import (
 )
 from cache.appcache.stats import CacheStats, flush_counters_async
 from cache.appcache.steps import DOWN, CacheCore, FillState
+from cache.connections import REDIS_ERRORS
 from cache.settings import Settings, get_settings
 
 __all__ = ["AsyncCacheService", "async_cached", "default_async_service"]
@@ -154,7 +154,7 @@ class AsyncCacheService(CacheCore):
             return DOWN
         try:
             generation, raw = await self.client.mget((self._version_key, entry_key))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return DOWN
         await self._succeeded()
@@ -173,7 +173,7 @@ class AsyncCacheService(CacheCore):
         while True:  # bounded by the wait's deadline
             try:
                 generation, raw, taken = await self._lease(entry_key, lock_key, token, state.mode)
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
                 return await self._fetch_uncached(fetcher)
             await self._succeeded()
@@ -193,7 +193,7 @@ class AsyncCacheService(CacheCore):
         token = new_token()
         try:
             generation, raw, taken = await self._lease(entry_key, lock_key, token, "always")
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return entry.value
         await self._succeeded()
@@ -218,7 +218,7 @@ class AsyncCacheService(CacheCore):
         script_keys, args = self._store_call(entry_key, lock_key, token, generation, envelope, hard_ttl_ms)
         try:
             written = await self._store(keys=script_keys, args=args)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
         else:
             await self._succeeded()
@@ -232,7 +232,7 @@ class AsyncCacheService(CacheCore):
     async def _release(self, lock_key: str, token: str) -> None:
         try:
             await self._release_script(keys=[lock_key], args=[token])
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)  # the lease expires by itself after lock_ttl_s
 
     # --- writes and failure handling -----------------------------------------------
@@ -248,7 +248,7 @@ class AsyncCacheService(CacheCore):
 
     async def _succeeded(self) -> None:
         if self._recovered():
-            with contextlib.suppress(RedisError):  # the counts are kept for the next flush
+            with contextlib.suppress(*REDIS_ERRORS):  # the counts are kept for the next flush
                 await flush_counters_async(self.client, self.stats)
 
     async def _invalidate(
@@ -257,7 +257,7 @@ class AsyncCacheService(CacheCore):
         if await self._ready():
             try:
                 await send()
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
             else:
                 await self._succeeded()
@@ -274,7 +274,7 @@ class AsyncCacheService(CacheCore):
                     await self.client.set(self._version_key, new_token())
                 else:
                     await self._unlink(names)
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
                 return False
             self._replayed(names, clear)

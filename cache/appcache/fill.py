@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis import RedisError
-
 from cache.appcache.core import MISSING, Entry, new_token
 from cache.appcache.steps import CacheCore, FillState
+from cache.connections import REDIS_ERRORS
 from cache.lua import LuaScript
 
 
@@ -47,7 +46,7 @@ class LeasedFill(CacheCore):
         while True:  # bounded by the wait's deadline
             try:
                 generation, raw, taken = self._lease(entry_key, lock_key, token, state.mode)
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
                 return self._fetch_uncached(fetcher)
             self._succeeded()
@@ -68,7 +67,7 @@ class LeasedFill(CacheCore):
         token = new_token()
         try:
             generation, raw, taken = self._lease(entry_key, lock_key, token, "always")
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return entry.value  # Redis answered a moment ago; what it gave is still good enough
         self._succeeded()
@@ -99,7 +98,7 @@ class LeasedFill(CacheCore):
         script_keys, args = self._store_call(entry_key, lock_key, token, generation, envelope, hard_ttl_ms)
         try:
             written = self._store(keys=script_keys, args=args)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
         else:
             self._succeeded()
@@ -113,5 +112,5 @@ class LeasedFill(CacheCore):
     def _release(self, lock_key: str, token: str) -> None:
         try:
             self._release_script(keys=[lock_key], args=[token])
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)  # the lease expires by itself after lock_ttl_s

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis import Redis, RedisError
+from redis import Redis
 
 from cache.appcache.breaker import DEFAULT_WARN_INTERVAL_S, CircuitBreaker, default_cache_client
 from cache.appcache.core import (
@@ -53,6 +53,7 @@ from cache.appcache.stats import (
     flush_counters,
 )
 from cache.appcache.steps import DOWN
+from cache.connections import REDIS_ERRORS
 from cache.lua import LuaScript, script
 
 __all__ = [
@@ -217,7 +218,7 @@ class CacheService(LeasedFill):
             return DOWN
         try:
             generation, raw = self.client.mget((self._version_key, entry_key))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return DOWN
         self._succeeded()
@@ -235,7 +236,7 @@ class CacheService(LeasedFill):
 
     def _succeeded(self) -> None:
         if self._recovered():
-            with contextlib.suppress(RedisError):  # the counts are kept for the next flush
+            with contextlib.suppress(*REDIS_ERRORS):  # the counts are kept for the next flush
                 flush_counters(self.client, self.stats)
 
     def _invalidate(
@@ -245,7 +246,7 @@ class CacheService(LeasedFill):
         if self._ready():
             try:
                 send()
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
             else:
                 self._succeeded()
@@ -263,7 +264,7 @@ class CacheService(LeasedFill):
                     self.client.set(self._version_key, new_token())
                 else:
                     self._unlink(names)
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
                 return False
             self._replayed(names, clear)

@@ -13,7 +13,7 @@ import redis.asyncio
 
 from cache import connections, keys
 from cache.appcache.breaker import default_cache_client
-from cache.connections import Role
+from cache.connections import REDIS_ERRORS, Role
 from cache.counters import BufferedCounters
 from cache.text import as_text
 
@@ -132,6 +132,6 @@ def flush_cache_stats(client: redis.Redis | None = None) -> bool:
     """
     try:
         flush_counters(client or default_cache_client())
-    except redis.RedisError:
+    except REDIS_ERRORS:
         return False
     return True

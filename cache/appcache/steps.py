@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, cast
 
 import orjson
-from redis import RedisError
 
 from cache import connections, keys
 from cache.appcache.breaker import (
@@ -281,12 +280,12 @@ class CacheCore:
             log.info("cache Redis answers again; caching resumed (namespace %r)", self.namespace)
         return self.stats.flush_due()
 
-    def _failed(self, exc: RedisError) -> None:
+    def _failed(self, exc: Exception) -> None:
         if self.breaker.record_failure():
             self.stats.incr("breaker_opens")
         self._fail_open(exc)
 
-    def _fail_open(self, exc: RedisError | None) -> None:
+    def _fail_open(self, exc: Exception | None) -> None:
         self.stats.incr("fail_open")
         held_back = self._throttle.ready()
         if held_back is None:
@@ -299,7 +298,7 @@ class CacheCore:
             "circuit breaker open" if exc is None else self._describe(exc),
         )
 
-    def _describe(self, exc: RedisError) -> str:
+    def _describe(self, exc: Exception) -> str:
         """The failure for a log line; names CACHE_REDIS_URL when the client came from the settings."""
         translated = connections.translate_errors(Role.CACHE).translated(exc) if self._uses_settings else None
         return f"{type(exc).__name__}: {exc}" if translated is None else str(translated)

@@ -14,7 +14,7 @@ import redis
 import redis.asyncio
 
 from cache import connections, keys, lua
-from cache.connections import Role
+from cache.connections import REDIS_ERRORS, Role
 from cache.identifiers import IdentifierKind
 from cache.limits import FailurePolicy, Preset, Spec
 from cache.ratelimit.core import PROCESS_STATS, Decision, LimiterCore, counter_field, flush_failed
@@ -106,12 +106,12 @@ class AsyncRateLimiter(LimiterCore):
         key, args = self._prepare(spec, identifier, cost, now_ms)
         try:
             reply: list[int] = await self._script(keys=[key], args=args)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             return self._unavailable(spec, exc)
         decision, flush_at = self._decided(spec, reply)
         if flush_at is not None:
             try:
                 await flush_counters_async(self.client, flush_at)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 flush_failed(exc)
         return decision

@@ -20,6 +20,7 @@ import redis
 from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
 from cache import keys
+from cache.cluster import is_cluster_outage
 from cache.counters import BufferedCounters
 from cache.identifiers import IdentifierKind, normalize
 from cache.limits import (
@@ -156,12 +157,12 @@ def unavailable_decision(
     )
 
 
-def is_outage(exc: redis.RedisError) -> bool:
+def is_outage(exc: Exception) -> bool:
     """Whether `exc` means Redis cannot serve the check now (apply the failure policy).
 
     Anything else (a script error, WRONGTYPE at our key) is a bug and must be loud.
     """
-    if isinstance(exc, _OUTAGE_TYPES):
+    if isinstance(exc, _OUTAGE_TYPES) or is_cluster_outage(exc):
         return True
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(_OUTAGE_PREFIXES)
 
@@ -307,7 +308,7 @@ class LimiterCore:
         )
         return key, [now_arg, window_ms, limit, units, resolution_ms]
 
-    def _unavailable(self, spec: Spec, exc: redis.RedisError) -> Decision:
+    def _unavailable(self, spec: Spec, exc: Exception) -> Decision:
         """The failure policy's decision for an outage, counted and logged.
 
         Raises:
@@ -337,6 +338,6 @@ class LimiterCore:
         return decision, now if PROCESS_STATS.flush_due(now) else None
 
 
-def flush_failed(exc: redis.RedisError) -> None:
+def flush_failed(exc: Exception) -> None:
     """A flush piggybacked on a check failed: the counts are kept for the next one, the check stands."""
     logger.debug("rate limit counters not flushed: %s: %s", type(exc).__name__, exc)

@@ -24,11 +24,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import redis
 from redis import Redis
 
 from cache import connections, keys, lua
-from cache.connections import Role
+from cache.connections import REDIS_ERRORS, Role
 from cache.identifiers import IdentifierKind
 from cache.limits import (
     API,
@@ -174,7 +173,7 @@ def flush_ratelimit_stats(client: Redis | None = None) -> bool:
     """
     try:
         flush_counters(client if client is not None else connections.primary())
-    except redis.RedisError:
+    except REDIS_ERRORS:
         return False
     return True
 
@@ -285,12 +284,12 @@ class RateLimiter(LimiterCore):
         try:
             with bounded_call(self.client):  # EVALSHA and, after NOSCRIPT, the reload
                 reply: list[int] = self._script((key,), args)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             return self._unavailable(spec, exc)
         decision, flush_at = self._decided(spec, reply)
         if flush_at is not None:
             try:
                 flush_counters(self.client, flush_at)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 flush_failed(exc)
         return decision

@@ -11,6 +11,7 @@ started.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,12 +20,14 @@ from pathlib import Path
 from types import FrameType
 
 from cache.appcache.platform import create_schema, make_engine
+from workers.dev.cluster import LocalCluster
 from workers.dev.mailcatcher import start_mail_catcher
 from workers.dev.servers import CACHE_CONF, PRIMARY_CONF, PROJECT_ROOT, RedisServer
 
 LOCAL_PRIMARY_PORT = 16379  # not 6379: a system Redis may already own the standard port
 LOCAL_CACHE_PORT = 16380
 LOCAL_SMTP_PORT = 1025
+LOCAL_CLUSTER_PORTS = list(range(17000, 17006))  # bus ports 27000..27005
 
 
 def local_environment(var: Path) -> dict[str, str]:
@@ -111,3 +114,37 @@ def run_local_stack(var: Path = PROJECT_ROOT / "var") -> None:
         for server in reversed(started):
             server.stop()
         print("local stack stopped", flush=True)
+
+
+def run_local_cluster(var: Path = PROJECT_ROOT / "var") -> None:
+    """`up --cluster`: a 6-node PRIMARY cluster (3 masters, 3 replicas) on loopback until Ctrl-C.
+
+    Only the cluster: RQ workers cannot run on a cluster yet, so no worker tree starts.
+    A scratch cluster: its data directory is emptied at every start.
+    """
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    directory = var / "redis-cluster"
+    shutil.rmtree(directory, ignore_errors=True)
+    cluster = LocalCluster(directory, ports=LOCAL_CLUSTER_PORTS)
+    try:
+        cluster.start()
+        env = {"REDIS_CLUSTER_NODES": cluster.addresses}
+        var.mkdir(parents=True, exist_ok=True)
+        (var / "local.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+        print(f"PRIMARY Redis Cluster  REDIS_CLUSTER_NODES={cluster.addresses}  (data {directory})")
+        print("Workers                not started: RQ does not run on a cluster yet")
+        print(f"Environment            source {var / 'local.env'}")
+        print("Ctrl-C stops the cluster.", flush=True)
+        while not stop.wait(0.5):
+            if not any(node.running for node in cluster.nodes):
+                print("every cluster node exited; stopping", flush=True)
+                stop.set()
+    finally:
+        cluster.stop()
+        print("local cluster stopped", flush=True)
