@@ -3,7 +3,7 @@
 RQ owns its own keys (under `RQ_KEY_PREFIX`); everything of ours starts with `kx:`
 (sessions with `session:`) so operators can tell them apart. `{hash tags}` mark keys
 that one script or MULTI touches together: on Redis Cluster every such call must touch
-one slot (tests/unit/test_cluster_slots.py and tests/integration/test_cluster_slots.py
+one slot (tests/unit/test_cluster_slots.py and tests/integration/test_slots_recorded.py
 check it). A tag always comes before any caller-given text, so a `{` or `}` inside
 an id can never move a key to another slot.
 """

@@ -1,4 +1,4 @@
-"""Every multi-key operation of the project, once, against REDIS_URL (run by test_cluster_slots).
+"""Every multi-key operation of the project, once, against REDIS_URL (run by test_slots_recorded).
 
 Run as `python -m tests.integration.slot_driver` with `RQ_KEY_PREFIX={rq}`, as on a
 Cluster, while the test records what the server receives (MONITOR). Ids and keys carry

@@ -2,7 +2,7 @@
 
 Each builder belongs to exactly one group below; a new builder fails
 `test_every_builder_is_placed` until it is placed, so the layout cannot go stale. The
-recorded check of the real calls is tests/integration/test_cluster_slots.py.
+recorded check of the real calls is tests/integration/test_slots_recorded.py.
 """
 
 from __future__ import annotations

@@ -178,6 +178,13 @@ def test_every_script_and_multi_touches_one_slot(
     assert problems == []
     missing = {name for sha, name in all_script_shas().items() if sha not in shas}
     assert missing == set(), "the driver must run every script in cache/lua"
+    waits = [i for i, (_who, argv) in enumerate(recording.commands) if argv[:1] == [b"WAIT"]]
+    assert waits, "the durable enqueue WAITs"
+    for at in waits:  # right after a write of its own connection, next to the job
+        who = recording.commands[at][0]
+        before = [argv for w, argv in recording.commands[:at] if w == who][-1]
+        assert before[0] == b"SET" and before[1].startswith(b"{rq}:job:"), before
+        assert before[1].endswith(b":kx-durable")
     multis = sum(1 for _who, argv in recording.commands if argv[:1] == [b"MULTI"])
     assert multis >= 5, "the driver's MULTIs (email marker, bulk enqueue, requeue, ...) were recorded"
 
