@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.typing import EncodableT, FieldT
 
+from cache import keys
 from cache.connections import Role, build_client
 from cache.sessions.service import SessionService, new_session_id
 from cache.settings import Settings
@@ -71,7 +72,7 @@ def run() -> list[dict[str, Any]]:
             mapping |= {f"d:{k}": str(v) for k, v in data.items()}
 
             def raw_create_get(_: int) -> None:
-                key = f"session:{new_session_id()}"
+                key = keys.session(new_session_id())
                 client.hset(key, mapping=mapping)
                 client.pexpire(key, 86_400_000)
                 client.hgetall(key)
@@ -80,7 +81,7 @@ def run() -> list[dict[str, Any]]:
                 service.get(service.create("u1", data))
 
             sid = service.create("u2", data)
-            raw_key = f"session:{new_session_id()}"
+            raw_key = keys.session(new_session_id())
             client.hset(raw_key, mapping=mapping)
 
             pairs: dict[str, tuple[list[float], list[float]]] = {

@@ -1,8 +1,11 @@
 """Every Redis key name this project writes, in one place.
 
-RQ owns its own `rq:*` keys; everything of ours starts with `kx:` so operators can
-tell them apart, and `{hash tags}` mark keys that one script touches together, so
-Redis Cluster stays possible.
+RQ owns its own keys (under `RQ_KEY_PREFIX`); everything of ours starts with `kx:`
+(sessions with `session:`) so operators can tell them apart. `{hash tags}` mark keys
+that one script or MULTI touches together: on Redis Cluster every such call must touch
+one slot (tests/unit/test_cluster_slots.py and tests/integration/test_slots_recorded.py
+check it). A tag always comes before any caller-given text, so a `{` or `}` inside
+an id can never move a key to another slot.
 """
 
 from __future__ import annotations
@@ -29,23 +32,29 @@ def cache_counters() -> str:
     return f"{PREFIX}:cache:counters"
 
 
+SESSIONS_TAG = "{sessions}"
+"""The one hash tag of every session key: a session, its user's and its IdP indexes are
+touched by one script, so on a Cluster all sessions live on one slot (failover, not
+sharding; docs/sessions.md says why)."""
+
+
 def session(session_id: str) -> str:
-    """One session hash; the single `session:` prefix the web tier expects."""
-    return f"session:{session_id}"
+    """One session hash; the `session:` prefix the web tier expects, then the sessions' tag."""
+    return f"session:{SESSIONS_TAG}:{session_id}"
 
 
 def user_sessions(user_id: str) -> str:
-    return f"{PREFIX}:user-sessions:{user_id}"
+    return f"{PREFIX}:{SESSIONS_TAG}:user:{user_id}"
 
 
 def idp_session_sessions(idp_sid: str) -> str:
     """The sessions signed in through one IdP session (OIDC `sid`): back-channel logout."""
-    return f"{PREFIX}:idp-sid-sessions:{idp_sid}"
+    return f"{PREFIX}:{SESSIONS_TAG}:idp-sid:{idp_sid}"
 
 
 def idp_subject_sessions(idp_sub: str) -> str:
     """The sessions of one IdP subject (OIDC `sub`): back-channel logout without a `sid`."""
-    return f"{PREFIX}:idp-sub-sessions:{idp_sub}"
+    return f"{PREFIX}:{SESSIONS_TAG}:idp-sub:{idp_sub}"
 
 
 def logout_token_jti(digest: str) -> str:
@@ -107,13 +116,19 @@ def event_stream_channel(key: str) -> str | None:
     return key[len(prefix) :] if key.startswith(prefix) else None
 
 
+def _email_tag(idempotency_key: str) -> str:
+    """`{idem:<key>}`: the fixed `idem:` keeps the tag non-empty even for a key starting with `}`."""
+    return f"{{idem:{idempotency_key}}}"
+
+
 def email_sent_marker(idempotency_key: str) -> str:
-    return f"{PREFIX}:email:sent:{idempotency_key}"
+    """Written in one MULTI with the claim's removal: both carry the key's tag."""
+    return f"{PREFIX}:email:{_email_tag(idempotency_key)}:sent"
 
 
 def email_sending_claim(idempotency_key: str) -> str:
     """Set before an SMTP transaction, removed when its outcome is known (see jobs/email/idempotency.py)."""
-    return f"{PREFIX}:email:sending:{idempotency_key}"
+    return f"{PREFIX}:email:{_email_tag(idempotency_key)}:sending"
 
 
 EMAIL_POSSIBLE_DUPLICATES = f"{PREFIX}:email:possible_duplicates"
@@ -134,7 +149,30 @@ def job_counters(queue: str) -> str:
     return f"{PREFIX}:stats:jobs:{queue}"
 
 
-QUARANTINE = f"{PREFIX}:quarantine"
-"""Hash `<queue>/<job id>` -> JSON {queue, id, reason, source, at}: queue entries too broken
-for the failed registry (malformed id, missing or unreadable job hash), set aside so no
-worker meets them again. Shown by `status` and `failed list`."""
+def quarantine(rq_key_prefix: str) -> str:
+    """Hash `<queue>/<job id>` -> JSON {queue, id, reason, source, at}: queue entries too
+    broken for the failed registry (malformed id, missing or unreadable job hash), set
+    aside so no worker meets them again. Shown by `status` and `failed list`.
+
+    Written in one MULTI with the removal from RQ's list or registry, so it carries
+    RQ's key prefix (`rq.defaults.RQ_KEY_PREFIX`) and with it RQ's `{rq}` slot.
+    """
+    return f"{PREFIX}:{rq_key_prefix}:quarantine"
+
+
+def intermediate_seen(intermediate_key: str, job_id: str) -> str:
+    """When maintenance first saw `job_id` unregistered in RQ's intermediate list `intermediate_key`.
+
+    Deleted in the MULTI that requeues the job, so it extends RQ's key (and its slot).
+    """
+    return f"{intermediate_key}:kx-seen:{job_id}"
+
+
+def durable_probe(job_key: str) -> str:
+    """Written right before a durable enqueue's WAIT, on the connection that sends it.
+
+    WAIT counts replicas that have every write of *its own connection*; this write makes
+    that include the job, whichever pooled connection wrote the job. It extends the job's
+    key, so on a Cluster it lands on the node that owns the job (jobs/enqueue.py).
+    """
+    return f"{job_key}:kx-durable"

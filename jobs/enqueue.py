@@ -14,10 +14,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from rq import Retry
 from rq.exceptions import DuplicateJobError
 from rq.job import Job
 
+from cache import keys
 from cache.connections import Role, address_setting, primary, translate_errors
 from cache.settings import get_settings
 from jobs.allowlist import function_name
@@ -146,15 +148,33 @@ def enqueue(
         except DuplicateJobError:
             return str(data["job_id"])
         if durable:
-            _wait_for_replica(queue.connection, str(job.id))
+            _wait_for_replica(queue.connection, job.key, str(job.id))
     return str(job.id)
 
 
 DURABLE_WAIT_MS = 2000  # how long a durable enqueue waits for a replica's acknowledgement
 
 
-def _wait_for_replica(client: redis.Redis, job_id: str) -> None:
-    acknowledged = int(client.wait(1, DURABLE_WAIT_MS))
+def _wait_for_replica(client: redis.Redis | RedisCluster, job_key: str, job_id: str) -> None:
+    """WAIT 1 on the server that owns the job, after a write of the WAIT's own connection.
+
+    WAIT counts the replicas that have every write of the connection it is sent on, and
+    RQ wrote the job on whichever pooled connection it was handed (a script, a MULTI).
+    So one connection, held for both, writes a probe key next to the job (same server,
+    same slot; a write after the job's) and then WAITs: acknowledged means the job is on
+    a replica too. On a Cluster that is a connection to the node owning the job's slot,
+    not the client's default node, whose replicas never see the job.
+    """
+    if isinstance(client, RedisCluster):
+        owner: redis.Redis | None = client.get_node_from_key(job_key).redis_connection  # type: ignore[no-untyped-call]
+    else:
+        owner = client
+    acknowledged = 0
+    if owner is not None:  # None: the cluster client has not connected to that node
+        with owner.client() as held:  # type: ignore[no-untyped-call]  # one pooled connection, held
+            held.call_timeout_s = getattr(owner, "call_timeout_s", None)  # the owner's time bound
+            held.set(keys.durable_probe(job_key), "1", px=DURABLE_WAIT_MS)
+            acknowledged = int(held.wait(1, DURABLE_WAIT_MS))
     if acknowledged < 1:
         raise EnqueueNotDurable(
             f"job {job_id} was enqueued on the primary but no replica acknowledged it within "
@@ -210,8 +230,10 @@ def enqueue_bulk(
         return []
     queue = KryonixQueue(spec.name, connection=client or primary())
     # Bulk: RQ encodes each job while filling the pipeline; one bad argument raises before
-    # `execute`, so nothing of the batch is sent (see _argument_errors).
-    with _write_errors(), _argument_errors(name), queue.connection.pipeline() as pipe:
+    # `execute`, so nothing of the batch is sent (see _argument_errors). One MULTI, explicitly:
+    # a Cluster client's `pipeline()` is not transactional by default. Every key it writes is
+    # RQ's, so on RQ's one slot.
+    with _write_errors(), _argument_errors(name), queue.connection.pipeline(transaction=True) as pipe:
         jobs = queue.enqueue_many(prepared, pipeline=pipe)
         pipe.execute()
     return [job.id for job in jobs]

@@ -4,7 +4,7 @@ Anyone who can write to Redis can push any bytes onto a queue. RQ raises on an i
 cannot parse or a job hash it cannot read, and a worker that meets one exits; the
 entry then stays in the queue's intermediate list and stops every worker after it.
 A readable job that must not run fails into the failed registry (it has a hash to
-record the failure on); everything else ends here, in `keys.QUARANTINE`, and is never
+record the failure on); everything else ends here, in `QUARANTINE_KEY`, and is never
 handed to a worker or requeued again.
 """
 
@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from rq.defaults import RQ_KEY_PREFIX
 from rq.exceptions import NoSuchJobError
 
 from cache import keys
 from cache.text import printable
 
 log = logging.getLogger("kryonix.quarantine")
+
+QUARANTINE_KEY = keys.quarantine(RQ_KEY_PREFIX)  # on RQ's slot: one MULTI with RQ's lists
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]+")  # RQ's own rule (rq.job.JOB_ID_PATTERN), checked before RQ raises
 
@@ -92,8 +95,8 @@ def quarantine(
     Recording twice overwrites: one entry per queue and id.
     """
     entry = Quarantined(queue, printable(raw_id), reason, source or "", time.time())
-    pipe = pipeline if pipeline is not None else client.pipeline()
-    pipe.hset(keys.QUARANTINE, f"{queue}/{entry.id}", json.dumps(entry.as_dict()))
+    pipe = pipeline if pipeline is not None else client.pipeline(transaction=True)
+    pipe.hset(QUARANTINE_KEY, f"{queue}/{entry.id}", json.dumps(entry.as_dict()))
     if source:
         pipe.lrem(source, 0, raw_id)  # type: ignore[arg-type]  # bytes are fine on the wire
     if pipeline is None:
@@ -104,7 +107,7 @@ def quarantine(
 def list_quarantined(client: redis.Redis, *, queue: str | None = None) -> list[Quarantined]:
     """Entries set aside, newest first (of `queue`, or all)."""
     entries = []
-    for raw in client.hvals(keys.QUARANTINE):
+    for raw in client.hvals(QUARANTINE_KEY):
         try:
             entry = Quarantined(**json.loads(raw))
         except (ValueError, TypeError) as exc:  # written by hand too: show it, do not fail
@@ -117,10 +120,10 @@ def list_quarantined(client: redis.Redis, *, queue: str | None = None) -> list[Q
 def purge_quarantined(client: redis.Redis, *, queue: str | None = None) -> int:
     """Forget quarantined entries (of `queue`, or all); returns how many."""
     fields = [
-        field for field in client.hkeys(keys.QUARANTINE) if queue is None or _field_queue(field) == queue
+        field for field in client.hkeys(QUARANTINE_KEY) if queue is None or _field_queue(field) == queue
     ]
     if fields:
-        client.hdel(keys.QUARANTINE, *fields)
+        client.hdel(QUARANTINE_KEY, *fields)
     return len(fields)
 
 

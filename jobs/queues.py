@@ -288,7 +288,7 @@ class KryonixQueue(Queue):
         for raw_entry in raw_ids(self.connection.zrangebyscore(registry_key, 0, moment)):
             reason = self._unreadable(raw_entry, missing_is_poison=False)
             if reason is not None:
-                with self.connection.pipeline() as pipe:
+                with self.connection.pipeline(transaction=True) as pipe:  # one MULTI, on RQ's slot
                     quarantine(
                         self.connection, queue=self.name, raw_id=raw_entry, reason=reason, pipeline=pipe
                     )

@@ -69,7 +69,7 @@ class Claimer:
 
     def put_back(self, claimed: Sequence[tuple[Job, Queue]]) -> None:
         """Return claimed jobs, unstarted, to the front of their queues, in their order."""
-        with self.connection.pipeline() as pipe:  # MULTI: out of the list and back in the queue together
+        with self.connection.pipeline(transaction=True) as pipe:  # MULTI: out of the list, back in the queue
             for job, queue in reversed(claimed):
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
                 pipe.lpush(queue.key, job.id)

@@ -23,6 +23,7 @@ import redis
 from rq.registry import StartedJobRegistry, clean_registries
 from rq.worker_registration import clean_worker_registry
 
+from cache import keys
 from cache.text import printable
 from jobs.quarantine import raw_ids
 from jobs.queues import QUEUES, KryonixQueue
@@ -87,14 +88,16 @@ def _recover_intermediate(queue: KryonixQueue, now: float) -> list[str]:
         job_id = printable(raw_id)
         if job_id in started:
             continue
-        seen_key = f"{intermediate.key}:kx-seen:{job_id}"
-        with connection.pipeline() as pipe:  # SET NX + GET (SET ... GET with NX needs Redis 7)
+        seen_key = keys.intermediate_seen(intermediate.key, job_id)  # RQ's slot, as the list's
+        with connection.pipeline(transaction=True) as pipe:  # SET NX + GET (SET GET NX needs Redis 7)
             pipe.set(seen_key, now, nx=True, ex=SEEN_KEY_TTL_S)
             pipe.get(seen_key)
             first_seen = pipe.execute()[1]
         if first_seen is None or now - float(first_seen) < STUCK_AFTER_S:
             continue
-        with connection.pipeline() as pipe:  # MULTI: out of the list and back in the queue together
+        # MULTI (explicitly: a Cluster client's default pipeline is not one): out of the list
+        # and back in the queue together. Every key is on RQ's slot (`{rq}` on a Cluster).
+        with connection.pipeline(transaction=True) as pipe:
             pipe.lrem(intermediate.key, 1, job_id)
             queue.push_job_id(job_id, pipeline=pipe, at_front=True)
             pipe.delete(seen_key)

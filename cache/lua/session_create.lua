@@ -1,5 +1,5 @@
 -- Create one session and add it to each of its indexes, atomically.
--- KEYS[1]   the session hash (session:<id>)
+-- KEYS[1]   the session hash (keys.session: session:{sessions}:<id>)
 -- KEYS[2..] its indexes: the user's, then the IdP session's and the IdP subject's when
 --           the session carries them; sorted sets of session ids scored by absolute deadline (ms)
 -- ARGV[1]   session id

@@ -1,5 +1,5 @@
 -- Check that a session is live, optionally slide its idle timeout, apply field changes.
--- KEYS[1]  the session hash (session:<id>)
+-- KEYS[1]  the session hash (keys.session: session:{sessions}:<id>)
 -- ARGV[1]  now, ms on the service clock
 -- ARGV[2]  "1" to slide the idle timeout (last seen := now), "0" to leave it
 -- ARGV[3]  "1" to return the whole hash, "0" to return 1

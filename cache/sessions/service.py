@@ -3,7 +3,7 @@
 The Redis shell; ids, deadlines and the record's encoding live in `cache.sessions.core`,
 the checks and script calls it shares with `AsyncSessionService` in `cache.sessions.calls`.
 
-A session is one hash `session:<id>` holding its user id, created-at, last-seen, idle
+A session is one hash `session:{sessions}:<id>` holding its user id, created-at, last-seen, idle
 TTL, absolute deadline and one field per data item (`d:<name>`, JSON), so concurrent
 updates of different items never overwrite each other. A per-user sorted set of ids
 scored by absolute deadline backs "log out everywhere", and two more (by the IdP's

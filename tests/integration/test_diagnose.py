@@ -50,12 +50,12 @@ def test_sessions_group_into_one_pattern(primary: redis.Redis) -> None:
 
     assert report["dbsize"] == primary.dbsize()
     assert report["sampled"] == report["dbsize"], "a small keyspace is sampled completely"
-    assert rows["session:*"]["keys"] == 40
+    assert rows["session:{sessions}:*"]["keys"] == 40
     sizes = [int(primary.memory_usage(keys.session(s)) or 0) for s in session_ids]
-    assert rows["session:*"]["max_bytes"] == max(sizes)
-    assert rows["session:*"]["total_bytes"] == sum(sizes)
-    assert rows["session:*"]["estimated_total_bytes"] == sum(sizes)
-    assert rows["kx:user-sessions:*"]["keys"] == 10
+    assert rows["session:{sessions}:*"]["max_bytes"] == max(sizes)
+    assert rows["session:{sessions}:*"]["total_bytes"] == sum(sizes)
+    assert rows["session:{sessions}:*"]["estimated_total_bytes"] == sum(sizes)
+    assert rows["kx:{sessions}:user:*"]["keys"] == 10
     assert rows["rq:job:*"]["keys"] == 3
     assert report["patterns"][0]["pattern"] == "kx:big:blob", "largest total first"
     assert not any(s in str(report) for s in session_ids), "session ids are secrets: never reported"
@@ -89,7 +89,7 @@ def test_diagnose_section_text_and_json(primary: redis.Redis) -> None:
     assert "latency: 10 PINGs" in text
     assert "policy noeviction" in text
     assert "AOF on" in text
-    assert "session:*  40 key(s)" in text
+    assert "session:{sessions}:*  40 key(s)" in text
 
 
 def test_refused_probe_is_reported_in_place(redis_factory: Callable[..., RedisServer]) -> None:

@@ -78,9 +78,9 @@ def test_default_client_is_the_primary(redis_env: dict[str, str]) -> None:
 def test_lifecycle(any_client: redis.Redis, clock: FakeClock) -> None:
     service = SessionService(any_client, clock=clock)
     sid = service.create(7, {"cart": [1, 2], "lang": "fr"})
-    raw = any_client.hgetall(f"session:{sid}")
-    assert raw, "stored under a single session: prefix"
-    assert any_client.exists(f"session:session:{sid}") == 0
+    raw = any_client.hgetall(f"session:{{sessions}}:{sid}")
+    assert raw, "stored under one session: prefix and the sessions' hash tag"
+    assert any_client.exists(f"session:{sid}") == 0
     clock.advance(10)
     session = service.get(sid)
     assert session is not None
@@ -291,7 +291,7 @@ def test_logout_everywhere_with_1000_sessions(service: SessionService, primary: 
     assert service.list_for_user("alice") == []
     assert primary.exists(keys.user_sessions("alice")) == 0
     assert all(service.get(sid) is None for sid in mine[::50])
-    remaining = {k.decode() for k in primary.scan_iter(match="session:*", count=1000)}
+    remaining = {k.decode() for k in primary.scan_iter(match="session:{sessions}:*", count=1000)}
     assert remaining == {keys.session(sid) for sid in theirs}
     assert {s.id for s in service.list_for_user("bob")} == set(theirs)
     assert service.destroy_all_for_user("alice") == 0

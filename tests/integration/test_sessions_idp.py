@@ -48,7 +48,7 @@ def test_create_stores_and_indexes_the_idp_values(service: SessionService, prima
         assert WEEK_MS - 60_000 < primary.pttl(index) <= WEEK_MS  # until the absolute deadline
     local = service.get(service.create("alice"))
     assert local is not None and (local.idp_sid, local.idp_sub) == (None, None)
-    assert primary.keys("kx:idp-*") and len(primary.keys("kx:idp-*")) == 2
+    assert primary.keys("kx:{sessions}:idp-*") and len(primary.keys("kx:{sessions}:idp-*")) == 2
 
 
 @pytest.mark.parametrize("bad", ["", "a\nb", "x" * 257, 5, b"kc"])
@@ -108,7 +108,7 @@ def test_logout_by_sid_and_by_sub_end_exactly_the_matching_sessions(
     assert [service.get(s) is not None for s in (a3, bob, local)] == [False, True, True]
     assert service.logout_by_subject("sub-a") == 0
     assert service.logout_by_idp_session("never-seen") == 0
-    assert sorted(primary.keys("kx:idp-*")) == [
+    assert sorted(primary.keys("kx:{sessions}:idp-*")) == [
         keys.idp_session_sessions("kc-3").encode(),
         keys.idp_subject_sessions("sub-b").encode(),
     ]

@@ -19,10 +19,10 @@ SESSION_ID = "Xk3_p9QzL-aB7vR2mN8cT1yW4uE6oI0sD5fG9hJ2kLq"  # token_urlsafe(32) 
     ("key", "pattern"),
     [
         # sessions: one pattern whatever the id
-        (keys.session(SESSION_ID), "session:*"),
-        (keys.session("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ"), "session:*"),  # no digit at all
-        (keys.user_sessions("42"), "kx:user-sessions:*"),
-        (keys.user_sessions("user@example.com"), "kx:user-sessions:*"),
+        (keys.session(SESSION_ID), "session:{sessions}:*"),
+        (keys.session("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ"), "session:{sessions}:*"),  # no digit
+        (keys.user_sessions("42"), "kx:{sessions}:user:*"),
+        (keys.user_sessions("user@example.com"), "kx:{sessions}:user:*"),
         # RQ keys: uuids and hex worker names starred, queue names kept
         (f"rq:job:{uuid.UUID(int=7)}", "rq:job:*"),
         (f"rq:results:{uuid.UUID(int=7)}", "rq:results:*"),
@@ -38,7 +38,7 @@ SESSION_ID = "Xk3_p9QzL-aB7vR2mN8cT1yW4uE6oI0sD5fG9hJ2kLq"  # token_urlsafe(32) 
         (keys.cache_fill_lock("users", "user:42"), "kx:cache:{users}:l:user:*"),
         (keys.job_counters("email"), "kx:stats:jobs:email"),
         (keys.event_stream(keys.user_channel("1001")), "kx:stream:user:*:events"),
-        (keys.email_sent_marker(str(uuid.UUID(int=3))), "kx:email:sent:*"),
+        (keys.email_sent_marker(str(uuid.UUID(int=3))), "kx:email:{idem:*}:sent"),
         # words survive, ids inside words are starred
         ("report_2026_q1_summary", "report_*_q1_summary"),
         ("GenerateReport", "GenerateReport"),
@@ -60,7 +60,7 @@ def test_key_pattern(key: str | bytes, pattern: str) -> None:
 
 def test_random_session_ids_always_share_one_pattern() -> None:
     patterns = {key_pattern(keys.session(secrets.token_urlsafe(32))) for _ in range(2_000)}
-    assert patterns == {"session:*"}
+    assert patterns == {"session:{sessions}:*"}
 
 
 def test_bytes_and_str_give_the_same_pattern() -> None:

@@ -6,7 +6,7 @@ Three read-only probes for `python -m workers status` (and for people at a shell
   the server itself recorded above `latency-monitor-threshold`;
 - memory by key pattern: a bounded `SCAN` sample, `MEMORY USAGE` per sampled key,
   summed and maxed per pattern, where ids, uuids, numbers and hex turn into `*`
-  (`session:<id>` keys become one `session:*` line). Only patterns are reported,
+  (`session:{sessions}:<id>` keys become one `session:{sessions}:*` line). Only patterns are reported,
   never key names: a session key's name is the session's bearer secret;
 - the INFO memory/stats/persistence fields worth reading.
 
@@ -16,6 +16,7 @@ the functions that talk to Redis are thin.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
@@ -84,7 +85,7 @@ def _segment_pattern(segment: str) -> str:
 def key_pattern(key: str | bytes) -> str:
     """The pattern a key belongs to: ids, uuids, numbers, hex and random tokens become `*`.
 
-    `session:<43 random chars>` -> `session:*`, `rq:job:<uuid>` -> `rq:job:*`,
+    `session:{sessions}:<43 random chars>` -> `session:{sessions}:*`, `rq:job:<uuid>` -> `rq:job:*`,
     `kx:rl:{ip:60000:1.2.3.4}` -> `kx:rl:{ip:*:*}`. Non-printable characters are
     escaped, so a hostile key name cannot forge lines in the status output.
     """
@@ -250,21 +251,19 @@ def sample_key_sizes(
     """
     _check_count("sample_keys", sample_keys, MAX_SAMPLE_KEYS)
     sizes: list[tuple[bytes | str, int]] = []
-    cursor = 0
+    # scan_iter, not a loop over `scan(cursor)`: a Cluster client answers SCAN with a cursor
+    # per node, and its scan_iter walks every master.
+    found = client.scan_iter(count=SCAN_BATCH)
     while len(sizes) < sample_keys:
-        cursor, batch = client.scan(cursor, count=SCAN_BATCH)
-        batch = batch[: sample_keys - len(sizes)]
-        if batch:
-            with client.pipeline(transaction=False) as pipe:
-                for key in batch:
-                    pipe.memory_usage(key)
-                usages = pipe.execute()
-            # A key that expired between SCAN and MEMORY USAGE answers None: skip it.
-            sizes.extend(
-                (key, int(size)) for key, size in zip(batch, usages, strict=True) if size is not None
-            )
-        if cursor == 0:
+        batch = list(itertools.islice(found, min(SCAN_BATCH, sample_keys - len(sizes))))
+        if not batch:
             break
+        with client.pipeline(transaction=False) as pipe:
+            for key in batch:
+                pipe.memory_usage(key)
+            usages = pipe.execute()
+        # A key that expired between SCAN and MEMORY USAGE answers None: skip it.
+        sizes.extend((key, int(size)) for key, size in zip(batch, usages, strict=True) if size is not None)
     return sizes
 
 

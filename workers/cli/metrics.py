@@ -26,6 +26,7 @@ import redis
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.cluster import RedisCluster
 from rq.worker import Worker
 
 from cache import connections, keys
@@ -258,15 +259,19 @@ class KryonixCollector(Collector):
 
     def _ratelimit_families(self, client: redis.Redis) -> list[Metric]:
         names: list[bytes | str] = []
-        cursor, complete = 0, False
-        for _ in range(RATELIMIT_SCAN_CALLS):
-            cursor, batch = client.scan(
-                cursor, match=keys.RATE_LIMIT_SCAN_PATTERN, count=RATELIMIT_SCAN_COUNT
-            )
-            names.extend(batch)
-            if cursor == 0:
-                complete = True
-                break
+        masters = scan_targets(client)
+        complete = True
+        for master in masters:  # the budget of SCAN calls, shared by the masters
+            cursor = 0
+            for _ in range(max(1, RATELIMIT_SCAN_CALLS // len(masters))):
+                cursor, batch = master.scan(
+                    cursor, match=keys.RATE_LIMIT_SCAN_PATTERN, count=RATELIMIT_SCAN_COUNT
+                )
+                names.extend(batch)
+                if cursor == 0:
+                    break
+            else:
+                complete = False
         active = GaugeMetricFamily(
             "kryonix_ratelimit_active_identifiers",
             "Clients with requests inside the window, per limit (one sliding-log key each)",
@@ -293,6 +298,19 @@ class KryonixCollector(Collector):
             for decision in RATELIMIT_OUTCOMES:
                 decisions.add_metric([scope, decision], float(counts[decision]))
         return decisions
+
+
+def scan_targets(client: redis.Redis | RedisCluster) -> list[redis.Redis]:
+    """Where a bounded SCAN walk runs: the server itself, or each master of a Cluster.
+
+    The walk counts its SCAN calls (the bound), which `scan_iter` hides; and a Cluster
+    client answers `scan` with a cursor per node, so the walk goes to each master's own
+    plain client, whose `scan` answers one (cursor, keys) pair.
+    """
+    if isinstance(client, RedisCluster):
+        nodes = client.get_primaries()  # type: ignore[no-untyped-call]
+        return [node.redis_connection for node in nodes if node.redis_connection is not None]
+    return [client]
 
 
 # --- the HTTP server ------------------------------------------------------------------------
