@@ -366,3 +366,119 @@ def test_worker_delivers_a_real_email_once_on_the_cluster(
     result = _drain(cluster, smtp_server, tmp_path, "real")
     assert result["log"] == ["after-email"], "the dependent ran once, after its parent"
     assert len(smtp_server.to("ana@example.com")) == 1
+
+
+# --- Failed registry, requeue, the schedulers
+
+
+def _child_fail_and_requeue() -> dict[str, Any]:
+    from jobs.enqueue import enqueue, fetch_job
+    from jobs.queues import get_queue
+    from jobs.retry import RetryPolicy
+
+    client = _primary()
+    queue = get_queue(client, name="email")
+    job_id = enqueue("email", "jobs.diagnostics.flaky", "test:cluster:runs", 1, retry=RetryPolicy(attempts=0))
+    _counting_worker(["email"]).work(burst=True)
+    failed = queue.failed_job_registry.get_job_ids()
+    queue.failed_job_registry.requeue(job_id)
+    requeued = queue.get_job_ids()
+    _counting_worker(["email"]).work(burst=True)
+    job = fetch_job(client, job_id=job_id)
+    return {
+        "job": job_id,
+        "failed": failed,
+        "requeued": requeued,
+        "failed_after": queue.failed_job_registry.get_job_ids(),
+        "status": None if job is None else job.get_status(refresh=True).value,
+        "runs": int(client.get("test:cluster:runs")),
+    }
+
+
+def test_a_failed_job_lands_in_the_failed_registry_and_runs_again_when_requeued(cluster: Cluster) -> None:
+    result = run_child(cluster, "fail_and_requeue")
+    assert result["failed"] == [result["job"]]
+    assert result["requeued"] == [result["job"]]
+    assert result["failed_after"] == []
+    assert result["status"] == "finished" and result["runs"] == 2
+
+
+def _child_schedule() -> dict[str, Any]:
+    import threading
+
+    from jobs.enqueue import enqueue
+    from jobs.periodic import Periodic
+    from jobs.queues import get_queue
+    from workers.scheduler import SchedulerProcess
+
+    client = _primary()
+    queue = get_queue(client, name="email")
+    delayed = enqueue("email", "jobs.diagnostics.record", LOG_KEY, "delayed", in_=1, client=client)
+    every = Periodic(name="tick", func="jobs.diagnostics.record", queue="email", every_s=1, args=(LOG_KEY, "tick"))
+    scheduler = SchedulerProcess(client, definitions=[every], tick_s=0.2, maintenance_interval_s=0.5)
+    runner = threading.Thread(target=scheduler.run, kwargs={"install_signals": False})
+    runner.start()
+    try:
+        wait_until(lambda: delayed in queue.get_job_ids(), 30, "the delayed job moved to its queue")
+        wait_until(lambda: queue.count >= 2, 30, "a periodic slot fired")
+    finally:
+        scheduler.stop_event.set()
+        runner.join()
+    keys = _rq_keys(client)
+    _counting_worker(["email"]).work(burst=True)
+    return {"log": sorted({t.decode() for t in client.lrange(LOG_KEY, 0, -1)}), "keys": keys}
+
+
+def test_rq_scheduler_and_rqs_own_scheduler_move_due_jobs_on_the_cluster(cluster: Cluster) -> None:
+    result = run_child(cluster, "schedule")
+    assert result["log"] == ["delayed", "tick"]
+    keys = result["keys"]
+    assert "{rq}:scheduler:scheduled_jobs" in keys, "rq-scheduler's keys follow RQ_KEY_PREFIX"
+    assert set(keys.values()) == {RQ_SLOT}, f"keys off the {{rq}} slot: {keys}"
+
+
+# --- RQ's command channel
+
+
+def _child_work(queues: str) -> dict[str, Any]:
+    """A worker that runs until SIGTERM."""
+    _counting_worker(queues.split(",")).work()
+    return {}
+
+
+def _child_stop_jobs() -> dict[str, Any]:
+    from rq.command import send_stop_job_command
+
+    from jobs.email import enqueue_email
+    from jobs.enqueue import enqueue, fetch_job
+    from jobs.serialization import JSONSerializer
+
+    client = _primary()
+
+    def status(job_id: str) -> str | None:
+        job = fetch_job(client, job_id=job_id)
+        return None if job is None else job.get_status(refresh=True).value
+
+    # An email held at DATA by the test's relay: a slot job stops at its next wait (jobs.interrupts).
+    in_slot = enqueue_email("ana@example.com", "welcome", WELCOME)
+    in_horse = enqueue("report", "jobs.diagnostics.sleep", 60, client=client)
+    stopped = {}
+    for job_id in (in_slot, in_horse):
+        wait_until(lambda job_id=job_id: status(job_id) == "started", 30, f"{job_id} started")
+        send_stop_job_command(client, job_id, serializer=JSONSerializer)
+        wait_until(lambda job_id=job_id: status(job_id) == "stopped", 30, f"{job_id} stopped")
+        stopped[job_id] = status(job_id)
+    return {"stopped": stopped}
+
+
+def test_rqs_stop_job_command_reaches_the_worker_for_a_slot_job_and_a_horse(
+    cluster: Cluster, spawn: Any, smtp_server: SmtpServer
+) -> None:
+    smtp_server.handler.hold_data = True
+    worker = spawn("work", "email,report", **{**smtp_server.env(), "SMTP_TIMEOUT": "60"})
+    result = run_child(cluster, "stop_jobs")
+    assert set(result["stopped"].values()) == {"stopped"}
+    assert not smtp_server.received
+    smtp_server.handler.hold_data = False
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, "the worker stopped warm"
