@@ -32,8 +32,8 @@ def rq_key_prefix(environ: MutableMapping[str, str]) -> str | None:
     start = given.find("{")
     if start < 0 or given.find("}", start) <= start + 1:
         raise ConfigError(
-            f"RQ_KEY_PREFIX={given!r} has no hash tag: on a Redis Cluster (REDIS_CLUSTER_NODES) "
-            f"RQ's keys must share one slot; leave it unset (it becomes {CLUSTER_KEY_PREFIX}) or use one like it"
+            f"RQ_KEY_PREFIX={given!r} has no hash tag: on a Redis Cluster (REDIS_CLUSTER_NODES) RQ's "
+            f"keys must share one slot; leave it unset (it becomes {CLUSTER_KEY_PREFIX}) or use one like it"
         )
     return given
 

@@ -115,20 +115,24 @@ def _strategy_flag(pipe: ClusterPipeline, name: str) -> object:
         # the plain one (PipelineStrategy) never watches nor opens a MULTI.
         if type(strategy).__name__ == "PipelineStrategy":
             return False
-        raise RuntimeError(f"redis-py {redis.__version__}: ClusterPipeline has no {name}; see jobs/rq_cluster.py")
+        raise RuntimeError(
+            f"redis-py {redis.__version__}: ClusterPipeline has no {name}; see jobs/rq_cluster.py"
+        )
     return getattr(strategy, name)
 
 
 class RQClusterClient(RedisCluster):
-    """The wrapped cluster client as RQ expects a connection: same nodes, pools and retry.
+    """A cluster client as RQ expects a connection.
 
-    Made by `rq_connection`, never directly: it shares the wrapped client's state.
+    `rq_connection` makes one that shares a client's nodes, pools and retry (a view);
+    built directly (`rq info --connection-class jobs.rq_cluster.RQClusterClient`), it
+    is a cluster client of its own.
     """
 
-    _kx_wrapped: RedisCluster
-
     def __del__(self) -> None:
-        """The wrapped client owns the nodes and pools; closing them here would close its."""
+        """A view leaves the nodes and pools to the client it wraps, which owns them."""
+        if "_kx_wrapped" not in self.__dict__:
+            super().__del__()  # type: ignore[no-untyped-call]
 
     @property
     def connection_pool(self) -> _PoolFacade:
@@ -141,11 +145,11 @@ class RQClusterClient(RedisCluster):
         One slot per transaction holds because every RQ key carries `{rq}`; a pipeline of
         ours for several slots passes `transaction=False`.
         """
-        pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)
+        pipe: RQClusterPipeline = super().pipeline(transaction=transaction, shard_hint=shard_hint)  # type: ignore[no-untyped-call]
         # Built by redis-py with whatever this version passes; only the class changes
         # (two read-only properties, no state of their own).
         pipe.__class__ = RQClusterPipeline
-        return pipe  # type: ignore[return-value]
+        return pipe
 
 
 _views: weakref.WeakKeyDictionary[RedisCluster, RQClusterClient] = weakref.WeakKeyDictionary()
@@ -162,7 +166,9 @@ def rq_connection(client: T) -> T:
     if view is None:
         view = object.__new__(RQClusterClient)
         view.__dict__.update(client.__dict__)
-        view._kx_wrapped = client  # keeps the owner (and its pools) alive as long as RQ holds the view
+        view.__dict__["_kx_wrapped"] = (
+            client  # keeps the owner (and its pools) alive as long as RQ holds the view
+        )
         _views[client] = view
     return view  # type: ignore[return-value]
 
@@ -180,7 +186,7 @@ def raise_socket_timeout(client: RedisCluster, timeout_s: float) -> None:
     if current is not None and current >= timeout_s:
         return
     kwargs["socket_timeout"] = timeout_s
-    for node in client.get_nodes():
+    for node in client.get_nodes():  # type: ignore[no-untyped-call]
         if node.redis_connection is None:
             continue
         pool = node.redis_connection.connection_pool

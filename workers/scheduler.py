@@ -55,7 +55,10 @@ class PeriodicScheduler(Scheduler):  # type: ignore[misc]
 
     def __init__(self, definitions: Iterable[Periodic], connection: redis.Redis, tick_s: float) -> None:
         super().__init__(
-            connection=rq_connection(connection), interval=tick_s, job_class=KryonixJob, queue_class=KryonixQueue
+            connection=rq_connection(connection),
+            interval=tick_s,
+            job_class=KryonixJob,
+            queue_class=KryonixQueue,
         )
         self.definitions = {d.job_id: d for d in definitions}
 

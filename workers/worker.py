@@ -86,8 +86,8 @@ class KryonixWorker(SlotCommands):
         # As RQ's Worker: without `connection=`, the one the given Queue objects carry.
         connection = kwargs.get("connection") or get_connection_from_queues(given)
         if get_settings().sentinel is not None or (cluster_mode() and not is_cluster(connection)):
-            # `rq worker` only knows RQ_REDIS_URL; with Sentinel or a Cluster the worker needs a
-            # client that follows the master. Its own pool: RQ raises the socket timeout of the one it is given.
+            # `rq worker` only knows RQ_REDIS_URL; with Sentinel or a Cluster the worker needs a client
+            # that follows the master. Its own pool: RQ raises the socket timeout of the one it is given.
             connection = build_client(Role.PRIMARY)
         if connection is not None:
             kwargs["connection"] = connection = rq_connection(connection)

@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +91,9 @@ def _form(ports: list[int]) -> None:
         replica.execute_command("CLUSTER REPLICATE", master.execute_command("CLUSTER MYID"))
     wait_until(lambda: all(n.cluster("info")["cluster_state"] == "ok" for n in nodes), 30, "cluster ok")
     wait_until(
-        lambda: all(n.info("replication").get("master_link_status") == "up" for n in nodes[3:]), 30, "replicas"
+        lambda: all(n.info("replication").get("master_link_status") == "up" for n in nodes[3:]),
+        30,
+        "replicas",
     )
 
 
@@ -163,7 +164,7 @@ def run_child(cluster: Cluster, name: str, *args: str, timeout_s: float = 120, *
 
 @pytest.fixture
 def spawn(cluster: Cluster, tmp_path: Path) -> Iterator[Any]:
-    """`spawn(name, *args, **env)` starts `child(name, ...)` in the background; all are stopped after the test."""
+    """`spawn(name, *args, **env)` starts `child(name, ...)` in the background; stopped after the test."""
     started: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
@@ -240,7 +241,9 @@ def _child_enqueue() -> dict[str, Any]:
     queue = get_queue(client, name="email")
     parent = enqueue("email", "jobs.diagnostics.noop", client=client)
     dependent = queue.enqueue_call("jobs.diagnostics.noop", depends_on=parent)
-    unique = [enqueue("email", "jobs.diagnostics.noop", idempotency_key="once", client=client) for _ in range(2)]
+    unique = [
+        enqueue("email", "jobs.diagnostics.noop", idempotency_key="once", client=client) for _ in range(2)
+    ]
     later = enqueue("email", "jobs.diagnostics.noop", in_=dt.timedelta(hours=1), client=client)
     return {
         "prefix": rq.defaults.RQ_KEY_PREFIX,
@@ -305,7 +308,11 @@ def _child_drain(reports_dir: str, email_kind: str) -> dict[str, Any]:
     if email_kind == "real":
         email = enqueue_email("ana@example.com", "welcome", WELCOME)
     else:
-        email = get_queue(client, name="email").enqueue_call("jobs.diagnostics.record", args=(LOG_KEY, "email")).id
+        email = (
+            get_queue(client, name="email")
+            .enqueue_call("jobs.diagnostics.record", args=(LOG_KEY, "email"))
+            .id
+        )
     report = enqueue_report("activity_detail", full_range(plan))
     after = get_queue(client, name="report").enqueue_call(
         "jobs.diagnostics.record", args=(LOG_KEY, "after-email"), depends_on=email
@@ -414,7 +421,9 @@ def _child_schedule() -> dict[str, Any]:
     client = _primary()
     queue = get_queue(client, name="email")
     delayed = enqueue("email", "jobs.diagnostics.record", LOG_KEY, "delayed", in_=1, client=client)
-    every = Periodic(name="tick", func="jobs.diagnostics.record", queue="email", every_s=1, args=(LOG_KEY, "tick"))
+    every = Periodic(
+        name="tick", func="jobs.diagnostics.record", queue="email", every_s=1, args=(LOG_KEY, "tick")
+    )
     scheduler = SchedulerProcess(client, definitions=[every], tick_s=0.2, maintenance_interval_s=0.5)
     runner = threading.Thread(target=scheduler.run, kwargs={"install_signals": False})
     runner.start()
