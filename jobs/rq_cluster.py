@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis.cluster import ClusterPipeline, RedisCluster
+from redis.commands import READ_COMMANDS
 from rq.defaults import RQ_KEY_PREFIX
 
 T = TypeVar("T")
@@ -150,6 +151,20 @@ class RQClusterClient(RedisCluster):
         # (two read-only properties, no state of their own).
         pipe.__class__ = RQClusterPipeline
         return pipe
+
+    def _execute_pipeline_by_slot(self, command: str, slots_to_args: Any) -> list[Any]:
+        """2. redis-py's own caller of `pipeline()` (EXISTS, DEL, ... split by slot) keeps the plain one.
+
+        The body of redis-py 8.1's `ClusterMultiKeyCommands._execute_pipeline_by_slot` with
+        `transaction=False`: its per-slot commands may span slots.
+        """
+        read_from_replicas = self.read_from_replicas and command in READ_COMMANDS
+        pipe = super().pipeline(transaction=False)  # type: ignore[no-untyped-call]
+        for slot, slot_args in slots_to_args.items():
+            node = self.nodes_manager.get_node_from_slot(slot, read_from_replicas)
+            pipe.execute_command(command, *slot_args, target_nodes=[node])
+        result: list[Any] = pipe.execute()
+        return result
 
 
 _views: weakref.WeakKeyDictionary[RedisCluster, RQClusterClient] = weakref.WeakKeyDictionary()
