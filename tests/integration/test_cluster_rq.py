@@ -32,7 +32,7 @@ from tests.integration.email_fixtures import SmtpServer
 from tests.waiting import wait_until
 from workers.dev.servers import PROJECT_ROOT, redis_server_binary
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 RQ_SLOT = 141  # CLUSTER KEYSLOT {rq}
 SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
@@ -428,8 +428,8 @@ def _child_schedule() -> dict[str, Any]:
     runner = threading.Thread(target=scheduler.run, kwargs={"install_signals": False})
     runner.start()
     try:
-        wait_until(lambda: delayed in queue.get_job_ids(), 30, "the delayed job moved to its queue")
-        wait_until(lambda: queue.count >= 2, 30, "a periodic slot fired")
+        wait_until(lambda: delayed in queue.get_job_ids(), 60, "the delayed job moved to its queue")
+        wait_until(lambda: queue.count >= 2, 60, "a periodic slot fired")
     finally:
         scheduler.stop_event.set()
         runner.join()
@@ -473,9 +473,9 @@ def _child_stop_jobs() -> dict[str, Any]:
     in_horse = enqueue("report", "jobs.diagnostics.sleep", 60, client=client)
     stopped = {}
     for job_id in (in_slot, in_horse):
-        wait_until(lambda job_id=job_id: status(job_id) == "started", 30, f"{job_id} started")
+        wait_until(lambda job_id=job_id: status(job_id) == "started", 60, f"{job_id} started")
         send_stop_job_command(client, job_id, serializer=JSONSerializer)
-        wait_until(lambda job_id=job_id: status(job_id) == "stopped", 30, f"{job_id} stopped")
+        wait_until(lambda job_id=job_id: status(job_id) == "stopped", 60, f"{job_id} stopped")
         stopped[job_id] = status(job_id)
     return {"stopped": stopped}
 
@@ -484,8 +484,11 @@ def test_rqs_stop_job_command_reaches_the_worker_for_a_slot_job_and_a_horse(
     cluster: Cluster, spawn: Any, smtp_server: SmtpServer
 ) -> None:
     smtp_server.handler.hold_data = True
-    worker = spawn("work", "email,report", **{**smtp_server.env(), "SMTP_TIMEOUT": "60"})
-    result = run_child(cluster, "stop_jobs")
+    worker = spawn("work", "email,report", **{**smtp_server.env(), "SMTP_TIMEOUT": "120"})
+    client = cluster.client()
+    wait_until(lambda: client.scard("{rq}:workers") == 1, 90, "the worker registered")
+    client.close()
+    result = run_child(cluster, "stop_jobs", timeout_s=170)
     assert set(result["stopped"].values()) == {"stopped"}
     assert not smtp_server.received
     smtp_server.handler.hold_data = False
