@@ -18,6 +18,7 @@ from cache.connections import primary
 from cache.text import printable
 from jobs.quarantine import UnreadableJob, missing_hash_reason, parse_id, quarantine, raw_ids
 from jobs.retry import RetryPolicy
+from jobs.rq_cluster import rq_connection
 from jobs.serialization import JSONSerializer
 
 DAY_S = 24 * 3600
@@ -110,7 +111,7 @@ class JsonJob(Job):
     """
 
     def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
-        super().__init__(id, connection=connection)
+        super().__init__(id, connection=rq_connection(connection))
         self.serializer = JSONSerializer
 
     @classmethod
@@ -167,9 +168,14 @@ class KryonixQueue(Queue):
 
     `rq worker` builds queues with `--serializer` (pickle by default); exporting
     `RQ_QUEUE_CLASS=jobs.queues.KryonixQueue` makes pickle impossible on our queues.
+    A Redis Cluster client is given to RQ as `jobs.rq_cluster.rq_connection` adapts it.
     """
 
     def __init__(self, name: str = "default", *args: Any, **kwargs: Any) -> None:
+        if args:
+            args = (rq_connection(args[0]), *args[1:])
+        else:
+            kwargs["connection"] = rq_connection(kwargs.get("connection"))
         kwargs["serializer"] = JSONSerializer
         if kwargs.get("job_class") is None:
             kwargs["job_class"] = JsonJob

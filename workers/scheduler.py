@@ -34,6 +34,7 @@ from jobs.enqueue import enqueue
 from jobs.periodic import Periodic, declared
 from jobs.quarantine import quarantine, raw_ids
 from jobs.queues import QUEUES, KryonixQueue
+from jobs.rq_cluster import SCHEDULER_KEYS, keep_scheduler_connection, rq_connection
 from jobs.serialization import JSONSerializer
 from workers.job import KryonixJob
 from workers.maintenance import recover
@@ -46,10 +47,18 @@ PERIODIC_PREFIX = "periodic-"
 class PeriodicScheduler(Scheduler):  # type: ignore[misc]
     job_class = KryonixJob
     queue_class = KryonixQueue
+    # rq-scheduler's keys under RQ_KEY_PREFIX (it hard-codes `rq:`): on one slot with RQ's on a cluster.
+    redis_scheduler_namespace_prefix = SCHEDULER_KEYS["redis_scheduler_namespace_prefix"]
+    scheduler_key = SCHEDULER_KEYS["scheduler_key"]
+    scheduler_lock_key = SCHEDULER_KEYS["scheduler_lock_key"]
+    scheduled_jobs_key = SCHEDULER_KEYS["scheduled_jobs_key"]
 
     def __init__(self, definitions: Iterable[Periodic], connection: redis.Redis, tick_s: float) -> None:
         super().__init__(
-            connection=connection, interval=tick_s, job_class=KryonixJob, queue_class=KryonixQueue
+            connection=rq_connection(connection),
+            interval=tick_s,
+            job_class=KryonixJob,
+            queue_class=KryonixQueue,
         )
         self.definitions = {d.job_id: d for d in definitions}
 
@@ -120,7 +129,7 @@ class SchedulerProcess:
         tick_s: float = 1.0,
         maintenance_interval_s: float = 5.0,
     ) -> None:
-        self.client = client or primary()
+        self.client = rq_connection(client or primary())  # RQ's, maintenance's and ours alike
         self.tick_s = tick_s
         self.maintenance_interval_s = maintenance_interval_s
         self.periodic = PeriodicScheduler(
@@ -128,6 +137,7 @@ class SchedulerProcess:
         )
         self.queues = [KryonixQueue(name, connection=self.client, job_class=KryonixJob) for name in QUEUES]
         self.rq_scheduler = RQScheduler(self.queues, connection=self.client, serializer=JSONSerializer)
+        keep_scheduler_connection(self.rq_scheduler, self.client)
         self.stop_event = threading.Event()
         self._born = False
         self._registered = False

@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit
 
 from cache.connections import Role, ping
 from cache.errors import ConfigError, RedisUnavailable
+from jobs import rq_key_prefix
 
 log = logging.getLogger("kryonix.startup")
 
@@ -102,13 +103,14 @@ def _option_values(arguments: Sequence[str], names: Sequence[str]) -> list[str]:
 
 
 def worker_environment(environ: dict[str, str], arguments: Sequence[str]) -> dict[str, str]:
-    """`environ` with the safe classes and RQ_REDIS_URL set, for `rq worker <arguments>`.
+    """`environ` with the safe classes, RQ_REDIS_URL and RQ_KEY_PREFIX set, for `rq worker <arguments>`.
 
     RQ_REDIS_URL falls back to REDIS_URL, never to RQ's localhost:6379 (another server).
+    RQ_KEY_PREFIX is `{rq}` on a cluster (see `jobs`): `rq` reads it before our classes load.
 
     Raises:
         ConfigError: the environment or `arguments` name another worker, job or queue
-            class, or a serializer other than JSON.
+            class, or a serializer other than JSON; or a cluster's RQ_KEY_PREFIX has no hash tag.
     """
     for variable, safe in SAFE_CLASSES.items():
         given = environ.get(variable, "").strip()
@@ -124,6 +126,7 @@ def worker_environment(environ: dict[str, str], arguments: Sequence[str]) -> dic
         if given not in _JSON_SERIALIZERS:
             raise ConfigError(f"--serializer {given!r} refused: jobs are JSON only")
     env = {**environ, **SAFE_CLASSES}
+    rq_key_prefix(env)
     if not env.get("RQ_REDIS_URL", "").strip():
         env["RQ_REDIS_URL"] = _rq_redis_url()
     return env

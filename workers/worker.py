@@ -34,6 +34,7 @@ from cache.health import check_eviction_policy
 from cache.ratelimit.service import flush_ratelimit_stats
 from cache.settings import get_settings
 from jobs.queues import KryonixQueue
+from jobs.rq_cluster import cluster_mode, is_cluster, raise_socket_timeout, rq_connection
 from jobs.serialization import JSONSerializer
 from workers import bookkeeping
 from workers.commands import SlotCommands
@@ -84,12 +85,12 @@ class KryonixWorker(SlotCommands):
         given = list(queues) if isinstance(queues, list | tuple) else [queues]
         # As RQ's Worker: without `connection=`, the one the given Queue objects carry.
         connection = kwargs.get("connection") or get_connection_from_queues(given)
-        if get_settings().sentinel is not None:
-            # `rq worker` only knows RQ_REDIS_URL; with Sentinel the worker needs a client that
-            # follows the master. Its own pool: RQ raises the socket timeout of the one it is given.
+        if get_settings().sentinel is not None or (cluster_mode() and not is_cluster(connection)):
+            # `rq worker` only knows RQ_REDIS_URL; with Sentinel or a Cluster the worker needs a client
+            # that follows the master. Its own pool: RQ raises the socket timeout of the one it is given.
             connection = build_client(Role.PRIMARY)
         if connection is not None:
-            kwargs["connection"] = connection
+            kwargs["connection"] = connection = rq_connection(connection)
         # Queues of our class on this connection are kept as given; others are rebuilt by name.
         queues = [
             q
@@ -109,6 +110,13 @@ class KryonixWorker(SlotCommands):
         self._suspension_checked_at = -math.inf
         max_rss_mb = get_settings().worker_max_rss_mb
         self.max_rss_bytes = max_rss_mb * 1024 * 1024 if max_rss_mb else None
+
+    def _set_connection(self, connection: Any) -> Any:
+        """RQ's socket timeout above the blocking dequeue, on every node of a cluster too."""
+        if is_cluster(connection):
+            raise_socket_timeout(connection, self.connection_timeout)
+            return connection
+        return super()._set_connection(connection)
 
     def serialize(self) -> dict[str, Any]:
         """RQ's worker hash plus CLASS_FIELD, written at registration."""

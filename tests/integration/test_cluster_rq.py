@@ -1,0 +1,496 @@
+"""RQ and rq-scheduler on a real 6-node Redis Cluster, all their keys on the `{rq}` slot (marker `cluster`).
+
+RQ reads its key prefix once per process, when `rq` is first imported, and this test
+process imported it with the single-server prefix. So every step that uses RQ runs in
+a child process (`python -c ...child(...)`) whose environment names the cluster
+(`REDIS_CLUSTER_NODES`) and nothing else: the project itself must set `{rq}` there.
+The child functions import the project lazily, for that reason.
+
+Until `cache.connections` builds `RedisCluster` clients from `REDIS_CLUSTER_NODES`
+(issue 18, item 1), a child makes its PRIMARY client a `RedisCluster` itself
+(`_use_cluster_primary`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from tests.integration.email_fixtures import SmtpServer
+from tests.waiting import wait_until
+from workers.dev.servers import PROJECT_ROOT, redis_server_binary
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+RQ_SLOT = 141  # CLUSTER KEYSLOT {rq}
+SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
+WELCOME = {"name": "Ana", "login_url": "https://app.example.com/login"}
+LOG_KEY = "test:cluster:log"
+
+
+# --- A minimal cluster fixture. Replaced at merge by the shared `redis_cluster` fixture
+# --- (tests/integration/cluster_fixtures.py); keep only what the tests below need.
+
+
+@dataclass
+class Cluster:
+    ports: list[int]
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def client(self) -> RedisCluster:
+        return RedisCluster(host="127.0.0.1", port=self.ports[0])
+
+    def flush(self) -> None:
+        for port in self.ports[:3]:
+            node = redis.Redis(port=port)
+            if node.info("replication")["role"] == "master":
+                node.flushall()
+            node.close()
+
+
+def _free_cluster_port(taken: set[int]) -> int:
+    """A port P with P and its bus port P + 10000 free (P in 20000-20999)."""
+    for port in range(20000 + os.getpid() % 500, 21000):
+        if port in taken:
+            continue
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair in 20000-20999")
+
+
+def _form(ports: list[int]) -> None:
+    """Three masters with one replica each, without redis-cli: ADDSLOTSRANGE, MEET, REPLICATE."""
+    nodes = [redis.Redis(port=port, decode_responses=True) for port in ports]
+    for node, (low, high) in zip(nodes, SLOT_RANGES, strict=False):
+        node.execute_command("CLUSTER ADDSLOTSRANGE", low, high)
+    for port in ports[1:]:
+        nodes[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
+    wait_until(lambda: all(len(n.cluster("nodes")) == 6 for n in nodes), 30, "MEET")
+    for master, replica in zip(nodes[:3], nodes[3:], strict=True):
+        replica.execute_command("CLUSTER REPLICATE", master.execute_command("CLUSTER MYID"))
+    wait_until(lambda: all(n.cluster("info")["cluster_state"] == "ok" for n in nodes), 30, "cluster ok")
+    wait_until(
+        lambda: all(n.info("replication").get("master_link_status") == "up" for n in nodes[3:]),
+        30,
+        "replicas",
+    )
+
+
+@pytest.fixture(scope="session")
+def rq_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    directory = tmp_path_factory.mktemp("rq-cluster")
+    ports: list[int] = []
+    for _ in range(6):
+        ports.append(_free_cluster_port(set(ports)))
+    cluster = Cluster(ports)
+    for port in ports:
+        args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+        args += ["--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
+        with open(directory / f"{port}.log", "wb") as log:
+            cluster.processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        for port in ports:
+            wait_until(lambda port=port: _answers(port), 10, f"redis-server on {port}")
+        _form(ports)
+        yield cluster
+    finally:
+        for process in cluster.processes:
+            process.kill()
+            process.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port, socket_timeout=1).ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def cluster(rq_cluster: Cluster) -> Cluster:
+    rq_cluster.flush()
+    return rq_cluster
+
+
+# --- Child processes: the project with REDIS_CLUSTER_NODES and no RQ_KEY_PREFIX.
+
+
+def _child_env(cluster: Cluster, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "REDIS_", "CACHE_REDIS", "SMTP_"))}
+    env.update(REDIS_CLUSTER_NODES=cluster.nodes, PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _command(name: str, *args: str) -> list[str]:
+    call = f"from tests.integration.test_cluster_rq import child; child({name!r}, *{list(args)!r})"
+    return [sys.executable, "-c", call]
+
+
+def run_child(cluster: Cluster, name: str, *args: str, timeout_s: float = 120, **env: str) -> Any:
+    """Run `child(name, *args)` to its end; returns the JSON it printed last."""
+    done = subprocess.run(
+        _command(name, *args),
+        env=_child_env(cluster, **env),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert done.returncode == 0, f"child {name} failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def spawn(cluster: Cluster, tmp_path: Path) -> Iterator[Any]:
+    """`spawn(name, *args, **env)` starts `child(name, ...)` in the background; stopped after the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / f"{name}-{len(started)}.log", "wb") as log:
+            process = subprocess.Popen(
+                _command(name, *args),
+                env=_child_env(cluster, **env),
+                cwd=PROJECT_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def child(name: str, *args: str) -> None:
+    """Entry point of a child process: run `_child_<name>` and print its result as JSON."""
+    _use_cluster_primary()
+    result = globals()[f"_child_{name}"](*args)
+    print(json.dumps(result))
+
+
+def _use_cluster_primary() -> None:
+    """Until item 1 lands: the PRIMARY client of this process is a RedisCluster on REDIS_CLUSTER_NODES."""
+    from cache import connections
+
+    host, port = os.environ["REDIS_CLUSTER_NODES"].split(",")[0].rsplit(":", 1)
+    original = connections.build_client
+
+    def build_client(role: Any, settings: Any = None, **kwargs: Any) -> Any:
+        if role is connections.Role.PRIMARY and not kwargs.get("pubsub"):
+            return RedisCluster(host=host, port=int(port))
+        return original(role, settings, **kwargs)
+
+    connections.build_client = build_client  # type: ignore[assignment]
+
+
+def _primary() -> Any:
+    from cache.connections import primary
+
+    return primary()
+
+
+def _rq_keys(client: RedisCluster) -> dict[str, int]:
+    """Every key of the cluster but ours (`test:`) -> its slot."""
+    found = {}
+    for node in client.get_primaries():
+        for key in client.get_redis_connection(node).keys("*"):
+            if not key.startswith(b"test:"):
+                found[key.decode()] = client.keyslot(key)
+    return found
+
+
+# --- Enqueue
+
+
+def _child_enqueue() -> dict[str, Any]:
+    import datetime as dt
+
+    import rq.defaults
+    from rq.job import JobStatus
+
+    from jobs.enqueue import enqueue
+    from jobs.queues import get_queue
+
+    client = _primary()
+    queue = get_queue(client, name="email")
+    parent = enqueue("email", "jobs.diagnostics.noop", client=client)
+    dependent = queue.enqueue_call("jobs.diagnostics.noop", depends_on=parent)
+    unique = [
+        enqueue("email", "jobs.diagnostics.noop", idempotency_key="once", client=client) for _ in range(2)
+    ]
+    later = enqueue("email", "jobs.diagnostics.noop", in_=dt.timedelta(hours=1), client=client)
+    return {
+        "prefix": rq.defaults.RQ_KEY_PREFIX,
+        "queued": queue.get_job_ids(),
+        "deferred": queue.deferred_job_registry.get_job_ids(),
+        "dependent_status": dependent.get_status() == JobStatus.DEFERRED,
+        "parent": parent,
+        "dependent": dependent.id,
+        "unique": unique,
+        "scheduled": queue.scheduled_job_registry.get_job_ids(),
+        "later": later,
+        "keys": _rq_keys(client),
+    }
+
+
+def test_enqueue_with_dependency_unique_id_and_delay_keeps_every_rq_key_on_one_slot(cluster: Cluster) -> None:
+    result = run_child(cluster, "enqueue")
+    assert result["prefix"] == "{rq}", "the project set RQ_KEY_PREFIX for the cluster"
+    assert result["queued"] == [result["parent"], result["unique"][0]]
+    assert result["unique"][0] == result["unique"][1], "one job for one idempotency key"
+    assert result["deferred"] == [result["dependent"]] and result["dependent_status"]
+    assert result["scheduled"] == [result["later"]]
+    keys = result["keys"]
+    assert f"{{rq}}:job:{result['parent']}" in keys
+    assert set(keys.values()) == {RQ_SLOT}, f"keys off the {{rq}} slot: {keys}"
+
+
+# --- Worker
+
+
+def _counting_worker(queues: list[str]) -> Any:
+    """A KryonixWorker on the cluster that notes which jobs ran in-process and which in a horse."""
+    from workers.worker import KryonixWorker
+
+    class CountingWorker(KryonixWorker):
+        in_process: list[str] = []
+        forked: list[str] = []
+
+        def start_in_slot(self, job: Any, queue: Any) -> None:
+            self.in_process.append(job.id)
+            super().start_in_slot(job, queue)
+
+        def fork_work_horse(self, job: Any, queue: Any) -> None:
+            self.forked.append(job.id)
+            super().fork_work_horse(job, queue)
+
+    return CountingWorker(queues, connection=_primary())
+
+
+def _child_drain(reports_dir: str, email_kind: str) -> dict[str, Any]:
+    from cache.appcache.platform import create_schema, make_engine
+    from jobs.email import enqueue_email
+    from jobs.enqueue import fetch_job
+    from jobs.queues import get_queue
+    from jobs.reports import enqueue_report
+    from tests.integration.reports_fixtures import full_range, seed_bulk
+
+    engine = make_engine(os.environ["DATABASE_URL"])
+    create_schema(engine)
+    plan = seed_bulk(engine, 200)
+    client = _primary()
+    if email_kind == "real":
+        email = enqueue_email("ana@example.com", "welcome", WELCOME)
+    else:
+        email = (
+            get_queue(client, name="email")
+            .enqueue_call("jobs.diagnostics.record", args=(LOG_KEY, "email"))
+            .id
+        )
+    report = enqueue_report("activity_detail", full_range(plan))
+    after = get_queue(client, name="report").enqueue_call(
+        "jobs.diagnostics.record", args=(LOG_KEY, "after-email"), depends_on=email
+    )
+    worker = _counting_worker(["email", "report"])
+    worker.work(burst=True)
+    statuses = {}
+    for job_id in (email, report, after.id):
+        job = fetch_job(client, job_id=job_id)
+        statuses[job_id] = None if job is None else job.get_status(refresh=True).value
+    return {
+        "email": email,
+        "report": report,
+        "after": after.id,
+        "statuses": statuses,
+        "in_process": worker.in_process,
+        "forked": worker.forked,
+        "log": [token.decode() for token in client.lrange(LOG_KEY, 0, -1)],
+        "files": sorted(os.listdir(reports_dir)),
+        "registered_workers": client.scard("{rq}:workers"),
+    }
+
+
+def _drain(cluster: Cluster, smtp_server: SmtpServer, tmp_path: Path, email_kind: str) -> dict[str, Any]:
+    reports_dir = tmp_path / "reports"
+    reports_dir.mkdir()
+    result: dict[str, Any] = run_child(
+        cluster,
+        "drain",
+        str(reports_dir),
+        email_kind,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'kryonix.db'}",
+        REPORTS_DIR=str(reports_dir),
+        **smtp_server.env(),
+    )
+    assert set(result["statuses"].values()) == {"finished"}, result
+    assert result["email"] in result["in_process"] and result["email"] not in result["forked"]
+    assert result["report"] in result["forked"] and result["report"] not in result["in_process"]
+    assert result["files"] == [f"{result['report']}.csv"], "the horse wrote the report"
+    assert result["registered_workers"] == 0, "the burst worker unregistered"
+    return result
+
+
+def test_worker_runs_email_queue_in_process_report_in_a_horse_and_the_dependent_after(
+    cluster: Cluster, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    result = _drain(cluster, smtp_server, tmp_path, "diagnostic")
+    assert result["log"] == ["email", "after-email"], "the dependent ran once, after its parent"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="jobs.email.idempotency.mark_sent is one MULTI over several slots until issue 18 item 3 lands",
+)
+def test_worker_delivers_a_real_email_once_on_the_cluster(
+    cluster: Cluster, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    result = _drain(cluster, smtp_server, tmp_path, "real")
+    assert result["log"] == ["after-email"], "the dependent ran once, after its parent"
+    assert len(smtp_server.to("ana@example.com")) == 1
+
+
+# --- Failed registry, requeue, the schedulers
+
+
+def _child_fail_and_requeue() -> dict[str, Any]:
+    from jobs.enqueue import enqueue, fetch_job
+    from jobs.queues import get_queue
+    from jobs.retry import RetryPolicy
+
+    client = _primary()
+    queue = get_queue(client, name="email")
+    job_id = enqueue("email", "jobs.diagnostics.flaky", "test:cluster:runs", 1, retry=RetryPolicy(attempts=0))
+    _counting_worker(["email"]).work(burst=True)
+    failed = queue.failed_job_registry.get_job_ids()
+    queue.failed_job_registry.requeue(job_id)
+    requeued = queue.get_job_ids()
+    _counting_worker(["email"]).work(burst=True)
+    job = fetch_job(client, job_id=job_id)
+    return {
+        "job": job_id,
+        "failed": failed,
+        "requeued": requeued,
+        "failed_after": queue.failed_job_registry.get_job_ids(),
+        "status": None if job is None else job.get_status(refresh=True).value,
+        "runs": int(client.get("test:cluster:runs")),
+    }
+
+
+def test_a_failed_job_lands_in_the_failed_registry_and_runs_again_when_requeued(cluster: Cluster) -> None:
+    result = run_child(cluster, "fail_and_requeue")
+    assert result["failed"] == [result["job"]]
+    assert result["requeued"] == [result["job"]]
+    assert result["failed_after"] == []
+    assert result["status"] == "finished" and result["runs"] == 2
+
+
+def _child_schedule() -> dict[str, Any]:
+    import threading
+
+    from jobs.enqueue import enqueue
+    from jobs.periodic import Periodic
+    from jobs.queues import get_queue
+    from workers.scheduler import SchedulerProcess
+
+    client = _primary()
+    queue = get_queue(client, name="email")
+    delayed = enqueue("email", "jobs.diagnostics.record", LOG_KEY, "delayed", in_=1, client=client)
+    every = Periodic(
+        name="tick", func="jobs.diagnostics.record", queue="email", every_s=1, args=(LOG_KEY, "tick")
+    )
+    scheduler = SchedulerProcess(client, definitions=[every], tick_s=0.2, maintenance_interval_s=0.5)
+    runner = threading.Thread(target=scheduler.run, kwargs={"install_signals": False})
+    runner.start()
+    try:
+        wait_until(lambda: delayed in queue.get_job_ids(), 60, "the delayed job moved to its queue")
+        wait_until(lambda: queue.count >= 2, 60, "a periodic slot fired")
+    finally:
+        scheduler.stop_event.set()
+        runner.join()
+    keys = _rq_keys(client)
+    _counting_worker(["email"]).work(burst=True)
+    return {"log": sorted({t.decode() for t in client.lrange(LOG_KEY, 0, -1)}), "keys": keys}
+
+
+def test_rq_scheduler_and_rqs_own_scheduler_move_due_jobs_on_the_cluster(cluster: Cluster) -> None:
+    result = run_child(cluster, "schedule")
+    assert result["log"] == ["delayed", "tick"]
+    keys = result["keys"]
+    assert "{rq}:scheduler:scheduled_jobs" in keys, "rq-scheduler's keys follow RQ_KEY_PREFIX"
+    assert set(keys.values()) == {RQ_SLOT}, f"keys off the {{rq}} slot: {keys}"
+
+
+# --- RQ's command channel
+
+
+def _child_work(queues: str) -> dict[str, Any]:
+    """A worker that runs until SIGTERM."""
+    _counting_worker(queues.split(",")).work()
+    return {}
+
+
+def _child_stop_jobs() -> dict[str, Any]:
+    from rq.command import send_stop_job_command
+
+    from jobs.email import enqueue_email
+    from jobs.enqueue import enqueue, fetch_job
+    from jobs.serialization import JSONSerializer
+
+    client = _primary()
+
+    def status(job_id: str) -> str | None:
+        job = fetch_job(client, job_id=job_id)
+        return None if job is None else job.get_status(refresh=True).value
+
+    # An email held at DATA by the test's relay: a slot job stops at its next wait (jobs.interrupts).
+    in_slot = enqueue_email("ana@example.com", "welcome", WELCOME)
+    in_horse = enqueue("report", "jobs.diagnostics.sleep", 60, client=client)
+    stopped = {}
+    for job_id in (in_slot, in_horse):
+        wait_until(lambda job_id=job_id: status(job_id) == "started", 60, f"{job_id} started")
+        send_stop_job_command(client, job_id, serializer=JSONSerializer)
+        wait_until(lambda job_id=job_id: status(job_id) == "stopped", 60, f"{job_id} stopped")
+        stopped[job_id] = status(job_id)
+    return {"stopped": stopped}
+
+
+def test_rqs_stop_job_command_reaches_the_worker_for_a_slot_job_and_a_horse(
+    cluster: Cluster, spawn: Any, smtp_server: SmtpServer
+) -> None:
+    smtp_server.handler.hold_data = True
+    worker = spawn("work", "email,report", **{**smtp_server.env(), "SMTP_TIMEOUT": "120"})
+    client = cluster.client()
+    wait_until(lambda: client.scard("{rq}:workers") == 1, 90, "the worker registered")
+    client.close()
+    result = run_child(cluster, "stop_jobs", timeout_s=170)
+    assert set(result["stopped"].values()) == {"stopped"}
+    assert not smtp_server.received
+    smtp_server.handler.hold_data = False
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, "the worker stopped warm"
