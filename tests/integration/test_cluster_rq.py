@@ -5,10 +5,6 @@ process imported it with the single-server prefix. So every step that uses RQ ru
 a child process (`python -c ...child(...)`) whose environment names the cluster
 (`REDIS_CLUSTER_NODES`) and nothing else: the project itself must set `{rq}` there.
 The child functions import the project lazily, for that reason.
-
-Until `cache.connections` builds `RedisCluster` clients from `REDIS_CLUSTER_NODES`
-(issue 18, item 1), a child makes its PRIMARY client a `RedisCluster` itself
-(`_use_cluster_primary`).
 """
 
 from __future__ import annotations
@@ -16,130 +12,33 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from redis.cluster import RedisCluster
 
 from tests.integration.email_fixtures import SmtpServer
 from tests.waiting import wait_until
-from workers.dev.servers import PROJECT_ROOT, redis_server_binary
+from workers.dev.cluster import LocalCluster
+from workers.dev.servers import PROJECT_ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 RQ_SLOT = 141  # CLUSTER KEYSLOT {rq}
-SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
 WELCOME = {"name": "Ana", "login_url": "https://app.example.com/login"}
 LOG_KEY = "test:cluster:log"
-
-
-# --- A minimal cluster fixture. Replaced at merge by the shared `redis_cluster` fixture
-# --- (tests/integration/cluster_fixtures.py); keep only what the tests below need.
-
-
-@dataclass
-class Cluster:
-    ports: list[int]
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def nodes(self) -> str:
-        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
-
-    def client(self) -> RedisCluster:
-        return RedisCluster(host="127.0.0.1", port=self.ports[0])
-
-    def flush(self) -> None:
-        for port in self.ports[:3]:
-            node = redis.Redis(port=port)
-            if node.info("replication")["role"] == "master":
-                node.flushall()
-            node.close()
-
-
-def _free_cluster_port(taken: set[int]) -> int:
-    """A port P with P and its bus port P + 10000 free (P in 20000-20999)."""
-    for port in range(20000 + os.getpid() % 500, 21000):
-        if port in taken:
-            continue
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair in 20000-20999")
-
-
-def _form(ports: list[int]) -> None:
-    """Three masters with one replica each, without redis-cli: ADDSLOTSRANGE, MEET, REPLICATE."""
-    nodes = [redis.Redis(port=port, decode_responses=True) for port in ports]
-    for node, (low, high) in zip(nodes, SLOT_RANGES, strict=False):
-        node.execute_command("CLUSTER ADDSLOTSRANGE", low, high)
-    for port in ports[1:]:
-        nodes[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
-    wait_until(lambda: all(len(n.cluster("nodes")) == 6 for n in nodes), 30, "MEET")
-    for master, replica in zip(nodes[:3], nodes[3:], strict=True):
-        replica.execute_command("CLUSTER REPLICATE", master.execute_command("CLUSTER MYID"))
-    wait_until(lambda: all(n.cluster("info")["cluster_state"] == "ok" for n in nodes), 30, "cluster ok")
-    wait_until(
-        lambda: all(n.info("replication").get("master_link_status") == "up" for n in nodes[3:]),
-        30,
-        "replicas",
-    )
-
-
-@pytest.fixture(scope="session")
-def rq_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    directory = tmp_path_factory.mktemp("rq-cluster")
-    ports: list[int] = []
-    for _ in range(6):
-        ports.append(_free_cluster_port(set(ports)))
-    cluster = Cluster(ports)
-    for port in ports:
-        args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
-        args += ["--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000"]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
-        with open(directory / f"{port}.log", "wb") as log:
-            cluster.processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
-    try:
-        for port in ports:
-            wait_until(lambda port=port: _answers(port), 10, f"redis-server on {port}")
-        _form(ports)
-        yield cluster
-    finally:
-        for process in cluster.processes:
-            process.kill()
-            process.wait()
-
-
-def _answers(port: int) -> bool:
-    try:
-        return bool(redis.Redis(port=port, socket_timeout=1).ping())
-    except redis.ConnectionError:
-        return False
-
-
-@pytest.fixture
-def cluster(rq_cluster: Cluster) -> Cluster:
-    rq_cluster.flush()
-    return rq_cluster
 
 
 # --- Child processes: the project with REDIS_CLUSTER_NODES and no RQ_KEY_PREFIX.
 
 
-def _child_env(cluster: Cluster, **extra: str) -> dict[str, str]:
+def _child_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "REDIS_", "CACHE_REDIS", "SMTP_"))}
-    env.update(REDIS_CLUSTER_NODES=cluster.nodes, PYTHONUNBUFFERED="1", **extra)
+    env.update(REDIS_CLUSTER_NODES=cluster.addresses, PYTHONUNBUFFERED="1", **extra)
     return env
 
 
@@ -148,7 +47,7 @@ def _command(name: str, *args: str) -> list[str]:
     return [sys.executable, "-c", call]
 
 
-def run_child(cluster: Cluster, name: str, *args: str, timeout_s: float = 120, **env: str) -> Any:
+def run_child(cluster: LocalCluster, name: str, *args: str, timeout_s: float = 120, **env: str) -> Any:
     """Run `child(name, *args)` to its end; returns the JSON it printed last."""
     done = subprocess.run(
         _command(name, *args),
@@ -163,7 +62,7 @@ def run_child(cluster: Cluster, name: str, *args: str, timeout_s: float = 120, *
 
 
 @pytest.fixture
-def spawn(cluster: Cluster, tmp_path: Path) -> Iterator[Any]:
+def spawn(cluster: LocalCluster, tmp_path: Path) -> Iterator[Any]:
     """`spawn(name, *args, **env)` starts `child(name, ...)` in the background; stopped after the test."""
     started: list[subprocess.Popen[bytes]] = []
 
@@ -189,24 +88,8 @@ def spawn(cluster: Cluster, tmp_path: Path) -> Iterator[Any]:
 
 def child(name: str, *args: str) -> None:
     """Entry point of a child process: run `_child_<name>` and print its result as JSON."""
-    _use_cluster_primary()
     result = globals()[f"_child_{name}"](*args)
     print(json.dumps(result))
-
-
-def _use_cluster_primary() -> None:
-    """Until item 1 lands: the PRIMARY client of this process is a RedisCluster on REDIS_CLUSTER_NODES."""
-    from cache import connections
-
-    host, port = os.environ["REDIS_CLUSTER_NODES"].split(",")[0].rsplit(":", 1)
-    original = connections.build_client
-
-    def build_client(role: Any, settings: Any = None, **kwargs: Any) -> Any:
-        if role is connections.Role.PRIMARY and not kwargs.get("pubsub"):
-            return RedisCluster(host=host, port=int(port))
-        return original(role, settings, **kwargs)
-
-    connections.build_client = build_client  # type: ignore[assignment]
 
 
 def _primary() -> Any:
@@ -259,7 +142,9 @@ def _child_enqueue() -> dict[str, Any]:
     }
 
 
-def test_enqueue_with_dependency_unique_id_and_delay_keeps_every_rq_key_on_one_slot(cluster: Cluster) -> None:
+def test_enqueue_with_dependency_unique_id_and_delay_keeps_every_rq_key_on_one_slot(
+    cluster: LocalCluster,
+) -> None:
     result = run_child(cluster, "enqueue")
     assert result["prefix"] == "{rq}", "the project set RQ_KEY_PREFIX for the cluster"
     assert result["queued"] == [result["parent"], result["unique"][0]]
@@ -336,7 +221,7 @@ def _child_drain(reports_dir: str, email_kind: str) -> dict[str, Any]:
     }
 
 
-def _drain(cluster: Cluster, smtp_server: SmtpServer, tmp_path: Path, email_kind: str) -> dict[str, Any]:
+def _drain(cluster: LocalCluster, smtp_server: SmtpServer, tmp_path: Path, email_kind: str) -> dict[str, Any]:
     reports_dir = tmp_path / "reports"
     reports_dir.mkdir()
     result: dict[str, Any] = run_child(
@@ -357,18 +242,14 @@ def _drain(cluster: Cluster, smtp_server: SmtpServer, tmp_path: Path, email_kind
 
 
 def test_worker_runs_email_queue_in_process_report_in_a_horse_and_the_dependent_after(
-    cluster: Cluster, smtp_server: SmtpServer, tmp_path: Path
+    cluster: LocalCluster, smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
     result = _drain(cluster, smtp_server, tmp_path, "diagnostic")
     assert result["log"] == ["email", "after-email"], "the dependent ran once, after its parent"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs.email.idempotency.mark_sent is one MULTI over several slots until issue 18 item 3 lands",
-)
 def test_worker_delivers_a_real_email_once_on_the_cluster(
-    cluster: Cluster, smtp_server: SmtpServer, tmp_path: Path
+    cluster: LocalCluster, smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
     result = _drain(cluster, smtp_server, tmp_path, "real")
     assert result["log"] == ["after-email"], "the dependent ran once, after its parent"
@@ -402,7 +283,9 @@ def _child_fail_and_requeue() -> dict[str, Any]:
     }
 
 
-def test_a_failed_job_lands_in_the_failed_registry_and_runs_again_when_requeued(cluster: Cluster) -> None:
+def test_a_failed_job_lands_in_the_failed_registry_and_runs_again_when_requeued(
+    cluster: LocalCluster,
+) -> None:
     result = run_child(cluster, "fail_and_requeue")
     assert result["failed"] == [result["job"]]
     assert result["requeued"] == [result["job"]]
@@ -438,7 +321,7 @@ def _child_schedule() -> dict[str, Any]:
     return {"log": sorted({t.decode() for t in client.lrange(LOG_KEY, 0, -1)}), "keys": keys}
 
 
-def test_rq_scheduler_and_rqs_own_scheduler_move_due_jobs_on_the_cluster(cluster: Cluster) -> None:
+def test_rq_scheduler_and_rqs_own_scheduler_move_due_jobs_on_the_cluster(cluster: LocalCluster) -> None:
     result = run_child(cluster, "schedule")
     assert result["log"] == ["delayed", "tick"]
     keys = result["keys"]
@@ -481,11 +364,11 @@ def _child_stop_jobs() -> dict[str, Any]:
 
 
 def test_rqs_stop_job_command_reaches_the_worker_for_a_slot_job_and_a_horse(
-    cluster: Cluster, spawn: Any, smtp_server: SmtpServer
+    cluster: LocalCluster, spawn: Any, smtp_server: SmtpServer
 ) -> None:
     smtp_server.handler.hold_data = True
     worker = spawn("work", "email,report", **{**smtp_server.env(), "SMTP_TIMEOUT": "120"})
-    client = cluster.client()
+    client = RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
     wait_until(lambda: client.scard("{rq}:workers") == 1, 90, "the worker registered")
     client.close()
     result = run_child(cluster, "stop_jobs", timeout_s=170)
