@@ -21,7 +21,6 @@ A cluster client is not a `redis.Redis`; `cache.connections` hands it out typed 
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Any, cast
 
@@ -42,6 +41,7 @@ from cache.retry import (
     _blocking,
     _retrying,
     blocking_s,
+    bounded_async_call,
     bounded_connection_class,
     call_deadline,
     default_backoff,
@@ -170,17 +170,7 @@ class BoundedAsyncRedisCluster(redis.asyncio.cluster.RedisCluster):
         return _FreshAsyncClusterPubSub(self, **kwargs)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        parent = cast(Any, super())
-        bound, extra = self.call_timeout_s, blocking_s(args)
-        if bound is not None and extra is not None:
-            bound = None if math.isinf(extra) else bound + extra
-        if bound is None:
-            return await parent.execute_command(*args, **kwargs)
-        try:
-            async with asyncio.timeout(bound):
-                return await parent.execute_command(*args, **kwargs)
-        except TimeoutError as exc:  # asyncio's (the builtin): callers catch redis errors
-            raise redis.TimeoutError(f"Timeout: no reply within REDIS_CALL_TIMEOUT ({bound} s)") from exc
+        return await bounded_async_call(cast(Any, super()).execute_command, self.call_timeout_s, args, kwargs)
 
 
 _checked_classes: dict[tuple[type[Any], int], type[Any]] = {}

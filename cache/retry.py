@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar, cast
@@ -284,14 +284,29 @@ class BoundedAsyncRedis(redis.asyncio.Redis):
     call_timeout_s: float | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        parent = cast(Any, super())
-        bound, extra = self.call_timeout_s, blocking_s(args)
-        if bound is not None and extra is not None:
-            bound = None if math.isinf(extra) else bound + extra
-        if bound is None:
-            return await parent.execute_command(*args, **options)
-        try:
-            async with asyncio.timeout(bound):
-                return await parent.execute_command(*args, **options)
-        except TimeoutError as exc:  # asyncio's (the builtin), not redis-py's: callers catch RedisError
-            raise redis.TimeoutError(f"Timeout: no reply within REDIS_CALL_TIMEOUT ({bound} s)") from exc
+        return await bounded_async_call(
+            cast(Any, super()).execute_command, self.call_timeout_s, args, options
+        )
+
+
+async def bounded_async_call(
+    execute: Callable[..., Awaitable[Any]],
+    bound: float | None,
+    args: tuple[Any, ...],
+    options: dict[str, Any],
+) -> Any:
+    """`await execute(*args, **options)` within `bound` seconds (plus a blocking command's own wait).
+
+    Shared by the asyncio clients, single server and cluster: the bound is one
+    `asyncio.timeout`, and its expiry is raised as redis-py's TimeoutError.
+    """
+    extra = blocking_s(args)
+    if bound is not None and extra is not None:
+        bound = None if math.isinf(extra) else bound + extra
+    if bound is None:
+        return await execute(*args, **options)
+    try:
+        async with asyncio.timeout(bound):
+            return await execute(*args, **options)
+    except TimeoutError as exc:  # asyncio's (the builtin), not redis-py's: callers catch RedisError
+        raise redis.TimeoutError(f"Timeout: no reply within REDIS_CALL_TIMEOUT ({bound} s)") from exc
