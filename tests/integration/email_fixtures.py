@@ -179,14 +179,21 @@ class SmtpServer:
         await self._close_sessions()
 
     async def _close_sessions(self) -> None:
-        # Several rounds: a session accepted just before the listener closed gets its
-        # transport a loop turn later, and must be closed too.
-        for _ in range(5):
+        # Rounds until every session's connection_lost ran (aiosmtpd then drops
+        # `transport`), at least 5 and up to 5 s: a session accepted just before the
+        # listener closed gets its transport a loop turn later, and a closed transport
+        # drains its unsent replies before its socket closes. A socket still open when
+        # the loop stops is never closed (ResourceWarning).
+        for round_ in range(500):
+            open_sessions = 0
             for session in self._sessions:
                 # After STARTTLS the session's transport is the TLS layer; close the socket under it too.
                 for transport in (session.transport, getattr(session, "_original_transport", None)):
                     if transport is not None and not transport.is_closing():
                         transport.close()
+                open_sessions += session.transport is not None
+            if round_ >= 5 and not open_sessions:
+                return
             await asyncio.sleep(0.01)  # let connection_made / connection_lost callbacks run
 
     @property

@@ -65,6 +65,24 @@ def _status(job_id: str) -> str | None:
     return None if job is None else job.get_status(refresh=True).value
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux `/proc`), e.g. a worker's forked horse."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    assert found, f"process {pid} has no child: the report is not running in a horse"
+    return found
+
+
 def _progress(job_id: str) -> dict[str, Any]:
     job = fetch_job(job_id=job_id)
     return {} if job is None else dict(job.meta.get("progress") or {})
@@ -103,7 +121,14 @@ def test_report_completes_with_progress_event_and_job_view(
     processes.env["REPORTS_BASE_URL"] = "https://app.example.com/reports/"
     worker = _worker(processes, db_engine, reports_dir)
     wait_until(lambda: _progress(job_id).get("rows_done", 0) > 0, 60, "progress while running")
-    running = processes.cli("job", job_id)
+    paused = _descendants(worker.pid)  # the horse: frozen while the CLI starts, so it is still running
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        running = processes.cli("job", job_id)
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
     assert running.returncode == 0, running.stderr
     assert "started" in running.stdout and "[#" in running.stdout and f"/ {ROWS:,} rows" in running.stdout
     watch = _Watch(reports_dir, job_id, ROWS + 1)
