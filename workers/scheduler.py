@@ -26,7 +26,7 @@ import redis
 from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
-from cache.connections import primary, set_process_role
+from cache.connections import REDIS_ERRORS, primary, set_process_role
 from cache.errors import RedisUnavailable
 from cache.health import check_eviction_policy
 from cache.text import printable
@@ -156,7 +156,7 @@ class SchedulerProcess:
                     if time.monotonic() - last_maintenance >= self.maintenance_interval_s:
                         recover(self.client)
                         last_maintenance = time.monotonic()
-                except (redis.RedisError, RedisUnavailable) as exc:  # Redis away: keep trying, never exit
+                except (*REDIS_ERRORS, RedisUnavailable) as exc:  # Redis away: keep trying, never exit
                     log.error("scheduler tick failed: %s", exc)
                 except Exception:  # a bad entry RQ raises on must not stop retries and periodic jobs
                     log.exception("scheduler tick failed; next tick in %.1f s", self.tick_s)
@@ -199,5 +199,5 @@ class SchedulerProcess:
             self.periodic.remove_lock()
             if self._born:
                 self.periodic.register_death()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("scheduler shutdown could not release its locks: %s", exc)

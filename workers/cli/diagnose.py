@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from cache.connections import Role, translate_errors
+from cache.connections import REDIS_ERRORS, Role, translate_errors
 from cache.text import printable
 
 DEFAULT_PINGS = 50  # enough for a p99 worth quoting; ~50 round trips cost a few ms
@@ -323,7 +323,7 @@ def diagnose(
                 report[name] = probe()
             except (redis.ConnectionError, redis.TimeoutError):
                 raise
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 if "NOAUTH" in str(exc):
                     raise
                 report[name] = {"error": f"{type(exc).__name__}: {exc}"}
