@@ -44,6 +44,9 @@ log = logging.getLogger("kryonix.scheduler")
 PERIODIC_PREFIX = "periodic-"
 
 
+_OUTAGES: tuple[type[Exception], ...] = (*REDIS_ERRORS, RedisUnavailable)
+
+
 class PeriodicScheduler(Scheduler):  # type: ignore[misc]
     job_class = KryonixJob
     queue_class = KryonixQueue
@@ -156,7 +159,7 @@ class SchedulerProcess:
                     if time.monotonic() - last_maintenance >= self.maintenance_interval_s:
                         recover(self.client)
                         last_maintenance = time.monotonic()
-                except (*REDIS_ERRORS, RedisUnavailable) as exc:  # Redis away: keep trying, never exit
+                except _OUTAGES as exc:  # Redis away: keep trying, never exit
                     log.error("scheduler tick failed: %s", exc)
                 except Exception:  # a bad entry RQ raises on must not stop retries and periodic jobs
                     log.exception("scheduler tick failed; next tick in %.1f s", self.tick_s)

@@ -163,17 +163,14 @@ def events(user_ids: tuple[str, ...], system: bool) -> None:
 @click.option(
     "--cluster",
     is_flag=True,
-    help="Start only a local 6-node Redis Cluster as the PRIMARY (no workers yet) and write its "
-    "REDIS_CLUSTER_NODES to var/local.env.",
+    help="Run the stack on a local 6-node Redis Cluster (3 masters, 3 replicas) for both Redis "
+    "roles instead of two servers; its REDIS_CLUSTER_NODES go to var/local.env.",
 )
 def dev(cluster: bool) -> None:
     """Run the local stack (both Redis roles, SMTP catcher, worker tree) until Ctrl-C."""
-    from workers.dev.localstack import run_local_cluster, run_local_stack
+    from workers.dev.localstack import run_local_stack
 
-    if cluster:
-        run_local_cluster()
-    else:
-        run_local_stack()
+    run_local_stack(cluster=cluster)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

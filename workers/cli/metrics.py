@@ -52,6 +52,9 @@ REGISTRIES = ("started", "scheduled", "deferred", "failed", "finished")
 
 # --- pure core ------------------------------------------------------------------------------
 
+_SECTION_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, RedisUnavailable, ValueError)  # logged
+_INFO_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, RedisUnavailable, ConfigError)  # role down
+
 
 def cumulative_buckets(stats: Mapping[str, float]) -> list[tuple[str, float]]:
     """Prometheus buckets from the per-bucket counts of `read_job_counters` (which are NOT cumulative).
@@ -122,7 +125,7 @@ class KryonixCollector(Collector):
             if not failed:
                 try:
                     yield from read(self.client(role))
-                except (*REDIS_ERRORS, RedisUnavailable, ValueError) as exc:
+                except _SECTION_ERRORS as exc:
                     log.warning("metrics section %s failed: %s: %s", name, type(exc).__name__, exc)
                     failed = True
             errors.add_metric([name], 1.0 if failed else 0.0)
@@ -139,7 +142,7 @@ class KryonixCollector(Collector):
             with connections.translate_errors(role):
                 info: dict[str, Any] = self.client(role).info()
                 return info
-        except (*REDIS_ERRORS, RedisUnavailable, ConfigError) as exc:
+        except _INFO_ERRORS as exc:
             log.warning("metrics: %s Redis unreadable: %s", role.value, exc)
             return None
 
