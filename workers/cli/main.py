@@ -78,12 +78,11 @@ def main() -> None:
 def status(as_json: bool, quiet: bool) -> None:
     """Health of both Redis roles, queues and workers; exit 1 when unhealthy."""
     from cache.connections import Role, cache_redis, primary
-    from cache.settings import get_settings
     from workers.cli import cluster_status, queue_status
     from workers.cli import status as status_module
     from workers.cli.status_sections import cache_section, diagnose_section, ratelimit_section
 
-    if _cluster_configured(get_settings):
+    if _cluster_configured():
         status_module.EXTRA_SECTIONS.setdefault("cluster", lambda: cluster_status.section(primary()))
     status_module.EXTRA_SECTIONS.setdefault("queues", lambda: queue_status.section(_rq_primary()))
     if not quiet:  # the health check needs only reachability and policy
@@ -105,10 +104,12 @@ def status(as_json: bool, quiet: bool) -> None:
     sys.exit(0 if ok else 1)
 
 
-def _cluster_configured(settings: Any) -> bool:
+def _cluster_configured() -> bool:
     """Whether the PRIMARY is a Redis Cluster; a bad setting shows up in the role lines instead."""
+    from cache.settings import get_settings
+
     try:
-        return settings().cluster is not None
+        return get_settings().cluster is not None
     except ConfigError:
         return False
 
