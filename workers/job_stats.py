@@ -15,6 +15,7 @@ from rq.exceptions import DeserializationError
 from rq.job import Job
 from rq.queue import Queue
 
+from cache.connections import REDIS_ERRORS
 from cache.counters import BufferedCounters
 from cache.keys import job_counters
 from workers import bookkeeping
@@ -57,7 +58,7 @@ class JobStats:
         """Add pending counts to Redis; on failure they stay pending for the next flush."""
         try:
             self._counts.flush(self._write)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not flush job counters (kept for the next flush): %s", exc)
 
     def _write(self, pending: dict[tuple[str, str], float]) -> None:

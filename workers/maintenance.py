@@ -24,6 +24,7 @@ from rq.registry import StartedJobRegistry, clean_registries
 from rq.worker_registration import clean_worker_registry
 
 from cache import keys
+from cache.connections import REDIS_ERRORS
 from cache.text import printable
 from jobs.quarantine import raw_ids
 from jobs.queues import QUEUES, KryonixQueue
@@ -118,6 +119,6 @@ def run_forever(client: redis.Redis, *, interval_s: float = 5.0, stop: object = 
     while not event.is_set():
         try:
             recover(client)
-        except redis.RedisError as exc:  # Redis away: wait and try again, never die
+        except REDIS_ERRORS as exc:  # Redis away: wait and try again, never die
             log.error("maintenance pass failed: %s", exc)
         event.wait(interval_s)

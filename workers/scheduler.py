@@ -26,7 +26,7 @@ import redis
 from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
-from cache.connections import primary, set_process_role
+from cache.connections import REDIS_ERRORS, primary, set_process_role
 from cache.errors import RedisUnavailable
 from cache.health import check_eviction_policy
 from cache.text import printable
@@ -42,6 +42,9 @@ from workers.maintenance import recover
 log = logging.getLogger("kryonix.scheduler")
 
 PERIODIC_PREFIX = "periodic-"
+
+
+_OUTAGES: tuple[type[Exception], ...] = (*REDIS_ERRORS, RedisUnavailable)
 
 
 class PeriodicScheduler(Scheduler):  # type: ignore[misc]
@@ -156,7 +159,7 @@ class SchedulerProcess:
                     if time.monotonic() - last_maintenance >= self.maintenance_interval_s:
                         recover(self.client)
                         last_maintenance = time.monotonic()
-                except (redis.RedisError, RedisUnavailable) as exc:  # Redis away: keep trying, never exit
+                except _OUTAGES as exc:  # Redis away: keep trying, never exit
                     log.error("scheduler tick failed: %s", exc)
                 except Exception:  # a bad entry RQ raises on must not stop retries and periodic jobs
                     log.exception("scheduler tick failed; next tick in %.1f s", self.tick_s)
@@ -199,5 +202,5 @@ class SchedulerProcess:
             self.periodic.remove_lock()
             if self._born:
                 self.periodic.register_death()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("scheduler shutdown could not release its locks: %s", exc)

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from cache.connections import Role, translate_errors
+from cache.connections import REDIS_ERRORS, Role, translate_errors
 from cache.text import printable
 
 DEFAULT_PINGS = 50  # enough for a p99 worth quoting; ~50 round trips cost a few ms
@@ -213,7 +213,7 @@ def latency_samples(
 
     Raises:
         ValueError: `pings` is not an int in 1..MAX_PINGS.
-        redis.RedisError: Redis failed.
+        REDIS_ERRORS: Redis failed.
     """
     _check_count("pings", pings, MAX_PINGS)
     client.ping()
@@ -229,7 +229,7 @@ def latency_latest(client: redis.Redis) -> list[dict[str, Any]]:
     """`LATENCY LATEST`: per event, when the last spike happened and its latest/max ms.
 
     Raises:
-        redis.RedisError: Redis failed or refused the command.
+        REDIS_ERRORS: Redis failed or refused the command.
     """
     rows = client.execute_command("LATENCY", "LATEST")  # type: ignore[no-untyped-call]
     events = []
@@ -247,7 +247,7 @@ def sample_key_sizes(
 
     Raises:
         ValueError: `sample_keys` out of range.
-        redis.RedisError: Redis failed or refused SCAN/MEMORY.
+        REDIS_ERRORS: Redis failed or refused SCAN/MEMORY.
     """
     _check_count("sample_keys", sample_keys, MAX_SAMPLE_KEYS)
     sizes: list[tuple[bytes | str, int]] = []
@@ -276,7 +276,7 @@ def biggest_patterns(
 
     Raises:
         ValueError: `sample_keys` or `top` out of range.
-        redis.RedisError: Redis failed or refused SCAN/MEMORY.
+        REDIS_ERRORS: Redis failed or refused SCAN/MEMORY.
     """
     group_by_pattern([], top)  # validate `top` before any I/O
     sizes = sample_key_sizes(client, sample_keys=sample_keys)
@@ -323,7 +323,7 @@ def diagnose(
                 report[name] = probe()
             except (redis.ConnectionError, redis.TimeoutError):
                 raise
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 if "NOAUTH" in str(exc):
                     raise
                 report[name] = {"error": f"{type(exc).__name__}: {exc}"}

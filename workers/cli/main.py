@@ -15,8 +15,11 @@ from workers.cli.seed import seed_demo
 
 
 def _primary() -> Any:
-    """The PRIMARY client, or a clean CLI error naming the bad setting."""
-    from cache.connections import Role, ping, primary
+    """The PRIMARY client as RQ's classes take it, or a clean CLI error naming the bad setting.
+
+    On a Redis Cluster that is `jobs.rq_cluster`'s view of the shared client (RQ needs it).
+    """
+    from cache.connections import Role, ping
     from cache.settings import get_settings
 
     try:
@@ -24,7 +27,15 @@ def _primary() -> Any:
         ping(Role.PRIMARY)
     except (ConfigError, RedisUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
-    return primary()
+    return _rq_primary()
+
+
+def _rq_primary() -> Any:
+    """The shared PRIMARY client, through `rq_connection` (a no-op on one server)."""
+    from cache.connections import primary
+    from jobs.rq_cluster import rq_connection
+
+    return rq_connection(primary())
 
 
 def _wait_for_primary() -> None:
@@ -41,11 +52,9 @@ def _wait_for_primary() -> None:
 
 
 def _primary_when_up() -> Any:
-    """The PRIMARY client once it answers."""
-    from cache.connections import primary
-
+    """The PRIMARY client (as RQ takes it) once it answers."""
     _wait_for_primary()
-    return primary()
+    return _rq_primary()
 
 
 def _echo_json(data: Any) -> None:
@@ -69,11 +78,13 @@ def main() -> None:
 def status(as_json: bool, quiet: bool) -> None:
     """Health of both Redis roles, queues and workers; exit 1 when unhealthy."""
     from cache.connections import Role, cache_redis, primary
-    from workers.cli import queue_status
+    from workers.cli import cluster_status, queue_status
     from workers.cli import status as status_module
     from workers.cli.status_sections import cache_section, diagnose_section, ratelimit_section
 
-    status_module.EXTRA_SECTIONS.setdefault("queues", lambda: queue_status.section(primary()))
+    if _cluster_configured():
+        status_module.EXTRA_SECTIONS.setdefault("cluster", lambda: cluster_status.section(primary()))
+    status_module.EXTRA_SECTIONS.setdefault("queues", lambda: queue_status.section(_rq_primary()))
     if not quiet:  # the health check needs only reachability and policy
         status_module.EXTRA_SECTIONS.setdefault("cache_counters", lambda: cache_section(cache_redis()))
         status_module.EXTRA_SECTIONS.setdefault("ratelimit", lambda: ratelimit_section(primary()))
@@ -91,6 +102,16 @@ def status(as_json: bool, quiet: bool) -> None:
     elif not quiet:
         click.echo(status_module.render(report))
     sys.exit(0 if ok else 1)
+
+
+def _cluster_configured() -> bool:
+    """Whether the PRIMARY is a Redis Cluster; a bad setting shows up in the role lines instead."""
+    from cache.settings import get_settings
+
+    try:
+        return get_settings().cluster is not None
+    except ConfigError:
+        return False
 
 
 @main.command()
@@ -143,17 +164,14 @@ def events(user_ids: tuple[str, ...], system: bool) -> None:
 @click.option(
     "--cluster",
     is_flag=True,
-    help="Start only a local 6-node Redis Cluster as the PRIMARY (no workers yet) and write its "
-    "REDIS_CLUSTER_NODES to var/local.env.",
+    help="Run the stack on a local 6-node Redis Cluster (3 masters, 3 replicas) for both Redis "
+    "roles instead of two servers; its REDIS_CLUSTER_NODES go to var/local.env.",
 )
 def dev(cluster: bool) -> None:
     """Run the local stack (both Redis roles, SMTP catcher, worker tree) until Ctrl-C."""
-    from workers.dev.localstack import run_local_cluster, run_local_stack
+    from workers.dev.localstack import run_local_stack
 
-    if cluster:
-        run_local_cluster()
-    else:
-        run_local_stack()
+    run_local_stack(cluster=cluster)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

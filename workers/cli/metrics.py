@@ -31,12 +31,13 @@ from rq.worker import Worker
 
 from cache import connections, keys
 from cache.appcache.stats import read_counters
-from cache.connections import Role
+from cache.connections import REDIS_ERRORS, Role
 from cache.errors import ConfigError, RedisUnavailable
 from cache.ratelimit.service import OUTCOMES as RATELIMIT_OUTCOMES
 from cache.ratelimit.service import read_ratelimit_counters
 from jobs.email.idempotency import possible_duplicates
 from jobs.queues import QUEUES
+from jobs.rq_cluster import rq_connection
 from workers.cli.diagnose import info_summary
 from workers.cli.queue_status import queue_facts
 from workers.job_stats import DURATION_BUCKETS_S, OUTCOMES, bucket_field, read_job_counters
@@ -50,6 +51,9 @@ RATELIMIT_SCAN_CALLS = 100  # at most ~100k keys visited per scrape: a bounded, 
 REGISTRIES = ("started", "scheduled", "deferred", "failed", "finished")
 
 # --- pure core ------------------------------------------------------------------------------
+
+_SECTION_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, RedisUnavailable, ValueError)  # logged
+_INFO_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, RedisUnavailable, ConfigError)  # role down
 
 
 def cumulative_buckets(stats: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -99,7 +103,8 @@ class KryonixCollector(Collector):
 
     def client(self, role: Role) -> redis.Redis:
         given = self._primary if role is Role.PRIMARY else self._cache
-        return given if given is not None else connections.get_client(role)
+        # RQ's classes read the queue sections: on a cluster they need `rq_connection`'s view.
+        return rq_connection(given if given is not None else connections.get_client(role))
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
@@ -120,7 +125,7 @@ class KryonixCollector(Collector):
             if not failed:
                 try:
                     yield from read(self.client(role))
-                except (redis.RedisError, RedisUnavailable, ValueError) as exc:
+                except _SECTION_ERRORS as exc:
                     log.warning("metrics section %s failed: %s: %s", name, type(exc).__name__, exc)
                     failed = True
             errors.add_metric([name], 1.0 if failed else 0.0)
@@ -137,7 +142,7 @@ class KryonixCollector(Collector):
             with connections.translate_errors(role):
                 info: dict[str, Any] = self.client(role).info()
                 return info
-        except (redis.RedisError, RedisUnavailable, ConfigError) as exc:
+        except _INFO_ERRORS as exc:
             log.warning("metrics: %s Redis unreadable: %s", role.value, exc)
             return None
 

@@ -29,13 +29,17 @@ def collect() -> dict[str, Any]:
 
 
 def healthy(report: dict[str, Any]) -> bool:
-    """Unhealthy when a role is unreachable, the primary may evict, or a worker of another
-    class (one that may unpickle and run any function) serves our queues."""
+    """Unhealthy when a role is unreachable, the primary may evict, a worker of another
+    class (one that may unpickle and run any function) serves our queues, or a Redis
+    Cluster PRIMARY does not serve every slot."""
     roles = report["roles"]
     if not all(r["reachable"] for r in roles.values()):
         return False
     queues = report.get("queues")
     if isinstance(queues, dict) and queues.get("unsafe_workers"):
+        return False
+    cluster = report.get("cluster")
+    if isinstance(cluster, dict) and (cluster.get("error") or cluster.get("state", "ok") != "ok"):
         return False
     return bool(roles[Role.PRIMARY.value]["maxmemory_policy"] == "noeviction")
 

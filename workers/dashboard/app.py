@@ -9,7 +9,8 @@ concern per module:
 - `dashboard_templates`: every value from job data is escaped on every page;
 - `dashboard_guard`: Host allow-list, POST-only state changes with a same-origin
   check, CSP and the other security headers;
-- `dashboard_views`: the job views that break on rq 3 or on undecodable fields.
+- `dashboard_views`: the job views that break on rq 3 or on undecodable fields;
+- `dashboard_connection`: on a Redis Cluster, our cluster client instead of a URL.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from flask import Flask, Response, request
 
 from cache.errors import ConfigError
 from cache.settings import Settings, get_settings
+from workers.dashboard import connection as dashboard_connection
 from workers.dashboard import guard as dashboard_guard
 from workers.dashboard import templates as dashboard_templates
 from workers.dashboard import views as dashboard_views
@@ -63,7 +65,7 @@ def dashboard_redis_url(settings: Settings) -> str:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """The rq-dashboard Flask app for the PRIMARY Redis (through Sentinel when configured).
+    """The rq-dashboard Flask app for the PRIMARY Redis (through Sentinel or a Redis Cluster client).
 
     Makes JSON RQ's only serializer in this process (see `workers.dashboard.serializer`).
 
@@ -89,12 +91,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     dashboard_templates.install(app.jinja_env)
     dashboard_views.install(app)
+    if username and password:
+        app.before_request(_basic_auth(username, password))
+    if settings.cluster is not None:
+        dashboard_connection.use_cluster_client(app, settings.cluster)
+        return app
     app.config["RQ_DASHBOARD_REDIS_URL"] = dashboard_redis_url(settings)
     app.config["RQ_DASHBOARD_REDIS_PASSWORD"] = settings.redis_password
     if settings.sentinel is not None:
         app.config["RQ_DASHBOARD_REDIS_SENTINEL_PASSWORD"] = settings.sentinel.password
-    if username and password:
-        app.before_request(_basic_auth(username, password))
     dashboard_web.setup_rq_connection(app)
     return app
 

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
+from cache.connections import REDIS_ERRORS
 from workers.dev.servers import PRIMARY_CONF, RedisServer
 
 SLOTS = 16384
@@ -48,7 +49,7 @@ def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
         try:
             if check():
                 return
-        except redis.RedisError:
+        except REDIS_ERRORS:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"the local cluster: {what} not within {timeout_s} s")

@@ -5,7 +5,8 @@ Starts the PRIMARY and CACHE Redis from the project's own config files with data
 the production process tree (supervisord on `supervisord.conf`: email and report
 workers, scheduler, dashboard); prints where everything listens and writes the
 matching environment to `var/local.env`. Ctrl-C (or SIGTERM) stops everything it
-started.
+started. `python -m workers up --cluster` runs the same stack on a local 6-node Redis
+Cluster (3 masters, 3 replicas) for both roles instead of the two servers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -27,19 +29,99 @@ from workers.dev.servers import CACHE_CONF, PRIMARY_CONF, PROJECT_ROOT, RedisSer
 LOCAL_PRIMARY_PORT = 16379  # not 6379: a system Redis may already own the standard port
 LOCAL_CACHE_PORT = 16380
 LOCAL_SMTP_PORT = 1025
-LOCAL_CLUSTER_PORTS = list(range(17000, 17006))  # bus ports 27000..27005
+LOCAL_DASHBOARD_PORT = 9181
+LOCAL_CLUSTER_PORTS = tuple(range(17000, 17006))  # bus ports 27000..27005
+
+# Redis settings an operator's shell may hold that would point the stack elsewhere (or
+# at the other mode): the stack's own environment replaces them.
+FOREIGN_REDIS_VARIABLES = (
+    "REDIS_URL",
+    "CACHE_REDIS_URL",
+    "REDIS_SENTINELS",
+    "REDIS_CLUSTER_NODES",
+    "CACHE_REDIS_CLUSTER_NODES",
+    "RQ_REDIS_URL",
+    "RQ_KEY_PREFIX",
+)
 
 
-def local_environment(var: Path) -> dict[str, str]:
+@dataclass(frozen=True)
+class LocalPorts:
+    """Where the stack listens; the defaults are `make run`'s (tests pass free ones)."""
+
+    primary: int = LOCAL_PRIMARY_PORT
+    cache: int = LOCAL_CACHE_PORT
+    smtp: int = LOCAL_SMTP_PORT
+    dashboard: int = LOCAL_DASHBOARD_PORT
+    cluster: tuple[int, ...] = LOCAL_CLUSTER_PORTS
+
+
+def local_environment(var: Path, ports: LocalPorts = LocalPorts()) -> dict[str, str]:
+    """The one-server stack's settings (`make run`), as written to `var/local.env`."""
     return {
-        "REDIS_URL": f"redis://127.0.0.1:{LOCAL_PRIMARY_PORT}/0",
-        "CACHE_REDIS_URL": f"redis://127.0.0.1:{LOCAL_CACHE_PORT}/0",
+        "REDIS_URL": f"redis://127.0.0.1:{ports.primary}/0",
+        "CACHE_REDIS_URL": f"redis://127.0.0.1:{ports.cache}/0",
+        **_common_environment(var, ports),
+    }
+
+
+def _common_environment(var: Path, ports: LocalPorts) -> dict[str, str]:
+    return {
         "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(LOCAL_SMTP_PORT),
+        "SMTP_PORT": str(ports.smtp),
         "DATABASE_URL": f"sqlite:///{var / 'kryonix.db'}",
         "REPORTS_DIR": str(var / "reports"),
         "KRYONIX_RUN_DIR": str(var / "run"),
+        "DASHBOARD_PORT": str(ports.dashboard),
     }
+
+
+@dataclass
+class LocalRedis:
+    """The stack's Redis: two servers (PRIMARY, CACHE) or one 6-node cluster for both roles."""
+
+    servers: list[RedisServer] = field(default_factory=list)
+    cluster: LocalCluster | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+    def start(self, var: Path, ports: LocalPorts, *, cluster: bool) -> None:
+        if cluster:
+            self._start_cluster(var, ports)
+            return
+        primary = RedisServer(PRIMARY_CONF, var / "redis-primary", port=ports.primary)
+        cache = RedisServer(CACHE_CONF, var / "redis-cache", port=ports.cache)
+        for server in (primary, cache):
+            self.servers.append(server.start())
+        self.env = local_environment(var, ports)
+        self.lines = [
+            f"PRIMARY Redis  {primary.url}  (data {primary.directory})",
+            f"CACHE Redis    {cache.url}  (no persistence)",
+        ]
+
+    def _start_cluster(self, var: Path, ports: LocalPorts) -> None:
+        """A scratch cluster: its data directory is emptied at every start."""
+        directory = var / "redis-cluster"
+        shutil.rmtree(directory, ignore_errors=True)
+        self.cluster = LocalCluster(directory, ports=list(ports.cluster))
+        self.servers = self.cluster.nodes  # filled as the nodes start, so stop() reaches them
+        self.cluster.start()
+        self.env = {"REDIS_CLUSTER_NODES": self.cluster.addresses, **_common_environment(var, ports)}
+        self.lines = [
+            f"Redis Cluster  REDIS_CLUSTER_NODES={self.cluster.addresses}  (PRIMARY and CACHE; "
+            f"3 masters, 3 replicas; all queues on the {{rq}} slot; scratch data in {directory})"
+        ]
+
+    def down(self) -> str | None:
+        """Why the stack must stop: a server exited, or (a cluster fails over) every node did."""
+        if self.cluster is not None:
+            return None if any(n.running for n in self.servers) else "every cluster node exited"
+        dead = [server.port for server in self.servers if not server.running]
+        return f"redis-server on {dead[0]} exited" if dead else None
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
 
 
 def _prepare_database(url: str) -> None:
@@ -61,7 +143,10 @@ def _prepare_database(url: str) -> None:
     engine.dispose()
 
 
-def run_local_stack(var: Path = PROJECT_ROOT / "var") -> None:
+def run_local_stack(
+    var: Path = PROJECT_ROOT / "var", *, cluster: bool = False, ports: LocalPorts = LocalPorts()
+) -> None:
+    """Run the stack until SIGINT/SIGTERM; with `cluster`, on a local 6-node Redis Cluster."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -69,41 +154,36 @@ def run_local_stack(var: Path = PROJECT_ROOT / "var") -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-
-    primary = RedisServer(PRIMARY_CONF, var / "redis-primary", port=LOCAL_PRIMARY_PORT)
-    cache = RedisServer(CACHE_CONF, var / "redis-cache", port=LOCAL_CACHE_PORT)
-    started: list[RedisServer] = []
+    redis_ = LocalRedis()
     catcher = None
     tree: subprocess.Popen[bytes] | None = None
     try:
-        for server in (primary, cache):
-            server.start()
-            started.append(server)
-        catcher = start_mail_catcher(var / "mail", port=LOCAL_SMTP_PORT)
-        env = local_environment(var)
+        redis_.start(var, ports, cluster=cluster)
+        catcher = start_mail_catcher(var / "mail", port=ports.smtp)
+        env = redis_.env
         (var / "local.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
         _prepare_database(env["DATABASE_URL"])
+        inherited = {k: v for k, v in os.environ.items() if k not in FOREIGN_REDIS_VARIABLES}
         tree = subprocess.Popen(
             [sys.executable, "-m", "workers", "supervise", "--run-dir", env["KRYONIX_RUN_DIR"]],
-            env={**os.environ, **env},
+            env={**inherited, **env},
             start_new_session=True,  # stopped by us, after a warm shutdown, not by the terminal's Ctrl-C
         )
-        print(f"PRIMARY Redis  {primary.url}  (data {primary.directory})")
-        print(f"CACHE Redis    {cache.url}  (no persistence)")
-        print(f"SMTP catcher   smtp://127.0.0.1:{LOCAL_SMTP_PORT}  (messages in {var / 'mail'})")
+        for line in redis_.lines:
+            print(line)
+        print(f"SMTP catcher   smtp://127.0.0.1:{ports.smtp}  (messages in {var / 'mail'})")
         print(
             "Workers        supervisord tree (source var/local.env; supervisorctl -c supervisord.conf status)"
         )
-        print("Dashboard      http://127.0.0.1:9181/")
+        print(f"Dashboard      http://127.0.0.1:{ports.dashboard}/")
         print(f"Environment    source {var / 'local.env'}")
         print("Ctrl-C stops everything.", flush=True)
         while not stop.wait(0.5):
-            for server in started:
-                if not server.running:
-                    print(f"redis-server on {server.port} exited; stopping the stack", flush=True)
-                    stop.set()
-            if tree.poll() is not None:
-                print(f"supervisord exited with {tree.returncode}; stopping the stack", flush=True)
+            reason = redis_.down() or (
+                None if tree.poll() is None else f"supervisord exited with {tree.returncode}"
+            )
+            if reason:
+                print(f"{reason}; stopping the stack", flush=True)
                 stop.set()
     finally:
         if tree is not None and tree.poll() is None:
@@ -111,40 +191,5 @@ def run_local_stack(var: Path = PROJECT_ROOT / "var") -> None:
             tree.wait()
         if catcher is not None:
             catcher.stop()
-        for server in reversed(started):
-            server.stop()
+        redis_.stop()
         print("local stack stopped", flush=True)
-
-
-def run_local_cluster(var: Path = PROJECT_ROOT / "var") -> None:
-    """`up --cluster`: a 6-node PRIMARY cluster (3 masters, 3 replicas) on loopback until Ctrl-C.
-
-    Only the cluster: RQ workers cannot run on a cluster yet, so no worker tree starts.
-    A scratch cluster: its data directory is emptied at every start.
-    """
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    directory = var / "redis-cluster"
-    shutil.rmtree(directory, ignore_errors=True)
-    cluster = LocalCluster(directory, ports=LOCAL_CLUSTER_PORTS)
-    try:
-        cluster.start()
-        env = {"REDIS_CLUSTER_NODES": cluster.addresses}
-        var.mkdir(parents=True, exist_ok=True)
-        (var / "local.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
-        print(f"PRIMARY Redis Cluster  REDIS_CLUSTER_NODES={cluster.addresses}  (data {directory})")
-        print("Workers                not started: RQ does not run on a cluster yet")
-        print(f"Environment            source {var / 'local.env'}")
-        print("Ctrl-C stops the cluster.", flush=True)
-        while not stop.wait(0.5):
-            if not any(node.running for node in cluster.nodes):
-                print("every cluster node exited; stopping", flush=True)
-                stop.set()
-    finally:
-        cluster.stop()
-        print("local cluster stopped", flush=True)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+from cache.connections import REDIS_ERRORS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PRIMARY_CONF = PROJECT_ROOT / "redis.conf"
 CACHE_CONF = PROJECT_ROOT / "redis-cache.conf"
@@ -116,7 +118,7 @@ class RedisServer:
                     if "NOAUTH" in str(exc):
                         return
                     time.sleep(0.05)  # LOADING: still reading its AOF/RDB
-                except redis.RedisError:
+                except REDIS_ERRORS:
                     time.sleep(0.05)
             raise TimeoutError(f"redis-server on port {self.port} not ready after {timeout_s} s")
         finally:

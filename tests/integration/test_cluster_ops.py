@@ -1,0 +1,284 @@
+"""Operating the workers on a real 6-node Redis Cluster: status, failed, job, metrics, the
+dashboard and `up --cluster` (marker `cluster`).
+
+RQ reads its key prefix once per process, and this test process imported it with the
+single-server one; so everything that uses RQ on the cluster runs in a child process
+whose environment names the cluster and nothing else (the project sets `{rq}` there):
+the CLI as an operator runs it, the dashboard as `python -m workers dashboard`, and the
+few RQ steps of a test through `child(...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from tests.waiting import wait_until
+from workers.dev.cluster import LocalCluster, free_cluster_port
+from workers.dev.servers import PROJECT_ROOT, free_port, wait_for_port
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+WELCOME = {"name": "Ana", "login_url": "https://app.example.com/login"}
+OWN_VARIABLES = (
+    "RQ_",
+    "REDIS_",
+    "CACHE_REDIS",
+    "SMTP_",
+    "DASHBOARD_",
+    "KRYONIX_",
+    "DATABASE_URL",
+    "REPORTS_",
+)
+
+
+def _env(nodes: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
+    env.update(REDIS_CLUSTER_NODES=nodes, PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def cli(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m workers ARGS` against the cluster, to its end."""
+    done = subprocess.run(
+        [sys.executable, "-m", "workers", *args],
+        env=_env(cluster.addresses),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert not check or done.returncode == 0, (
+        f"workers {args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    )
+    return done
+
+
+def run_child(nodes: str, name: str, *args: str) -> Any:
+    """Run `child(name, *args)` in a process on the cluster `nodes`; returns the JSON it printed last."""
+    call = f"from tests.integration.test_cluster_ops import child; child({name!r}, *{list(args)!r})"
+    done = subprocess.run(
+        [sys.executable, "-c", call],
+        env=_env(nodes),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"child {name} failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child(name: str, *args: str) -> None:
+    print(json.dumps(globals()[f"_child_{name}"](*args)))
+
+
+def _child_enqueue_email() -> str:
+    from jobs.email import enqueue_email
+
+    return enqueue_email("ana@example.com", "welcome", WELCOME)
+
+
+def _child_fail_one() -> str:
+    """A job that fails for good (no retries), run by a burst worker on the cluster."""
+    from cache.connections import primary
+    from jobs.enqueue import enqueue
+    from jobs.retry import RetryPolicy
+    from workers.worker import KryonixWorker
+
+    job_id = enqueue(
+        "email", "jobs.diagnostics.fail_permanently", "no such mailbox", retry=RetryPolicy(attempts=0)
+    )
+    KryonixWorker(["email"], connection=primary()).work(burst=True)
+    return job_id
+
+
+def _child_scrape() -> dict[str, float]:
+    """One Prometheus scrape of the collector on the cluster: each sample -> value."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from workers.cli.metrics import KryonixCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(KryonixCollector())
+    samples = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line.startswith("kryonix_"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+# --- status
+
+
+def test_status_reports_every_node_and_which_master_owns_the_rq_slot(cluster: LocalCluster) -> None:
+    report = json.loads(cli(cluster, "status", "--json").stdout)
+    section = report["cluster"]
+    assert section["state"] == "ok"
+    rq_master = cluster.master_of_slot(key_slot(b"{rq}"))
+    assert section["rq_slot"] == key_slot(b"{rq}")
+    assert section["rq_slot_master"] == f"127.0.0.1:{rq_master.port}"
+    nodes = {node["address"]: node for node in section["nodes"]}
+    assert set(nodes) == {f"127.0.0.1:{node.port}" for node in cluster.nodes}
+    masters = [n for n in nodes.values() if n["role"] == "master"]
+    replicas = [n for n in nodes.values() if n["role"] == "slave"]
+    assert len(masters) == 3 and len(replicas) == 3
+    assert sum(n["slots"] for n in masters) == 16384
+    assert [n["address"] for n in nodes.values() if n["owns_rq_slot"]] == [section["rq_slot_master"]]
+    assert {n["master"] for n in replicas} == {n["address"] for n in masters}
+    for node in nodes.values():
+        assert node["reachable"] and node["used_memory"] > 0 and node["maxmemory_policy"] == "noeviction"
+        assert node["rdb_last_bgsave_status"] == "ok" and isinstance(node["aof_enabled"], bool)
+    assert all(n["master_link_status"] == "up" for n in replicas)
+
+    text = cli(cluster, "status").stdout
+    assert f"127.0.0.1:{rq_master.port} redis" in text and "owns the {rq} slot (all queues)" in text
+    assert text.count("replica of 127.0.0.1:") == 3
+    assert text.strip().endswith("status: OK")
+
+
+def test_status_lists_the_queued_job_on_the_cluster(cluster: LocalCluster) -> None:
+    run_child(cluster.addresses, "enqueue_email")
+    report = json.loads(cli(cluster, "status", "--json").stdout)
+    assert report["queues"]["queues"]["email"]["queued"] == 1, report["queues"]
+
+
+# --- failed, job, metrics
+
+
+def test_failed_list_show_requeue_and_job_work_on_the_cluster(cluster: LocalCluster) -> None:
+    job_id = run_child(cluster.addresses, "fail_one")
+    rows = json.loads(cli(cluster, "failed", "list", "--json").stdout)
+    assert [row["id"] for row in rows] == [job_id]
+    shown = json.loads(cli(cluster, "failed", "show", job_id).stdout)
+    assert shown["id"] == job_id and "no such mailbox" in json.dumps(shown)
+    assert json.loads(cli(cluster, "job", job_id, "--json").stdout)["status"] == "failed"
+
+    assert f"requeued {job_id} on email" in cli(cluster, "failed", "requeue", job_id).stdout
+    assert json.loads(cli(cluster, "failed", "list", "--json").stdout) == []
+    assert json.loads(cli(cluster, "job", job_id, "--json").stdout)["status"] == "queued"
+
+
+def test_metrics_scrape_every_section_on_the_cluster(cluster: LocalCluster) -> None:
+    run_child(cluster.addresses, "enqueue_email")
+    samples = run_child(cluster.addresses, "scrape")
+    errors = {name: value for name, value in samples.items() if name.startswith("kryonix_scrape_error")}
+    assert errors and set(errors.values()) == {0.0}, errors
+    assert samples['kryonix_queue_depth{queue="email"}'] == 1.0
+
+
+# --- the dashboard
+
+
+@pytest.fixture
+def dashboard_port(cluster: LocalCluster, tmp_path: Path) -> Iterator[int]:
+    """`python -m workers dashboard` on the cluster, on a free port, ready."""
+    port = free_port()
+    with open(tmp_path / "dashboard.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workers", "dashboard"],
+            env=_env(cluster.addresses, DASHBOARD_PORT=str(port)),
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(port, 60)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def _json(port: int, path: str) -> Any:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": f"127.0.0.1:{port}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def test_dashboard_lists_the_clusters_queues_jobs_and_failed_jobs(
+    cluster: LocalCluster, dashboard_port: int
+) -> None:
+    failed = run_child(cluster.addresses, "fail_one")  # its burst worker would take a queued email too
+    queued = run_child(cluster.addresses, "enqueue_email")
+    queues = {q["name"]: q for q in _json(dashboard_port, "/0/data/queues.json")["queues"]}
+    assert queues["email"]["count"] == 1 and queues["email"]["failed_job_registry_count"] == 1
+    listed = _json(dashboard_port, "/0/data/jobs/email/queued/8/asc/1.json")["jobs"]
+    assert [job["id"] for job in listed] == [queued]
+    listed = _json(dashboard_port, "/0/data/jobs/email/failed/8/asc/1.json")["jobs"]
+    assert [job["id"] for job in listed] == [failed]
+    assert _json(dashboard_port, f"/0/data/job/{queued}.json")["id"] == queued
+    assert _json(dashboard_port, "/0/data/workers.json") == {"workers": []}
+
+
+# --- up --cluster
+
+
+def _cluster_ports() -> tuple[int, ...]:
+    ports: list[int] = []
+    while len(ports) < 6:
+        port = free_cluster_port()
+        if not {port, port + 10000} & {p + d for p in ports for d in (0, 10000)}:
+            ports.append(port)
+    return tuple(ports)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.timeout(360)
+def test_up_cluster_runs_the_stack_on_the_cluster_and_delivers_an_email(tmp_path: Path) -> None:
+    var, log = tmp_path / "var", tmp_path / "stack.log"
+    ports = f"LocalPorts(smtp={free_port()}, dashboard={free_port()}, cluster={_cluster_ports()!r})"
+    script = (
+        "from pathlib import Path; from workers.dev.localstack import LocalPorts, run_local_stack; "
+        f"run_local_stack(Path({str(var)!r}), cluster=True, ports={ports})"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
+    with open(log, "wb") as out:
+        stack = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "Ctrl-C stops everything." in log.read_text(), 180, "the stack is up")
+        local = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in (var / "local.env").read_text().splitlines()
+        )
+        assert "REDIS_URL" not in local and "CACHE_REDIS_URL" not in local
+        nodes = local["REDIS_CLUSTER_NODES"]
+        assert len(nodes.split(",")) == 6
+        run_child(nodes, "enqueue_email")
+        mail = var / "mail"
+        wait_until(lambda: list(mail.glob("*.eml")), 120, "the catcher stored the message")
+        [message] = list(mail.glob("*.eml"))
+        assert "ana@example.com" in message.read_text(errors="replace")
+        with urllib.request.urlopen(f"http://127.0.0.1:{local['DASHBOARD_PORT']}/", timeout=30) as response:
+            assert response.status == 200, "the dashboard answers on the cluster"
+    finally:
+        if stack.poll() is None:
+            stack.send_signal(signal.SIGTERM)
+        stack.wait(180)
+    text = log.read_text()
+    assert stack.returncode == 0, text
+    assert "local stack stopped" in text
+    node_ports = [int(address.rsplit(":", 1)[1]) for address in nodes.split(",")]
+    wait_until(lambda: not any(_listening(port) for port in node_ports), 30, "every node stopped")
