@@ -5,14 +5,19 @@ RQ's worker runs one job at a time: its stop-job command compares the job id wit
 "the" current job and kills "the" horse, and its failure handler reads one
 `_stopped_job_id`. A worker running several jobs at once on slot threads needs each
 of these per job.
+
+On a Redis Cluster the command channel is ours too (`CommandChannel`): RQ's pub/sub
+thread reconnects to the node it first subscribed on, which after a failover is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rq.command import parse_payload
@@ -22,10 +27,82 @@ from rq.queue import Queue
 from rq.utils import now
 from rq.worker import Worker
 
-from workers.loop import HORSE_POLL_S, WorkLoop
+from jobs.rq_cluster import is_cluster
+from workers.loop import HORSE_POLL_S, WorkLoop, redis_down
 from workers.slots import Running, Slots, working_time_s
 
 log = logging.getLogger("kryonix.worker")
+
+CHANNEL_POLL_S = 1.0  # how soon the command thread notices a stop request
+CHANNEL_RETRY_MAX_S = 10.0  # the longest pause between two subscription attempts
+
+
+class CommandChannel:
+    """A worker's command channel on a Redis Cluster, subscribed again after its node is lost.
+
+    redis-py's PubSub reconnects to the node it chose first; after a failover that node
+    is gone, so RQ's thread would retry it forever while commands are published to the
+    live nodes (classic PUBLISH reaches every node of a cluster). This thread reads a
+    fresh slot map and subscribes anew, on the channel's slot owner, each time its
+    connection fails. Commands published while it had no subscription are lost, as
+    with RQ on one server: pub/sub keeps nothing.
+    """
+
+    def __init__(
+        self, client: Any, channel: str, handler: Callable[[Any], None], *, worker_name: str
+    ) -> None:
+        self._client = client
+        self._channel = channel
+        self._handler = handler
+        self._worker_name = worker_name
+        self._stop = threading.Event()
+        self.subscriptions = 0  # how often it subscribed: more than once after a lost node
+        self._thread = threading.Thread(target=self._run, name="command-channel", daemon=True)
+
+    def start(self) -> CommandChannel:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 2 * CHANNEL_POLL_S) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        wait_s = 1.0
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                self._client.nodes_manager.initialize()  # thread-safe in redis-py 8.1
+                pubsub = self._client.pubsub()
+                pubsub.subscribe(**{self._channel: self._handle})
+                pubsub.get_message(timeout=CHANNEL_POLL_S)  # the confirmation: subscribed now
+                self.subscriptions += 1
+                if self.subscriptions > 1:
+                    log.info("worker %s: command channel subscribed again", self._worker_name)
+                wait_s = 1.0
+                while not self._stop.is_set():
+                    pubsub.get_message(ignore_subscribe_messages=True, timeout=CHANNEL_POLL_S)
+            except Exception as exc:  # the channel must outlive any error; Redis away is the usual one
+                level = logging.WARNING if redis_down(exc) else logging.ERROR
+                log.log(
+                    level,
+                    "worker %s: command channel lost (%s); again in %.0f s",
+                    self._worker_name,
+                    exc,
+                    wait_s,
+                )
+                self._stop.wait(wait_s)
+                wait_s = min(wait_s * 2, CHANNEL_RETRY_MAX_S)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):  # its socket may be gone already
+                        pubsub.close()
+
+    def _handle(self, message: Any) -> None:
+        try:
+            self._handler(message)
+        except Exception:  # a bad command must not cost the subscription
+            log.exception("worker %s: command %r failed", self._worker_name, message.get("data"))
 
 
 class SlotCommands(Worker):
@@ -35,6 +112,24 @@ class SlotCommands(Worker):
     _stopped_ids: set[str]  # running jobs a stop-job command stopped
     _stop_lock: threading.Lock  # RQ keeps one `_stopped_job_id` per worker
     _loop: WorkLoop | None  # while `work` runs
+    _command_channel: CommandChannel | None = None  # on a cluster, from `subscribe`
+
+    def subscribe(self) -> None:
+        """RQ's command channel; on a cluster ours, which follows a failover (`CommandChannel`)."""
+        if not is_cluster(self.connection):
+            super().subscribe()  # type: ignore[no-untyped-call]
+            return
+        log.info("worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self._command_channel = CommandChannel(
+            self.connection, self.pubsub_channel_name, self.handle_payload, worker_name=self.name
+        ).start()
+
+    def unsubscribe(self) -> None:
+        channel, self._command_channel = self._command_channel, None
+        if channel is None:
+            super().unsubscribe()  # type: ignore[no-untyped-call]
+        else:
+            channel.stop()
 
     def _beat_running(self, runs: list[Running]) -> None:
         """RQ's `maintain_heartbeats` for every running job at once, in one round trip."""
@@ -90,7 +185,14 @@ class SlotCommands(Worker):
     def _horse_job_id(self) -> str | None:
         running = {run.execution.id for run in self.slots.running()} if self.slots is not None else set()
         horse = [e for e in list(self.executions.values()) if e.id not in running]
-        return horse[0].job_id if horse and self.horse_pid > 0 else None
+        # The newest: an older entry is one whose end a lost Redis kept from being recorded.
+        return max(horse, key=lambda e: e.created_at).job_id if horse and self.horse_pid > 0 else None
+
+    def _forget_executions(self, job_id: str) -> None:
+        """Drop `job_id`'s executions kept in memory when its end could not be recorded."""
+        for key, execution in list(self.executions.items()):
+            if execution.job_id == job_id:
+                self.executions.pop(key, None)
 
     def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         """RQ's, telling a stopped slot job (STOPPED, no retry) from a failed one."""

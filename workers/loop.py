@@ -16,7 +16,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, cast
 
 import redis
@@ -24,6 +24,7 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
 
+from cache.cluster import is_cluster, is_cluster_outage
 from cache.lua import script
 from jobs.queues import QUEUES, KryonixQueue
 
@@ -36,6 +37,53 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 MULTI_QUEUE_WAIT_S = 1  # BLMOVE watches one list: an idle worker polls its other queues this often
 BUSY_WAIT_S = 1  # with jobs running, the longest a blocking wait may delay a stop request
 HORSE_POLL_S = 0.05  # how often a worker waiting for its horse looks for the horse's exit
+REDIS_WAIT_MAX_S = 30.0  # the longest pause between two tries while Redis is away
+# On a Redis Cluster: a failover takes seconds, so tries are closer, and the longest a
+# worker waits for RQ's `{rq}` slot to be served again before it exits with a message
+# (its supervisor restarts it). One server or Sentinel: it waits as long as it takes.
+CLUSTER_WAIT_MAX_S = 5.0
+CLUSTER_SETTLE_LIMIT_S = 300.0
+
+
+def redis_down(exc: BaseException) -> bool:
+    """Redis unreachable, or a cluster failing over (no master for a slot yet): worth waiting out.
+
+    A cluster raises some of these outside `redis.RedisError` (`cache.cluster.is_cluster_outage`).
+    """
+    return isinstance(exc, REDIS_DOWN) or is_cluster_outage(exc)
+
+
+def until_redis_answers(worker: KryonixWorker, step: Callable[[], None]) -> None:
+    """Run `step`, waiting with backoff while Redis is unreachable; give up on a stop request.
+
+    Raises:
+        StopRequested: the worker was asked to stop meanwhile.
+        SystemExit: on a cluster, no answer for CLUSTER_SETTLE_LIMIT_S (the message says so).
+    """
+    on_cluster = is_cluster(worker.connection)
+    wait_s, since, failures = 1.0, time.monotonic(), 0
+    while True:
+        try:
+            step()
+            break
+        except Exception as exc:
+            if not redis_down(exc):
+                raise
+            if worker._stop_requested:
+                raise StopRequested() from exc
+            failures += 1
+            waited_s = time.monotonic() - since
+            if on_cluster and waited_s >= CLUSTER_SETTLE_LIMIT_S:
+                raise SystemExit(
+                    f"worker {worker.name}: the Redis Cluster has not served RQ's slot for {waited_s:.0f} s "
+                    f"(CLUSTER_SETTLE_LIMIT_S; check REDIS_CLUSTER_NODES and the cluster's state); exiting "
+                    f"for the supervisor to restart the worker. Last error: {exc}"
+                ) from exc
+            log.error("worker %s: Redis unreachable (%s); retrying in %.0f s", worker.name, exc, wait_s)
+            time.sleep(wait_s)
+            wait_s = min(wait_s * 2, CLUSTER_WAIT_MAX_S if on_cluster else REDIS_WAIT_MAX_S)
+    if failures:
+        log.info("worker %s: Redis answers again after %.1f s", worker.name, time.monotonic() - since)
 
 
 def in_process(queue: Queue) -> bool:
@@ -112,14 +160,16 @@ class WorkLoop:
                         break
                 except StopRequested:
                     break
-                except REDIS_DOWN as exc:
+                except Exception as exc:
+                    if not redis_down(exc):  # as RQ's loop: log, stop claiming, let the running jobs end
+                        log.exception(
+                            "worker %s: unhandled exception in the work loop, quitting", worker.name
+                        )
+                        break
                     if worker._stop_requested:
                         break
                     log.error("worker %s: Redis unreachable (%s); waiting for it", worker.name, exc)
                     worker._until_redis_answers(worker._ping)
-                except Exception:  # as RQ's loop: log, stop claiming, let the running jobs end
-                    log.exception("worker %s: unhandled exception in the work loop, quitting", worker.name)
-                    break
         finally:
             self.drain()
         return self.started

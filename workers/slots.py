@@ -24,6 +24,7 @@ from rq.utils import now
 
 from jobs import interrupts
 from jobs.interrupts import Interrupts
+from workers.loop import redis_down
 
 log = logging.getLogger("kryonix.worker")
 
@@ -158,8 +159,11 @@ class Slots:
                 continue
             try:
                 self._beat(running)
-            except Exception:  # a missed beat is survivable; a dead heartbeat thread is not
-                log.exception("heartbeat for %d running job(s) failed", len(running))
+            except Exception as exc:  # a missed beat is survivable; a dead heartbeat thread is not
+                if not redis_down(exc):
+                    log.exception("heartbeat for %d running job(s) failed", len(running))
+                else:  # a failover: the job keys' TTL (a beat interval plus a grace) outlasts it
+                    log.warning("heartbeat for %d running job(s) missed: Redis away (%s)", len(running), exc)
 
 
 def working_time_s(job: Job) -> float:

@@ -21,9 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from cache.connections import Role, ping
+import redis
+
+from cache.connections import Role, build_client, ping
 from cache.errors import ConfigError, RedisUnavailable
 from jobs import rq_key_prefix
+from workers.loop import CLUSTER_SETTLE_LIMIT_S
 
 log = logging.getLogger("kryonix.startup")
 
@@ -51,20 +54,26 @@ _JSON_SERIALIZERS = ("json", "jobs.serialization.JSONSerializer")
 def wait_for_primary(
     check: Callable[[], object] = lambda: ping(Role.PRIMARY),
     sleep: Callable[[float], None] = time.sleep,
+    *,
+    limit_s: float | None = None,
 ) -> int:
     """Block until `check` (PING the PRIMARY) succeeds; returns how many attempts failed.
 
     Raises:
         RedisUnavailable: the server refused our credentials (REDIS_PASSWORD); waiting cannot help.
+        SystemExit: `limit_s` passed without an answer (the message names the setting).
     """
     failures = 0
     wait_s = FIRST_WAIT_S
+    started = time.monotonic()
     while True:
         try:
             check()
         except RedisUnavailable as exc:
             if exc.setting == "REDIS_PASSWORD":
                 raise
+            if limit_s is not None and time.monotonic() - started >= limit_s:
+                raise SystemExit(f"Redis did not answer within {limit_s:.0f} s, exiting: {exc}") from exc
             failures += 1
             log.error("waiting for Redis before starting (%s); next try in %.0f s", exc, wait_s)
             sleep(wait_s)
@@ -73,6 +82,24 @@ def wait_for_primary(
         if failures:
             log.info("Redis answers after %d failed attempt(s); starting", failures)
         return failures
+
+
+def cluster_client_when_settled() -> redis.Redis:
+    """A new PRIMARY cluster client, built once the cluster answers (a failover at start-up).
+
+    A cluster client reads the slot map, and asks one node for its commands, as it is
+    built; while a master is down and not yet replaced, that may be the dead node.
+
+    Raises:
+        SystemExit: no client within CLUSTER_SETTLE_LIMIT_S.
+    """
+    built: list[redis.Redis] = []
+    wait_for_primary(
+        lambda: built.append(build_client(Role.PRIMARY)),
+        sleep=time.sleep,
+        limit_s=CLUSTER_SETTLE_LIMIT_S,
+    )
+    return built[0]
 
 
 def rq_executable() -> str:

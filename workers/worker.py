@@ -18,9 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from rq import defaults as rq_defaults
-from rq.exceptions import DeserializationError, StopRequested
+from rq.exceptions import DeserializationError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -30,6 +29,7 @@ from rq.worker import DequeueStrategy, WorkerStatus
 
 from cache.appcache.stats import flush_cache_stats
 from cache.connections import Role, build_client, set_process_role
+from cache.errors import RedisUnavailable
 from cache.health import check_eviction_policy
 from cache.ratelimit.service import flush_ratelimit_stats
 from cache.settings import get_settings
@@ -41,9 +41,10 @@ from workers.commands import SlotCommands
 from workers.job import KryonixJob, not_a_json_job
 from workers.job_stats import JobStats, log_outcome
 from workers.logs import configure_logging
-from workers.loop import WorkLoop, in_process
+from workers.loop import WorkLoop, in_process, redis_down, until_redis_answers
 from workers.process import die_with_parent, rss_bytes
 from workers.slots import Slots, ThreadAwareDeathPenalty
+from workers.startup import cluster_client_when_settled
 from workers.worker_arguments import monitoring_interval, our_class, refuse_non_json
 
 log = logging.getLogger("kryonix.worker")
@@ -52,7 +53,6 @@ HEARTBEAT_INTERVAL_S = 10  # how often a running job proves its worker is alive
 HEARTBEAT_GRACE_S = 20  # a job whose heartbeat is this late is abandoned (RQ uses 60)
 HEARTBEAT_COALESCE_S = 1.0  # a worker beat this recent makes the next one redundant
 SUSPENSION_CHECK_INTERVAL_S = 1.0  # `rq suspend` takes effect within this
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 # Worker hash field naming the class; RQ 3 stores none, so `status` tells our workers
 # from a plain `rq worker` (pickle, any function) by this marker.
 CLASS_FIELD = "kx_worker_class"
@@ -88,7 +88,7 @@ class KryonixWorker(SlotCommands):
         if get_settings().sentinel is not None or (cluster_mode() and not is_cluster(connection)):
             # `rq worker` only knows RQ_REDIS_URL; with Sentinel or a Cluster the worker needs a client
             # that follows the master. Its own pool: RQ raises the socket timeout of the one it is given.
-            connection = build_client(Role.PRIMARY)
+            connection = cluster_client_when_settled() if cluster_mode() else build_client(Role.PRIMARY)
         if connection is not None:
             kwargs["connection"] = connection = rq_connection(connection)
         # Queues of our class on this connection are kept as given; others are rebuilt by name.
@@ -139,7 +139,10 @@ class KryonixWorker(SlotCommands):
         # After RQ's own set-up, so LOG_FORMAT=json covers RQ's lines too, at RQ's level.
         level = kwargs.get("logging_level") or (args[0] if args else None) or "INFO"
         configure_logging(logging.getLevelName(str(level).upper()), force=True)
-        check_eviction_policy(self.connection)
+        try:
+            check_eviction_policy(self.connection)
+        except RedisUnavailable as exc:  # a warning only: a failover now must not stop the worker
+            log.warning("worker %s: could not check the eviction policy: %s", self.name, exc)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat (`bookkeeping.worker_beat`) in one round trip instead of two or three.
@@ -216,27 +219,23 @@ class KryonixWorker(SlotCommands):
         try:
             self.job_stats.flush()
             super().teardown()  # type: ignore[no-untyped-call]
-        except REDIS_DOWN as exc:
+        except Exception as exc:
+            if not redis_down(exc):
+                raise
             log.warning(
                 "worker %s exits without Redis (%s); its registration expires by itself", self.name, exc
             )
 
     def _ping(self) -> None:
-        self.connection.ping()
+        """PING; on a cluster the `{rq}` slot's master (the one this worker needs), not every node."""
+        _ = self.connection.exists(self.key) if is_cluster(self.connection) else self.connection.ping()
+
+    def register_birth(self) -> None:
+        """RQ's, waiting for Redis: a worker started during a failover comes up once it settled."""
+        self._until_redis_answers(super().register_birth)
 
     def _until_redis_answers(self, step: Callable[[], None]) -> None:
-        """Run `step`, waiting with backoff while Redis is unreachable; give up only on a stop request."""
-        wait_s = 1.0
-        while True:
-            try:
-                step()
-                return
-            except REDIS_DOWN as exc:
-                if self._stop_requested:
-                    raise StopRequested() from exc
-                log.error("worker %s: Redis unreachable (%s); retrying in %.0f s", self.name, exc, wait_s)
-                time.sleep(wait_s)
-                wait_s = min(wait_s * 2, 30.0)
+        until_redis_answers(self, step)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout and job.timeout > 0:
@@ -288,7 +287,9 @@ class KryonixWorker(SlotCommands):
             if self.slots is not None and self.slots.busy:
                 self.set_state(WorkerStatus.BUSY)  # RQ marked the worker idle after the horse
             log_outcome(self.job_stats, job, queue, time.monotonic() - started, in_process=False)
-        except REDIS_DOWN as exc:
+        except Exception as exc:
+            if not redis_down(exc):
+                raise
             self._lost_redis(job, exc)
         self._recycle_if_bloated()
 
@@ -309,7 +310,9 @@ class KryonixWorker(SlotCommands):
         try:
             self.perform_job(job, queue, execution)
             log_outcome(self.job_stats, job, queue, time.monotonic() - started, in_process=True)
-        except REDIS_DOWN as exc:
+        except Exception as exc:
+            if not redis_down(exc):
+                raise
             self._lost_redis(job, exc)
         finally:
             with self._stop_lock:
@@ -331,6 +334,7 @@ class KryonixWorker(SlotCommands):
         # The job's end could not be recorded; it stays in the started registry and the
         # maintenance loop retries it once its heartbeat lapses. Wait for Redis here.
         log.error("worker %s: lost Redis during job %s (%s); it will be recovered", self.name, job.id, exc)
+        self._forget_executions(job.id)
         self._until_redis_answers(self._ping)
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
