@@ -4,10 +4,11 @@ Nothing here talks to the machine's Redis on 6379. The PRIMARY and CACHE servers
 started once per test session (under xdist, once per worker); each test gets a flushed
 server. Tests that kill or reconfigure a server use `redis_factory` for a private one.
 
-A module that sets `BACKENDS = BOTH` runs every test that uses `redis_env` (and so
-`primary` and `cache_redis`) twice: on the single servers and on the 6-node cluster
-(marker `cluster`). A test that inspects one server (KEYS, SCAN, OBJECT, CONFIG, DEBUG),
-stops a server or depends on one server's topology is marked `single_only` with its reason.
+A module that sets `BACKENDS = BOTH` (or a test marked `backends("single", "cluster")`)
+runs every test that uses `redis_env` (and so `primary` and `cache_redis`) twice: on the
+single servers and on the 6-node cluster (marker `cluster`). A test that reads one
+server's INFO or URL, stops a server or depends on one server's topology is marked
+`single_only` with its reason; a known cluster bug is `cluster_xfail` (strict).
 
 The integration fixture modules are registered below as plugins, so a test names a
 fixture as a parameter and never imports it.
@@ -72,12 +73,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line("markers", "single_only(reason): runs on the single server only, not the cluster")
-    config.addinivalue_line("markers", "cluster_xfail(reason): a known cluster bug; the cluster case must fail")
+    config.addinivalue_line(
+        "markers", "backends(*names): this test's backends, instead of its module's BACKENDS"
+    )
+    config.addinivalue_line(
+        "markers", "cluster_xfail(reason): a known cluster bug; the cluster case must fail"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run a `BACKENDS = BOTH` module's `redis_env` tests on the single servers and the cluster."""
-    backends = getattr(metafunc.module, "BACKENDS", (SINGLE,))
+    chosen = metafunc.definition.get_closest_marker("backends")
+    backends = chosen.args if chosen is not None else getattr(metafunc.module, "BACKENDS", (SINGLE,))
     if "redis_env" not in metafunc.fixturenames or metafunc.definition.get_closest_marker("single_only"):
         return
     if tuple(backends) == (SINGLE,):

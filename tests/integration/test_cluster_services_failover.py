@@ -167,7 +167,9 @@ def test_a_limit_survives_a_failover_losing_at_most_the_unreplicated_last_write(
             assert open_.allowed and open_.reason
         degraded += shut.degraded + open_.degraded
     assert degraded, "some checks met the dead master and answered by their policy"
-    wait_until(lambda: not closed.check(probe, LIMIT, WINDOW_S).degraded, 30, "limits served by the new master")
+    wait_until(
+        lambda: not closed.check(probe, LIMIT, WINDOW_S).degraded, 30, "limits served by the new master"
+    )
 
     after = closed.check("alice", LIMIT, WINDOW_S)
     assert not after.degraded
