@@ -4,6 +4,12 @@ Nothing here talks to the machine's Redis on 6379. The PRIMARY and CACHE servers
 started once per test session (under xdist, once per worker); each test gets a flushed
 server. Tests that kill or reconfigure a server use `redis_factory` for a private one.
 
+A module that sets `BACKENDS = BOTH` (or a test marked `backends("single", "cluster")`)
+runs every test that uses `redis_env` (and so `primary` and `cache_redis`) twice: on the
+single servers and on the 6-node cluster (marker `cluster`). A test that reads one
+server's INFO or URL, stops a server or depends on one server's topology is marked
+`single_only` with its reason; a known cluster bug is `cluster_xfail` (strict).
+
 The integration fixture modules are registered below as plugins, so a test names a
 fixture as a parameter and never imports it.
 """
@@ -51,6 +57,9 @@ pytest_plugins = [
     "tests.integration.examples_fixtures",  # imports flask_ and starlette_fixtures
 ]
 
+SINGLE, CLUSTER = "single", "cluster"
+BOTH = (SINGLE, CLUSTER)
+
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -63,6 +72,35 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    config.addinivalue_line("markers", "single_only(reason): runs on the single server only, not the cluster")
+    config.addinivalue_line(
+        "markers", "backends(*names): this test's backends, instead of its module's BACKENDS"
+    )
+    config.addinivalue_line(
+        "markers", "cluster_xfail(reason): a known cluster bug; the cluster case must fail"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a `BACKENDS = BOTH` module's `redis_env` tests on the single servers and the cluster."""
+    chosen = metafunc.definition.get_closest_marker("backends")
+    backends = chosen.args if chosen is not None else getattr(metafunc.module, "BACKENDS", (SINGLE,))
+    if "redis_env" not in metafunc.fixturenames or metafunc.definition.get_closest_marker("single_only"):
+        return
+    if tuple(backends) == (SINGLE,):
+        return
+    known = metafunc.definition.get_closest_marker("cluster_xfail")
+    marks = [pytest.mark.cluster]
+    if known is not None:
+        marks.append(pytest.mark.xfail(strict=True, reason=known.args[0]))
+    params = [pytest.param(name, marks=marks) if name == CLUSTER else name for name in backends]
+    metafunc.parametrize("backend", params, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """`single` or `cluster`: where `redis_env` points the settings (see `BACKENDS`)."""
+    return str(getattr(request, "param", SINGLE))
 
 
 @pytest.fixture
@@ -103,7 +141,16 @@ def _ensure_running(server: RedisServer) -> None:
 
 
 @pytest.fixture
-def redis_env(
+def redis_env(request: pytest.FixtureRequest, backend: str) -> Iterator[dict[str, str]]:
+    """Point the settings at the flushed test servers, or at the flushed cluster."""
+    if backend == CLUSTER:
+        yield request.getfixturevalue("cluster_env")
+        return
+    yield request.getfixturevalue("single_env")
+
+
+@pytest.fixture
+def single_env(
     monkeypatch: pytest.MonkeyPatch, primary_server: RedisServer, cache_server: RedisServer
 ) -> Iterator[dict[str, str]]:
     """Point the settings (REDIS_URL, CACHE_REDIS_URL, ...) at the test servers, flushed."""

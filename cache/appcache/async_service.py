@@ -240,7 +240,8 @@ class AsyncCacheService(CacheCore):
     async def _unlink(self, names: list[str]) -> None:
         pipe = self.client.pipeline(transaction=True)
         for group in self._unlink_groups(names):
-            pipe.unlink(*group)
+            # Not `pipe.unlink`: on a cluster pipeline it is a coroutine that queues nothing.
+            pipe.execute_command("UNLINK", *group)
         await pipe.execute()
 
     async def _ready(self) -> bool:

@@ -27,6 +27,7 @@ from cache.appcache.stats import CacheStats, flush_counters, read_counters
 from tests.integration.cache_fixtures import PROJECT_ROOT, CountingFetcher, FakeClock
 
 pytestmark = pytest.mark.cache
+BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 
 @pytest.fixture

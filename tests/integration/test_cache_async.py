@@ -26,6 +26,7 @@ from tests.integration.cache_fixtures import FakeClock
 from workers.dev.servers import CACHE_CONF, RedisServer
 
 pytestmark = pytest.mark.cache
+BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 
 class MonotonicClock:
@@ -41,6 +42,10 @@ def run(body: Callable[[AsyncCacheService], Awaitable[Any]], **kwargs: Any) -> A
 
     async def main() -> Any:
         client = build_async_client(Role.CACHE, get_settings(), decode_responses=False)
+        # A cluster client reads its slot map on first use; outside the 1 s call bound, so a
+        # loaded machine's slow start is not a cache outage, and concurrent first commands on a
+        # cold redis-py 8.1 async cluster client meet unconnected connections (AttributeError).
+        await client.initialize()
         service = AsyncCacheService(client, **kwargs)
         try:
             return await body(service)

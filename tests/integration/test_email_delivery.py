@@ -28,6 +28,9 @@ from tests.integration.email_fixtures import (
 
 pytestmark = pytest.mark.email
 
+# The exactly-once core (marker and claim on one `{idem:<key>}` slot) runs on the single
+# server and on the cluster too; enqueueing needs RQ on the cluster (test_cluster_rq.py).
+EXACTLY_ONCE = pytest.mark.backends("single", "cluster")
 WELCOME = {"name": "Ana", "login_url": "https://app.example.com/login"}
 
 
@@ -104,6 +107,7 @@ def test_connection_is_kept_across_jobs_and_reopened_when_dropped(email_env: Smt
     assert email_env.handler.data_commands == 4, "nothing was sent twice"
 
 
+@EXACTLY_ONCE
 def test_same_idempotency_key_is_sent_once(email_env: SmtpServer, primary: redis.Redis) -> None:
     payload = _payload(idempotency_key="welcome-42")
     first = send_email(payload)
@@ -117,6 +121,7 @@ def test_same_idempotency_key_is_sent_once(email_env: SmtpServer, primary: redis
     assert 6 * 24 * 3600 < ttl <= 7 * 24 * 3600
 
 
+@EXACTLY_ONCE
 def test_connection_lost_after_data_flags_the_resend_as_a_possible_duplicate(
     email_env: SmtpServer, primary: redis.Redis
 ) -> None:
@@ -135,6 +140,7 @@ def test_connection_lost_after_data_flags_the_resend_as_a_possible_duplicate(
     assert send_email(payload)["status"] == "already_sent"
 
 
+@EXACTLY_ONCE
 def test_an_unrenderable_email_fails_without_leaving_a_claim(
     email_env: SmtpServer, primary: redis.Redis
 ) -> None:
@@ -146,6 +152,7 @@ def test_an_unrenderable_email_fails_without_leaving_a_claim(
     assert email_env.received == []
 
 
+@EXACTLY_ONCE
 def test_a_resent_claim_pipeline_does_not_flag_the_attempt_itself(primary: redis.Redis) -> None:
     """The client retries a pipeline whose reply was lost: the claim it finds is its own."""
     attempt = {"job_id": "j-1", "pid": 7, "at": 1.0, "nonce": "n-1"}
@@ -171,6 +178,7 @@ def test_a_failed_claim_release_does_not_change_how_the_job_ends(
         send_email(_payload())
 
 
+@EXACTLY_ONCE
 def test_explicit_refusal_then_success_is_not_a_possible_duplicate(
     email_env: SmtpServer, primary: redis.Redis
 ) -> None:
@@ -186,6 +194,7 @@ def test_explicit_refusal_then_success_is_not_a_possible_duplicate(
     assert idempotency.possible_duplicates() == 0
 
 
+@EXACTLY_ONCE
 def test_claim_left_by_a_dead_attempt_survives_a_deferred_retry(
     email_env: SmtpServer, primary: redis.Redis
 ) -> None:

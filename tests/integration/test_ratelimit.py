@@ -17,6 +17,7 @@ from cache.ratelimit.service import API, BY_IP, BY_USER, Decision, Preset, RateL
 from tests.integration.ratelimit_fixtures import SlidingLog
 
 pytestmark = pytest.mark.ratelimit
+BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 T0 = 1_700_000_000_000  # a fixed "now" in ms; tests move it by hand instead of sleeping
 
@@ -137,6 +138,7 @@ def test_every_key_has_a_ttl_of_one_to_two_windows(limiter: RateLimiter, primary
     assert all(10_000 < primary.pttl(key) <= 40_000 for key in found)
 
 
+@pytest.mark.single_only("counts PEXPIREs in one server's INFO commandstats")
 def test_ttl_is_refreshed_once_per_window_not_per_request(limiter: RateLimiter, primary: redis.Redis) -> None:
     primary.config_resetstat()
     for i in range(100):  # 100 admissions within one 60 s window: one PEXPIRE

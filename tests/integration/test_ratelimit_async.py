@@ -26,6 +26,7 @@ from cache.settings import DEFAULT_CALL_TIMEOUT_S, Settings, get_settings
 from workers.dev.servers import PRIMARY_CONF, RedisServer, free_port
 
 pytestmark = pytest.mark.ratelimit
+BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 T0 = 1_700_000_000_000
 

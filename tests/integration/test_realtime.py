@@ -18,6 +18,7 @@ from tests.integration.realtime_fixtures import WAIT_S, PrivateRedis, Recorder
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.realtime
+BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 NOW = datetime(2024, 5, 1, 11, 0, 0, 123000, tzinfo=UTC)
 

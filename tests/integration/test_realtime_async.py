@@ -15,6 +15,7 @@ from tests.integration.realtime_fixtures import WAIT_S, PrivateRedis, ReconnectG
 from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.realtime
+BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 
 def run(make: Callable[[AsyncRealtimeService], Awaitable[None]], redis_: PrivateRedis) -> None:

@@ -21,6 +21,7 @@ from cache.sessions.service import DEFAULT_ABSOLUTE_TTL_S, DEFAULT_IDLE_TTL_S, S
 from cache.settings import get_settings
 
 pytestmark = pytest.mark.sessions
+BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 HOUR = 3600.0
 
@@ -64,6 +65,7 @@ def test_defaults_are_24h_idle_and_7_days_absolute() -> None:
     assert DEFAULT_ABSOLUTE_TTL_S == 7 * 24 * HOUR
 
 
+@pytest.mark.single_only("reads the PRIMARY and CACHE servers by their URLs")
 def test_default_client_is_the_primary(redis_env: dict[str, str]) -> None:
     service = SessionService()
     sid = service.create("u1")

@@ -22,6 +22,7 @@ from cache.sessions.core import InvalidSessionArgument, SessionStoreUnavailable
 from cache.sessions.service import SessionService
 
 pytestmark = pytest.mark.sessions
+BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 
 class FakeClock:

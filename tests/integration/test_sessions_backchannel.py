@@ -43,6 +43,7 @@ from cache.sessions.backchannel import (
 from cache.sessions.service import SessionService
 
 pytestmark = pytest.mark.sessions
+BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 ISSUER = "https://sso.example.test/realms/kryonix"
 AUDIENCE = "kryonix-web"
