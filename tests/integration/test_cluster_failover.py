@@ -8,7 +8,7 @@ A worker does ride it out: one draining 1,000 jobs while the `{rq}` master is ki
 finishes every job (at least once, duplicates counted), and its command channel follows
 the new master; one started while that master is down comes up once it is replaced.
 As in `test_cluster_rq`, RQ runs only in child processes (RQ reads its key prefix at
-import), here through `run_child`/`spawn` on this module's `child`.
+import), here through `run_child`/`spawn` (tests/integration/cluster_children.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,14 @@ from cache import connections
 from cache.connections import Role
 from cache.realtime.service import RealtimeService
 from cache.realtime.subscriber import Subscriber
+from tests.integration import cluster_children as children
 from tests.integration.realtime_fixtures import WAIT_S, Recorder
 from tests.waiting import wait_until
 from workers.dev.cluster import LocalCluster
 from workers.dev.servers import PROJECT_ROOT, RedisServer
 
 pytestmark = pytest.mark.cluster
+CHILDREN = "tests.integration.test_cluster_failover"  # where a child process finds `_child_<name>`
 
 KEY = "failover:key"
 
@@ -155,27 +156,8 @@ JOBS = 1_000
 WORKER_WAIT_S = 240  # generous: recovering a job lost with the old master waits out its heartbeat
 
 
-def _child_env(cluster: LocalCluster) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "REDIS_", "CACHE_REDIS", "SMTP_"))}
-    return {**env, "REDIS_CLUSTER_NODES": cluster.addresses, "PYTHONUNBUFFERED": "1"}
-
-
-def _command(name: str, *args: str) -> list[str]:
-    call = f"from tests.integration.test_cluster_failover import child; child({name!r}, *{list(args)!r})"
-    return [sys.executable, "-c", call]
-
-
 def run_child(cluster: LocalCluster, name: str, *args: str) -> Any:
-    done = subprocess.run(
-        _command(name, *args),
-        env=_child_env(cluster),
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"child {name} failed:\n{done.stdout}\n{done.stderr}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return children.run_child(CHILDREN, cluster.addresses, name, *args)
 
 
 @pytest.fixture
@@ -187,8 +169,8 @@ def spawn(cluster: LocalCluster, tmp_path: Path) -> Iterator[Any]:
         log_path = tmp_path / f"{name}-{len(started)}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                _command(name, *args),
-                env=_child_env(cluster),
+                children.child_command(CHILDREN, name, *args),
+                env=children.child_env(cluster.addresses),
                 cwd=PROJECT_ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -202,10 +184,6 @@ def spawn(cluster: LocalCluster, tmp_path: Path) -> Iterator[Any]:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-def child(name: str, *args: str) -> None:
-    print(json.dumps(globals()[f"_child_{name}"](*args)))
 
 
 def _child_enqueue(queue: str, func: str, args: str, count: str) -> list[str]:

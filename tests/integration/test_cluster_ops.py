@@ -24,36 +24,22 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
+from tests.integration import cluster_children as children
 from tests.waiting import wait_until
 from workers.dev.cluster import LocalCluster, free_cluster_port
 from workers.dev.servers import PROJECT_ROOT, free_port, wait_for_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+CHILDREN = "tests.integration.test_cluster_ops"  # where a child process finds `_child_<name>`
 
 WELCOME = {"name": "Ana", "login_url": "https://app.example.com/login"}
-OWN_VARIABLES = (
-    "RQ_",
-    "REDIS_",
-    "CACHE_REDIS",
-    "SMTP_",
-    "DASHBOARD_",
-    "KRYONIX_",
-    "DATABASE_URL",
-    "REPORTS_",
-)
-
-
-def _env(nodes: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
-    env.update(REDIS_CLUSTER_NODES=nodes, PYTHONUNBUFFERED="1", **extra)
-    return env
 
 
 def cli(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """`python -m workers ARGS` against the cluster, to its end."""
     done = subprocess.run(
         [sys.executable, "-m", "workers", *args],
-        env=_env(cluster.addresses),
+        env=children.child_env(cluster.addresses),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -66,22 +52,8 @@ def cli(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.Com
 
 
 def run_child(nodes: str, name: str, *args: str) -> Any:
-    """Run `child(name, *args)` in a process on the cluster `nodes`; returns the JSON it printed last."""
-    call = f"from tests.integration.test_cluster_ops import child; child({name!r}, *{list(args)!r})"
-    done = subprocess.run(
-        [sys.executable, "-c", call],
-        env=_env(nodes),
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"child {name} failed:\n{done.stdout}\n{done.stderr}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def child(name: str, *args: str) -> None:
-    print(json.dumps(globals()[f"_child_{name}"](*args)))
+    """Run `_child_<name>(*args)` in a process on the cluster `nodes`; returns the JSON it printed last."""
+    return children.run_child(CHILDREN, nodes, name, *args)
 
 
 def _child_enqueue_email() -> str:
@@ -189,7 +161,7 @@ def dashboard_port(cluster: LocalCluster, tmp_path: Path) -> Iterator[int]:
     with open(tmp_path / "dashboard.log", "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "workers", "dashboard"],
-            env=_env(cluster.addresses, DASHBOARD_PORT=str(port)),
+            env=children.child_env(cluster.addresses, DASHBOARD_PORT=str(port)),
             cwd=PROJECT_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -251,7 +223,7 @@ def test_up_cluster_runs_the_stack_on_the_cluster_and_delivers_an_email(tmp_path
         "from pathlib import Path; from workers.dev.localstack import LocalPorts, run_local_stack; "
         f"run_local_stack(Path({str(var)!r}), cluster=True, ports={ports})"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(children.SESSION_VARIABLES)}
     with open(log, "wb") as out:
         stack = subprocess.Popen(
             [sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,

@@ -9,11 +9,9 @@ The child functions import the project lazily, for that reason.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,14 @@ from typing import Any
 import pytest
 from redis.cluster import RedisCluster
 
+from tests.integration import cluster_children as children
 from tests.integration.email_fixtures import SmtpServer
 from tests.waiting import wait_until
 from workers.dev.cluster import LocalCluster
 from workers.dev.servers import PROJECT_ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+CHILDREN = "tests.integration.test_cluster_rq"  # where a child process finds `_child_<name>`
 
 RQ_SLOT = 141  # CLUSTER KEYSLOT {rq}
 WELCOME = {"name": "Ana", "login_url": "https://app.example.com/login"}
@@ -36,29 +36,9 @@ LOG_KEY = "test:cluster:log"
 # --- Child processes: the project with REDIS_CLUSTER_NODES and no RQ_KEY_PREFIX.
 
 
-def _child_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "REDIS_", "CACHE_REDIS", "SMTP_"))}
-    env.update(REDIS_CLUSTER_NODES=cluster.addresses, PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def _command(name: str, *args: str) -> list[str]:
-    call = f"from tests.integration.test_cluster_rq import child; child({name!r}, *{list(args)!r})"
-    return [sys.executable, "-c", call]
-
-
 def run_child(cluster: LocalCluster, name: str, *args: str, timeout_s: float = 120, **env: str) -> Any:
-    """Run `child(name, *args)` to its end; returns the JSON it printed last."""
-    done = subprocess.run(
-        _command(name, *args),
-        env=_child_env(cluster, **env),
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-    assert done.returncode == 0, f"child {name} failed:\n{done.stdout}\n{done.stderr}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """Run `_child_<name>(*args)` in a child process to its end; returns the JSON it printed last."""
+    return children.run_child(CHILDREN, cluster.addresses, name, *args, timeout_s=timeout_s, **env)
 
 
 @pytest.fixture
@@ -69,8 +49,8 @@ def spawn(cluster: LocalCluster, tmp_path: Path) -> Iterator[Any]:
     def start(name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         with open(tmp_path / f"{name}-{len(started)}.log", "wb") as log:
             process = subprocess.Popen(
-                _command(name, *args),
-                env=_child_env(cluster, **env),
+                children.child_command(CHILDREN, name, *args),
+                env=children.child_env(cluster.addresses, **env),
                 cwd=PROJECT_ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -84,12 +64,6 @@ def spawn(cluster: LocalCluster, tmp_path: Path) -> Iterator[Any]:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-def child(name: str, *args: str) -> None:
-    """Entry point of a child process: run `_child_<name>` and print its result as JSON."""
-    result = globals()[f"_child_{name}"](*args)
-    print(json.dumps(result))
 
 
 def _primary() -> Any:
