@@ -230,7 +230,9 @@ def test_up_cluster_runs_the_stack_on_the_cluster_and_delivers_an_email(tmp_path
             start_new_session=True,
         )  # fmt: skip
     try:
-        wait_until(lambda: "Ctrl-C stops everything." in log.read_text(), 180, "the stack is up")
+        # Up, or ended: a stack that exited (a port taken meanwhile, a crash) fails at once, with its output.
+        wait_until(lambda: "Ctrl-C stops everything." in log.read_text() or stack.poll() is not None, 180, "stack")
+        assert stack.poll() is None, f"the stack exited with {stack.returncode}:\n{log.read_text()[-6000:]}"
         local = dict(
             line.removeprefix("export ").split("=", 1)
             for line in (var / "local.env").read_text().splitlines()
