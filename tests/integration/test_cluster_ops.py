@@ -231,7 +231,8 @@ def test_up_cluster_runs_the_stack_on_the_cluster_and_delivers_an_email(tmp_path
         )  # fmt: skip
     try:
         # Up, or ended: a stack that exited (a port taken meanwhile, a crash) fails at once, with its output.
-        wait_until(lambda: "Ctrl-C stops everything." in log.read_text() or stack.poll() is not None, 180, "stack")
+        up = "Ctrl-C stops everything."
+        wait_until(lambda: up in log.read_text() or stack.poll() is not None, 180, "the stack up or ended")
         assert stack.poll() is None, f"the stack exited with {stack.returncode}:\n{log.read_text()[-6000:]}"
         local = dict(
             line.removeprefix("export ").split("=", 1)
