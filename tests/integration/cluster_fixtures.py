@@ -24,7 +24,9 @@ import pytest
 import redis
 
 from cache import connections
+from cache.errors import RedisUnavailable
 from cache.settings import reset_settings
+from tests.waiting import wait_until
 from workers.dev.cluster import LocalCluster
 
 CLUSTER_VARIABLES = (
@@ -66,9 +68,21 @@ def cluster_env(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Itera
         monkeypatch.setenv(name, value)
     reset_settings()
     connections.reset_clients()
+    wait_until(_primary_ready, 30, "the settings-built cluster client has read the slot map")
     yield env
     reset_settings()
     connections.reset_clients()
+
+
+def _primary_ready() -> bool:
+    """Build and warm the shared PRIMARY client: its first command reads the slot map, which
+    can outlast the web tier's 1 s call bound on a loaded machine (the test would then see a
+    cold-start outage, not the behaviour it checks)."""
+    try:
+        return bool(connections.primary().ping())
+    except (*connections.REDIS_ERRORS, RedisUnavailable):
+        connections.reset_clients()
+        return False
 
 
 @pytest.fixture
