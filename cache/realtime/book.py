@@ -119,13 +119,17 @@ class SubscriptionBook:
         """A pub/sub message -> the (subscription, event) pairs to deliver, duplicates dropped.
 
         A payload that is not an envelope is logged and counted, never raised: one bad
-        publisher must not stop the subscriber.
+        publisher must not stop the subscriber. A message for a name whose (re)subscription
+        is not confirmed yet is dropped: it was in flight for an earlier subscription (the
+        name was unsubscribed and subscribed again), and the confirmation's replay delivers
+        it in order. Accepting it would move the new subscriptions past what that replay
+        still has to deliver.
         """
         kind: Kind = "pattern" if message["type"] == "pmessage" else "channel"
         channel = as_text(message["channel"])
         name = as_text(message["pattern"]) if kind == "pattern" else channel
         subs = self._by_name.get((kind, name))
-        if not subs:
+        if not subs or (kind, name) not in self._confirmed:
             return []
         try:
             event = decode_envelope(channel, message["data"])

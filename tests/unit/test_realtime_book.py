@@ -18,6 +18,13 @@ def sub(kind: str, name: str, baseline: str = "0-0") -> Subscription:
     return Subscription(kind, name, lambda event: None, parse_stream_id(baseline))  # type: ignore[arg-type]
 
 
+def subscribed(book: SubscriptionBook, *subs: Subscription) -> None:
+    """Add `subs` and confirm their names, in the order Redis answers: confirmation first."""
+    for s in subs:
+        if book.apply("add", s) == "subscribe":
+            book.confirmed("subscribe" if s.kind == "channel" else "psubscribe", s.name)
+
+
 def message(channel: str, stream_id: str, pattern: str | None = None) -> dict[str, Any]:
     return {
         "type": "pmessage" if pattern else "message",
@@ -49,8 +56,7 @@ def test_commands_turn_into_the_right_wire_actions() -> None:
 def test_a_subscription_sees_only_its_own_channel() -> None:
     book = SubscriptionBook()
     one, two = sub("channel", "user:1:events"), sub("channel", "user:2:events")
-    book.apply("add", one)
-    book.apply("add", two)
+    subscribed(book, one, two)
     assert book.route(message("user:1:events", "5-0")) == [(one, event("user:1:events", "5-0"))]
     assert book.route(message("user:3:events", "6-0")) == []
 
@@ -59,8 +65,7 @@ def test_patterns_route_pmessages_and_keep_a_position_per_channel() -> None:
     book = SubscriptionBook()
     pattern = sub("pattern", "user:*:events")
     exact = sub("channel", "user:1:events")
-    book.apply("add", pattern)
-    book.apply("add", exact)
+    subscribed(book, pattern, exact)
     delivered = book.route(message("user:1:events", "5-0", pattern="user:*:events"))
     delivered += book.route(message("user:2:events", "3-0", pattern="user:*:events"))
     assert [(s, e.channel) for s, e in delivered] == [(pattern, "user:1:events"), (pattern, "user:2:events")]
@@ -71,7 +76,7 @@ def test_patterns_route_pmessages_and_keep_a_position_per_channel() -> None:
 def test_live_duplicates_and_old_events_are_dropped() -> None:
     book = SubscriptionBook()
     s = sub("channel", "system:events", baseline="10-0")
-    book.apply("add", s)
+    subscribed(book, s)
     assert book.route(message("system:events", "9-5")) == []  # before the subscription began
     assert len(book.route(message("system:events", "10-1"))) == 1
     assert book.route(message("system:events", "10-1")) == []  # already delivered
@@ -80,7 +85,7 @@ def test_live_duplicates_and_old_events_are_dropped() -> None:
 
 def test_malformed_messages_are_counted_and_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     book = SubscriptionBook()
-    book.apply("add", sub("channel", "system:events"))
+    subscribed(book, sub("channel", "system:events"))
     bad = {"type": "message", "pattern": None, "channel": "system:events", "data": "garbage"}
     assert book.route(bad) == []
     assert book.stats.malformed == 1
@@ -90,7 +95,7 @@ def test_malformed_messages_are_counted_and_logged_not_raised(caplog: pytest.Log
 def test_replay_after_live_delivers_only_what_is_new() -> None:
     book = SubscriptionBook()
     s = sub("channel", "system:events")
-    book.apply("add", s)
+    subscribed(book, s)
     book.route(message("system:events", "2-0"))
     replayed = {"system:events": [event("system:events", i) for i in ("1-0", "2-0", "3-0", "4-0")]}
     deliveries, next_positions = book.route_replay([s], replayed)
@@ -98,6 +103,28 @@ def test_replay_after_live_delivers_only_what_is_new() -> None:
     assert next_positions == {"system:events": "4-0"}
     _, next_positions = book.route_replay([s], {"system:events": []})
     assert next_positions == {}
+
+
+def test_a_message_in_flight_across_a_resubscription_is_left_to_the_confirmations_replay() -> None:
+    """The last subscription of a name leaves and a new one arrives before Redis answers.
+
+    UNSUBSCRIBE and SUBSCRIBE are on the wire; a message published before the UNSUBSCRIBE
+    still arrives ahead of both answers. Delivered live, it would move the new subscription
+    past the events the confirmation's replay has to bring it first (a reloaded page lost
+    them): it is dropped, and the replay delivers everything in order.
+    """
+    book = SubscriptionBook()
+    old, new = sub("channel", "user:1:events"), sub("channel", "user:1:events", baseline="3-0")
+    subscribed(book, old)
+    assert book.apply("remove", old) == "unsubscribe"
+    assert book.apply("add", new) == "subscribe"
+    assert book.route(message("user:1:events", "6-0")) == []
+    assert book.received({"type": "unsubscribe", "channel": b"user:1:events", "data": 0}) == ([], None)
+    assert book.confirmed("subscribe", "user:1:events") == ("channel", [new])
+    assert book.replay_batches([new], "channel", "user:1:events", []) == [{"user:1:events": "3-0"}]
+    replayed = {"user:1:events": [event("user:1:events", i) for i in ("4-0", "5-0", "6-0")]}
+    deliveries, _ = book.route_replay([new], replayed)
+    assert [e.id for _, e in deliveries] == ["4-0", "5-0", "6-0"]
 
 
 def test_replay_starts_at_the_oldest_position_of_the_subscriptions() -> None:
