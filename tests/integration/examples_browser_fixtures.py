@@ -32,6 +32,7 @@ START_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 60.0  # generous: each server is given a graceful timeout well under this
 SHOW_TIMEOUT_S = 60.0  # a reconnect waits for the stream's `retry: 3000` and the page's 3 s
 SHOWN_BEFORE_UNLOAD = "test:shown-before-unload"
+STREAMS_OPENED = "__streamsOpened"
 
 # What the page rendered when it went away: the reload test compares it with what the new
 # page shows. `pagehide` runs in the unload steps, after the page's last event handler.
@@ -40,6 +41,16 @@ addEventListener("pagehide", () => {{
   const shown = [...document.querySelectorAll("#events li")].map(li => [li.dataset.id, li.textContent]);
   sessionStorage.setItem("{SHOWN_BEFORE_UNLOAD}", JSON.stringify(shown));
 }});
+"""
+
+# The URL of every EventSource this document opened, as the page built it. Read from the
+# page, not from Playwright's request events: those can miss a request that starts while
+# routes are being removed (seen in CI on a reload).
+RECORD_STREAMS_OPENED = f"""
+window.{STREAMS_OPENED} = [];
+window.EventSource = class extends window.EventSource {{
+  constructor(url, options) {{ super(url, options); window.{STREAMS_OPENED}.push(String(url)); }}
+}};
 """
 
 
@@ -138,6 +149,7 @@ class LivePage:
         self.page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
         self.page.on("request", self._seen)
         self.page.add_init_script(RECORD_ON_UNLOAD)
+        self.page.add_init_script(RECORD_STREAMS_OPENED)
 
     def _seen(self, request: Any) -> None:
         if request.url.startswith(f"{self.url}/events"):
@@ -173,6 +185,10 @@ class LivePage:
         """What the previous document of this tab had rendered when it was unloaded."""
         rows = json.loads(self.page.evaluate(f"sessionStorage.getItem('{SHOWN_BEFORE_UNLOAD}')"))
         return [Shown.parse(event_id, text) for event_id, text in rows]
+
+    def streams_opened(self) -> list[str]:
+        """The `/events` URLs the current document opened its EventSources on, in order."""
+        return [str(url) for url in self.page.evaluate(f"window.{STREAMS_OPENED}")]
 
     def wait_shown(self, event_id: str) -> None:
         """Until the event `event_id` is on the page (events arrive in order: all before it too)."""
