@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 from cache import connections
 from cache.appcache.platform import create_schema, drop_schema, make_engine
 from cache.settings import reset_settings
+from workers.dev import servers
 from workers.dev.servers import CACHE_CONF, PRIMARY_CONF, RedisServer
 
 # Property tests check behaviour, not speed: on a loaded machine (6 xdist processes on
@@ -72,6 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    _take_own_ports()
     config.addinivalue_line("markers", "single_only(reason): runs on the single server only, not the cluster")
     config.addinivalue_line(
         "markers", "backends(*names): this test's backends, instead of its module's BACKENDS"
@@ -79,6 +81,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "cluster_xfail(reason): a known cluster bug; the cluster case must fail"
     )
+
+
+def _take_own_ports() -> None:
+    """Give this xdist process its own slice of the local servers' ports.
+
+    No two processes then pick the same port, so a server another process stopped for a
+    restart (a killed cluster node, a stopped Redis) can always bind its port again.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return
+    index, count = int(worker[2:]), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    size = len(servers.PORTS) // count
+    start = servers.PORTS.start + index * size
+    servers.PORTS = range(start, start + size)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

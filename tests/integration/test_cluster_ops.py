@@ -26,7 +26,7 @@ from redis.crc import key_slot
 
 from tests.integration import cluster_children as children
 from tests.waiting import wait_until
-from workers.dev.cluster import LocalCluster, free_cluster_port
+from workers.dev.cluster import LocalCluster
 from workers.dev.servers import PROJECT_ROOT, free_port, wait_for_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -201,12 +201,7 @@ def test_dashboard_lists_the_clusters_queues_jobs_and_failed_jobs(
 
 
 def _cluster_ports() -> tuple[int, ...]:
-    ports: list[int] = []
-    while len(ports) < 6:
-        port = free_cluster_port()
-        if not {port, port + 10000} & {p + d for p in ports for d in (0, 10000)}:
-            ports.append(port)
-    return tuple(ports)
+    return tuple(free_port(with_bus_port=True) for _ in range(6))
 
 
 def _listening(port: int) -> bool:

@@ -7,8 +7,6 @@ For `python -m workers up --cluster` and the `cluster` tests. Every node is a
 
 from __future__ import annotations
 
-import random
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,28 +17,11 @@ import redis
 from redis.crc import key_slot
 
 from cache.connections import REDIS_ERRORS
-from workers.dev.servers import PRIMARY_CONF, RedisServer
+from workers.dev.servers import PRIMARY_CONF, RedisServer, free_port
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 2000  # a dead master is failed over after about 2-4 s: short for tests
 SETTLE_TIMEOUT_S = 60.0
-
-
-BUS_PORT_OFFSET = 10000  # each node's cluster bus listens on its port + 10000
-
-
-def free_cluster_port() -> int:
-    """A free port whose bus port (+10000) is free too, so at most 55535."""
-    for _ in range(200):
-        port = random.randint(20000, 45000)
-        try:
-            for candidate in (port, port + BUS_PORT_OFFSET):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -86,7 +67,7 @@ class LocalCluster:
                 "--repl-diskless-sync-delay", "0",  # the shipped 5 s wait for more replicas
                 "--appendonly", "no",  # a scratch cluster: no fsync on loopback tests
             ]  # fmt: skip
-            port = self.ports[index] if self.ports else free_cluster_port()
+            port = self.ports[index] if self.ports else free_port(with_bus_port=True)
             node = RedisServer(PRIMARY_CONF, self.directory / f"node-{index}", port=port, extra_args=extra)
             self.nodes.append(node.start())
         self._form()

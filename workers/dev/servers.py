@@ -6,6 +6,7 @@ configuration files that production ships.
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -41,11 +42,38 @@ def redis_server_binary() -> str:
     return str(binary)
 
 
-def free_port() -> int:
+# Local servers listen below the kernel's ephemeral range (Linux: 32768-60999), so no
+# outgoing connection can take a server's port while the server is down for a restart
+# (a restarted Redis that cannot bind exits). Server ports come from PORTS; a cluster
+# node's bus port is its port + BUS_PORT_OFFSET, so bus ports never meet server ports.
+# The test session gives each of its processes a slice of PORTS.
+PORTS = range(10000, 20000)
+BUS_PORT_OFFSET = 10000
+_handed_out: set[int] = set()
+
+
+def free_port(*, with_bus_port: bool = False) -> int:
+    """A port of PORTS free now (and its bus port with `with_bus_port`), not handed out before.
+
+    A port is handed out once per process while PORTS lasts, so a server stopped for a
+    restart keeps its port against this process's later servers too.
+    """
+    candidates = [port for port in PORTS if port not in _handed_out] or list(PORTS)
+    random.shuffle(candidates)
+    for port in candidates[:500]:
+        if _bindable(port) and (not with_bus_port or _bindable(port + BUS_PORT_OFFSET)):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_for_port(port: int, timeout_s: float = READY_TIMEOUT_S, host: str = "127.0.0.1") -> None:
