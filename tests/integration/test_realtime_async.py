@@ -6,11 +6,14 @@ import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import pytest
 
-from cache.realtime.async_service import AsyncRealtimeService
+from cache.connections import Role, build_async_client, build_client
+from cache.realtime.async_service import AsyncRealtimeService, AsyncSubscriber
 from cache.realtime.envelope import Event, InvalidEvent
+from cache.realtime.service import RealtimeService
 from tests.integration.realtime_fixtures import WAIT_S, PrivateRedis, ReconnectGate, Recorder
 from tests.waiting import async_wait_until
 
@@ -18,7 +21,31 @@ pytestmark = pytest.mark.realtime
 BACKENDS = ("single", "cluster")  # tests using redis_env run on both (tests/conftest.py)
 
 
-def run(make: Callable[[AsyncRealtimeService], Awaitable[None]], redis_: PrivateRedis) -> None:
+class AsyncRedis(Protocol):
+    def async_service(self) -> AsyncRealtimeService: ...
+    def async_subscriber(self, service: AsyncRealtimeService, **kwargs: Any) -> AsyncSubscriber: ...
+    def service(self) -> RealtimeService: ...
+
+
+class SharedRedis:
+    """The session's PRIMARY, the single server or the cluster, for tests that stop nothing."""
+
+    def async_service(self) -> AsyncRealtimeService:
+        return AsyncRealtimeService(build_async_client(Role.PRIMARY))
+
+    def async_subscriber(self, service: AsyncRealtimeService, **kwargs: Any) -> AsyncSubscriber:
+        return AsyncSubscriber(service=service, **kwargs)  # its own client, closed when it stops
+
+    def service(self) -> RealtimeService:
+        return RealtimeService(build_client(Role.PRIMARY))
+
+
+@pytest.fixture
+def shared_redis(redis_env: dict[str, str]) -> SharedRedis:
+    return SharedRedis()
+
+
+def run(make: Callable[[AsyncRealtimeService], Awaitable[None]], redis_: AsyncRedis) -> None:
     async def main() -> None:
         service = redis_.async_service()
         try:
@@ -29,8 +56,8 @@ def run(make: Callable[[AsyncRealtimeService], Awaitable[None]], redis_: Private
     asyncio.run(main())
 
 
-def test_async_publish_and_replay_match_the_sync_service(private_redis: PrivateRedis) -> None:
-    sync = private_redis.service()
+def test_async_publish_and_replay_match_the_sync_service(shared_redis: SharedRedis) -> None:
+    sync = shared_redis.service()
 
     async def body(service: AsyncRealtimeService) -> None:
         first = await service.publish_user_event(8, "report.ready", {"n": 1})
@@ -47,7 +74,7 @@ def test_async_publish_and_replay_match_the_sync_service(private_redis: PrivateR
         with pytest.raises(InvalidEvent, match="event id"):
             await service.events_since(8, "nope")
 
-    run(body, private_redis)
+    run(body, shared_redis)
 
 
 def test_async_200_channels_on_one_connection_each_handler_sees_only_its_own(
@@ -113,7 +140,7 @@ def service_numsub(redis_: PrivateRedis) -> int:
         client.close()
 
 
-def test_async_replay_overlapping_live_messages_delivers_each_event_once(private_redis: PrivateRedis) -> None:
+def test_async_replay_overlapping_live_messages_delivers_each_event_once(shared_redis: SharedRedis) -> None:
     first, second = Recorder(), Recorder()
 
     async def body(service: AsyncRealtimeService) -> None:
@@ -124,7 +151,7 @@ def test_async_replay_overlapping_live_messages_delivers_each_event_once(private
             inside.set()
             await release.wait()
 
-        async with private_redis.async_subscriber(service) as subscriber:
+        async with shared_redis.async_subscriber(service) as subscriber:
             await subscriber.subscribe_user(11, slow)
             assert await subscriber.wait_ready(WAIT_S)
             a = await service.publish_user_event(11, "a", {})
@@ -141,7 +168,48 @@ def test_async_replay_overlapping_live_messages_delivers_each_event_once(private
             )
             assert second.ids() == first.ids() == [a, b, c, d]
 
-    run(body, private_redis)
+    run(body, shared_redis)
+
+
+def test_async_a_channel_unsubscribed_and_subscribed_again_misses_nothing(shared_redis: SharedRedis) -> None:
+    """A page reload: the channel's last subscription leaves and a new one resumes at once.
+
+    Events keep arriving meanwhile, so some are in flight on the connection when the new
+    subscription starts; each new subscription must still get every event after the
+    position it resumed from, in order (the replay's, not the in-flight copies').
+    """
+    sync = shared_redis.service()
+    published: list[str] = []
+    stop = threading.Event()
+
+    def publish_steadily() -> None:
+        while not stop.wait(0.002):  # far fewer events than the stream keeps
+            published.append(sync.publish_user_event(12, "tick", {}))
+
+    async def body(service: AsyncRealtimeService) -> None:
+        async with shared_redis.async_subscriber(service) as subscriber:
+            recorder = Recorder()
+            current = await subscriber.subscribe_user(12, recorder, since="0-0")
+            publisher = threading.Thread(target=publish_steadily)
+            publisher.start()
+            try:
+                for _ in range(20):
+                    await async_wait_until(lambda: len(recorder.ids()) >= 3, WAIT_S, "3 events")
+                    resume = recorder.ids()[-1]
+                    subscriber.unsubscribe(current)
+                    recorder = Recorder()
+                    current = await subscriber.subscribe_user(12, recorder, since=resume)
+                    await async_wait_until(lambda: len(recorder.ids()) >= 3, WAIT_S, "3 after resuming")
+                    rounds.append((resume, recorder.ids()))
+            finally:
+                stop.set()
+                publisher.join(WAIT_S)
+
+    rounds: list[tuple[str, list[str]]] = []
+    run(body, shared_redis)
+    for resume, got in rounds:
+        after = published.index(resume) + 1
+        assert got == published[after : after + len(got)]
 
 
 def test_async_events_published_while_away_arrive_once_in_order(private_redis: PrivateRedis) -> None:
