@@ -151,6 +151,46 @@ def test_metrics_scrape_every_section_on_the_cluster(cluster: LocalCluster) -> N
     assert samples['kryonix_queue_depth{queue="email"}'] == 1.0
 
 
+# --- backup
+
+
+def _key_on(cluster: LocalCluster, node: Any) -> str:
+    """A hash tag whose slot `node` serves."""
+    return next(f"{{t{i}}}" for i in range(100_000) if cluster.master_of_key(f"{{t{i}}}").port == node.port)
+
+
+def test_backup_snapshots_every_master(cluster: LocalCluster) -> None:
+    masters = cluster.master_nodes()
+    before = {node.port: int(node.client().lastsave().timestamp()) for node in masters}
+    report = json.loads(cli(cluster, "backup", "--json").stdout)
+    saved = {int(master["node"].rsplit(":", 1)[1]): master for master in report["masters"]}
+    assert set(saved) == set(before)  # every master, no replica
+    for node in masters:
+        master = saved[node.port]
+        assert master["lastsave"] > before[node.port] == master["previous_lastsave"]
+        assert master["lastsave"] == int(node.client().lastsave().timestamp())
+        assert Path(master["rdb_path"]).stat().st_size == master["size_bytes"] > 0
+    text = cli(cluster, "backup").stdout
+    assert text.startswith(f"backup of {len(masters)} masters done in ")
+    assert all(f"master 127.0.0.1:{node.port}:" in text for node in masters)
+
+
+def test_a_master_whose_save_does_not_finish_is_named_with_what_was_saved(cluster: LocalCluster) -> None:
+    masters = sorted(cluster.master_nodes(), key=lambda node: f"127.0.0.1:{node.port}")
+    slow = masters[-1]  # backed up last: the others are saved first
+    client = slow.client()
+    tag = _key_on(cluster, slow)
+    client.mset({f"{tag}{i}": "v" for i in range(2000)})
+    client.config_set("rdb-key-save-delay", 30_000)  # 2000 keys x 30 ms: a 60 s save
+    try:
+        done = cli(cluster, "backup", "--timeout", "20", check=False)
+    finally:
+        client.config_set("rdb-key-save-delay", 0)  # the running save keeps its own delay
+    assert done.returncode == 1, done.stdout
+    assert f"master 127.0.0.1:{slow.port}: backup did not finish within" in done.stderr
+    assert f"({len(masters) - 1} of {len(masters)} saved)" in done.stderr
+
+
 # --- the dashboard
 
 

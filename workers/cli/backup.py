@@ -1,5 +1,8 @@
 """`python -m workers backup`: a fresh RDB snapshot of the PRIMARY, confirmed on disk.
 
+On a Redis Cluster each master holds only its own slots, so every master is snapshotted
+in turn (`backup_every_master`); the replicas hold copies and are left alone.
+
 `BGSAVE` only says a child was forked; the snapshot may still fail (full disk,
 unwritable dir). So we wait until the server reports the save over, check that its
 `LASTSAVE` moved and `rdb_last_bgsave_status` is `ok`, and only then report the new
@@ -22,7 +25,7 @@ from typing import Any
 
 import redis
 
-from cache.connections import Role, translate_errors
+from cache.connections import REDIS_ERRORS, Role, translate_errors
 from cache.errors import KryonixError
 from cache.text import as_text
 
@@ -195,6 +198,55 @@ def backup(
         "duration_s": round(monotonic() - started, 3),
         "warning": warning,
     }
+
+
+def backup_every_master(
+    client: Any,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    monotonic: Callable[[], float] = time.monotonic,
+    **options: Any,
+) -> dict[str, Any]:
+    """`backup` of every master of the cluster `client` talks to, one after another, in `timeout_s`.
+
+    Returns:
+        `masters`: one `backup` result per master, with its `node` (`host:port`), in
+        node order; `duration_s`.
+
+    Raises:
+        BackupError: as `backup`, naming the master (those before it are saved).
+    """
+    timeout_s = check_timeout(timeout_s)
+    started = monotonic()
+    try:
+        with translate_errors(Role.PRIMARY):
+            client.nodes_manager.initialize()  # the masters now, not as of the last error
+            masters = sorted(client.get_primaries(), key=lambda node: node.name)
+    except REDIS_ERRORS as exc:  # the cluster's own errors are not all RedisError
+        raise BackupError(f"cannot list the cluster's masters: {exc}") from exc
+    results: list[dict[str, Any]] = []
+    for node in masters:
+        remaining = started + timeout_s - monotonic()
+        if remaining <= 0:
+            saved = f"{len(results)} of {len(masters)} masters saved"
+            raise BackupError(f"backup did not finish within {timeout_s:g} s: {saved}")
+        try:
+            node_client = client.get_redis_connection(node)
+            remaining_s = max(round(remaining, 1), 0.1)  # "within 17.9 s" in a message
+            result = backup(node_client, timeout_s=remaining_s, monotonic=monotonic, **options)
+        except BackupError as exc:
+            raise BackupError(f"master {node.name}: {exc} ({len(results)} of {len(masters)} saved)") from exc
+        results.append({"node": node.name, **result})
+    return {"masters": results, "duration_s": round(monotonic() - started, 3)}
+
+
+def render_every_master(result: dict[str, Any]) -> list[str]:
+    """Text lines for the CLI: one block per master."""
+    lines = [f"backup of {len(result['masters'])} masters done in {result['duration_s']:.1f} s"]
+    for master in result["masters"]:
+        lines.append(f"master {master['node']}:")
+        lines.extend(f"  {line}" for line in render_backup(master))
+    return lines
 
 
 def render_backup(result: dict[str, Any]) -> list[str]:

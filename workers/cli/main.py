@@ -131,18 +131,26 @@ def metrics(port: int, addr: str) -> None:
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True, type=float)
 @click.option("--json", "as_json", is_flag=True)
 def backup_command(timeout_s: float, as_json: bool) -> None:
-    """BGSAVE the primary now, wait until it is on disk, report LASTSAVE, RDB path and size."""
-    from workers.cli.backup import BackupError, backup, render_backup
+    """BGSAVE the primary (each master of a cluster) now, wait until on disk, report LASTSAVE and RDB."""
+    from cache.connections import is_cluster
+    from workers.cli.backup import (
+        BackupError,
+        backup,
+        backup_every_master,
+        render_backup,
+        render_every_master,
+    )
 
     connection = _primary()
+    cluster = is_cluster(connection)
     try:
-        result = backup(connection, timeout_s=timeout_s)
+        result = (backup_every_master if cluster else backup)(connection, timeout_s=timeout_s)
     except (BackupError, ValueError, RedisUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         _echo_json(result)
     else:
-        click.echo("\n".join(render_backup(result)))
+        click.echo("\n".join((render_every_master if cluster else render_backup)(result)))
 
 
 @main.command()
