@@ -25,6 +25,7 @@ import redis
 
 from cache.connections import Role, build_client, ping
 from cache.errors import ConfigError, RedisUnavailable
+from cache.settings import get_settings
 from jobs import rq_key_prefix
 from workers.loop import CLUSTER_SETTLE_LIMIT_S
 
@@ -102,6 +103,23 @@ def cluster_client_when_settled() -> redis.Redis:
     return built[0]
 
 
+class PrimaryClient:
+    """`rq worker`'s connection class with Sentinel or a Cluster: the PRIMARY client of the settings.
+
+    `rq` builds its connection from one URL, and asks it whether RQ is suspended before
+    the worker starts; with Sentinel or a Cluster no URL names the primary, and
+    RQ_REDIS_URL's fallback would be one other server (RQ's own is localhost:6379).
+    `python -m workers worker` names this class (RQ_CONNECTION_CLASS) in those modes and
+    passes, as the URL `rq` requires, a label that this class does not read.
+    """
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: object) -> redis.Redis:
+        from jobs.rq_cluster import cluster_mode, rq_connection
+
+        return rq_connection(cluster_client_when_settled()) if cluster_mode() else build_client(Role.PRIMARY)
+
+
 def rq_executable() -> str:
     """The `rq` script of this installation (next to the interpreter in a virtualenv)."""
     beside = Path(sys.executable).parent / "rq"
@@ -132,7 +150,8 @@ def _option_values(arguments: Sequence[str], names: Sequence[str]) -> list[str]:
 def worker_environment(environ: dict[str, str], arguments: Sequence[str]) -> dict[str, str]:
     """`environ` with the safe classes, RQ_REDIS_URL and RQ_KEY_PREFIX set, for `rq worker <arguments>`.
 
-    RQ_REDIS_URL falls back to REDIS_URL, never to RQ's localhost:6379 (another server).
+    RQ_REDIS_URL falls back to REDIS_URL, never to RQ's localhost:6379 (another server);
+    with Sentinel or a Cluster the connection is `PrimaryClient`, whatever RQ_REDIS_URL says.
     RQ_KEY_PREFIX is `{rq}` on a cluster (see `jobs`): `rq` reads it before our classes load.
 
     Raises:
@@ -154,15 +173,22 @@ def worker_environment(environ: dict[str, str], arguments: Sequence[str]) -> dic
             raise ConfigError(f"--serializer {given!r} refused: jobs are JSON only")
     env = {**environ, **SAFE_CLASSES}
     rq_key_prefix(env)
-    if not env.get("RQ_REDIS_URL", "").strip():
+    settings = get_settings()
+    if settings.cluster is not None or settings.sentinel is not None:
+        if _option_values(arguments, ["--connection-class"]):
+            raise ConfigError(
+                "--connection-class refused: with REDIS_CLUSTER_NODES or REDIS_SENTINELS the worker's "
+                "connection is the PRIMARY of the settings"
+            )
+        env["RQ_CONNECTION_CLASS"] = f"{PrimaryClient.__module__}.{PrimaryClient.__qualname__}"
+        env["RQ_REDIS_URL"] = "kryonix://primary-from-settings"  # required by `rq`; PrimaryClient ignores it
+    elif not env.get("RQ_REDIS_URL", "").strip():
         env["RQ_REDIS_URL"] = _rq_redis_url()
     return env
 
 
 def _rq_redis_url() -> str:
     """REDIS_URL as the `rq` CLI needs it: with REDIS_PASSWORD, which RQ does not read."""
-    from cache.settings import get_settings
-
     settings = get_settings()
     url = settings.redis_url
     if settings.redis_password and urlsplit(url).password is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,65 @@ def test_worker_delivers_a_real_email_once_on_the_cluster(
     result = _drain(cluster, smtp_server, tmp_path, "real")
     assert result["log"] == ["after-email"], "the dependent ran once, after its parent"
     assert len(smtp_server.to("ana@example.com")) == 1
+
+
+# --- RQ's own CLI, run by hand as docs/jobs.md shows
+
+RQ_EXPORTS = {  # docs/jobs.md: the RQ environment, and the prefix for a cluster
+    "RQ_KEY_PREFIX": "{rq}",
+    "RQ_WORKER_CLASS": "workers.worker.KryonixWorker",
+    "RQ_JOB_CLASS": "workers.job.KryonixJob",
+    "RQ_QUEUE_CLASS": "jobs.queues.KryonixQueue",
+}
+
+
+def _child_enqueue_noop() -> str:
+    from jobs.enqueue import enqueue
+
+    return enqueue("email", "jobs.diagnostics.noop", client=_primary())
+
+
+def _child_status(job_id: str) -> str | None:
+    from jobs.enqueue import fetch_job
+
+    job = fetch_job(_primary(), job_id=job_id)
+    return None if job is None else job.get_status(refresh=True).value
+
+
+def _rq(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    node = cluster.addresses.split(",")[0]
+    command = [str(Path(sys.executable).parent / "rq"), *args]
+    command += ["--connection-class", "jobs.rq_cluster.RQClusterClient", "-u", f"redis://{node}"]
+    done = subprocess.run(
+        command, env=children.child_env(cluster.addresses, **RQ_EXPORTS), cwd=PROJECT_ROOT,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, f"rq {args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def test_rqs_own_worker_and_info_work_on_the_cluster_as_documented(cluster: LocalCluster) -> None:
+    job_id = run_child(cluster, "enqueue_noop")
+    assert "email" in _rq(cluster, "info", "--only-queues").stdout
+    _rq(cluster, "worker", "--burst", "email")
+    assert run_child(cluster, "status", job_id) == "finished"
+
+
+def test_python_m_workers_worker_asks_the_cluster_whether_rq_is_suspended(cluster: LocalCluster) -> None:
+    """`rq worker` checks suspension on its own connection before the worker starts: the cluster's."""
+    job_id = run_child(cluster, "enqueue_noop")
+    _rq(cluster, "suspend")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "workers", "worker", "--burst", "email"],
+            env=children.child_env(cluster.addresses), cwd=PROJECT_ROOT,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        _rq(cluster, "resume")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "RQ is currently suspended" in done.stdout + done.stderr
+    assert run_child(cluster, "status", job_id) == "queued"
 
 
 # --- Failed registry, requeue, the schedulers

@@ -49,6 +49,21 @@ def test_worker_environment_keeps_an_explicit_rq_redis_url_and_the_same_classes(
 
 
 @pytest.mark.parametrize(
+    "topology",
+    [{"REDIS_CLUSTER_NODES": "10.0.0.1:7000,10.0.0.2:7000"}, {"REDIS_SENTINELS": "10.0.0.1:26379"}],
+)
+def test_with_a_cluster_or_sentinel_rq_gets_the_settings_primary_not_a_url(
+    settings_env: Callable[..., None], topology: dict[str, str]
+) -> None:
+    settings_env(**topology)
+    env = worker_environment({"RQ_REDIS_URL": URL}, ["email"])
+    assert env["RQ_CONNECTION_CLASS"] == "workers.startup.PrimaryClient"
+    assert env["RQ_REDIS_URL"] != URL  # a label PrimaryClient ignores: no server of its own
+    with pytest.raises(ConfigError, match="--connection-class refused"):
+        worker_environment({}, ["email", "--connection-class", "redis.Redis"])
+
+
+@pytest.mark.parametrize(
     ("environ", "arguments", "named"),
     [
         ({"RQ_WORKER_CLASS": "rq.Worker"}, [], "RQ_WORKER_CLASS"),
