@@ -27,6 +27,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # An ASCII addr-spec; single-label and special-use domains (kryonix.local) are allowed:
 # this is operator configuration, and development runs on such domains.
 _ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")  # at least two labels: relays refuse a bare name
 # `address`, or `Name <address>` with a name that needs no parser's goodwill: plain words,
 # or one quoted string. A comma, `;`, `@` or `<` outside quotes would make it a list or a route.
 _MAILBOX = re.compile(
@@ -83,6 +84,31 @@ class Env:
         """One `address` or `Name <address>`, checked now so a bad sender stops start-up."""
         value = self.get(name, default)
         _check_mailbox(name, value, example)
+        return value
+
+    def address(self, name: str, *, example: str) -> str | None:
+        """One bare ASCII address (no display name), or None when unset."""
+        value = self.optional(name)
+        if value is not None and not (len(value) <= MAX_ADDRESS_LENGTH and _ADDRESS.fullmatch(value)):
+            raise ConfigError(f"{name} must be one bare ASCII address (e.g. {example}), got {value!r}")
+        return value
+
+    def hostname(self, name: str) -> str | None:
+        """A fully qualified host name (`mail.example.com`) or an address literal (`[192.0.2.1]`)."""
+        value = self.optional(name)
+        if value is None:
+            return None
+        literal = value.startswith("[") and value.endswith("]")
+        if literal:
+            try:
+                ipaddress.ip_address(value[1:-1].removeprefix("IPv6:"))
+            except ValueError:
+                literal = False
+        if not (literal or (len(value) <= 253 and _HOSTNAME.fullmatch(value))):
+            raise ConfigError(
+                f"{name} must be a fully qualified host name (e.g. mail.example.com) "
+                f"or an address literal (e.g. [192.0.2.1]), got {value!r}"
+            )
         return value
 
     def addresses(self, name: str, *, example: str) -> tuple[str, ...]:

@@ -36,6 +36,8 @@ DEFAULT_SMTP_TIMEOUT_S = 10.0
 DEFAULT_EMAIL_CONCURRENCY = 32  # email jobs in flight per worker process (docs/performance.md)
 DEFAULT_SMTP_MAX_CONNECTIONS = 32  # open SMTP connections per worker process, busy or idle
 DEFAULT_MAIL_FROM = "KRYONIX <no-reply@kryonix.local>"
+DEFAULT_KRYONIX_ENV = "development"  # production must be said explicitly
+ENVIRONMENTS = ("development", "staging", "production")
 DEFAULT_REPORTS_DIR = "var/reports"
 DEFAULT_EVENTS_STREAM_MAXLEN = 1000  # per channel: enough to cover a reconnect, small enough for noeviction
 DEFAULT_EVENTS_STREAM_TTL_S = 24 * 3600  # a channel nobody publishes to for a day frees its stream
@@ -89,8 +91,12 @@ class Settings:
     smtp_starttls: bool = False
     smtp_timeout_s: float = DEFAULT_SMTP_TIMEOUT_S
     smtp_max_connections: int = DEFAULT_SMTP_MAX_CONNECTIONS
+    smtp_helo_name: str | None = None  # SMTP_HELO_NAME; None: socket.getfqdn(), resolved when sending
     email_concurrency: int = DEFAULT_EMAIL_CONCURRENCY
     mail_from: str = DEFAULT_MAIL_FROM
+    mail_return_path: str | None = None  # MAIL_RETURN_PATH, the envelope sender; None: MAIL_FROM's address
+    mail_allow_test_domains: bool = False  # recipients at .test, .example, .local...; never in production
+    environment: str = DEFAULT_KRYONIX_ENV  # KRYONIX_ENV
     ops_emails: tuple[str, ...] = ()
     reports_dir: Path = Path(DEFAULT_REPORTS_DIR)
     reports_base_url: str | None = None
@@ -140,6 +146,13 @@ class Settings:
         if smtp_tls and smtp_starttls:
             raise ConfigError("SMTP_TLS and SMTP_STARTTLS are exclusive: implicit TLS or STARTTLS, not both")
         log_format = env.choice("LOG_FORMAT", "text", ("text", "json"))
+        environment = env.choice("KRYONIX_ENV", DEFAULT_KRYONIX_ENV, ENVIRONMENTS)
+        allow_test_domains = env.boolean("MAIL_ALLOW_TEST_DOMAINS", False)
+        if allow_test_domains and environment == "production":
+            raise ConfigError(
+                "MAIL_ALLOW_TEST_DOMAINS=true is refused when KRYONIX_ENV=production: "
+                "reserved test domains (.test, .example, .local...) receive no real mail"
+            )
         return cls(
             redis_url=redis_url,
             cache_redis_url=env.redis_url("CACHE_REDIS_URL", redis_url, example=DEFAULT_REDIS_URL),
@@ -162,7 +175,11 @@ class Settings:
             smtp_timeout_s=env.number("SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, float),
             smtp_max_connections=env.bounded("SMTP_MAX_CONNECTIONS", DEFAULT_SMTP_MAX_CONNECTIONS, 1, 1000),
             email_concurrency=env.bounded("EMAIL_CONCURRENCY", DEFAULT_EMAIL_CONCURRENCY, 1, 1000),
+            smtp_helo_name=env.hostname("SMTP_HELO_NAME"),
             mail_from=env.mailbox("MAIL_FROM", DEFAULT_MAIL_FROM, example=DEFAULT_MAIL_FROM),
+            mail_return_path=env.address("MAIL_RETURN_PATH", example="bounces@example.com"),
+            mail_allow_test_domains=allow_test_domains,
+            environment=environment,
             ops_emails=env.addresses("OPS_EMAIL", example=DEFAULT_MAIL_FROM),
             reports_dir=Path(env.get("REPORTS_DIR", DEFAULT_REPORTS_DIR)),
             reports_base_url=env.http_url("REPORTS_BASE_URL"),

@@ -33,6 +33,7 @@ from jobs.email.validation import (
     Attachment,
     EmailRequest,
     EmailValidationError,
+    Recipient,
     attachment_payload,
     check_attachments,
     check_context,
@@ -50,13 +51,13 @@ SEND_BULK_CHUNK = "jobs.email.jobs.send_bulk_chunk"
 
 
 def build_request(
-    to: str | Sequence[str],
+    to: Recipient | Sequence[Recipient],
     template: str,
     context: Mapping[str, Any],
     *,
     locale: str = "en",
     attachments: Iterable[Attachment | Mapping[str, Any]] | None = None,
-    reply_to: str | None = None,
+    reply_to: Recipient | None = None,
     idempotency_key: str | None = None,
     requested_by: str | int | None = None,
     library: TemplateLibrary | None = None,
@@ -91,13 +92,13 @@ def build_request(
 
 
 def enqueue_email(
-    to: str | Sequence[str],
+    to: Recipient | Sequence[Recipient],
     template: str,
     context: Mapping[str, Any],
     *,
     locale: str = "en",
     attachments: Iterable[Attachment | Mapping[str, Any]] | None = None,
-    reply_to: str | None = None,
+    reply_to: Recipient | None = None,
     idempotency_key: str | None = None,
     requested_by: str | int | None = None,
     at: dt.datetime | None = None,
@@ -108,7 +109,9 @@ def enqueue_email(
     """Validate an email and enqueue its job on `email`; return the job id.
 
     Args:
-        to: one address or a list (at most 50), `a@b.example` or `Name <a@b.example>`.
+        to: one recipient or a list (at most 50): `a@b.example`, `Name <a@b.example>` (any
+            Unicode, commas and quotes in the name) or a `(name, address)` tuple; a tuple is
+            always one recipient, several go in a list. The envelope gets the bare address.
         template: a directory under jobs/templates/email/<locale>/.
         context: every variable the template uses (None counts as a value); JSON types,
             datetime, date, UUID, Decimal.
@@ -116,7 +119,7 @@ def enqueue_email(
         attachments: `Attachment(filename, content, content_type)` or mappings with `filename`,
             `content_type` and `content` (bytes) or `path` (read at enqueue); at most 10 files,
             5 MiB in all (the bytes travel base64-encoded inside the job payload).
-        reply_to: one address.
+        reply_to: one recipient, in any of the forms of `to`.
         idempotency_key: identifies the email: the same key gives the same job, and once the
             SMTP server accepted the email it is never sent again under this key. Without
             one, each call is a new email (a fresh key, kept by its retries).
@@ -154,7 +157,7 @@ def enqueue_email(
 
 def enqueue_bulk_email(
     template: str,
-    recipients: Iterable[str | Mapping[str, Any]],
+    recipients: Iterable[Recipient | Mapping[str, Any]],
     *,
     context: Mapping[str, Any] | None = None,
     locale: str = "en",
@@ -171,8 +174,9 @@ def enqueue_bulk_email(
 
     Args:
         template: as for `enqueue_email`.
-        recipients: addresses, or mappings `{"to": address, "context": {...}, "locale": "pt_BR"}`
-            whose context is merged over `context`; at most 50,000; repeats get one message.
+        recipients: recipients as for `enqueue_email`'s `to`, or mappings
+            `{"to": recipient, "context": {...}, "locale": "pt_BR"}` whose
+            context is merged over `context`; at most 50,000; repeats get one message.
         context: variables shared by every recipient.
         idempotency_key: identifies the bulk send: calling again with the same key enqueues only
             chunks not yet queued, and no recipient that was sent to is ever sent to again.

@@ -34,6 +34,7 @@ from jobs.email.validation import (
     MAX_RECIPIENT_CONTEXT_BYTES,
     EmailValidationError,
     Mailbox,
+    Recipient,
     check_context,
     check_locale,
     parse_mailbox,
@@ -125,7 +126,7 @@ def plan_lanes(pending: int, *, cap: int | None, max_connections: int) -> int:
 
 def plan_recipients(
     template: str,
-    recipients: Iterable[str | Mapping[str, Any]],
+    recipients: Iterable[Recipient | Mapping[str, Any]],
     *,
     shared: Mapping[str, Any],
     locale: str,
@@ -133,7 +134,8 @@ def plan_recipients(
 ) -> tuple[list[dict[str, Any]], int]:
     """Validate every recipient and return (payload items, duplicates dropped). Pure apart from templates.
 
-    A recipient is an address or `{"to": address, "context": {...}, "locale": "pt_BR"}`;
+    A recipient is an address (`a@b.example`, `Name <a@b.example>`, a `(name, address)`
+    pair) or `{"to": address, "context": {...}, "locale": "pt_BR"}`;
     its context is merged over the shared one. Repeated addresses (case-insensitive)
     get one message.
 
@@ -150,7 +152,7 @@ def plan_recipients(
             )
         what = f"recipients[{index}]"
         own: object
-        if isinstance(entry, str):
+        if isinstance(entry, str | tuple):
             address, own, own_locale = entry, {}, locale
         elif isinstance(entry, Mapping):
             unknown = set(entry) - {"to", "context", "locale"}

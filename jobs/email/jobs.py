@@ -136,7 +136,12 @@ def send_bulk_chunk(chunk: dict[str, Any], *extra: Any, **unknown: Any) -> dict[
     todo = [item for item in items if not idempotency.is_final(previous[item.address])]
 
     def render(item: Item) -> RenderedEmail:
-        return render_email(checked.request_for(item), sender=settings.sender, now=dt.datetime.now(dt.UTC))
+        return render_email(
+            checked.request_for(item),
+            sender=settings.sender,
+            now=dt.datetime.now(dt.UTC),
+            return_path=settings.return_path,
+        )
 
     def record(outcomes: Mapping[str, str]) -> None:
         idempotency.record_outcomes(client, bulk_id=bulk_id, outcomes=outcomes)
@@ -171,7 +176,9 @@ def send_bulk_chunk(chunk: dict[str, Any], *extra: Any, **unknown: Any) -> dict[
 def _valid_email(payload: object, settings: SmtpSettings) -> ValidEmail:
     """The enqueue API's own check, again: the job may have been written into Redis by hand."""
     try:
-        return validate_email_payload(payload, sender=settings.sender, now=dt.datetime.now(dt.UTC))
+        return validate_email_payload(
+            payload, sender=settings.sender, now=dt.datetime.now(dt.UTC), return_path=settings.return_path
+        )
     except EmailValidationError as exc:
         raise PermanentJobError(f"invalid email job: {exc}") from None
     except ConfigError as exc:  # e.g. the templates directory is missing: no retry can fix it

@@ -115,6 +115,7 @@ def validate_email_payload(
     now: dt.datetime,
     library: TemplateLibrary | None = None,
     validated_addresses: Set[str] = frozenset(),
+    return_path: str | None = None,
 ) -> ValidEmail:
     """Check a `send_email` payload completely, including a trial render.
 
@@ -124,6 +125,7 @@ def validate_email_payload(
         library: the templates (default: the shipped ones).
         validated_addresses: addresses the enqueue API has just parsed (`parse_mailbox`), so
             email-validator does not parse them twice; the worker passes none.
+        return_path: the envelope sender of the rendered message (default: the sender's address).
 
     Returns:
         The request and its rendered message.
@@ -159,7 +161,7 @@ def validate_email_payload(
     )
     # Catches what the variable list cannot: a missing attribute, a bad type, a subject
     # that spans lines or holds a control character.
-    message = render_email(request, sender=sender, now=now, library=library)
+    message = render_email(request, sender=sender, now=now, return_path=return_path, library=library)
     return ValidEmail(request=request, message=message)
 
 

@@ -13,6 +13,7 @@ Every outcome is classified:
 | 4xx reply; connection refused, lost or timed out      | DEFERRED: retried with backoff  |
 | 5xx reply; a message the server cannot take           | REFUSED: failed at once         |
 | refused AUTH, no TLS/AUTH support, untrusted certificate, 5xx greeting | `SmtpConfigError` |
+| 5xx to EHLO/HELO, or a 5xx to MAIL/RCPT that names HELO | `SmtpConfigError` naming SMTP_HELO_NAME |
 
 `SmtpConfigError` means no message can be sent until the settings are fixed.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import os
 import socket
 import ssl
@@ -35,6 +37,7 @@ import aiosmtplib
 from aiosmtplib import (
     SMTPAuthenticationError,
     SMTPException,
+    SMTPHeloError,
     SMTPNotSupported,
     SMTPRecipientRefused,
     SMTPResponseException,
@@ -87,13 +90,15 @@ class SmtpSettings:
     start_tls: bool = False
     timeout_s: float = 10.0
     sender: Mailbox = DEFAULT_SENDER
-    local_hostname: str = "localhost"
+    return_path: str = DEFAULT_SENDER.address  # the envelope sender (MAIL FROM): bounces go here
+    local_hostname: str = "localhost"  # the EHLO name (SMTP_HELO_NAME)
     max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> SmtpSettings:
         """Raises ConfigError when MAIL_FROM is not an address."""
         settings = settings or get_settings()
+        sender = parse_sender(settings.mail_from)
         return cls(
             host=settings.smtp_host,
             port=settings.smtp_port,
@@ -102,17 +107,34 @@ class SmtpSettings:
             use_tls=settings.smtp_tls,
             start_tls=settings.smtp_starttls,
             timeout_s=settings.smtp_timeout_s,
-            sender=parse_sender(settings.mail_from),
-            local_hostname=_local_hostname(),
+            sender=sender,
+            return_path=settings.mail_return_path or sender.address,
+            local_hostname=settings.smtp_helo_name or _fqdn(),
             max_connections=settings.smtp_max_connections,
         )
 
 
-def _local_hostname() -> str:
-    """This host's name for EHLO, without the reverse DNS lookup `socket.getfqdn` can hang on."""
-    name = socket.gethostname()
-    valid = name and all(part.replace("-", "").isalnum() for part in name.split("."))
-    return name if valid else "localhost"
+@functools.cache  # one lookup per process: getfqdn may wait on reverse DNS
+def _fqdn() -> str:
+    """This host's fully qualified name, the default EHLO name (SMTP_HELO_NAME unset)."""
+    return socket.getfqdn()
+
+
+def helo_refused(code: int, message: str) -> bool:
+    """A 5xx that refuses our EHLO/HELO name (Postfix: "Helo command rejected: need
+    fully-qualified hostname", delayed to RCPT by its smtpd_delay_reject). Pure."""
+    return 500 <= code < 600 and "helo" in message.lower()
+
+
+def _refuses_helo(exc: SMTPResponseException) -> bool:
+    return (isinstance(exc, SMTPHeloError) and 500 <= exc.code < 600) or helo_refused(exc.code, exc.message)
+
+
+def helo_config_error(settings: SmtpSettings, code: int, message: str) -> SmtpConfigError:
+    return SmtpConfigError(
+        f"SMTP server {settings.host}:{settings.port} refused the EHLO name {settings.local_hostname!r} "
+        f"(set SMTP_HELO_NAME to this host's fully qualified name): {reply(code, message)}"
+    )
 
 
 def reply(code: int, message: str) -> str:
@@ -129,6 +151,8 @@ def classify_reply(code: int, message: str, context: str = "") -> Delivery:
 def classify_connect_error(exc: BaseException, settings: SmtpSettings) -> Delivery | SmtpConfigError:
     """An error while connecting: a DEFERRED delivery, or the configuration error it reveals. Pure."""
     where = f"SMTP server {settings.host}:{settings.port}"
+    if isinstance(exc, SMTPResponseException) and _refuses_helo(exc):
+        return helo_config_error(settings, exc.code, exc.message)
     if isinstance(exc, SMTPAuthenticationError) and not 400 <= exc.code < 500:
         return SmtpConfigError(
             f"SMTP authentication failed at {where} (check SMTP_USERNAME/SMTP_PASSWORD): "
@@ -214,6 +238,10 @@ class SmtpConnection:
                     await self._client.rcpt(recipient)
                 except SMTPRecipientRefused as exc:
                     refused[recipient] = reply(exc.code, exc.message)
+            helo = next((text for text in refused.values() if helo_refused(int(text[:3]), text[4:])), None)
+            if helo is not None:
+                await self._reset()
+                raise helo_config_error(self.settings, int(helo[:3]), helo[4:])
             if len(refused) == len(recipients):
                 await self._reset()
                 deferred = any(text.startswith("4") for text in refused.values())
@@ -226,6 +254,9 @@ class SmtpConnection:
         except _Deferred as deferred:
             return deferred.delivery
         except SMTPResponseException as exc:
+            if _refuses_helo(exc):
+                self.close()
+                raise helo_config_error(self.settings, exc.code, exc.message) from None
             if exc.code == SERVICE_CLOSING:
                 self.close()
             else:

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from email_validator import EmailNotValidError, validate_email
 
 from cache.errors import ConfigError
+from cache.settings import get_settings
 from jobs.errors import JobValidationError
 from jobs.serialization import UnserializableArgument, dumps, loads
 
@@ -44,6 +45,10 @@ _FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
 # belongs in a header, and CR/LF/NUL would start a new header or cut the message.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
 _CHAR_NAMES = {"\r": "CR", "\n": "LF", "\0": "NUL", "\t": "TAB"}
+# `Name <address>`: everything before the last `<...>` is the display name, commas included.
+_NAME_ADDR = re.compile(r"(?P<name>.*?)\s*<(?P<address>[^<>]*)>", re.DOTALL)
+# RFC 2606 / RFC 6761 reserved names, allowed as recipient domains by MAIL_ALLOW_TEST_DOMAINS.
+RESERVED_TEST_DOMAINS = frozenset({"test", "example", "invalid", "localhost", "local"})
 _SENDER = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
 
 
@@ -145,10 +150,32 @@ def check_address(address: object, what: str, *, validated: Set[str] = frozenset
     if address in validated:
         return address
     try:
-        result = validate_email(address, check_deliverability=False, allow_smtputf8=False)
+        return _validated_address(address.strip())
     except EmailNotValidError as exc:
         raise EmailValidationError(f"{what} {address!r} is not a valid email address: {exc}") from None
-    return str(result.ascii_email or result.normalized)
+
+
+def _validated_address(address: str) -> str:
+    """email-validator's ASCII form; reserved test domains pass when MAIL_ALLOW_TEST_DOMAINS is on.
+
+    email-validator refuses every special-use domain (and `localhost`, which has no dot);
+    with the setting, the address is validated with its reserved top-level label swapped
+    for `.example` (which it accepts), so the rest of the address is still checked.
+    """
+    try:
+        result = validate_email(address, check_deliverability=False, allow_smtputf8=False)
+        return str(result.ascii_email or result.normalized)
+    except EmailNotValidError:
+        local, at, domain = address.rpartition("@")
+        top = domain.rstrip(".").rpartition(".")[2].lower()
+        if not (at and top in RESERVED_TEST_DOMAINS and get_settings().mail_allow_test_domains):
+            raise
+    stem = domain.rstrip(".")[: -len(top)].rstrip(".")
+    swapped = validate_email(
+        f"{local}@{stem + '.' if stem else ''}example", check_deliverability=False, allow_smtputf8=False
+    )
+    checked = str(swapped.ascii_email or swapped.normalized)
+    return checked[: -len("example")] + top
 
 
 def check_mailbox(name: object, address: object, what: str, *, validated: Set[str] = frozenset()) -> Mailbox:
@@ -180,29 +207,45 @@ def mailbox_from_payload(entry: object, what: str, *, validated: Set[str] = froz
 
 
 def parse_mailbox(value: object, what: str) -> Mailbox:
-    """Validate one address (`a@b.example` or `Name <a@b.example>`) with email-validator, no DNS.
+    """One recipient: `a@b.example`, `Name <a@b.example>` or a `(name, address)` pair; no DNS.
 
-    The address comes back in its ASCII form (IDNA domain), so the SMTP envelope needs no
-    SMTPUTF8; non-ASCII local parts are refused for the same reason.
+    The display name is what a person typed: any Unicode, commas and quotes are fine
+    (`José Silva`, `Smith, John`, `"Smith, John"`); the header writer quotes or RFC
+    2047-encodes it. The address is validated by email-validator and comes back in its
+    ASCII form (IDNA domain), so the SMTP envelope needs no SMTPUTF8; non-ASCII local
+    parts are refused for the same reason.
 
     Raises:
         EmailValidationError: not a single valid address; the message says why.
     """
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise EmailValidationError(f"{what} must be a (display name, address) pair, got {value!r}")
+        return check_mailbox(value[0], value[1], what)
     if not isinstance(value, str):
-        raise EmailValidationError(f"{what} must be a string address, got {type(value).__name__}")
-    check_header_value(value, what)
-    try:
-        result = validate_email(
-            value.strip(),
-            check_deliverability=False,
-            allow_display_name=True,
-            allow_smtputf8=False,
+        raise EmailValidationError(
+            f"{what} must be a string address or a (name, address) pair, got {type(value).__name__}"
         )
-    except EmailNotValidError as exc:
-        raise EmailValidationError(f"{what} {value!r} is not a valid email address: {exc}") from None
+    check_header_value(value, what)
+    match = _NAME_ADDR.fullmatch(value.strip())
+    if match is None:
+        return Mailbox("", check_address(value, what))
+    name = _unquoted(match["name"].strip(), value, what)
     # The worker's payload check (`check_mailbox`) validates the address again; at enqueue the
     # payload check is told this result is already validated (`check_address(validated=...)`).
-    return Mailbox(_display_name(result.display_name or "", what), result.ascii_email or result.normalized)
+    return check_mailbox(name, match["address"], what)
+
+
+def _unquoted(name: str, value: str, what: str) -> str:
+    """A display name as typed: `"..."` loses its quotes and backslash escapes, anything else stays."""
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", name[1:-1])
+    if any(char in name for char in '<>"@'):
+        raise EmailValidationError(
+            f"{what} {value!r}: a display name with '<', '>', '\"' or '@' must be quoted "
+            '(e.g. "Ana @ Sales" <ana@example.com>), or pass a (name, address) pair'
+        )
+    return name
 
 
 @functools.lru_cache(maxsize=8)  # called with the one MAIL_FROM of each enqueue; a refusal is not cached
@@ -223,9 +266,17 @@ def parse_sender(mail_from: str) -> Mailbox:
     return Mailbox(name.strip(), address)
 
 
-def parse_recipients(to: str | Sequence[str], *, limit: int = MAX_RECIPIENTS) -> tuple[Mailbox, ...]:
-    """The `to` of a transactional email: one address or a list, deduplicated, at most `limit`."""
-    items = [to] if isinstance(to, str) else to
+Recipient = str | tuple[str, str]  # `Name <address>` or a bare address, or (name, address)
+
+
+def parse_recipients(
+    to: Recipient | Sequence[Recipient], *, limit: int = MAX_RECIPIENTS
+) -> tuple[Mailbox, ...]:
+    """The `to` of a transactional email: one recipient or a list, deduplicated, at most `limit`.
+
+    A tuple is one `(name, address)` recipient; several recipients come as a list.
+    """
+    items = [to] if isinstance(to, str | tuple) else to
     if not isinstance(items, Sequence):
         raise EmailValidationError(f"to must be an address or a list of addresses, got {type(to).__name__}")
     if not items:

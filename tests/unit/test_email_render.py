@@ -135,6 +135,25 @@ def test_long_ascii_header_is_folded() -> None:
     assert _parse(header + b"\r\n\r\nx")["Subject"] == subject
 
 
+@pytest.mark.parametrize("name", ["José Silva", "Alice Ü", "Smith, John", 'He said "hi"', "Silva, José"])
+def test_display_names_are_quoted_or_encoded_and_decode_back(name: str) -> None:
+    to, sender = Mailbox(name, "ana@example.com"), Mailbox(name, "x@example.com")
+    rendered = render_email(_request(to=(to,)), sender=sender, now=NOW)
+    _check_wire_format(rendered.raw)
+    message = _parse(rendered.raw)
+    for header, mailbox in (("To", to), ("From", sender)):
+        (address,) = message[header].addresses
+        assert (address.display_name, address.addr_spec) == mailbox
+    assert rendered.recipients == ("ana@example.com",)
+    assert rendered.envelope_from == "x@example.com"
+
+
+def test_return_path_is_the_envelope_sender() -> None:
+    rendered = render_email(_request(), sender=SENDER, now=NOW, return_path="bounces@example.com")
+    assert rendered.envelope_from == "bounces@example.com"
+    assert _parse(rendered.raw)["From"].addresses[0].addr_spec == SENDER.address
+
+
 def test_address_list_one_per_line() -> None:
     header = address_header("To", [Mailbox("", f"u{i}@example.com") for i in range(3)])
     assert header == b"To: u0@example.com,\r\n u1@example.com,\r\n u2@example.com"

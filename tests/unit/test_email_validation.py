@@ -42,6 +42,12 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
         ('"Silva, Ana" <ana@example.com>', Mailbox("Silva, Ana", "ana@example.com")),
         ('"Ana Sílva" <ana@exämple.com>', Mailbox("Ana Sílva", "ana@xn--exmple-cua.com")),
         ("Ana@EXAMPLE.com", Mailbox("", "Ana@example.com")),
+        ("José Silva <jose@example.com>", Mailbox("José Silva", "jose@example.com")),
+        ("Alice Ü <alice@example.com>", Mailbox("Alice Ü", "alice@example.com")),
+        ("Smith, John <john@example.com>", Mailbox("Smith, John", "john@example.com")),
+        (r'"He said \"hi\"" <q@example.com>', Mailbox('He said "hi"', "q@example.com")),
+        (("Smith, John", "john@example.com"), Mailbox("Smith, John", "john@example.com")),
+        (("", "ana@example.com"), Mailbox("", "ana@example.com")),
     ],
 )
 def test_valid_addresses_are_normalised_to_ascii(raw: str, expected: Mailbox) -> None:
@@ -60,7 +66,12 @@ def test_valid_addresses_are_normalised_to_ascii(raw: str, expected: Mailbox) ->
         ("ana@example.com\r\nBcc: x@example.com", "contains a CR character (header injection refused)"),
         ("ana@example.com\nBcc: x@example.com", "contains a LF character"),
         ("ana@example.com\0", "contains a NUL character"),
-        (42, "must be a string address, got int"),
+        (42, "must be a string address or a (name, address) pair, got int"),
+        (("Ana", "ana@example.com", "x"), "must be a (display name, address) pair"),
+        (("Ana", "nope"), "is not a valid email address"),
+        ("Ana <nope>", "is not a valid email address"),
+        ("a@example.com, B <b@example.com>", "must be quoted"),
+        ('Ana "the boss" <ana@example.com>', "must be quoted"),
     ],
 )
 def test_invalid_addresses_are_refused_clearly(raw: object, expected: str) -> None:
@@ -80,6 +91,11 @@ def test_recipients_deduplicated_case_insensitively_and_limited() -> None:
         parse_recipients(["a@example.com", "b@example.com", "c@example.com"], limit=2)
     with pytest.raises(EmailValidationError, match="at least one recipient"):
         parse_recipients([])
+    assert parse_recipients(("Smith, John", "john@example.com")) == (Mailbox("Smith, John", "john@example.com"),)
+    assert parse_recipients([("José", "jose@example.com"), "b@example.com"]) == (
+        Mailbox("José", "jose@example.com"),
+        Mailbox("", "b@example.com"),
+    )
     with pytest.raises(EmailValidationError, match="got set"):
         parse_recipients({"a@example.com"})  # type: ignore[arg-type]
 
@@ -254,7 +270,7 @@ def test_enqueue_parses_each_address_once(monkeypatch: pytest.MonkeyPatch) -> No
         reply_to="help@example.com",
     )
     assert request.to == (Mailbox("Ana", "ana@example.com"), Mailbox("", "bob@example.com"))
-    assert sorted(calls) == ["Ana <ana@example.com>", "bob@example.com", "help@example.com"]
+    assert sorted(calls) == ["ana@example.com", "bob@example.com", "help@example.com"]
 
 
 def test_the_worker_check_parses_every_address(monkeypatch: pytest.MonkeyPatch) -> None:

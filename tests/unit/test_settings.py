@@ -60,6 +60,16 @@ def test_accepted_redis_urls(url: str) -> None:
         ({"REPORTS_BASE_URL": "ftp://files.example.com"}, "REPORTS_BASE_URL", "http:// or https://"),
         ({"REPORTS_BASE_URL": "https://"}, "REPORTS_BASE_URL", "with a host"),
         ({"REPORTS_BASE_URL": "https://x.example.com/r?token=1"}, "REPORTS_BASE_URL", "no query"),
+        ({"SMTP_HELO_NAME": "myhost"}, "SMTP_HELO_NAME", "fully qualified host name"),
+        ({"SMTP_HELO_NAME": "[not-an-ip]"}, "SMTP_HELO_NAME", "address literal"),
+        ({"MAIL_RETURN_PATH": "Bounces <b@example.com>"}, "MAIL_RETURN_PATH", "bare ASCII address"),
+        ({"KRYONIX_ENV": "prod"}, "KRYONIX_ENV", "'development' or 'staging' or 'production'"),
+        ({"MAIL_ALLOW_TEST_DOMAINS": "yes please"}, "MAIL_ALLOW_TEST_DOMAINS", "boolean"),
+        (
+            {"MAIL_ALLOW_TEST_DOMAINS": "true", "KRYONIX_ENV": "production"},
+            "MAIL_ALLOW_TEST_DOMAINS",
+            "refused when KRYONIX_ENV=production",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], named: str, expected: str) -> None:
@@ -67,6 +77,24 @@ def test_bad_values_name_the_variable(env: dict[str, str], named: str, expected:
         Settings.from_env(env)
     assert named in str(info.value)
     assert expected in str(info.value)
+
+
+def test_mail_envelope_settings() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.smtp_helo_name, defaults.mail_return_path) == (None, None)
+    assert (defaults.mail_allow_test_domains, defaults.environment) == (False, "development")
+    chosen = Settings.from_env(
+        {
+            "SMTP_HELO_NAME": "worker1.example.com",
+            "MAIL_RETURN_PATH": "bounces@example.com",
+            "MAIL_ALLOW_TEST_DOMAINS": "true",
+            "KRYONIX_ENV": "staging",
+        }
+    )
+    assert chosen.smtp_helo_name == "worker1.example.com"
+    assert chosen.mail_return_path == "bounces@example.com"
+    assert (chosen.mail_allow_test_domains, chosen.environment) == (True, "staging")
+    assert Settings.from_env({"SMTP_HELO_NAME": "[192.0.2.1]"}).smtp_helo_name == "[192.0.2.1]"
 
 
 def test_password_in_url_is_redacted_from_errors() -> None:
