@@ -167,15 +167,16 @@ def _validated_address(address: str) -> str:
         return str(result.ascii_email or result.normalized)
     except EmailNotValidError:
         local, at, domain = address.rpartition("@")
-        top = domain.rstrip(".").rpartition(".")[2].lower()
+        stem, _, top = domain.rpartition(".")
+        top = top.lower()
         if not (at and top in RESERVED_TEST_DOMAINS and get_settings().mail_allow_test_domains):
             raise
-    stem = domain.rstrip(".")[: -len(top)].rstrip(".")
+    dotted = "." in domain  # `localhost` or `test` alone: a name with no dot to validate around
     swapped = validate_email(
-        f"{local}@{stem + '.' if stem else ''}example", check_deliverability=False, allow_smtputf8=False
+        f"{local}@{stem if dotted else 'x'}.example", check_deliverability=False, allow_smtputf8=False
     )
-    checked = str(swapped.ascii_email or swapped.normalized)
-    return checked[: -len("example")] + top
+    checked_local, _, checked_domain = str(swapped.ascii_email or swapped.normalized).rpartition("@")
+    return f"{checked_local}@{checked_domain.removesuffix('.example') + '.' + top if dotted else top}"
 
 
 def check_mailbox(name: object, address: object, what: str, *, validated: Set[str] = frozenset()) -> Mailbox:

@@ -3,7 +3,8 @@
 `SmtpServer` accepts by default and can instead answer DATA with a queue of replies
 (451 twice, then accept) or always (550), refuse given recipients (always, or only the
 first time), require STARTTLS with a certificate made here by the `openssl` CLI, and
-require AUTH with fixed credentials. It records every accepted message.
+require AUTH with fixed credentials, and refuse an EHLO name that is not fully qualified
+(at EHLO or, as Postfix does by default, at RCPT). It records every accepted message.
 """
 
 from __future__ import annotations
@@ -75,12 +76,44 @@ class ScriptedHandler:
         self.hold_data = False  # while True, no DATA is answered: transactions stay in flight
         self.in_data = 0  # DATA commands being answered right now
         self.most_in_data = 0  # the most seen at once: how many transactions a sender overlaps
+        # Refuse an EHLO/HELO name that is not fully qualified, as Postfix's
+        # reject_non_fqdn_helo_hostname: "helo" at EHLO/HELO itself, "rcpt" at each RCPT
+        # (Postfix's default smtpd_delay_reject). None accepts any name.
+        self.refuse_non_fqdn_helo: str | None = None
+        self.helo_names: list[str] = []  # every EHLO/HELO name received
+
+    def _helo_refusal(self, hostname: str) -> str | None:
+        if "." in hostname.strip("[]"):
+            return None
+        return f"504 5.5.2 <{hostname}>: Helo command rejected: need fully-qualified hostname"
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        with self.lock:
+            self.helo_names.append(hostname)
+        refusal = self._helo_refusal(hostname) if self.refuse_non_fqdn_helo == "helo" else None
+        if refusal is not None:
+            return [refusal]
+        session.host_name = hostname  # aiosmtpd leaves this to a 5-argument EHLO hook
+        return responses
+
+    async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
+        with self.lock:
+            self.helo_names.append(hostname)
+        refusal = self._helo_refusal(hostname) if self.refuse_non_fqdn_helo == "helo" else None
+        if refusal is not None:
+            return refusal
+        session.host_name = hostname
+        return f"250 {server.hostname}"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
         with self.lock:
             answer = self.rcpt_replies.get(address) or self.rcpt_replies_once.pop(address, None)
+        if answer is None and self.refuse_non_fqdn_helo == "rcpt":
+            answer = self._helo_refusal(session.host_name)
         if answer:
             return answer
         envelope.rcpt_tos.append(address)

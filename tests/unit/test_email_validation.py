@@ -91,7 +91,9 @@ def test_recipients_deduplicated_case_insensitively_and_limited() -> None:
         parse_recipients(["a@example.com", "b@example.com", "c@example.com"], limit=2)
     with pytest.raises(EmailValidationError, match="at least one recipient"):
         parse_recipients([])
-    assert parse_recipients(("Smith, John", "john@example.com")) == (Mailbox("Smith, John", "john@example.com"),)
+    assert parse_recipients(("Smith, John", "john@example.com")) == (
+        Mailbox("Smith, John", "john@example.com"),
+    )
     assert parse_recipients([("José", "jose@example.com"), "b@example.com"]) == (
         Mailbox("José", "jose@example.com"),
         Mailbox("", "b@example.com"),
