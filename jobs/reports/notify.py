@@ -69,18 +69,25 @@ def publish_ready(requested_by: str | int, report: ReportFile, base_url: str | N
         return None
 
 
-def email_context(report: ReportFile, title: str, to: str, base_url: str | None = None) -> dict[str, Any]:
+Recipient = str | tuple[str, str]  # an address, or (display name, address)
+
+
+def email_context(
+    report: ReportFile, title: str, name: str | None = None, base_url: str | None = None
+) -> dict[str, Any]:
     """The `report_ready` template context for one recipient. Pure.
 
-    Small files are attached (`download_url` None); larger ones are linked under
-    `base_url` (`REPORTS_BASE_URL`), or named by their path when there is none.
+    `name` is the recipient's display name, when one is known: the greeting uses it, or
+    stays neutral ("Hello,") without one; an address's local part is no name. Small
+    files are attached (`download_url` None); larger ones are linked under `base_url`
+    (`REPORTS_BASE_URL`), or named by their path when there is none.
     """
     attach = report.size_bytes <= ATTACH_MAX_BYTES
     return {
         **report.as_result(),
-        "name": to.split("@", 1)[0],
+        "name": name.strip() if name and name.strip() else None,
         "report_name": title,
-        "title": f"Report ready: {title}",
+        "title": title,
         "download_url": None if attach else (download_url(report, base_url) or str(report.path)),
         "filename": report.path.name,
         "attached": attach,
@@ -93,9 +100,11 @@ def ready_email_key(report_id: str, to: str) -> str:
 
 
 def email_ready(
-    recipients: Iterable[str], report: ReportFile, title: str, base_url: str | None = None
+    recipients: Iterable[Recipient], report: ReportFile, title: str, base_url: str | None = None
 ) -> list[str]:
     """Enqueue one "report ready" email per recipient; returns the email job ids.
+
+    A recipient is an address, or a `(display name, address)` pair whose name greets them.
 
     Raises:
         TransientJobError: the email queue is unavailable (the report job is retried).
@@ -119,15 +128,16 @@ def email_ready(
         attachments.append(Attachment(report.path.name, content, CONTENT_TYPES[report.format]))
     ids = []
     for to in recipients:
+        name, address = to if isinstance(to, tuple) else (None, to)
         try:
             ids.append(
                 str(
                     enqueue_email(
                         to,
                         READY_TEMPLATE,
-                        email_context(report, title, to, base_url),
+                        email_context(report, title, name, base_url),
                         attachments=attachments,
-                        idempotency_key=ready_email_key(report.report_id, to),
+                        idempotency_key=ready_email_key(report.report_id, address),
                     )
                 )
             )

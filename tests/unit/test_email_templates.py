@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from jobs.email.templates import PARTS, TEMPLATE_ROOT, TemplateLibrary, default_library, locale_chain
+from jobs.email.templates import (
+    PARTS,
+    TEMPLATE_ROOT,
+    TemplateLibrary,
+    default_library,
+    format_count,
+    locale_chain,
+)
 from jobs.email.validation import EmailValidationError
 
 pytestmark = pytest.mark.email
@@ -109,6 +116,31 @@ def test_optional_variables_default_to_none() -> None:
         now=NOW,
     )
     assert "https://x/r.csv" in linked.text and "(12 rows)" in linked.text
+
+
+@pytest.mark.parametrize(
+    ("locale", "rows", "expected"),
+    [
+        ("en", 45000, "(45,000 rows)"),
+        ("en", 1, "(1 row)"),
+        ("en", 0, "(0 rows)"),
+        ("en", 1234567, "(1,234,567 rows)"),
+        ("pt_BR", 45000, "(45.000 linhas)"),
+        ("pt_BR", 1, "(1 linha)"),
+    ],
+)
+def test_report_rows_are_grouped_and_pluralised(locale: str, rows: int, expected: str) -> None:
+    context = {**SAMPLES["report_ready"], "rows": rows}
+    parts = default_library().render("report_ready", locale, context, now=NOW)
+    assert expected in parts.text
+    assert expected in parts.html
+
+
+def test_the_count_filter_refuses_what_is_not_an_integer() -> None:
+    with pytest.raises(EmailValidationError, match="the count filter needs an integer, got '12'"):
+        format_count("12", "row", "rows")
+    with pytest.raises(EmailValidationError, match="got True"):
+        format_count(True, "row", "rows")
 
 
 @pytest.mark.parametrize(

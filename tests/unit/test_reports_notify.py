@@ -64,7 +64,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 def test_small_report_is_attached_once_per_recipient(sent: list[dict[str, Any]], tmp_path: Path) -> None:
     path = tmp_path / "r-1.csv"
     path.write_bytes(b"id\r\n1\r\n")
-    ids = notify.email_ready(["ann@example.com", "bob@example.com"], _report(8, path), "Users")
+    ids = notify.email_ready(["ann@example.com", ("Bob Souza", "bob@example.com")], _report(8, path), "Users")
     assert ids == ["email-1", "email-2"]
     first = sent[0]
     assert first["template"] == "report_ready"
@@ -75,14 +75,16 @@ def test_small_report_is_attached_once_per_recipient(sent: list[dict[str, Any]],
         "text/csv",
     )
     context = first["context"]
-    assert (context["name"], context["report_name"], context["download_url"]) == ("ann", "Users", None)
+    assert (context["name"], context["title"], context["download_url"]) == (None, "Users", None)
     assert context["attached"] is True and context["rows"] == 3
     assert not {"subject", "year", "locale", "product_name"} & context.keys(), (
         "keys the email renderer provides"
     )
     assert first["idempotency_key"] == notify.ready_email_key("r-1", "ann@example.com")
     assert first["idempotency_key"] != sent[1]["idempotency_key"]
-    assert sent[1]["context"]["name"] == "bob"
+    assert sent[1]["context"]["name"] == "Bob Souza"  # a display name greets; an address's local part never
+    assert sent[1]["to"] == ("Bob Souza", "bob@example.com")
+    assert sent[1]["idempotency_key"] == notify.ready_email_key("r-1", "bob@example.com")
 
 
 def test_large_report_goes_as_a_path(sent: list[dict[str, Any]]) -> None:
@@ -202,3 +204,22 @@ def test_sigterm_becomes_a_retryable_error_while_writing() -> None:
         signal.sigtimedwait([], 0.5)  # give the handler a bytecode boundary to run at
     assert isinstance(ReportInterrupted("x"), TransientJobError)
     assert signal.getsignal(signal.SIGTERM) is before, "the previous handler is restored"
+
+
+@pytest.mark.parametrize(
+    ("name", "greeting"),
+    [(None, "Hello,"), ("José Silva", "Hello José Silva,"), ("  ", "Hello,")],
+)
+def test_the_ready_email_names_the_report_once_and_greets_by_display_name(
+    name: str | None, greeting: str
+) -> None:
+    from jobs.email.templates import default_library
+
+    report = dataclasses.replace(_report(10), rows=45000)
+    context = notify.email_context(report, "Activity records", name)
+    parts = default_library().render(
+        notify.READY_TEMPLATE, "en", context, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    )
+    assert parts.subject == 'Your report "Activity records" is ready'
+    assert parts.text.splitlines()[0] == greeting
+    assert 'Your report "Activity records" is ready (45,000 rows).' in parts.text
