@@ -146,13 +146,6 @@ class Settings:
         if smtp_tls and smtp_starttls:
             raise ConfigError("SMTP_TLS and SMTP_STARTTLS are exclusive: implicit TLS or STARTTLS, not both")
         log_format = env.choice("LOG_FORMAT", "text", ("text", "json"))
-        environment = env.choice("KRYONIX_ENV", DEFAULT_KRYONIX_ENV, ENVIRONMENTS)
-        allow_test_domains = env.boolean("MAIL_ALLOW_TEST_DOMAINS", False)
-        if allow_test_domains and environment == "production":
-            raise ConfigError(
-                "MAIL_ALLOW_TEST_DOMAINS=true is refused when KRYONIX_ENV=production: "
-                "reserved test domains (.test, .example, .local...) receive no real mail"
-            )
         return cls(
             redis_url=redis_url,
             cache_redis_url=env.redis_url("CACHE_REDIS_URL", redis_url, example=DEFAULT_REDIS_URL),
@@ -175,11 +168,8 @@ class Settings:
             smtp_timeout_s=env.number("SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, float),
             smtp_max_connections=env.bounded("SMTP_MAX_CONNECTIONS", DEFAULT_SMTP_MAX_CONNECTIONS, 1, 1000),
             email_concurrency=env.bounded("EMAIL_CONCURRENCY", DEFAULT_EMAIL_CONCURRENCY, 1, 1000),
-            smtp_helo_name=env.hostname("SMTP_HELO_NAME"),
             mail_from=env.mailbox("MAIL_FROM", DEFAULT_MAIL_FROM, example=DEFAULT_MAIL_FROM),
-            mail_return_path=env.address("MAIL_RETURN_PATH", example="bounces@example.com"),
-            mail_allow_test_domains=allow_test_domains,
-            environment=environment,
+            **_envelope(env),
             ops_emails=env.addresses("OPS_EMAIL", example=DEFAULT_MAIL_FROM),
             reports_dir=Path(env.get("REPORTS_DIR", DEFAULT_REPORTS_DIR)),
             reports_base_url=env.http_url("REPORTS_BASE_URL"),
@@ -203,6 +193,30 @@ class Settings:
             worker_max_rss_mb=env.optional_int("WORKER_MAX_RSS_MB", example=512),
             allow_job_webhooks=env.boolean("ALLOW_JOB_WEBHOOKS", False),
         )
+
+
+class _Envelope(TypedDict):
+    smtp_helo_name: str | None
+    mail_return_path: str | None
+    mail_allow_test_domains: bool
+    environment: str
+
+
+def _envelope(env: Env) -> _Envelope:
+    """EHLO name, envelope sender, test domains, and KRYONIX_ENV, which may refuse the last."""
+    environment = env.choice("KRYONIX_ENV", DEFAULT_KRYONIX_ENV, ENVIRONMENTS)
+    allow_test_domains = env.boolean("MAIL_ALLOW_TEST_DOMAINS", False)
+    if allow_test_domains and environment == "production":
+        raise ConfigError(
+            "MAIL_ALLOW_TEST_DOMAINS=true is refused when KRYONIX_ENV=production: "
+            "reserved test domains (.test, .example, .local...) receive no real mail"
+        )
+    return _Envelope(
+        smtp_helo_name=env.hostname("SMTP_HELO_NAME"),
+        mail_return_path=env.address("MAIL_RETURN_PATH", example="bounces@example.com"),
+        mail_allow_test_domains=allow_test_domains,
+        environment=environment,
+    )
 
 
 def _sentinel(env: Env) -> Sentinel | None:

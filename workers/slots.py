@@ -2,7 +2,7 @@
 
 Email jobs wait on SMTP servers for most of their run; the worker starts each claimed
 job on a thread of its own (a slot) and the job hands its SMTP transaction to the
-process's event loop (`jobs.email.smtp.SmtpRuntime`), so one process keeps many
+process's event loop (`jobs.email.runtime.SmtpRuntime`), so one process keeps many
 transactions in flight. Every running job is an ordinary started RQ job: its own
 execution record, its entry in the started registry and in the worker's execution
 index, all beaten together by one heartbeat thread in one round trip.

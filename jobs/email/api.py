@@ -109,12 +109,10 @@ def enqueue_email(
     """Validate an email and enqueue its job on `email`; return the job id.
 
     Args:
-        to: one recipient or a list (at most 50): `a@b.example`, `Name <a@b.example>` (any
-            Unicode, commas and quotes in the name) or a `(name, address)` tuple; a tuple is
-            always one recipient, several go in a list. The envelope gets the bare address.
+        to: a recipient or a list of at most 50: `a@b.example`, `Name <a@b.example>` (any Unicode,
+            commas, quotes in the name) or one `(name, address)` tuple; the envelope gets the address.
         template: a directory under jobs/templates/email/<locale>/.
-        context: every variable the template uses (None counts as a value); JSON types,
-            datetime, date, UUID, Decimal.
+        context: every variable the template uses (None is a value): JSON, datetime, date, UUID, Decimal.
         locale: e.g. `pt_BR`; falls back to `pt`, then `en`.
         attachments: `Attachment(filename, content, content_type)` or mappings with `filename`,
             `content_type` and `content` (bytes) or `path` (read at enqueue); at most 10 files,

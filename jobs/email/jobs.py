@@ -28,7 +28,8 @@ from jobs.email import events, idempotency
 from jobs.email.bulk import ChunkReport, Item, deliver_all, plan_lanes
 from jobs.email.payloads import BulkChunk, ValidEmail, validate_bulk_chunk, validate_email_payload
 from jobs.email.render import RenderedEmail, render_email
-from jobs.email.smtp import Delivery, SmtpConfigError, SmtpSettings, Verdict, process_runtime
+from jobs.email.runtime import process_runtime
+from jobs.email.smtp import Delivery, SmtpConfigError, SmtpSettings, Verdict
 from jobs.email.validation import EmailRequest, EmailValidationError
 from jobs.errors import PermanentJobError, TransientJobError, refuse_extra_arguments
 

@@ -1,7 +1,8 @@
 """The one adapter that talks SMTP (aiosmtplib): settings, connections, error classification.
 
 A worker process keeps its SMTP connections open across jobs (email jobs run inside the
-worker process, not in a forked horse) on one event loop per process (`SmtpRuntime`).
+worker process, not in a forked horse) on one event loop per process
+(`jobs.email.runtime.SmtpRuntime`).
 A connection the server dropped while idle is noticed at the next MAIL command and
 replaced before anything was sent, so that retry cannot duplicate a message.
 
@@ -21,17 +22,13 @@ Every outcome is classified:
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import functools
-import os
 import socket
 import ssl
-import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
 
 import aiosmtplib
 from aiosmtplib import (
@@ -46,11 +43,8 @@ from aiosmtplib import (
 )
 
 from cache.settings import Settings, get_settings
-from jobs import interrupts
 from jobs.email.validation import Mailbox, parse_sender
 from jobs.errors import JobError
-
-T = TypeVar("T")
 
 SERVICE_CLOSING = 421  # RFC 5321: the server is closing the connection (e.g. idle timeout)
 DEFAULT_MAX_IDLE_CONNECTIONS = 8  # kept open per process between jobs
@@ -361,65 +355,3 @@ class SmtpPool:
             )
         for connection in idle:
             connection.close()
-
-
-class SmtpRuntime:
-    """One event loop per process, on its own thread, and its pool of SMTP connections.
-
-    Every job of the process hands its SMTP transactions to this loop, from whichever
-    thread it runs on, so concurrent jobs share the pool and its bound. `run` waits
-    through `jobs.interrupts.wait`: a job's timeout or stop cancels its transaction.
-    """
-
-    def __init__(self, settings: SmtpSettings) -> None:
-        self.settings = settings
-        self.pool = SmtpPool(settings, max_idle=settings.max_connections, max_open=settings.max_connections)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="smtp-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return interrupts.wait(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
-
-    def close(self, timeout_s: float = 2.0) -> None:
-        """QUIT the idle connections and stop the loop; never waits longer than `timeout_s`."""
-        if self._loop.is_closed():
-            return
-        closing = asyncio.run_coroutine_threadsafe(self.pool.close(), self._loop)
-        with contextlib.suppress(Exception):
-            closing.result(timeout_s)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout_s)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-
-_runtime: SmtpRuntime | None = None
-_runtime_pid = 0
-
-
-def process_runtime(settings: SmtpSettings | None = None) -> SmtpRuntime:
-    """This process's runtime; rebuilt after fork or when the settings changed."""
-    global _runtime, _runtime_pid
-    if _runtime is not None and _runtime.settings is settings and _runtime_pid == os.getpid():
-        return _runtime
-    wanted = settings or SmtpSettings.from_settings()
-    if _runtime is not None and (_runtime_pid != os.getpid() or _runtime.settings != wanted):
-        if _runtime_pid == os.getpid():
-            _runtime.close()
-        _runtime = None
-    if _runtime is None:
-        _runtime = SmtpRuntime(wanted)
-        _runtime_pid = os.getpid()
-    return _runtime
-
-
-def reset_process_runtime() -> None:
-    """Close this process's SMTP connections and loop (tests; clean exit)."""
-    global _runtime
-    if _runtime is not None and _runtime_pid == os.getpid():
-        _runtime.close()
-    _runtime = None
-
-
-atexit.register(reset_process_runtime)

@@ -19,10 +19,10 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 
 from cache.errors import ConfigError
-from cache.settings import get_settings
+from jobs.email.domains import validated_address
 from jobs.errors import JobValidationError
 from jobs.serialization import UnserializableArgument, dumps, loads
 
@@ -47,8 +47,6 @@ _CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
 _CHAR_NAMES = {"\r": "CR", "\n": "LF", "\0": "NUL", "\t": "TAB"}
 # `Name <address>`: everything before the last `<...>` is the display name, commas included.
 _NAME_ADDR = re.compile(r"(?P<name>.*?)\s*<(?P<address>[^<>]*)>", re.DOTALL)
-# RFC 2606 / RFC 6761 reserved names, allowed as recipient domains by MAIL_ALLOW_TEST_DOMAINS.
-RESERVED_TEST_DOMAINS = frozenset({"test", "example", "invalid", "localhost", "local"})
 _SENDER = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
 
 
@@ -150,33 +148,9 @@ def check_address(address: object, what: str, *, validated: Set[str] = frozenset
     if address in validated:
         return address
     try:
-        return _validated_address(address.strip())
+        return validated_address(address.strip())
     except EmailNotValidError as exc:
         raise EmailValidationError(f"{what} {address!r} is not a valid email address: {exc}") from None
-
-
-def _validated_address(address: str) -> str:
-    """email-validator's ASCII form; reserved test domains pass when MAIL_ALLOW_TEST_DOMAINS is on.
-
-    email-validator refuses every special-use domain (and `localhost`, which has no dot);
-    with the setting, the address is validated with its reserved top-level label swapped
-    for `.example` (which it accepts), so the rest of the address is still checked.
-    """
-    try:
-        result = validate_email(address, check_deliverability=False, allow_smtputf8=False)
-        return str(result.ascii_email or result.normalized)
-    except EmailNotValidError:
-        local, at, domain = address.rpartition("@")
-        stem, _, top = domain.rpartition(".")
-        top = top.lower()
-        if not (at and top in RESERVED_TEST_DOMAINS and get_settings().mail_allow_test_domains):
-            raise
-    dotted = "." in domain  # `localhost` or `test` alone: a name with no dot to validate around
-    swapped = validate_email(
-        f"{local}@{stem if dotted else 'x'}.example", check_deliverability=False, allow_smtputf8=False
-    )
-    checked_local, _, checked_domain = str(swapped.ascii_email or swapped.normalized).rpartition("@")
-    return f"{checked_local}@{checked_domain.removesuffix('.example') + '.' + top if dotted else top}"
 
 
 def check_mailbox(name: object, address: object, what: str, *, validated: Set[str] = frozenset()) -> Mailbox:

@@ -29,7 +29,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from cache import connections
 from cache.settings import reset_settings
-from jobs.email.smtp import reset_process_runtime
+from jobs.email.runtime import reset_process_runtime
 from workers.dev.servers import free_port
 
 USERNAME = "mailer"

@@ -19,7 +19,7 @@ from cache import connections
 from cache.settings import reset_settings
 from jobs.email import bulk_status, enqueue_bulk_email
 from jobs.email.jobs import send_bulk_chunk
-from jobs.email.smtp import reset_process_runtime
+from jobs.email.runtime import reset_process_runtime
 from jobs.enqueue import fetch_job
 from tests.integration.email_fixtures import ScriptedHandler, SmtpServer, use_smtp
 

@@ -16,7 +16,8 @@ from cache.errors import RedisUnavailable
 from jobs.email import Attachment, enqueue_email, idempotency
 from jobs.email.api import build_request
 from jobs.email.jobs import send_email
-from jobs.email.smtp import SmtpPool, SmtpSettings, Verdict, process_runtime
+from jobs.email.runtime import process_runtime
+from jobs.email.smtp import SmtpPool, SmtpSettings, Verdict
 from jobs.enqueue import fetch_job
 from jobs.errors import PermanentJobError, TransientJobError
 from tests.integration.email_fixtures import (

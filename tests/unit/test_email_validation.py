@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from cache.errors import ConfigError
-from jobs.email import api, validation
+from jobs.email import api, domains
 from jobs.email.api import build_request
 from jobs.email.payloads import validate_email_payload
 from jobs.email.validation import (
@@ -253,13 +253,13 @@ def test_a_parsed_address_validates_to_itself(raw: str) -> None:
 
 def _count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    real = validation.validate_email
+    real = domains.validate_email
 
     def counting(address: str, **kwargs: object) -> object:
         calls.append(address)
         return real(address, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(validation, "validate_email", counting)
+    monkeypatch.setattr(domains, "validate_email", counting)
     return calls
 
 
