@@ -115,8 +115,11 @@ def _fqdn() -> str:
 
 
 def helo_refused(code: int, message: str) -> bool:
-    """A 5xx that refuses our EHLO/HELO name (Postfix: "Helo command rejected: need
-    fully-qualified hostname", delayed to RCPT by its smtpd_delay_reject). Pure."""
+    """A 5xx that refuses our EHLO/HELO name, at any command. Pure.
+
+    Postfix delays its "Helo command rejected: need fully-qualified hostname" to RCPT
+    (smtpd_delay_reject), where it would otherwise read as refused recipients.
+    """
     return 500 <= code < 600 and "helo" in message.lower()
 
 
@@ -231,11 +234,10 @@ class SmtpConnection:
                 try:
                     await self._client.rcpt(recipient)
                 except SMTPRecipientRefused as exc:
+                    if helo_refused(exc.code, exc.message):  # every other recipient would get the same
+                        await self._reset()
+                        raise helo_config_error(self.settings, exc.code, exc.message) from None
                     refused[recipient] = reply(exc.code, exc.message)
-            helo = next((text for text in refused.values() if helo_refused(int(text[:3]), text[4:])), None)
-            if helo is not None:
-                await self._reset()
-                raise helo_config_error(self.settings, int(helo[:3]), helo[4:])
             if len(refused) == len(recipients):
                 await self._reset()
                 deferred = any(text.startswith("4") for text in refused.values())

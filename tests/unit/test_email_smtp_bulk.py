@@ -13,6 +13,7 @@ from aiosmtplib import (
     SMTPConnectError,
     SMTPConnectResponseError,
     SMTPException,
+    SMTPHeloError,
     SMTPNotSupported,
     SMTPServerDisconnected,
 )
@@ -35,6 +36,7 @@ from jobs.email.smtp import (
     Verdict,
     classify_connect_error,
     classify_reply,
+    helo_refused,
 )
 from jobs.email.templates import default_library
 from jobs.email.validation import EmailValidationError, Mailbox
@@ -86,6 +88,9 @@ def _wrapped_cert_error() -> SMTPConnectError:
         (ConnectionRefusedError(111, "refused"), False, "ConnectionRefusedError"),
         (TimeoutError("slow"), False, "cannot reach"),
         (SMTPServerDisconnected("gone"), False, "cannot reach"),
+        (SMTPHeloError(501, "5.5.2 bad name"), True, "refused the EHLO name 'localhost' (set SMTP_HELO_NAME"),
+        (SMTPHeloError(421, "4.3.2 try later"), False, "unavailable: 421"),
+        (SMTPConnectResponseError(554, "Helo command rejected"), True, "SMTP_HELO_NAME"),
     ],
 )
 def test_connect_errors(error: BaseException, config: bool, expected: str) -> None:
@@ -96,6 +101,19 @@ def test_connect_errors(error: BaseException, config: bool, expected: str) -> No
     else:
         assert isinstance(outcome, Delivery) and outcome.verdict is Verdict.DEFERRED
         assert expected in outcome.reason
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "refused"),
+    [
+        (504, "5.5.2 <worker1>: Helo command rejected: need fully-qualified hostname", True),
+        (550, "5.7.1 HELO/EHLO name invalid", True),
+        (450, "4.7.1 <worker1>: Helo command rejected: Host not found", False),  # temporary: retried
+        (550, "5.1.1 <ana@example.com>: Recipient address rejected", False),
+    ],
+)
+def test_helo_refusals_are_told_from_recipient_refusals(code: int, message: str, refused: bool) -> None:
+    assert helo_refused(code, message) is refused
 
 
 def test_settings_never_show_the_password() -> None:
