@@ -23,6 +23,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PRIMARY_CONF = PROJECT_ROOT / "redis.conf"
 CACHE_CONF = PROJECT_ROOT / "redis-cache.conf"
 READY_TIMEOUT_S = 15.0
+LOG_TAIL_LINES = 8  # of a redis-server that exited at start: its reason is in the last lines
+
+
+class ServerStartError(RuntimeError):
+    """A redis-server exited while starting; the message holds the end of its log."""
 
 
 def redis_server_binary() -> str:
@@ -134,9 +139,7 @@ class RedisServer:
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server exited with {self.process.returncode}; see {self.directory}"
-                    )
+                    raise ServerStartError(self._exit_report(self.process.returncode))
                 try:
                     if client.ping():
                         return
@@ -151,6 +154,18 @@ class RedisServer:
             raise TimeoutError(f"redis-server on port {self.port} not ready after {timeout_s} s")
         finally:
             client.close()
+
+    def _exit_report(self, returncode: int) -> str:
+        """Why it exited, in its own words: the last lines of its log file."""
+        log = self.logfile or self.directory / "redis.log"
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            tail = []
+        head = f"redis-server on port {self.port} exited with {returncode} at start"
+        if not tail:
+            return f"{head}; its log {log} is empty (its own error, if any, went to stderr above)"
+        return f"{head}; last lines of {log}:\n" + "\n".join(f"    {line}" for line in tail)
 
     def client(self, **kwargs: object) -> redis.Redis:
         return redis.Redis(port=self.port, **kwargs)  # type: ignore[arg-type]
