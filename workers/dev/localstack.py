@@ -182,15 +182,17 @@ def _prepare_database(url: str) -> None:
     from sqlalchemy import func, select
 
     from cache.appcache.platform import users
-    from jobs.reports.seed import SeedPlan, seed_demo
+    from jobs.reports.seed import demo_plan, seed_demo
 
     engine = make_engine(url)
     create_schema(engine)
     with engine.connect() as conn:
         empty = conn.execute(select(func.count()).select_from(users)).scalar_one() == 0
     if empty:
-        seed_demo(engine, SeedPlan(users=1000, until=dt.datetime.now(dt.UTC).date()))
-        print("Database       seeded with demo data (python -m workers seed-demo for more)")
+        plan = demo_plan(dt.datetime.now(dt.UTC).date())
+        seed_demo(engine, plan)
+        first = plan.until - dt.timedelta(days=plan.days - 1)
+        print(f"Database       seeded with demo data, activity {first} to {plan.until} (docs/reports.md)")
     engine.dispose()
 
 
