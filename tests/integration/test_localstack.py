@@ -140,14 +140,16 @@ def test_a_second_stack_on_taken_ports_names_them_and_starts_nothing(tmp_path: P
 
 
 def test_a_redis_server_that_exits_at_start_reports_the_end_of_its_log(tmp_path: Path) -> None:
+    """The first server answers PING on the port; the second, which could not bind, is the one reported."""
     directory = tmp_path / "redis-primary"
-    with socket.socket() as holder:
-        port = free_port()
-        holder.bind(("127.0.0.1", port))
-        holder.listen()
+    first = RedisServer(PRIMARY_CONF, tmp_path / "first").start()
+    try:
+        port = first.port
         server = RedisServer(PRIMARY_CONF, directory, port=port)
         with pytest.raises(ServerStartError) as caught:
             server.start()
+    finally:
+        first.stop()
     first, *tail = str(caught.value).splitlines()
     assert (
         first

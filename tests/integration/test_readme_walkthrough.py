@@ -82,7 +82,12 @@ def test_the_walkthrough_block_is_found_and_makes_promises() -> None:
 
 
 @pytest.mark.timeout(600)
-def test_readme_walkthrough_runs_as_written_against_the_local_stack(tmp_path: Path) -> None:
+def test_readme_walkthrough_runs_as_written_against_the_local_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    tmp_path = tmp_path_factory.mktemp(
+        "readme"
+    )  # short: supervisord's socket path must fit AF_UNIX's 108 bytes
     checkout = tmp_path / "checkout"
     var = checkout / "var"
     var.mkdir(parents=True)
@@ -109,8 +114,10 @@ def test_readme_walkthrough_runs_as_written_against_the_local_stack(tmp_path: Pa
         local = (var / "local.env").read_text()
         [primary_url] = re.findall(r"^export REDIS_URL=(\S+)$", local, re.M)
         client = redis.Redis.from_url(primary_url)
-        wait_until(lambda: len(Worker.all(connection=client)) >= 3, 120, "2 email + 1 report workers")
+        registered = lambda: stack.poll() is not None or len(Worker.all(connection=client)) >= 3  # noqa: E731
+        wait_until(registered, 120, "2 email + 1 report workers, or the stack ended")
         client.close()
+        assert stack.poll() is None, f"the stack exited with {stack.returncode}:\n{log.read_text()[-6000:]}"
         result = subprocess.run(
             ["bash", "-eu", "-c", walkthrough_block()],
             cwd=checkout, env=_fresh_env(), capture_output=True, text=True, timeout=400,

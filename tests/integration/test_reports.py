@@ -430,3 +430,13 @@ def test_an_empty_report_says_which_filters_matched_nothing(
     assert ready.data["note"] == note
     [email] = KryonixQueue("email", connection=primary).jobs
     assert email.args[0]["context"]["note"] == note, "the report-ready email says it too"
+
+
+@pytest.mark.parametrize(("until", "days"), [("2026-02-01", 90), ("2026-06-30", 181)])
+def test_seed_demo_by_default_covers_january_2026_and_the_last_90_days(
+    db_engine: Engine, until: str, days: int
+) -> None:
+    args = ["--users", "10", "--companies", "2", "--until", until, "--database-url", db_url(db_engine)]
+    result = CliRunner().invoke(seed_demo, args)
+    assert result.exit_code == 0, result.output
+    assert f"activity rows over {days} days up to {until}" in result.output

@@ -69,21 +69,15 @@ def seed_demo(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     last_day = _until(until)
-    plan = SeedPlan(
-        companies=companies,
-        users=users,
-        days=days or demo_days(last_day),
-        activity=activity,
-        seed=seed,
-        until=last_day,
-    )
+    days = days or demo_days(last_day)
+    plan = SeedPlan(companies=companies, users=users, days=days, activity=activity, seed=seed, until=last_day)
     try:
         plan.check()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(
         f"seeding {redact_url(url)}: {companies:,} companies, {users:,} users, "
-        f"{plan.activity_rows:,} activity rows over {plan.days} days up to {plan.until}"
+        f"{plan.activity_rows:,} activity rows over {days} days up to {plan.until}"
         + (" (reset)" if reset else "")
     )
     last = [0.0]

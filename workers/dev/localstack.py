@@ -196,6 +196,16 @@ def _prepare_database(url: str) -> None:
     engine.dispose()
 
 
+def _announce(redis_lines: list[str], var: Path, ports: LocalPorts) -> None:
+    for line in redis_lines:
+        print(line)
+    print(f"SMTP catcher   smtp://127.0.0.1:{ports.smtp}  (messages in {var / 'mail'})")
+    print("Workers        supervisord tree (source var/local.env; supervisorctl -c supervisord.conf status)")
+    print(f"Dashboard      http://127.0.0.1:{ports.dashboard}/")
+    print(f"Environment    source {var / 'local.env'}")
+    print("Ctrl-C stops everything.", flush=True)
+
+
 def run_local_stack(
     var: Path = PROJECT_ROOT / "var", *, cluster: bool = False, ports: LocalPorts = LocalPorts()
 ) -> None:
@@ -231,15 +241,7 @@ def run_local_stack(
             env={**inherited, **env},
             start_new_session=True,  # stopped by us, after a warm shutdown, not by the terminal's Ctrl-C
         )
-        for line in redis_.lines:
-            print(line)
-        print(f"SMTP catcher   smtp://127.0.0.1:{ports.smtp}  (messages in {var / 'mail'})")
-        print(
-            "Workers        supervisord tree (source var/local.env; supervisorctl -c supervisord.conf status)"
-        )
-        print(f"Dashboard      http://127.0.0.1:{ports.dashboard}/")
-        print(f"Environment    source {var / 'local.env'}")
-        print("Ctrl-C stops everything.", flush=True)
+        _announce(redis_.lines, var, ports)
         while not stop.wait(0.5):
             reason = redis_.down() or (
                 None if tree.poll() is None else f"supervisord exited with {tree.returncode}"

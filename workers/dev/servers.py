@@ -141,8 +141,9 @@ class RedisServer:
                 if self.process is not None and self.process.poll() is not None:
                     raise ServerStartError(self._exit_report(self.process.returncode))
                 try:
-                    if client.ping():
+                    if client.ping() and self._answered_by_own_process(client):
                         return
+                    time.sleep(0.05)
                 except redis.AuthenticationError:
                     return  # it answered: a password-protected server is up
                 except redis.ResponseError as exc:
@@ -151,9 +152,17 @@ class RedisServer:
                     time.sleep(0.05)  # LOADING: still reading its AOF/RDB
                 except REDIS_ERRORS:
                     time.sleep(0.05)
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerStartError(self._exit_report(self.process.returncode))
             raise TimeoutError(f"redis-server on port {self.port} not ready after {timeout_s} s")
         finally:
             client.close()
+
+    def _answered_by_own_process(self, client: redis.Redis) -> bool:
+        """Another server on the port (a second `make run`) answers PING too; ours has our pid."""
+        if self.process is None:
+            return True
+        return int(client.info("server")["process_id"]) == self.process.pid
 
     def _exit_report(self, returncode: int) -> str:
         """Why it exited, in its own words: the last lines of its log file."""
