@@ -122,6 +122,11 @@ def test_readme_walkthrough_runs_as_written_against_the_local_stack(
             ["bash", "-eu", "-c", walkthrough_block()],
             cwd=checkout, env=_fresh_env(), capture_output=True, text=True, timeout=400,
         )  # fmt: skip
+        # A second `make run` while this one is up: one line naming the ports, nothing started.
+        second = subprocess.run(
+            [sys.executable, "-c", script.replace(str(var), str(tmp_path / "second"))],
+            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
     finally:
         if stack.poll() is None:
             stack.send_signal(signal.SIGTERM)
@@ -131,6 +136,10 @@ def test_readme_walkthrough_runs_as_written_against_the_local_stack(
     assert result.returncode == 0, shown
     assert "Traceback" not in result.stderr and "command not found" not in result.stderr, shown
     _check_promises(output, shown)
+    assert second.returncode == 1 and second.stdout == "", second
+    [line] = second.stderr.splitlines()
+    assert line.startswith("ports ") and "are in use (another `make run`?); stop it" in line, line
+    assert not (tmp_path / "second").exists()
     assert stack.returncode == 0, log.read_text()
 
 
