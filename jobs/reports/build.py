@@ -41,8 +41,10 @@ class ReportFile:
     filters: dict[str, Any]
     generated_at: dt.datetime
     truncated: bool = False
+    note: str | None = None  # an empty report says which filters matched nothing
 
     def as_result(self) -> dict[str, Any]:
+        note = {} if self.note is None else {"note": self.note}
         return {
             "report_id": self.report_id,
             "report_type": self.report_type,
@@ -54,7 +56,35 @@ class ReportFile:
             "filters": self.filters,
             "generated_at": self.generated_at.isoformat(),
             "truncated": self.truncated,
+            **note,
         }
+
+
+def empty_report_note(report: ReportType, filters: Mapping[str, Any]) -> str:
+    """Why a report has no rows, in its filters' terms. Pure.
+
+    E.g. `0 rows: no activity rows for company_id=42 between 2026-01-01 and 2026-01-31`:
+    an empty file alone does not tell a wrong company from a range with no data.
+    """
+    values = filters_as_json({k: v for k, v in filters.items() if v is not None})
+    in_ranges = {name for r in report.ranges for name in (r.start, r.end)}
+    parts = [f"{name}={values[name]}" for name in values if name not in in_ranges]
+    words = [f"for {', '.join(parts)}"] if parts else []
+    for r in report.ranges:
+        start, end = values.get(r.start), values.get(r.end)
+        stem = r.start.removesuffix("_from")
+        subject = "" if stem == "date" else f"{stem} "
+        if start is not None and end is not None:
+            words.append(f"{subject}between {start} and {end}")
+        elif start is not None:
+            words.append(f"{subject}from {start}")
+        elif end is not None:
+            words.append(f"{subject}until {end}")
+    return (
+        f"0 rows: no {report.name} rows {' '.join(words)}"
+        if words
+        else f"0 rows: no {report.name} rows at all"
+    )
 
 
 def progress_percent(done: int, total: int) -> float:
@@ -159,4 +189,5 @@ def build_report(
         filters=meta_filters,
         generated_at=generated_at,
         truncated=written.truncated,
+        note=empty_report_note(report, filters) if written.rows == 0 else None,
     )

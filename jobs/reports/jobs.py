@@ -180,13 +180,14 @@ def _build_and_notify(request: ReportRequest, report_id: str) -> dict[str, Any]:
         engine.dispose()
     report_progress(100, f"{built.rows:,} rows written", rows_done=built.rows, rows_total=built.rows)
     log.info(
-        "report %s (%s, %s): %d rows, %d bytes -> %s",
+        "report %s (%s, %s): %d rows, %d bytes -> %s%s",
         report_id,
         request.report.name,
         request.format,
         built.rows,
         built.size_bytes,
         built.path,
+        "" if built.note is None else f" ({built.note})",
     )
     if request.requested_by is not None:
         publish_ready(request.requested_by, built, settings.reports_base_url)

@@ -36,6 +36,8 @@ def event_payload(report: ReportFile, base_url: str | None = None) -> dict[str, 
         k: result[k] for k in ("report_id", "report_type", "format", "rows", "size_bytes", "sha256", "path")
     }
     payload["download_url"] = download_url(report, base_url)
+    if report.note is not None:
+        payload["note"] = report.note  # an empty report: which filters matched nothing
     return payload
 
 

@@ -30,6 +30,9 @@ DEFAULT_BATCH_ROWS = 10_000
 MAX_USERS = 50_000_000
 MAX_COMPANIES = 1_000_000
 MAX_DAYS = 3_660
+# The docs' report examples use January 2026 and company 42: demo data always covers them.
+DEMO_FIRST_DAY = dt.date(2026, 1, 1)
+DEMO_MIN_DAYS = 90  # the README's walkthrough reports on the last 90 days
 
 _FIRST = (
     "Ada",
@@ -146,6 +149,20 @@ class SeedPlan:
                 f"activity must be between 0 and users x actions x days = {capacity:,} "
                 f"(one row per user, action and day), got {self.activity_rows:,}"
             )
+
+
+def demo_days(until: dt.date) -> int:
+    """Days of demo activity ending `until`: back to DEMO_FIRST_DAY, and at least DEMO_MIN_DAYS. Pure.
+
+    So every documented example finds rows whenever the data is seeded: January 2026
+    (docs/reports.md) and the last 90 days (the README).
+    """
+    return min(MAX_DAYS, max(DEMO_MIN_DAYS, (until - DEMO_FIRST_DAY).days + 1))
+
+
+def demo_plan(until: dt.date) -> SeedPlan:
+    """The demo data `make run` seeds on its first start: 50 companies, 1,000 users, 500 rows a day."""
+    return SeedPlan(users=1_000, days=demo_days(until), until=until)
 
 
 @dataclass(frozen=True, kw_only=True)

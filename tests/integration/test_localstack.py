@@ -1,7 +1,8 @@
 """`make run`: the local stack starts, delivers an email end to end, and stops cleanly (marker `ops`).
 
-It runs on fixed ports (16379, 16380, 1025, 9181), as `make run` does; the test is
-skipped, saying which, when one of them is already taken on this machine.
+The end-to-end test runs on fixed ports (16379, 16380, 1025, 9181), as `make run` does;
+it is skipped, saying which, when one of them is already taken on this machine. A stack
+whose ports are taken, or whose redis-server exits at start, says why in a few lines.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cache.settings import reset_settings
 from jobs.email import enqueue_email
 from tests.waiting import wait_until
 from workers.dev.localstack import LOCAL_CACHE_PORT, LOCAL_PRIMARY_PORT, LOCAL_SMTP_PORT
-from workers.dev.servers import PROJECT_ROOT
+from workers.dev.servers import PRIMARY_CONF, PROJECT_ROOT, RedisServer, ServerStartError, free_port
 
 pytestmark = pytest.mark.ops
 
@@ -48,8 +49,9 @@ def _listening(port: int) -> bool:
 
 
 def _local_env(path: Path) -> dict[str, str]:
+    """The stack's settings in `var/local.env` (its PATH line is for shells, not for this process)."""
     pairs = (line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if line)
-    return {name: value for name, value in pairs}
+    return {name: value for name, value in pairs if name != "PATH"}
 
 
 @pytest.mark.timeout(300)
@@ -107,3 +109,51 @@ def test_local_stack_delivers_an_email_and_stops_everything(
     assert stack.returncode == 0, text
     assert "local stack stopped" in text
     wait_until(lambda: not any(_listening(port) for port in PORTS), 30, "every port of the stack is closed")
+
+
+def test_a_second_stack_on_taken_ports_names_them_and_starts_nothing(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    with socket.socket() as first, socket.socket() as second:
+        taken = []
+        for sock in (first, second):
+            port = free_port()
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+            taken.append(port)
+        ports = (
+            f"LocalPorts(primary={taken[0]}, cache={free_port()}, smtp={free_port()}, dashboard={taken[1]})"
+        )
+        script = (
+            "from pathlib import Path; from workers.dev.localstack import LocalPorts, run_local_stack; "
+            f"run_local_stack(Path({str(var)!r}), ports={ports})"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+        )
+    assert result.returncode == 1, result
+    assert result.stdout == "", "nothing started, nothing announced"
+    assert result.stderr == (
+        f"ports {taken[0]}, {taken[1]} are in use (another `make run`?); stop it, or whatever listens "
+        f"there (`ss -ltnp | grep {taken[0]}` names it), and start again\n"
+    )
+    assert not var.exists(), "no server, no data directory, no local.env"
+
+
+def test_a_redis_server_that_exits_at_start_reports_the_end_of_its_log(tmp_path: Path) -> None:
+    """The first server answers PING on the port; the second, which could not bind, is the one reported."""
+    directory = tmp_path / "redis-primary"
+    first = RedisServer(PRIMARY_CONF, tmp_path / "first").start()
+    try:
+        port = first.port
+        server = RedisServer(PRIMARY_CONF, directory, port=port)
+        with pytest.raises(ServerStartError) as caught:
+            server.start()
+    finally:
+        first.stop()
+    first, *tail = str(caught.value).splitlines()
+    assert (
+        first
+        == f"redis-server on port {port} exited with 1 at start; last lines of {directory / 'redis.log'}:"
+    )
+    assert any("Address already in use" in line for line in tail), tail
+    assert all(line.startswith("    ") for line in tail)

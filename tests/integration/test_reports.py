@@ -19,11 +19,15 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
 from cache.appcache.platform import activity, companies, users
+from cache.realtime.service import RealtimeService
 from cache.settings import reset_settings
 from jobs.errors import PermanentJobError, TransientJobError
+from jobs.queues import KryonixQueue
 from jobs.reports import enqueue_report
 from jobs.reports.jobs import generate_report
 from jobs.reports.registry import ReportDefinitionError
+from jobs.reports.seed import SeedPlan, demo_plan
+from jobs.reports.seed import seed_demo as seed_demo_data
 from tests.integration.reports_fixtures import (
     KNOWN_ACTIVITY,
     KNOWN_USERS,
@@ -396,3 +400,43 @@ def test_seeded_data_reaches_until(db_engine: Engine) -> None:
     with db_engine.connect() as conn:
         days = conn.execute(select(func.min(activity.c.day), func.max(activity.c.day))).one()
     assert tuple(days) == (UNTIL - dt.timedelta(days=4), UNTIL) == (full_range(plan)["date_from"], UNTIL)
+
+
+# --- the demo data `make run` seeds, and an empty report --------------------------------------
+
+
+def test_the_demo_data_answers_every_documented_example(db_engine: Engine, report_settings: Path) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    seed_demo_data(db_engine, demo_plan(today))
+    january_42 = _run("activity", {"date_from": "2026-01-01", "date_to": "2026-01-31", "company_id": 42})
+    assert january_42["rows"] > 0 and "note" not in january_42, "docs/reports.md's API example"
+    last_90_days = {"date_from": today - dt.timedelta(days=89), "date_to": today}
+    assert _run("activity_detail", last_90_days)["rows"] == 45_000, "the README's walkthrough"
+    assert _run("users", {"status": "active"}, "jsonl")["rows"] > 0, "docs/reports.md's runnable example"
+    for days_ago in range(1, 91):  # the scheduled example: yesterday, for company 1, whenever it runs
+        day = today - dt.timedelta(days=days_ago)
+        assert _run("activity", {"date_from": day, "date_to": day, "company_id": 1})["rows"] > 0, day
+
+
+def test_an_empty_report_says_which_filters_matched_nothing(
+    db_engine: Engine, report_settings: Path, primary: redis.Redis
+) -> None:
+    seed_demo_data(db_engine, SeedPlan(companies=5, users=50, days=10, until=dt.date(2025, 12, 31)))
+    filters = {"date_from": "2026-01-01", "date_to": "2026-01-31", "company_id": 42}
+    result = _run("activity", filters, requested_by=7, notify_email="ana@example.com")
+    note = "0 rows: no activity rows for company_id=42 between 2026-01-01 and 2026-01-31"
+    assert (result["rows"], result["note"]) == (0, note)
+    [ready] = [e for e in RealtimeService(primary).events_since(7) if e.event == "report.ready"]
+    assert ready.data["note"] == note
+    [email] = KryonixQueue("email", connection=primary).jobs
+    assert email.args[0]["context"]["note"] == note, "the report-ready email says it too"
+
+
+@pytest.mark.parametrize(("until", "days"), [("2026-02-01", 90), ("2026-06-30", 181)])
+def test_seed_demo_by_default_covers_january_2026_and_the_last_90_days(
+    db_engine: Engine, until: str, days: int
+) -> None:
+    args = ["--users", "10", "--companies", "2", "--until", until, "--database-url", db_url(db_engine)]
+    result = CliRunner().invoke(seed_demo, args)
+    assert result.exit_code == 0, result.output
+    assert f"activity rows over {days} days up to {until}" in result.output

@@ -106,7 +106,7 @@ def test_html_is_autoescaped_and_text_is_not() -> None:
 
 def test_optional_variables_default_to_none() -> None:
     library = default_library()
-    assert library.optional_variables("report_ready", "en") == {"name", "download_url", "rows"}
+    assert library.optional_variables("report_ready", "en") == {"name", "download_url", "rows", "note"}
     plain = library.render("report_ready", "en", SAMPLES["report_ready"], now=NOW)
     assert "Hello," in plain.text and "Reports page" in plain.text
     linked = library.render(

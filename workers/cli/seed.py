@@ -28,10 +28,9 @@ def _until(value: str | None) -> dt.date:
 )
 @click.option(
     "--days",
-    default=90,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
-    help="Days of activity, up to --until.",
+    help="Days of activity, up to --until (default: from 2026-01-01, at least 90).",
 )
 @click.option(
     "--activity",
@@ -47,7 +46,7 @@ def _until(value: str | None) -> dt.date:
 def seed_demo(
     users: int,
     companies: int,
-    days: int,
+    days: int | None,
     activity: int | None,
     seed: int,
     until: str | None,
@@ -61,7 +60,7 @@ def seed_demo(
     from cache.appcache.platform import make_engine
     from cache.env import redact_url
     from cache.settings import Settings, get_settings
-    from jobs.reports.seed import SeedPlan
+    from jobs.reports.seed import SeedPlan, demo_days
     from jobs.reports.seed import seed_demo as run_seed
 
     try:
@@ -69,9 +68,9 @@ def seed_demo(
         url = url or get_settings().database_url
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    plan = SeedPlan(
-        companies=companies, users=users, days=days, activity=activity, seed=seed, until=_until(until)
-    )
+    last_day = _until(until)
+    days = days or demo_days(last_day)
+    plan = SeedPlan(companies=companies, users=users, days=days, activity=activity, seed=seed, until=last_day)
     try:
         plan.check()
     except ValueError as exc:

@@ -12,8 +12,10 @@ Cluster (3 masters, 3 replicas) for both roles instead of the two servers.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +26,14 @@ from types import FrameType
 from cache.appcache.platform import create_schema, make_engine
 from workers.dev.cluster import LocalCluster
 from workers.dev.mailcatcher import start_mail_catcher
-from workers.dev.servers import CACHE_CONF, PRIMARY_CONF, PROJECT_ROOT, RedisServer
+from workers.dev.servers import (
+    BUS_PORT_OFFSET,
+    CACHE_CONF,
+    PRIMARY_CONF,
+    PROJECT_ROOT,
+    RedisServer,
+    ServerStartError,
+)
 
 LOCAL_PRIMARY_PORT = 16379  # not 6379: a system Redis may already own the standard port
 LOCAL_CACHE_PORT = 16380
@@ -54,6 +63,48 @@ class LocalPorts:
     smtp: int = LOCAL_SMTP_PORT
     dashboard: int = LOCAL_DASHBOARD_PORT
     cluster: tuple[int, ...] = LOCAL_CLUSTER_PORTS
+
+
+def stack_ports(ports: LocalPorts, *, cluster: bool) -> list[int]:
+    """Every port the stack will listen on: the Redis servers (nodes and bus ports), SMTP, dashboard."""
+    if cluster:
+        redis_ports = [*ports.cluster, *(port + BUS_PORT_OFFSET for port in ports.cluster)]
+    else:
+        redis_ports = [ports.primary, ports.cache]
+    return [*redis_ports, ports.smtp, ports.dashboard]
+
+
+def port_in_use(port: int) -> bool:
+    """Something listens on 127.0.0.1:`port` (SO_REUSEADDR: a closed connection's TIME_WAIT is no owner)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def ports_in_use_message(busy: list[int]) -> str:
+    """One line for the operator: which ports are taken, and what to do. Pure."""
+    names = ", ".join(str(port) for port in busy)
+    subject = f"port {names} is" if len(busy) == 1 else f"ports {names} are"
+    return (
+        f"{subject} in use (another `make run`?); stop it, or whatever listens there "
+        f"(`ss -ltnp | grep {busy[0]}` names it), and start again"
+    )
+
+
+def env_file_text(env: dict[str, str], bin_dir: Path) -> str:
+    """`var/local.env`: the stack's settings, and `bin_dir` first on PATH.
+
+    With the stack's own `python`, `supervisorctl` and `rq` first on PATH, `source
+    var/local.env` alone makes every command of the README work in a fresh shell.
+    """
+    lines = [f"export {name}={shlex.quote(value)}\n" for name, value in env.items()]
+    quoted = "".join("\\" + c if c in '"$`\\' else c for c in str(bin_dir))  # inside "..."
+    lines.append(f'export PATH="{quoted}:$PATH"\n')
+    return "".join(lines)
 
 
 def local_environment(var: Path, ports: LocalPorts = LocalPorts()) -> dict[str, str]:
@@ -131,22 +182,42 @@ def _prepare_database(url: str) -> None:
     from sqlalchemy import func, select
 
     from cache.appcache.platform import users
-    from jobs.reports.seed import SeedPlan, seed_demo
+    from jobs.reports.seed import demo_plan, seed_demo
 
     engine = make_engine(url)
     create_schema(engine)
     with engine.connect() as conn:
         empty = conn.execute(select(func.count()).select_from(users)).scalar_one() == 0
     if empty:
-        seed_demo(engine, SeedPlan(users=1000, until=dt.datetime.now(dt.UTC).date()))
-        print("Database       seeded with demo data (python -m workers seed-demo for more)")
+        plan = demo_plan(dt.datetime.now(dt.UTC).date())
+        seed_demo(engine, plan)
+        first = plan.until - dt.timedelta(days=plan.days - 1)
+        print(f"Database       seeded with demo data, activity {first} to {plan.until} (docs/reports.md)")
     engine.dispose()
+
+
+def _announce(redis_lines: list[str], var: Path, ports: LocalPorts) -> None:
+    for line in redis_lines:
+        print(line)
+    print(f"SMTP catcher   smtp://127.0.0.1:{ports.smtp}  (messages in {var / 'mail'})")
+    print("Workers        supervisord tree (source var/local.env; supervisorctl -c supervisord.conf status)")
+    print(f"Dashboard      http://127.0.0.1:{ports.dashboard}/")
+    print(f"Environment    source {var / 'local.env'}")
+    print("Ctrl-C stops everything.", flush=True)
 
 
 def run_local_stack(
     var: Path = PROJECT_ROOT / "var", *, cluster: bool = False, ports: LocalPorts = LocalPorts()
 ) -> None:
-    """Run the stack until SIGINT/SIGTERM; with `cluster`, on a local 6-node Redis Cluster."""
+    """Run the stack until SIGINT/SIGTERM; with `cluster`, on a local 6-node Redis Cluster.
+
+    Exits 1 with one line on stderr, before starting anything, when one of its ports is
+    taken (another `make run`, most likely), and when a redis-server exits at start.
+    """
+    busy = [port for port in stack_ports(ports, cluster=cluster) if port_in_use(port)]
+    if busy:
+        print(ports_in_use_message(busy), file=sys.stderr, flush=True)
+        raise SystemExit(1)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -161,7 +232,8 @@ def run_local_stack(
         redis_.start(var, ports, cluster=cluster)
         catcher = start_mail_catcher(var / "mail", port=ports.smtp)
         env = redis_.env
-        (var / "local.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+        # The stack's own environment (`.venv/bin` under `make run`) goes first on PATH.
+        (var / "local.env").write_text(env_file_text(env, Path(sys.executable).parent))
         _prepare_database(env["DATABASE_URL"])
         inherited = {k: v for k, v in os.environ.items() if k not in FOREIGN_REDIS_VARIABLES}
         tree = subprocess.Popen(
@@ -169,15 +241,7 @@ def run_local_stack(
             env={**inherited, **env},
             start_new_session=True,  # stopped by us, after a warm shutdown, not by the terminal's Ctrl-C
         )
-        for line in redis_.lines:
-            print(line)
-        print(f"SMTP catcher   smtp://127.0.0.1:{ports.smtp}  (messages in {var / 'mail'})")
-        print(
-            "Workers        supervisord tree (source var/local.env; supervisorctl -c supervisord.conf status)"
-        )
-        print(f"Dashboard      http://127.0.0.1:{ports.dashboard}/")
-        print(f"Environment    source {var / 'local.env'}")
-        print("Ctrl-C stops everything.", flush=True)
+        _announce(redis_.lines, var, ports)
         while not stop.wait(0.5):
             reason = redis_.down() or (
                 None if tree.poll() is None else f"supervisord exited with {tree.returncode}"
@@ -185,6 +249,9 @@ def run_local_stack(
             if reason:
                 print(f"{reason}; stopping the stack", flush=True)
                 stop.set()
+    except ServerStartError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     finally:
         if tree is not None and tree.poll() is None:
             tree.terminate()  # supervisord stops its programs (warm shutdown), then exits

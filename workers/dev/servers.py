@@ -23,6 +23,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PRIMARY_CONF = PROJECT_ROOT / "redis.conf"
 CACHE_CONF = PROJECT_ROOT / "redis-cache.conf"
 READY_TIMEOUT_S = 15.0
+LOG_TAIL_LINES = 8  # of a redis-server that exited at start: its reason is in the last lines
+
+
+class ServerStartError(RuntimeError):
+    """A redis-server exited while starting; the message holds the end of its log."""
 
 
 def redis_server_binary() -> str:
@@ -134,12 +139,11 @@ class RedisServer:
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server exited with {self.process.returncode}; see {self.directory}"
-                    )
+                    raise ServerStartError(self._exit_report(self.process.returncode))
                 try:
-                    if client.ping():
+                    if client.ping() and self._answered_by_own_process(client):
                         return
+                    time.sleep(0.05)
                 except redis.AuthenticationError:
                     return  # it answered: a password-protected server is up
                 except redis.ResponseError as exc:
@@ -148,9 +152,29 @@ class RedisServer:
                     time.sleep(0.05)  # LOADING: still reading its AOF/RDB
                 except REDIS_ERRORS:
                     time.sleep(0.05)
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerStartError(self._exit_report(self.process.returncode))
             raise TimeoutError(f"redis-server on port {self.port} not ready after {timeout_s} s")
         finally:
             client.close()
+
+    def _answered_by_own_process(self, client: redis.Redis) -> bool:
+        """Another server on the port (a second `make run`) answers PING too; ours has our pid."""
+        if self.process is None:
+            return True
+        return int(client.info("server")["process_id"]) == self.process.pid
+
+    def _exit_report(self, returncode: int) -> str:
+        """Why it exited, in its own words: the last lines of its log file."""
+        log = self.logfile or self.directory / "redis.log"
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            tail = []
+        head = f"redis-server on port {self.port} exited with {returncode} at start"
+        if not tail:
+            return f"{head}; its log {log} is empty (its own error, if any, went to stderr above)"
+        return f"{head}; last lines of {log}:\n" + "\n".join(f"    {line}" for line in tail)
 
     def client(self, **kwargs: object) -> redis.Redis:
         return redis.Redis(port=self.port, **kwargs)  # type: ignore[arg-type]
