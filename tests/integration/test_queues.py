@@ -358,7 +358,7 @@ def test_failed_registry_cli(primary: redis.Redis, processes: Processes) -> None
     only_report = json.loads(processes.cli("failed", "list", "--queue", "report", "--json").stdout)
     assert [row["id"] for row in only_report] == [report_id]
 
-    shown = json.loads(processes.cli("failed", "show", ids[0]).stdout)
+    shown = json.loads(processes.cli("failed", "show", ids[0], "--json").stdout)
     assert shown["args"] == ["reason 0"]
     assert "PermanentJobError" in shown["traceback"]
 

@@ -202,3 +202,20 @@ def test_sigterm_becomes_a_retryable_error_while_writing() -> None:
         signal.sigtimedwait([], 0.5)  # give the handler a bytecode boundary to run at
     assert isinstance(ReportInterrupted("x"), TransientJobError)
     assert signal.getsignal(signal.SIGTERM) is before, "the previous handler is restored"
+
+
+def test_progress_events_carry_the_percent_to_one_decimal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cache.realtime.service
+
+    published: list[tuple[Any, ...]] = []
+
+    class Recording:
+        def publish_user_event(self, *args: Any) -> str:
+            published.append(args)
+            return "1-0"
+
+    monkeypatch.setattr(cache.realtime.service, "RealtimeService", Recording)
+    notify.publish_progress("42", "r-1", 100 / 9, 1, 9)
+    assert published == [
+        ("42", "report.progress", {"report_id": "r-1", "percent": 11.1, "rows_done": 1, "rows_total": 9})
+    ]

@@ -155,14 +155,17 @@ def backup_command(timeout_s: float, as_json: bool) -> None:
 @main.command()
 @click.option("--user", "user_ids", multiple=True, help="Follow this user's events (repeatable).")
 @click.option("--system", is_flag=True, help="Follow system events.")
-def events(user_ids: tuple[str, ...], system: bool) -> None:
+@click.option(
+    "--replay", default=0, type=click.IntRange(min=0), help="First print the last N events of each channel."
+)
+def events(user_ids: tuple[str, ...], system: bool, replay: int) -> None:
     """Tail real-time events live (all users and system events when no filter is given)."""
     from cache.realtime.envelope import InvalidEvent
     from workers.cli.events_tail import tail_events
 
     _primary()
     try:
-        tail_events(list(user_ids), system, sys.stdout)
+        tail_events(list(user_ids), system, sys.stdout, replay=replay, notice=sys.stderr)
     except (InvalidEvent, RedisUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
 
