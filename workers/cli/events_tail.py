@@ -81,15 +81,18 @@ def tail_events(
         sub.start()
         sub.wait_ready(READY_TIMEOUT_S)
         if notice is not None:
-            followed = ", ".join(([ALL_USERS_PATTERN] if everything else []) + channels)
-            replayed_text = f" after the last {replay} event(s) of each" if replay else ""
-            notice.write(f"following {followed}{replayed_text}; Ctrl-C to stop\n")
+            notice.write(_following(([ALL_USERS_PATTERN] if everything else []) + channels, replay) + "\n")
             notice.flush()
         stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
         sub.stop()
+
+
+def _following(channels: list[str], replay: int) -> str:
+    replayed = f" after the last {replay} event(s) of each" if replay else ""
+    return f"following {', '.join(channels)}{replayed}; Ctrl-C to stop"
 
 
 def _merged(events: dict[str, list[Event]]) -> list[Event]:
