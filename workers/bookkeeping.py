@@ -39,6 +39,7 @@ from rq.worker import Worker, WorkerStatus
 
 from cache.lua import LuaScript, script
 from jobs.queues import QUEUES
+from workers.job import count_run
 
 # Commands whose only key is their first argument: the batch passes that key in KEYS.
 SINGLE_KEY = frozenset(
@@ -165,13 +166,17 @@ def start(worker: Worker, job: Job) -> Execution | None:
     """RQ's prepare_execution and prepare_job_execution in one batch; None where RQ's must run.
 
     After this the job is in the started registry, has its execution records, is
-    `started` and out of the intermediate list, as after RQ's two transactions.
+    `started` and out of the intermediate list, as after RQ's two transactions, and its
+    meta holds one more run (`workers.job.runs_of`); where RQ's must run, only that is written.
     """
     spec = QUEUES.get(str(job.origin))
     if spec is None or not spec.in_process:
         share_outcome(job)  # forked: the horse's final status, for `final_status`
+    # Counted before the fork: the worker's copy of the job (its log line) and the horse's agree.
+    count_run(job)
     pipe = recorder(worker.connection)
     if pipe is None:
+        job.save_meta()  # type: ignore[no-untyped-call]
         return None
     ttl = worker.get_heartbeat_ttl(job)
     execution = Execution.create(job, ttl, pipeline=pipe, worker_name=worker.name)
@@ -187,6 +192,7 @@ def start(worker: Worker, job: Job) -> Execution | None:
     for name, value in before.items():
         setattr(job, name, value)
     pipe.persist(job.key)
+    pipe.hset(job.key, "meta", job._serialize_meta())
     # Our loop claims into the intermediate list for any number of queues (`workers.loop`).
     pipe.lrem(Queue(job.origin, connection=worker.connection).intermediate_queue_key, 1, job.id)
     commands = recorded(pipe)

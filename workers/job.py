@@ -21,16 +21,23 @@ PERMANENT = "permanent"
 TRANSIENT = "transient"
 
 
-def attempt_of(job: Job) -> int:
-    """1 for the first run, 2 for the first retry, ... (RQ counts only the retries left)."""
-    failure = job.meta.get("failure") if isinstance(job.meta, dict) else None
-    if isinstance(failure, dict) and failure.get("kind") == PERMANENT:
-        attempt = failure.get("attempt")  # its retry budget was zeroed: the count is in the record
-        if type(attempt) is int:
-            return attempt  # a hand-written record may hold anything: then count as below
-    if isinstance(job.retry_intervals, list) and job.retry_intervals and job.retries_left is not None:
-        return len(job.retry_intervals) - job.retries_left + 1
-    return 1
+RUNS = "runs"  # job meta: how many times a worker started the job, requeues included
+
+
+def runs_of(job: Job) -> int:
+    """How many times the job was started (requeues included): during a run, that run's number.
+
+    RQ counts only the retries left of one retry budget, which a permanent failure zeroes
+    and a requeue does not renew, so the count is kept in the job's meta (`count_run`).
+    """
+    runs = job.meta.get(RUNS) if isinstance(job.meta, dict) else None
+    return runs if type(runs) is int and runs >= 0 else 0  # a hand-written meta may hold anything
+
+
+def count_run(job: Job) -> None:
+    """Count one more start of `job` in its meta (in memory; the caller writes the meta)."""
+    if isinstance(job.meta, dict) and getattr(job, "_unreadable_meta", None) is None:
+        job.meta[RUNS] = runs_of(job) + 1
 
 
 def not_a_json_job(exc: DeserializationError) -> JobNotAllowed:
@@ -164,7 +171,7 @@ class KryonixJob(JsonJob):
             "kind": kind,
             "type": type(exc).__name__,
             "reason": str(exc) or type(exc).__name__,
-            "attempt": attempt_of(self),
+            "attempt": runs_of(self),
             "at": time.time(),
         }
         self.save_meta()  # type: ignore[no-untyped-call]

@@ -19,7 +19,7 @@ from cache.connections import REDIS_ERRORS
 from cache.counters import BufferedCounters
 from cache.keys import job_counters
 from workers import bookkeeping
-from workers.job import attempt_of
+from workers.job import runs_of
 
 log = logging.getLogger("kryonix.job_stats")
 
@@ -101,7 +101,7 @@ def log_outcome(stats: JobStats, job: Job, queue: Queue, duration_s: float, *, i
         status = None
     outcome = _OUTCOMES.get(status.value if status is not None else "", "finished")
     stats.record(queue.name, outcome, duration_s)
-    attempt = attempt_of(job)
+    attempt = runs_of(job)
     try:
         func_name = job.func_name
     except DeserializationError:

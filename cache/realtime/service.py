@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,8 +26,10 @@ from cache.realtime.envelope import (
     RealtimeError,
     ReplayRead,
     encode_body,
+    format_stream_id,
     is_event_channel,
     parse_replay,
+    parse_stream_id,
     plan_replay,
     resolve_channel,
     time_baseline,
@@ -220,6 +222,27 @@ class RealtimeService(RealtimeCore):
             for read in reads:
                 pipe.xrange(read.key, min=read.start, max="+", count=count)
             return self._replayed(reads, pipe.execute())
+
+    def recent(self, channels: Sequence[str], *, count: int, until_id: str = "+") -> dict[str, list[Event]]:
+        """The last `count` events of each channel up to `until_id` (included), oldest first.
+
+        One round trip; for a tail that shows what just happened before following live.
+
+        Raises:
+            ValueError: `count` is not positive.
+            InvalidEvent: bad channel or id.
+            RedisUnavailable: the PRIMARY Redis cannot be reached.
+        """
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        reads, errors = self._replay_plan(dict.fromkeys(channels, "0-0"))
+        maximum = until_id if until_id == "+" else format_stream_id(parse_stream_id(until_id))
+        with errors:
+            pipe = self.client.pipeline(transaction=False)
+            for read in reads:
+                pipe.xrevrange(read.key, max=maximum, min="-", count=count)
+            newest_first = pipe.execute()
+        return self._replayed(reads, [list(reversed(rows)) for rows in newest_first])
 
     def latest_id(self, channel: str) -> str:
         """The id of the newest event kept for `channel`, `0-0` when there is none."""

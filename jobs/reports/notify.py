@@ -45,11 +45,14 @@ PROGRESS_EVENT = "report.progress"
 
 
 def publish_progress(requested_by: str | int, report_id: str, percent: float, done: int, total: int) -> None:
-    """Publish `report.progress` to the user's channel; best effort, never fails the report."""
+    """Publish `report.progress` to the user's channel; best effort, never fails the report.
+
+    `percent` goes out to one decimal, as `report_progress` stores it (11.1, not 11.11111111111111).
+    """
     try:
         from cache.realtime.service import RealtimeService
 
-        data = {"report_id": report_id, "percent": percent, "rows_done": done, "rows_total": total}
+        data = {"report_id": report_id, "percent": round(percent, 1), "rows_done": done, "rows_total": total}
         RealtimeService().publish_user_event(requested_by, PROGRESS_EVENT, data)
     except Exception as exc:
         log.warning(

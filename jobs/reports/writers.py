@@ -59,6 +59,12 @@ def utc_iso(value: dt.datetime) -> str:
     return value.isoformat()
 
 
+def utc_minute(value: dt.datetime) -> str:
+    """`2026-12-01 21:05 UTC`: a moment for people to read (naive values are UTC)."""
+    value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def row_converter(report: ReportType) -> Callable[[Row], Row] | None:
     """A function making a row's datetimes ISO strings, or None when no column needs it (fast path)."""
     indexes = [i for i, column in enumerate(report.columns) if column.kind == "datetime"]
@@ -236,7 +242,8 @@ def write_html(
         truncated=acc.rows > len(acc.preview),
         chart=chart,
         series_label=report.series[1] if report.series else "",
-        generated_at=utc_iso(meta.generated_at),
+        generated_at=utc_minute(meta.generated_at),
+        generated_iso=utc_iso(meta.generated_at),
     )
     pending: list[str] = []
     for chunk in chunks:

@@ -43,18 +43,23 @@ class Processes:
         self.logdir = logdir
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *command: str, name: str = "proc", **extra_env: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, *command: str, name: str = "proc", split_stderr: bool = False, **extra_env: str
+    ) -> subprocess.Popen[bytes]:
+        """With `split_stderr`, stderr goes to its own file (`stderr_of`), not into the log."""
         log = self.logdir / f"{name}-{len(self.started)}.log"
-        with open(log, "wb") as out:
+        errors = self.logdir / f"{name}-{len(self.started)}.stderr"
+        with open(log, "wb") as out, open(errors, "wb") as err:
             process = subprocess.Popen(
                 list(command),
                 env={**self.env, **extra_env},
                 cwd=PROJECT_ROOT,
                 stdout=out,
-                stderr=subprocess.STDOUT,
+                stderr=err if split_stderr else subprocess.STDOUT,
                 start_new_session=True,
             )
         process.log_path = log  # type: ignore[attr-defined]
+        process.stderr_path = errors  # type: ignore[attr-defined]
         self.started.append(process)
         return process
 
@@ -101,6 +106,11 @@ class Processes:
 
 def log_of(process: subprocess.Popen[bytes]) -> str:
     return Path(process.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+
+def stderr_of(process: subprocess.Popen[bytes]) -> str:
+    """What a process started with `split_stderr` wrote to stderr."""
+    return Path(process.stderr_path).read_text(errors="replace")  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`failed list`, `job ID` and `status` escape job data: no terminal control (marker `security`).
+"""`failed list/show`, `job ID` and `status` escape job data: no terminal control (marker `security`).
 
 Ids were escaped, but a failure reason, kind or function name written by hand into
 Redis (or carried from user text into an error message) reached the terminal as is:
@@ -47,7 +47,7 @@ def test_failed_list_and_job_escape_control_characters_in_job_data(
 ) -> None:
     failed_job(primary, "escapes", text)
 
-    for args in (("failed", "list"), ("job", "escapes")):
+    for args in (("failed", "list"), ("failed", "show", "escapes"), ("job", "escapes")):
         shown = processes.cli(*args)
         assert shown.returncode == 0, shown.stderr
         assert "escapes" in shown.stdout

@@ -134,7 +134,7 @@ def test_failed_list_show_requeue_and_job_work_on_the_cluster(cluster: LocalClus
     job_id = run_child(cluster.addresses, "fail_one")
     rows = json.loads(cli(cluster, "failed", "list", "--json").stdout)
     assert [row["id"] for row in rows] == [job_id]
-    shown = json.loads(cli(cluster, "failed", "show", job_id).stdout)
+    shown = json.loads(cli(cluster, "failed", "show", job_id, "--json").stdout)
     assert shown["id"] == job_id and "no such mailbox" in json.dumps(shown)
     assert json.loads(cli(cluster, "job", job_id, "--json").stdout)["status"] == "failed"
 

@@ -24,7 +24,7 @@ from tests.integration.email_fixtures import SmtpServer
 from tests.integration.processes import Processes, log_of
 from tests.waiting import wait_until
 from workers.cli.failed import list_failed
-from workers.job import attempt_of
+from workers.job import runs_of
 
 pytestmark = pytest.mark.email
 
@@ -70,7 +70,7 @@ def test_451_twice_then_accepted_is_delivered_once_after_retries(
     assert len(smtp_server.received) == 1
     assert smtp_server.handler.data_commands == 3
     job = fetch_job(job_id=job_id)
-    assert job is not None and attempt_of(job) == 3
+    assert job is not None and runs_of(job) == 3
     assert job.return_value()["status"] == "sent"
 
 
@@ -106,7 +106,7 @@ def test_server_down_is_retried_with_backoff_then_delivered_once(
         wait_until(lambda: _status(job_id) == "finished", 60, "delivered once the server is back")
         assert len(server.received) == 1
         job = fetch_job(job_id=job_id)
-        assert job is not None and attempt_of(job) >= 2
+        assert job is not None and runs_of(job) >= 2
     finally:
         server.stop()
 
@@ -126,7 +126,7 @@ def test_rerun_after_worker_killed_right_after_acceptance_does_not_resend(
     processes.scheduler()
     wait_until(lambda: _status(job_id) == "finished", 150, "job recovered and finished")
     job = fetch_job(job_id=job_id)
-    assert job is not None and attempt_of(job) >= 2, "the job really ran again"
+    assert job is not None and runs_of(job) >= 2, "the job really ran again"
     assert job.return_value()["status"] == "already_sent"
     assert job.return_value()["possible_duplicate"] is False
     assert len(smtp_server.received) == 1, "the server received the message once"
@@ -196,5 +196,5 @@ def test_bulk_of_1000_with_refusals_reaches_every_accepted_recipient_once(
     [sample] = smtp_server.to("user7@example.com")
     assert "User 7" in sample.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     retried = [fetch_job(job_id=j) for j in handle.job_ids]
-    assert any(job is not None and attempt_of(job) == 2 for job in retried), "deferrals were retried"
+    assert any(job is not None and runs_of(job) == 2 for job in retried), "deferrals were retried"
     wait_until(lambda: all(_status(j) == "finished" for j in handle.job_ids), 30, "all chunks finished")

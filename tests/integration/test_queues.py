@@ -25,7 +25,7 @@ from tests.integration.processes import Processes, log_of
 from tests.waiting import wait_until
 from workers.cli.failed import list_failed
 from workers.cli.jobview import describe_job, render_job
-from workers.job import attempt_of
+from workers.job import runs_of
 from workers.maintenance import STUCK_AFTER_S, recover
 from workers.scheduler import PeriodicScheduler
 
@@ -247,7 +247,7 @@ def test_transient_failure_is_retried_with_backoff_then_succeeds(
     assert job is not None
     assert job.return_value() == 3
     assert int(primary.get("kx:flaky") or 0) == 3
-    assert attempt_of(job) == 3
+    assert runs_of(job) == 3
 
 
 @pytest.mark.timeout(120)
@@ -358,7 +358,7 @@ def test_failed_registry_cli(primary: redis.Redis, processes: Processes) -> None
     only_report = json.loads(processes.cli("failed", "list", "--queue", "report", "--json").stdout)
     assert [row["id"] for row in only_report] == [report_id]
 
-    shown = json.loads(processes.cli("failed", "show", ids[0]).stdout)
+    shown = json.loads(processes.cli("failed", "show", ids[0], "--json").stdout)
     assert shown["args"] == ["reason 0"]
     assert "PermanentJobError" in shown["traceback"]
 

@@ -40,7 +40,7 @@ from tests.integration.reports_fixtures import (
 )
 from tests.waiting import wait_until
 from workers.cli.failed import list_failed
-from workers.job import attempt_of
+from workers.job import runs_of
 from workers.scheduler import PeriodicScheduler
 
 pytestmark = pytest.mark.reports
@@ -200,7 +200,7 @@ def test_worker_killed_mid_report_is_rerun_and_never_shows_a_partial_file(
     processes.scheduler()
     wait_until(lambda: watch.check() or _status(job_id) == "finished", 150, "job recovered and finished")
     job = fetch_job(job_id=job_id)
-    assert job is not None and attempt_of(job) >= 2, "it ran again after the crash"
+    assert job is not None and runs_of(job) >= 2, "it ran again after the crash"
     assert job.return_value()["rows"] == ROWS
     assert read_csv(reports_dir / f"{job_id}.csv")[1:] == detail_rows_in_db(db_engine)
     assert all_files(reports_dir) == [f"{job_id}.csv"], "no temporary file left by the killed run"

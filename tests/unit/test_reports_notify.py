@@ -223,3 +223,20 @@ def test_the_ready_email_names_the_report_once_and_greets_by_display_name(
     assert parts.subject == 'Your report "Activity records" is ready'
     assert parts.text.splitlines()[0] == greeting
     assert 'Your report "Activity records" is ready (45,000 rows).' in parts.text
+
+
+def test_progress_events_carry_the_percent_to_one_decimal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cache.realtime.service
+
+    published: list[tuple[Any, ...]] = []
+
+    class Recording:
+        def publish_user_event(self, *args: Any) -> str:
+            published.append(args)
+            return "1-0"
+
+    monkeypatch.setattr(cache.realtime.service, "RealtimeService", Recording)
+    notify.publish_progress("42", "r-1", 100 / 9, 1, 9)
+    assert published == [
+        ("42", "report.progress", {"report_id": "r-1", "percent": 11.1, "rows_done": 1, "rows_total": 9})
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import gc
 import html.parser
@@ -219,3 +220,14 @@ def test_gc_is_paused_while_streaming_and_restored() -> None:
         assert not gc.isenabled(), "a collector that was off stays off"
     finally:
         gc.enable()
+
+
+def test_html_shows_when_it_was_generated_to_the_minute_in_utc() -> None:
+    sink = Sink()
+    when = dt.datetime(2026, 12, 1, 22, 5, 9, 123456, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    write_html(
+        USERS, _batches(_user_rows(1), 1), sink, lambda _: None, dataclasses.replace(META, generated_at=when)
+    )
+    assert (
+        '<dd><time datetime="2026-12-01T21:05:09.123456+00:00">2026-12-01 21:05 UTC</time></dd>' in sink.text
+    )

@@ -1,7 +1,9 @@
-"""`python -m workers events [--user ID] [--system]`: print real-time events as they happen.
+"""`python -m workers events [--user ID] [--system] [--replay N]`: print real-time events as they happen.
 
-For operators and demos. One line per event; a restart of Redis while tailing loses
-nothing (the subscriber replays), and a malformed message is logged and skipped.
+For operators and demos. One line per event on `out`, after the last N events of each
+followed channel when asked; what is followed is said once on `notice` (stderr), so
+`out` holds only events. A restart of Redis while tailing loses nothing (the
+subscriber replays), and a malformed message is logged and skipped.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from typing import TextIO
 import orjson
 
 from cache import keys
-from cache.realtime.envelope import Event
+from cache.realtime.envelope import Event, parse_stream_id, validate_user_id
+from cache.realtime.service import RealtimeService
 from cache.realtime.subscriber import Subscriber
 
 ALL_USERS_PATTERN = keys.user_channel("*")
+READY_TIMEOUT_S = 10.0
 
 
 def format_event(event: Event) -> str:
@@ -29,6 +33,8 @@ def tail_events(
     system: bool,
     out: TextIO,
     *,
+    replay: int = 0,
+    notice: TextIO | None = None,
     stop: threading.Event | None = None,
 ) -> None:
     """Write every event of the chosen channels to `out` until `stop` is set (or Ctrl-C).
@@ -39,7 +45,10 @@ def tail_events(
     Args:
         user_ids: users whose `user:<id>:events` to follow.
         system: follow `system:events` too.
-        out: where lines go; flushed after each event.
+        out: where event lines go; flushed after each event.
+        replay: first write the last `replay` events of each followed channel (the
+            channels of all users that have a stream, when following everything).
+        notice: gets one line saying what is followed, once subscribed.
         stop: set it to return; without one, runs until KeyboardInterrupt.
 
     Raises:
@@ -54,18 +63,41 @@ def tail_events(
             out.write(format_event(event) + "\n")
             out.flush()
 
-    sub = Subscriber()
+    service = RealtimeService()
+    baseline = service.now_id()  # replayed: up to here; followed: after it, so nothing twice
+    everything = not user_ids and not system
+    channels = [keys.user_channel(validate_user_id(user_id)) for user_id in user_ids]
+    channels += [keys.SYSTEM_CHANNEL] if system or everything else []
+    sub = Subscriber(service=service)
     try:
-        if not user_ids and not system:
-            sub.psubscribe(ALL_USERS_PATTERN, write)
-            sub.subscribe_system(write)
-        for user_id in user_ids:
-            sub.subscribe_user(user_id, write)
-        if system:
-            sub.subscribe_system(write)
+        if everything:
+            sub.psubscribe(ALL_USERS_PATTERN, write, since=baseline)
+        for channel in channels:
+            sub.subscribe(channel, write, since=baseline)
+        if replay:
+            replayed = channels + (service.channels_matching(ALL_USERS_PATTERN) if everything else [])
+            for event in _merged(service.recent(replayed, count=replay, until_id=baseline)):
+                write(event)
         sub.start()
+        sub.wait_ready(READY_TIMEOUT_S)
+        if notice is not None:
+            notice.write(_following(([ALL_USERS_PATTERN] if everything else []) + channels, replay) + "\n")
+            notice.flush()
         stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
         sub.stop()
+
+
+def _following(channels: list[str], replay: int) -> str:
+    replayed = f" after the last {replay} event(s) of each" if replay else ""
+    return f"following {', '.join(channels)}{replayed}; Ctrl-C to stop"
+
+
+def _merged(events: dict[str, list[Event]]) -> list[Event]:
+    """The events of every channel by the millisecond they were published, each channel in order.
+
+    Ids of different streams are ordered only by their millisecond part: the sort is stable.
+    """
+    return sorted((e for found in events.values() for e in found), key=lambda e: parse_stream_id(e.id)[0])

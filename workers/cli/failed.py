@@ -6,6 +6,7 @@ an entry of the registry that cannot be read is listed with its reason, never ra
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +21,18 @@ from cache.text import printable
 from jobs.quarantine import UnreadableJob, list_quarantined, purge_quarantined, raw_ids
 from jobs.queues import QUEUES
 from jobs.serialization import JSONSerializer
-from workers.job import KryonixJob, attempt_of
+from workers.job import KryonixJob, runs_of
+
+
+def iso_utc(moment: float | dt.datetime | None) -> str | None:
+    """`2026-12-01T21:05:09Z` for an epoch or a datetime (naive ones are UTC, as RQ's are)."""
+    if moment is None:
+        return None
+    if isinstance(moment, dt.datetime):
+        when = moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+    else:
+        when = dt.datetime.fromtimestamp(moment, dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -29,12 +41,12 @@ class FailedJob:
     queue: str
     func: str
     failed_at: float | None
-    attempts: int
+    attempts: int  # runs in total, requeues included (`workers.job.runs_of`)
     kind: str
     reason: str
 
     def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        return self.__dict__ | {"failed_at": iso_utc(self.failed_at)}
 
 
 def _registry(client: redis.Redis, *, queue: str) -> FailedJobRegistry:
@@ -71,7 +83,7 @@ def _describe(job: Job, queue: str) -> FailedJob:
     except Exception:  # undecodable payload (e.g. pickle written by hand)
         func = "<undecodable>"
     ended = job.ended_at.timestamp() if job.ended_at else None
-    return FailedJob(job.id, queue, func, ended, attempt_of(job), kind, reason)
+    return FailedJob(job.id, queue, func, ended, runs_of(job), kind, reason)
 
 
 def list_failed(client: redis.Redis, *, queue: str | None = None) -> list[FailedJob]:
@@ -102,7 +114,7 @@ def show_failed(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
     """Everything about one failed job, including arguments and the traceback.
 
     Raises:
-        LookupError: no such job.
+        LookupError: no such job, or it is not in its queue's failed registry (its status named).
     """
     try:
         job = KryonixJob.fetch(job_id, connection=client)
@@ -110,13 +122,36 @@ def show_failed(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
         raise LookupError(f"job {printable(job_id)!r} cannot be shown: {exc.reason}") from None
     except NoSuchJobError:
         raise LookupError(f"no job {printable(job_id)!r} (never existed, or expired)") from None
+    status = job.get_status(refresh=False)
+    if job.origin not in QUEUES or job.id not in _registry(client, queue=job.origin):
+        shown = status.value if status is not None else "unknown"
+        raise LookupError(f"job {printable(job_id)!r} has not failed: it is {shown} (see `job {job.id}`)")
     details = _describe(job, job.origin).as_dict()
     try:
         details.update(args=job.args, kwargs=job.kwargs)
     except Exception as exc:
         details.update(args=f"<undecodable: {exc}>", kwargs=None)
-    details.update(status=str(job.get_status(refresh=False)), meta=job.meta, traceback=traceback_of(job))
+    details.update(
+        status=status.value if status is not None else None,
+        meta=job.meta,
+        traceback=traceback_of(job),
+    )
     return details
+
+
+def render_failed(details: dict[str, Any]) -> str:
+    """The text of `failed show ID`: one field a line, then the traceback as text; all escaped."""
+    lines = [
+        f"job {details['id']} on {details['queue']}: {details['status']} ({details['kind']})",
+        f"  function: {details['func']}",
+        f"  args: {details['args']!r}  kwargs: {details['kwargs']!r}",
+        f"  failed at: {details['failed_at'] or '-'}",
+        f"  attempts: {details['attempts']}",
+        f"  reason: {details['reason']}",
+    ]
+    traceback = str(details.get("traceback") or "").rstrip()
+    lines += ["  traceback:", *(f"    {line}" for line in traceback.splitlines())] if traceback else []
+    return "\n".join(printable(line) for line in lines)
 
 
 def requeue(client: redis.Redis, *, job_id: str) -> str:

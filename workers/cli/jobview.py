@@ -6,10 +6,12 @@ from typing import Any
 
 import redis
 from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 
 from cache.text import printable
-from workers.cli.failed import reason_of
-from workers.job import KryonixJob, attempt_of
+from workers.cli.failed import iso_utc, reason_of
+from workers.job import KryonixJob, runs_of
 
 BAR_WIDTH = 30
 
@@ -31,20 +33,45 @@ def describe_job(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
         "queue": job.origin,
         "func": job.func_name,
         "status": status.value if status is not None else None,
-        "attempt": attempt_of(job),
-        "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+        "attempts": runs_of(job),
+        "enqueued_at": iso_utc(job.enqueued_at),
+        "started_at": iso_utc(job.started_at),
+        "ended_at": iso_utc(job.ended_at),
         "progress": job.meta.get("progress"),
     }
     if info["status"] == "finished":
         info["result"] = job.return_value()
     if info["status"] in ("failed", "stopped"):
         info["failure_kind"], info["failure_reason"] = reason_of(job)
+    if info["status"] == "scheduled":
+        if info["attempts"]:
+            info["failure_kind"], info["failure_reason"] = _last_exception(job)
+        info.update(_next_run(client, job))
     return info
 
 
-def _percent(progress: Any) -> float | None:
+def _last_exception(job: Job) -> tuple[str, str]:
+    """(kind, `Type: message`) of the run that failed last, as its traceback ends."""
+    kind, reason = reason_of(job)
+    failure = job.meta.get("failure") if isinstance(job.meta, dict) else None
+    name = failure.get("type") if isinstance(failure, dict) else None
+    return kind, f"{name}: {reason}" if isinstance(name, str) and name and reason != name else reason
+
+
+def _next_run(client: redis.Redis, job: Job) -> dict[str, Any]:
+    """When a scheduled job runs next and, for a retry, which one of its budget it is."""
+    registry = ScheduledJobRegistry(job.origin, connection=client, job_class=KryonixJob)  # type: ignore[no-untyped-call]
+    try:
+        found: dict[str, Any] = {"next_run_at": iso_utc(registry.get_scheduled_time(job.id))}
+    except NoSuchJobError:
+        found = {"next_run_at": None}
+    budget, left = len(job.retry_intervals or ()), job.retries_left
+    if runs_of(job) and left is not None and 0 <= left < budget:
+        found.update(retry=budget - left, retries=budget)
+    return found
+
+
+def job_percent(progress: Any) -> float | None:
     """The percentage of a `progress` meta entry, None when it is not one (hand-written meta)."""
     percent = progress.get("percent") if isinstance(progress, dict) else None
     if isinstance(percent, int | float) and not isinstance(percent, bool) and percent == percent:
@@ -54,14 +81,23 @@ def _percent(progress: Any) -> float | None:
 
 def render_job(info: dict[str, Any]) -> str:
     """The text of `job ID`, every line escaped: job data cannot drive the operator's terminal."""
-    lines = [f"job {info['id']} on {info['queue']}: {info['status']} (attempt {info['attempt']})"]
+    runs = info["attempts"]
+    lines = [f"job {info['id']} on {info['queue']}: {info['status']} ({_runs_text(runs)})"]
     lines.append(f"  function: {info['func']}")
     progress = info.get("progress")
-    percent = _percent(progress)
+    percent = job_percent(progress)
     if percent is not None and isinstance(progress, dict):
         lines.append(f"  progress: {progress_bar(percent)} {progress.get('message', '')}")
     if "result" in info:
         lines.append(f"  result: {info['result']!r}")
     if "failure_reason" in info:
-        lines.append(f"  failed ({info['failure_kind']}): {info['failure_reason']}")
+        failed = "failed" if info["status"] != "scheduled" else "last failure"
+        lines.append(f"  {failed} ({info['failure_kind']}): {info['failure_reason']}")
+    if "next_run_at" in info:
+        retry = f" (retry {info['retry']} of {info['retries']})" if "retry" in info else ""
+        lines.append(f"  next run: {info['next_run_at'] or 'unknown'}{retry}")
     return "\n".join(printable(line) for line in lines)
+
+
+def _runs_text(runs: int) -> str:
+    return f"attempt {runs}" if runs else "not run yet"

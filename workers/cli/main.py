@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from typing import Any
 
 import click
@@ -156,14 +155,17 @@ def backup_command(timeout_s: float, as_json: bool) -> None:
 @main.command()
 @click.option("--user", "user_ids", multiple=True, help="Follow this user's events (repeatable).")
 @click.option("--system", is_flag=True, help="Follow system events.")
-def events(user_ids: tuple[str, ...], system: bool) -> None:
+@click.option(
+    "--replay", default=0, type=click.IntRange(min=0), help="First print the last N events of each channel."
+)
+def events(user_ids: tuple[str, ...], system: bool, replay: int) -> None:
     """Tail real-time events live (all users and system events when no filter is given)."""
     from cache.realtime.envelope import InvalidEvent
     from workers.cli.events_tail import tail_events
 
     _primary()
     try:
-        tail_events(list(user_ids), system, sys.stdout)
+        tail_events(list(user_ids), system, sys.stdout, replay=replay, notice=sys.stderr)
     except (InvalidEvent, RedisUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -280,14 +282,14 @@ _QUEUE = click.option("--queue", "-q", default=None, help="email or report (defa
 def failed_list(queue: str | None, as_json: bool) -> None:
     """Failed jobs, newest first, with attempt count and reason."""
     from cache.text import printable
-    from workers.cli.failed import list_failed
+    from workers.cli.failed import iso_utc, list_failed
 
     rows = _guard(lambda: list_failed(_primary(), queue=queue))
     if as_json:
         _echo_json([row.as_dict() for row in rows])
         return
     for row in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.failed_at)) if row.failed_at else "-"
+        when = iso_utc(row.failed_at) or "-"
         line = f"{row.id}  {row.queue}  {when}  attempts={row.attempts}  {row.kind}: {row.reason}"
         # reasons and kinds are job data: no control character reaches the terminal
         click.echo(printable(line))
@@ -296,11 +298,16 @@ def failed_list(queue: str | None, as_json: bool) -> None:
 
 @failed.command("show")
 @click.argument("job_id")
-def failed_show(job_id: str) -> None:
-    """Everything about one failed job: arguments, reason, traceback."""
-    from workers.cli.failed import show_failed
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for machines.")
+def failed_show(job_id: str, as_json: bool) -> None:
+    """Everything about one failed job: arguments, reason, traceback; exit 1 if it has not failed."""
+    from workers.cli.failed import render_failed, show_failed
 
-    _echo_json(_guard(lambda: show_failed(_primary(), job_id=job_id)))
+    details = _guard(lambda: show_failed(_primary(), job_id=job_id))
+    if as_json:
+        _echo_json(details)
+    else:
+        click.echo(render_failed(details))
 
 
 @failed.command("requeue")
@@ -337,22 +344,21 @@ def failed_purge(queue: str | None, older_than: str | None) -> None:
 
 @main.command()
 @click.argument("job_id")
-@click.option("--watch", is_flag=True, help="Refresh until the job ends.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--watch", is_flag=True, help="Follow the job until it ends (a progress bar on a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for machines.")
 def job(job_id: str, watch: bool, as_json: bool) -> None:
     """Status of one job, with a progress bar while it runs and its result when done."""
     from workers.cli.jobview import describe_job, render_job
+    from workers.cli.jobwatch import watch_job
 
+    if watch and as_json:
+        raise click.UsageError("--watch follows the job for a person; for machines, poll with --json")
     connection = _primary()
-    while True:
-        info = _guard(lambda: describe_job(connection, job_id=job_id))
-        if as_json:
-            _echo_json(info)
-        else:
-            click.echo(render_job(info))
-        if not watch or info["status"] in ("finished", "failed", "stopped", "canceled"):
-            return
-        time.sleep(1)
+    if watch:
+        _guard(lambda: watch_job(lambda: describe_job(connection, job_id=job_id), out=sys.stdout))
+        return
+    info = _guard(lambda: describe_job(connection, job_id=job_id))
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else render_job(info))
 
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")  # used with fullmatch: no trailing newline, ASCII digits
