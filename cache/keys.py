@@ -160,12 +160,12 @@ def quarantine(rq_key_prefix: str) -> str:
     return f"{PREFIX}:{rq_key_prefix}:quarantine"
 
 
-def intermediate_seen(intermediate_key: str, job_id: str) -> str:
-    """When maintenance first saw `job_id` unregistered in RQ's intermediate list `intermediate_key`.
+def intermediate_seen(intermediate_key: str) -> str:
+    """Hash: job id -> since when maintenance has seen it unregistered in RQ's list `intermediate_key`.
 
-    Deleted in the MULTI that requeues the job, so it extends RQ's key (and its slot).
+    Its field leaves in the MULTI that requeues the job, so it extends RQ's key (and its slot).
     """
-    return f"{intermediate_key}:kx-seen:{job_id}"
+    return f"{intermediate_key}:kx-seen"
 
 
 def durable_probe(job_key: str) -> str:

@@ -80,28 +80,18 @@ def _recover_abandoned(queue: KryonixQueue, now: float) -> list[str]:
 def _recover_intermediate(queue: KryonixQueue, now: float) -> list[str]:
     connection = queue.connection
     intermediate = queue.intermediate_queue
-    started = StartedJobRegistry(
-        queue.name, connection=connection, job_class=KryonixJob, serializer=JSONSerializer
-    )
+    first_seen = _unregistered_since(queue, now)
     requeued = []
     # Newest first: each goes back to the front, so the queue keeps their order.
-    for raw_id in reversed(raw_ids(connection.lrange(intermediate.key, 0, -1))):
-        job_id = printable(raw_id)
-        if job_id in started:
-            continue
-        seen_key = keys.intermediate_seen(intermediate.key, job_id)  # RQ's slot, as the list's
-        with connection.pipeline(transaction=True) as pipe:  # SET NX + GET (SET GET NX needs Redis 7)
-            pipe.set(seen_key, now, nx=True, ex=SEEN_KEY_TTL_S)
-            pipe.get(seen_key)
-            first_seen = pipe.execute()[1]
-        if first_seen is None or now - float(first_seen) < STUCK_AFTER_S:
+    for job_id in reversed(list(first_seen)):
+        if now - first_seen[job_id] < STUCK_AFTER_S:
             continue
         # MULTI (explicitly: a Cluster client's default pipeline is not one): out of the list
         # and back in the queue together. Every key is on RQ's slot (`{rq}` on a Cluster).
         with connection.pipeline(transaction=True) as pipe:
             pipe.lrem(intermediate.key, 1, job_id)
             queue.push_job_id(job_id, pipeline=pipe, at_front=True)
-            pipe.delete(seen_key)
+            pipe.hdel(keys.intermediate_seen(intermediate.key), job_id)
             removed = pipe.execute()[0]
         if removed:
             requeued.append(job_id)
@@ -109,6 +99,39 @@ def _recover_intermediate(queue: KryonixQueue, now: float) -> list[str]:
                 "queue %s: job %s was stranded between dequeue and start; requeued", queue.name, job_id
             )
     return requeued
+
+
+def _unregistered_since(queue: KryonixQueue, now: float) -> dict[str, float]:
+    """The jobs in the intermediate list but not started, in list order -> since when, as far as we know.
+
+    A job counts as there since the first pass that saw it there unregistered, and only
+    while every later pass sees it there too: a job that a pass does not find there
+    loses its time. A job that passed through the list once (seen there on its way to
+    a worker) and is dequeued again much later is a new arrival, not a stuck job.
+    """
+    connection = queue.connection
+    intermediate = queue.intermediate_queue
+    started = StartedJobRegistry(
+        queue.name, connection=connection, job_class=KryonixJob, serializer=JSONSerializer
+    )
+    listed = [printable(raw) for raw in raw_ids(connection.lrange(intermediate.key, 0, -1))]
+    unregistered = [job_id for job_id in listed if job_id not in started]
+    seen_key = keys.intermediate_seen(intermediate.key)  # RQ's slot, as the list's
+    known = {printable(raw) for raw in connection.hkeys(seen_key)}
+    with connection.pipeline(transaction=True) as pipe:
+        gone = known.difference(unregistered)
+        if gone:
+            pipe.hdel(seen_key, *gone)
+        for job_id in unregistered:
+            pipe.hsetnx(seen_key, job_id, now)
+        pipe.expire(seen_key, SEEN_KEY_TTL_S)
+        if unregistered:
+            pipe.hmget(seen_key, unregistered)
+        replies = pipe.execute()
+    if not unregistered:
+        return {}
+    since = zip(unregistered, replies[-1], strict=True)
+    return {job_id: float(first) for job_id, first in since if first is not None}
 
 
 def run_forever(client: redis.Redis, *, interval_s: float = 5.0, stop: object = None) -> None:

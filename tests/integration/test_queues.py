@@ -321,6 +321,26 @@ def test_job_stranded_in_intermediate_list_is_requeued(primary: redis.Redis) -> 
     assert primary.llen(queue.intermediate_queue.key) == 0
 
 
+def test_a_job_dequeued_again_later_is_a_new_arrival_not_a_stuck_one(primary: redis.Redis) -> None:
+    """Seen once on its way to a worker, then run, retried and dequeued again by a live worker.
+
+    The old first sighting must not count: requeueing it would hand the job to a second
+    worker while the first starts it (two concurrent runs, seen under 20 worker kills).
+    """
+    job_id = enqueue("email", "jobs.diagnostics.noop")
+    queue = KryonixQueue("email", connection=primary)
+    now = time.time()
+    primary.lmove(queue.key, queue.intermediate_queue.key, "LEFT", "RIGHT")
+    assert recover(primary, now=now).total == 0, "seen on its way to a worker"
+    primary.lrem(queue.intermediate_queue.key, 1, job_id)  # the worker took it
+    queue.push_job_id(job_id)  # retried later
+    assert recover(primary, now=now + 1).total == 0, "gone from the list: its sighting is dropped"
+    primary.lmove(queue.key, queue.intermediate_queue.key, "LEFT", "RIGHT")  # dequeued again
+    assert recover(primary, now=now + STUCK_AFTER_S + 1).total == 0, "a new arrival"
+    report = recover(primary, now=now + 2 * STUCK_AFTER_S + 2)
+    assert report.requeued_from_intermediate["email"] == [job_id], "stuck since its new arrival"
+
+
 # --- progress and the job view ------------------------------------------------------------------
 
 

@@ -44,7 +44,7 @@ GROUPS: dict[str, Callable[[str], list[str]]] = {
     "rq slot": lambda v: [
         f"{RQ_PREFIX}:queue:email",
         keys.quarantine(RQ_PREFIX),
-        keys.intermediate_seen(f"{RQ_PREFIX}:queue:{v}:intermediate", v),
+        keys.intermediate_seen(f"{RQ_PREFIX}:queue:{v}:intermediate"),
         keys.durable_probe(f"{RQ_PREFIX}:job:{v}"),
     ],
 }
