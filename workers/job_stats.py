@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 from rq.exceptions import DeserializationError
@@ -93,8 +96,34 @@ _OUTCOMES = {
 }
 
 
+@contextmanager
+def logged_run(stats: JobStats, job: Job, queue: Queue, *, in_process: bool) -> Iterator[None]:
+    """The job's start line, then (unless the run raised) its counted outcome and end line.
+
+    These two lines are all a worker logs for a job at INFO (`workers.logs` leaves out RQ's).
+    """
+    log.info(
+        "job %s queue=%s func=%s attempt=%d status=started",
+        job.id,
+        queue.name,
+        _func_name(job),
+        runs_of(job),
+        extra={"job_id": job.id, "queue": queue.name, "attempt": runs_of(job), "status": "started"},
+    )
+    started = time.monotonic()
+    yield
+    log_outcome(stats, job, queue, time.monotonic() - started, in_process=in_process)
+
+
+def _func_name(job: Job) -> str | None:
+    try:
+        return job.func_name
+    except DeserializationError:
+        return "<not a JSON job>"
+
+
 def log_outcome(stats: JobStats, job: Job, queue: Queue, duration_s: float, *, in_process: bool) -> None:
-    """Count the job's outcome and log its one line (RQ's own lines say less, in its format)."""
+    """Count the job's outcome and log its end line."""
     try:
         status = bookkeeping.final_status(job, in_process=in_process)
     except Exception:
@@ -102,15 +131,11 @@ def log_outcome(stats: JobStats, job: Job, queue: Queue, duration_s: float, *, i
     outcome = _OUTCOMES.get(status.value if status is not None else "", "finished")
     stats.record(queue.name, outcome, duration_s)
     attempt = runs_of(job)
-    try:
-        func_name = job.func_name
-    except DeserializationError:
-        func_name = "<not a JSON job>"
     log.info(
         "job %s queue=%s func=%s attempt=%d status=%s duration_ms=%.1f",
         job.id,
         queue.name,
-        func_name,
+        _func_name(job),
         attempt,
         status.value if status is not None else "gone",
         duration_s * 1000,

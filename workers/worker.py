@@ -39,7 +39,7 @@ from jobs.serialization import JSONSerializer
 from workers import bookkeeping
 from workers.commands import SlotCommands
 from workers.job import KryonixJob, not_a_json_job
-from workers.job_stats import JobStats, log_outcome
+from workers.job_stats import JobStats, logged_run
 from workers.logs import configure_logging
 from workers.loop import WorkLoop, in_process, redis_down, until_redis_answers
 from workers.process import die_with_parent, rss_bytes
@@ -135,10 +135,10 @@ class KryonixWorker(SlotCommands):
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         set_process_role("worker-" + "-".join(self.queue_names()))
-        super().bootstrap(*args, **kwargs)
-        # After RQ's own set-up, so LOG_FORMAT=json covers RQ's lines too, at RQ's level.
+        # Before RQ's own set-up, which then keeps our handler (one format for its lines too).
         level = kwargs.get("logging_level") or (args[0] if args else None) or "INFO"
         configure_logging(logging.getLevelName(str(level).upper()), force=True)
+        super().bootstrap(*args, **kwargs)
         try:
             check_eviction_policy(self.connection)
         except RedisUnavailable as exc:  # a warning only: a failover now must not stop the worker
@@ -281,12 +281,11 @@ class KryonixWorker(SlotCommands):
             # without those threads: the horse would hang on the first one. Let the
             # running jobs end first; new ones start again while the horse runs.
             self.slots.drain()
-        started = time.monotonic()
         try:
-            super().execute_job(job, queue)
-            if self.slots is not None and self.slots.busy:
-                self.set_state(WorkerStatus.BUSY)  # RQ marked the worker idle after the horse
-            log_outcome(self.job_stats, job, queue, time.monotonic() - started, in_process=False)
+            with logged_run(self.job_stats, job, queue, in_process=False):
+                super().execute_job(job, queue)
+                if self.slots is not None and self.slots.busy:
+                    self.set_state(WorkerStatus.BUSY)  # RQ marked the worker idle after the horse
         except Exception as exc:
             if not redis_down(exc):
                 raise
@@ -306,10 +305,9 @@ class KryonixWorker(SlotCommands):
         self.slots.start(job, queue, lambda: self.prepare_execution(job))
 
     def _perform_in_slot(self, job: Job, queue: Queue, execution: Execution) -> None:
-        started = time.monotonic()
         try:
-            self.perform_job(job, queue, execution)
-            log_outcome(self.job_stats, job, queue, time.monotonic() - started, in_process=True)
+            with logged_run(self.job_stats, job, queue, in_process=True):
+                self.perform_job(job, queue, execution)
         except Exception as exc:
             if not redis_down(exc):
                 raise

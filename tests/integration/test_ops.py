@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import redis
@@ -25,7 +29,7 @@ from tests.integration.processes import Processes, log_of
 from tests.integration.sentinel import SentinelCluster
 from tests.waiting import wait_until
 from workers.dashboard.app import create_app, is_loopback
-from workers.dev.servers import free_port, wait_for_port
+from workers.dev.servers import PROJECT_ROOT, free_port, wait_for_port
 
 pytestmark = pytest.mark.ops
 
@@ -183,8 +187,76 @@ def test_json_logs_from_a_worker(primary: redis.Redis, processes: Processes) -> 
     worker = processes.worker("email", burst=True, LOG_FORMAT="json")
     assert worker.wait(60) == 0
     entries = [json.loads(line) for line in log_of(worker).splitlines() if line.startswith("{")]
-    outcome = [e for e in entries if e.get("job_id") == job_id]
-    assert outcome, log_of(worker)
-    assert outcome[0]["queue"] == "email" and outcome[0]["status"] == "finished"
-    assert outcome[0]["level"] == "info" and "duration_ms" in outcome[0]
+    started, outcome = [e for e in entries if e.get("job_id") == job_id]
+    assert started["status"] == "started" and started["queue"] == "email", log_of(worker)
+    assert outcome["queue"] == "email" and outcome["status"] == "finished"
+    assert outcome["level"] == "info" and "duration_ms" in outcome
     assert any(e["logger"] == "rq.worker" for e in entries), "RQ's own lines are JSON too"
+
+
+# --- text logs ------------------------------------------------------------------------------
+
+# `logging`'s and supervisord's timestamp, the one format of every line a worker prints.
+TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:INFO|WARNING|ERROR) [\w.]+: .*")
+SUPERVISORD_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:INFO|WARN|CRIT) (?!\w+\.\w+:).*")
+
+
+def test_a_worker_logs_a_start_and_an_end_line_per_job_in_one_format(
+    primary: redis.Redis, processes: Processes
+) -> None:
+    jobs = {
+        "email": enqueue("email", "jobs.diagnostics.noop"),
+        "report": enqueue("report", "jobs.diagnostics.noop"),
+    }
+    worker = processes.worker("email", "report", burst=True)
+    assert worker.wait(60) == 0, log_of(worker)
+    lines = log_of(worker).splitlines()
+    assert lines and [line for line in lines if not TEXT_LINE.fullmatch(line)] == [], log_of(worker)
+    for queue, job_id in jobs.items():  # the report job runs in a forked work horse
+        about = [line.split(": ", 1)[1] for line in lines if job_id in line]
+        assert len(about) == 2, log_of(worker)
+        assert about[0] == f"job {job_id} queue={queue} func=jobs.diagnostics.noop attempt=1 status=started"
+        ended = rf"job {job_id} queue={queue} func=jobs.diagnostics.noop attempt=1 status=finished"
+        assert re.fullmatch(ended + r" duration_ms=[\d.]+", about[1]), about[1]
+
+
+@pytest.mark.timeout(180)
+def test_supervisord_prints_each_of_its_lines_once(processes: Processes, tmp_path: Path) -> None:
+    """On a pipe, as under `make run` or `docker run`: each line once, not also nodaemon's copy."""
+    env = {**processes.env, "KRYONIX_RUN_DIR": str(tmp_path), "DASHBOARD_PORT": str(free_port())}
+    tree = subprocess.Popen(
+        [sys.executable, "-m", "workers", "supervise", "--run-dir", str(tmp_path)],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert tree.stdout is not None
+        for line in tree.stdout:
+            lines.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_until(
+            lambda: sum("entered RUNNING state" in line for line in lines) >= 5, 90, "5 programs RUNNING"
+        )
+    finally:
+        tree.send_signal(signal.SIGTERM)
+        try:
+            tree.wait(60)
+        finally:
+            if tree.poll() is None:
+                os.killpg(tree.pid, signal.SIGKILL)
+                tree.wait()
+    reader.join(10)
+    assert tree.stdout is not None
+    tree.stdout.close()
+    own = [line for line in lines if SUPERVISORD_LINE.fullmatch(line)]
+    assert any("supervisord started with pid" in line for line in own), lines
+    assert [line for line, count in Counter(own).items() if count > 1] == [], "\n".join(lines)

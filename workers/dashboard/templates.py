@@ -12,6 +12,10 @@ release changes the text, the page fails loudly instead of silently losing the f
    and `.js` templates are not autoescaped: it is written with `tojson` instead.
 3. The one inline `<script>` of `base.html` gets the per-request CSP nonce
    (`workers.dashboard.guard`), so the policy needs no 'unsafe-inline'.
+4. A job's description (its call, arguments included: thousands of characters on one
+   line for a report) kept the list's table as wide as the text, the Age and Delete
+   columns off-screen. The list lays its columns out to the page's width and cuts the
+   description with an ellipsis; the whole text is the cell's tooltip and on the job page.
 """
 
 from __future__ import annotations
@@ -23,11 +27,31 @@ from jinja2 import BaseLoader, Environment
 
 PREFIX = "rq_dashboard/"
 
+# The job list's columns: Age and Actions fixed, the description cut to what is left.
+JOBS_TABLE_CSS = """
+        <style>
+            table#jobs { table-layout: fixed; width: 100%; }
+            table#jobs th:nth-child(2) { width: 10em; }
+            table#jobs th:nth-child(3) { width: 12em; }
+            table#jobs span.description { display: block; }
+            table#jobs pre.exc_info, table#jobs div.job_id { overflow-wrap: anywhere; }
+        </style>
+"""
+MAIN_CSS = (
+    """<link href="{{ url_for('rq_dashboard.static', filename='css/main.css') }}" rel="stylesheet">\n"""
+)
+
 # (template, text in rq-dashboard 0.9, replacement, times it occurs)
 REPLACEMENTS: tuple[tuple[str, str, str, int], ...] = (
-    ("jobs.html", "<%- $('<div/>').text(d.description).html() %>", "<%- d.description %>", 1),
+    (
+        "jobs.html",
+        """<span class="description ellipsify"><%- $('<div/>').text(d.description).html() %></span>""",
+        """<span class="description ellipsify" title="<%- d.description %>"><%- d.description %></span>""",
+        1,
+    ),
     ("jobs.html", "<%- $('<div/>').text(d.exc_info).html() %>", "<%- d.exc_info %>", 1),
     ("scripts/jobs.js", "$(this).val('{{ queue.name }}');", "$(this).val({{ queue.name|tojson|safe }});", 1),
+    ("base.html", MAIN_CSS, MAIN_CSS + JOBS_TABLE_CSS, 1),
     (
         "base.html",
         '<script type="text/javascript">\n',
