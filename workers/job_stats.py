@@ -96,20 +96,26 @@ _OUTCOMES = {
 }
 
 
-@contextmanager
-def logged_run(stats: JobStats, job: Job, queue: Queue, *, in_process: bool) -> Iterator[None]:
-    """The job's start line, then (unless the run raised) its counted outcome and end line.
+def log_started(job: Job) -> None:
+    """The job's start line, once its run is registered (and counted: `workers.job.runs_of`).
 
-    These two lines are all a worker logs for a job at INFO (`workers.logs` leaves out RQ's).
+    With the end line of `logged_run`, all a worker logs for a job at INFO (`workers.logs`
+    leaves out RQ's).
     """
+    attempt = runs_of(job)
     log.info(
         "job %s queue=%s func=%s attempt=%d status=started",
         job.id,
-        queue.name,
+        job.origin,
         _func_name(job),
-        runs_of(job),
-        extra={"job_id": job.id, "queue": queue.name, "attempt": runs_of(job), "status": "started"},
+        attempt,
+        extra={"job_id": job.id, "queue": job.origin, "attempt": attempt, "status": "started"},
     )
+
+
+@contextmanager
+def logged_run(stats: JobStats, job: Job, queue: Queue, *, in_process: bool) -> Iterator[None]:
+    """Time the run; then (unless it raised) count its outcome and log its end line."""
     started = time.monotonic()
     yield
     log_outcome(stats, job, queue, time.monotonic() - started, in_process=in_process)

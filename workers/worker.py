@@ -39,7 +39,7 @@ from jobs.serialization import JSONSerializer
 from workers import bookkeeping
 from workers.commands import SlotCommands
 from workers.job import KryonixJob, not_a_json_job
-from workers.job_stats import JobStats, logged_run
+from workers.job_stats import JobStats, log_started, logged_run
 from workers.logs import configure_logging
 from workers.loop import WorkLoop, in_process, redis_down, until_redis_answers
 from workers.process import die_with_parent, rss_bytes
@@ -126,12 +126,20 @@ class KryonixWorker(SlotCommands):
         """RQ's registry cleanup, after setting aside entries RQ cannot read.
 
         RQ's cleanup decodes every intermediate-list entry and fetches each expired
-        started job; one malformed entry would stop every worker at start.
+        started job; one malformed entry would stop every worker at start. Another worker
+        can move one into an intermediate list between the two steps: then the entries are
+        set aside again, and a cleanup that still meets one waits for the next pass.
         """
-        for queue in self.queues:
-            if isinstance(queue, KryonixQueue):
-                queue.set_aside_unreadable()
-        super().clean_registries()  # type: ignore[no-untyped-call]
+        for attempt in range(2):
+            for queue in self.queues:
+                if isinstance(queue, KryonixQueue):
+                    queue.set_aside_unreadable()
+            try:
+                super().clean_registries()  # type: ignore[no-untyped-call]
+                return
+            except UnicodeDecodeError as exc:  # an id that is not UTF-8 arrived meanwhile
+                if attempt:
+                    log.warning("registry cleanup left for the next pass: %s", exc)
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         set_process_role("worker-" + "-".join(self.queue_names()))
@@ -343,7 +351,9 @@ class KryonixWorker(SlotCommands):
 
     def prepare_execution(self, job: Job) -> Execution:
         """RQ's prepare_execution and prepare_job_execution, in one Lua call (workers.bookkeeping)."""
-        return bookkeeping.start(self, job) or super().prepare_execution(job)
+        execution = bookkeeping.start(self, job) or super().prepare_execution(job)
+        log_started(job)
+        return execution
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """RQ's, with undecodable job data refused as a permanent failure with its reason.

@@ -160,3 +160,30 @@ def test_jobs_on_threads_of_one_worker_each_keep_their_own_records(primary: redi
     assert worker.executions == {} and not primary.exists(worker.executions_key)
     assert int(primary.hget(worker.key, "successful_job_count") or 0) == len(jobs)
     assert all(len(job.results()) == 1 and not primary.exists(job.execution_registry.key) for job in jobs)
+
+
+def test_an_unreadable_id_arriving_during_registry_cleanup_does_not_stop_the_worker(
+    primary: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker moves a non-UTF-8 id into the intermediate list after ours set entries aside.
+
+    RQ's cleanup would raise UnicodeDecodeError and the worker would quit: the entries are
+    set aside again and the cleanup runs once more.
+    """
+    queue = KryonixQueue("email", connection=primary)
+    set_aside = KryonixQueue.set_aside_unreadable
+    calls: list[int] = []
+
+    def racing(self: KryonixQueue, now: float | None = None) -> list[str]:
+        calls.append(1)
+        if len(calls) == 1:  # our pass ran first; the bad entry lands right after it
+            found = set_aside(self, now)
+            primary.rpush(self.intermediate_queue.key, b"\xff\xfe\x00bad")
+            return found
+        return set_aside(self, now)
+
+    monkeypatch.setattr(KryonixQueue, "set_aside_unreadable", racing)
+    worker = KryonixWorker([queue], connection=primary)
+    worker.clean_registries()
+    assert len(calls) == 2
+    assert primary.lrange(queue.intermediate_queue.key, 0, -1) == [], "set aside, not left for RQ"
