@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis
@@ -132,6 +132,26 @@ def _unregistered_since(queue: KryonixQueue, now: float) -> dict[str, float]:
         return {}
     since = zip(unregistered, replies[-1], strict=True)
     return {job_id: float(first) for job_id, first in since if first is not None}
+
+
+def clean_readable(queues: Iterable[object], clean: Callable[[], object]) -> None:
+    """`clean` (RQ's registry cleanup) once the `queues`' entries it cannot read are set aside.
+
+    RQ's cleanup decodes every intermediate-list entry and fetches each expired started
+    job; one malformed entry would stop every worker at start. Another worker can move one
+    into an intermediate list between the two steps: then the entries are set aside again,
+    and a cleanup that still meets one waits for the next pass.
+    """
+    for attempt in range(2):
+        for queue in queues:
+            if isinstance(queue, KryonixQueue):
+                queue.set_aside_unreadable()
+        try:
+            clean()
+            return
+        except UnicodeDecodeError as exc:  # an id that is not UTF-8 arrived meanwhile
+            if attempt:
+                log.warning("registry cleanup left for the next pass: %s", exc)
 
 
 def run_forever(client: redis.Redis, *, interval_s: float = 5.0, stop: object = None) -> None:

@@ -42,6 +42,7 @@ from workers.job import KryonixJob, not_a_json_job
 from workers.job_stats import JobStats, log_started, logged_run
 from workers.logs import configure_logging
 from workers.loop import WorkLoop, in_process, redis_down, until_redis_answers
+from workers.maintenance import clean_readable
 from workers.process import die_with_parent, rss_bytes
 from workers.slots import Slots, ThreadAwareDeathPenalty
 from workers.startup import cluster_client_when_settled
@@ -123,23 +124,8 @@ class KryonixWorker(SlotCommands):
         return {**super().serialize(), CLASS_FIELD: f"{type(self).__module__}.{type(self).__qualname__}"}
 
     def clean_registries(self) -> None:
-        """RQ's registry cleanup, after setting aside entries RQ cannot read.
-
-        RQ's cleanup decodes every intermediate-list entry and fetches each expired
-        started job; one malformed entry would stop every worker at start. Another worker
-        can move one into an intermediate list between the two steps: then the entries are
-        set aside again, and a cleanup that still meets one waits for the next pass.
-        """
-        for attempt in range(2):
-            for queue in self.queues:
-                if isinstance(queue, KryonixQueue):
-                    queue.set_aside_unreadable()
-            try:
-                super().clean_registries()  # type: ignore[no-untyped-call]
-                return
-            except UnicodeDecodeError as exc:  # an id that is not UTF-8 arrived meanwhile
-                if attempt:
-                    log.warning("registry cleanup left for the next pass: %s", exc)
+        """RQ's registry cleanup, after setting aside what it cannot read (`maintenance.clean_readable`)."""
+        clean_readable(self.queues, super().clean_registries)
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         set_process_role("worker-" + "-".join(self.queue_names()))
