@@ -121,6 +121,32 @@ def test_status_reports_every_node_and_which_master_owns_the_rq_slot(cluster: Lo
     assert text.strip().endswith("status: OK")
 
 
+def test_status_lists_a_dead_replica_the_cluster_has_flagged_failing(cluster: LocalCluster) -> None:
+    # CLUSTER SLOTS leaves a failing replica out; the operator must still see it.
+    masters = {node.port for node in cluster.master_nodes()}
+    replica = next(node for node in cluster.nodes if node.port not in masters)
+    cluster.kill(replica)
+    address = f"127.0.0.1:{replica.port}"
+    witness = cluster.master_nodes()[0].client(decode_responses=True)
+    try:
+        wait_until(
+            lambda: "fail" in witness.cluster("NODES")[address]["flags"].split(","),
+            30,
+            "the cluster flags the killed replica as failed",
+        )
+    finally:
+        witness.close()
+
+    report = json.loads(cli(cluster, "status", "--json").stdout)
+    nodes = {node["address"]: node for node in report["cluster"]["nodes"]}
+    assert set(nodes) == {f"127.0.0.1:{node.port}" for node in cluster.nodes}
+    dead = nodes[address]
+    assert not dead["reachable"] and dead["role"] == "slave" and "fail" in dead["flags"]
+    assert dead["master"] in {f"127.0.0.1:{port}" for port in masters}
+    text = cli(cluster, "status").stdout
+    assert f"{address} UNREACHABLE (replica of {dead['master']}; cluster flags slave,fail)" in text
+
+
 def test_status_lists_the_queued_job_on_the_cluster(cluster: LocalCluster) -> None:
     run_child(cluster.addresses, "enqueue_email")
     report = json.loads(cli(cluster, "status", "--json").stdout)

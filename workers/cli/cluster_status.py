@@ -75,8 +75,30 @@ _INFO_FIELDS = (
 )
 
 
+def _members(client: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Every node in the cluster's membership table (CLUSTER NODES), failing ones too.
+
+    Not the client's slot map: CLUSTER SLOTS leaves out a replica the cluster has flagged
+    as failing, which is the node an operator most needs to see. Each entry is the node's
+    address and its table row, with the row's master id resolved to an address.
+    """
+    table: dict[str, dict[str, Any]] = client.cluster_nodes()
+    address_of = {row["node_id"]: address for address, row in table.items()}
+    members = []
+    for address, row in table.items():
+        flags = [flag for flag in row["flags"].split(",") if flag not in ("myself", "")]
+        if "noaddr" in flags or ":" not in address:
+            continue  # a forgotten node without an address: nothing to ask
+        members.append((address, {"flags": flags, "master_of_record": address_of.get(row["master_id"])}))
+    return members
+
+
+def _unreachable_role(flags: list[str]) -> str | None:
+    return "master" if "master" in flags else "slave" if "slave" in flags else None
+
+
 def cluster_facts(client: Any) -> dict[str, Any]:
-    """Every node the cluster client knows (masters first), with the `{rq}` slot's owner.
+    """Every node of the cluster (masters first), with the `{rq}` slot's owner.
 
     Raises:
         RedisClusterException, redis.RedisError: no node answers CLUSTER SLOTS.
@@ -84,8 +106,13 @@ def cluster_facts(client: Any) -> dict[str, Any]:
     counts, rq_owner = _slot_counts(client)
     kwargs = dict(client.nodes_manager.connection_kwargs)
     nodes = []
-    for node in client.get_nodes():
-        facts = _node_facts(node.host, int(node.port), kwargs)
+    for address, member in _members(client):
+        host, port = address.rsplit(":", 1)
+        facts = _node_facts(host, int(port), kwargs)
+        facts["flags"] = member["flags"]
+        if not facts["reachable"]:
+            facts["role"] = _unreachable_role(member["flags"])
+            facts["master"] = member["master_of_record"]
         facts["slots"] = counts.get(facts["address"], 0)
         facts["owns_rq_slot"] = facts["address"] == rq_owner
         nodes.append(facts)
@@ -101,7 +128,9 @@ def cluster_facts(client: Any) -> dict[str, Any]:
 
 def _node_line(node: dict[str, Any]) -> list[str]:
     if not node["reachable"]:
-        return [f"{node['address']} UNREACHABLE: {node['error']}"]
+        role = "master" if node["role"] == "master" else f"replica of {node['master']}"
+        flags = ",".join(node["flags"])
+        return [f"{node['address']} UNREACHABLE ({role}; cluster flags {flags}): {node['error']}"]
     if node["role"] == "master":
         role = f"master, {node['slots']} slots, {node['connected_replicas']} replicas"
         if node["owns_rq_slot"]:

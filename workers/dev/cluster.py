@@ -94,7 +94,8 @@ class LocalCluster:
 
     def wait_settled(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
         """Wait until every running node says `cluster_state:ok`, every slot has a live
-        master, and each master has its replicas in sync (after a start or a failover)."""
+        master, each master has its replicas in sync, and no node still flags a running
+        node as failing (after a start or a failover)."""
         _wait(self._settled, timeout_s, "state ok with every slot served")
 
     def _settled(self) -> bool:
@@ -106,6 +107,8 @@ class LocalCluster:
                 if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != SLOTS:
                     return False
                 if _role(client) == "slave" and client.info("replication").get("master_link_status") != "up":
+                    return False
+                if _flagged_failing(client) & {node.port for node in running}:
                     return False
             finally:
                 client.close()
@@ -165,6 +168,16 @@ class LocalCluster:
 
 def _known(client: redis.Redis) -> list[str]:
     return [line for line in _command(client, "CLUSTER", "NODES").splitlines() if line.strip()]
+
+
+def _flagged_failing(client: redis.Redis) -> set[int]:
+    """Ports this node flags `fail` or `fail?` (a restarted node is cleared by gossip, later)."""
+    ports = set()
+    for line in _known(client):
+        address, flags = line.split()[1:3]
+        if {"fail", "fail?"} & set(flags.split(",")):
+            ports.add(int(address.split("@")[0].rsplit(":", 1)[1]))
+    return ports
 
 
 def _masters(client: redis.Redis) -> int:
