@@ -10,7 +10,7 @@ import redis
 
 from cache.realtime.envelope import validate_user_id
 from cache.settings import get_settings
-from jobs.email.validation import check_address
+from jobs.email.validation import Mailbox, Recipient, parse_mailbox
 from jobs.enqueue import enqueue
 from jobs.errors import JobValidationError
 from jobs.queues import REPORT
@@ -36,7 +36,7 @@ class ReportRequest:
     filters: dict[str, Any]
     format: str
     requested_by: str | None
-    recipients: tuple[str, ...]
+    recipients: tuple[Mailbox, ...]
     rows_per_s: int | None
 
     def job_kwargs(self) -> dict[str, Any]:
@@ -44,30 +44,40 @@ class ReportRequest:
             "filters": self.filters,
             "format": self.format,
             "requested_by": self.requested_by,
-            "notify_email": list(self.recipients) or None,
+            "notify_email": recipients_as_json(self.recipients) or None,
             "throttle_rows_per_s": self.rows_per_s,
         }
 
 
-def _recipients(notify_email: object, allowed_domains: Sequence[str]) -> tuple[str, ...]:
-    """The addresses as the email queue will check them, within `allowed_domains` when set."""
+def recipients_as_json(recipients: Sequence[Mailbox]) -> list[str | list[str]]:
+    """The job's JSON form: a bare address, or `[display name, address]`. Pure."""
+    return [[mailbox.name, mailbox.address] if mailbox.name else mailbox.address for mailbox in recipients]
+
+
+def _recipients(notify_email: object, allowed_domains: Sequence[str]) -> tuple[Mailbox, ...]:
+    """The recipients as the email queue will check them, within `allowed_domains` when set.
+
+    As `enqueue_email`'s `to`: a tuple is one `(name, address)` recipient, several come as
+    a list; inside a list, a two-item list is a pair too (the job's JSON form).
+    """
     if notify_email is None:
         return ()
-    addresses = [notify_email] if isinstance(notify_email, str) else notify_email
-    if not isinstance(addresses, list | tuple) or len(addresses) > MAX_RECIPIENTS:
+    items = [notify_email] if isinstance(notify_email, str | tuple) else notify_email
+    if not isinstance(items, list) or len(items) > MAX_RECIPIENTS:
         raise ReportDefinitionError(f"notify_email must be an address or a list of at most {MAX_RECIPIENTS}")
-    clean = []
-    for address in addresses:
+    clean: dict[str, Mailbox] = {}
+    for item in items:
         try:
-            checked = check_address(address, "notify_email")
+            mailbox = parse_mailbox(tuple(item) if isinstance(item, list) else item, "notify_email")
         except JobValidationError as exc:
             raise ReportDefinitionError(str(exc)) from None
-        if allowed_domains and not in_domains(checked, allowed_domains):
+        if allowed_domains and not in_domains(mailbox.address, allowed_domains):
+            allowed = ", ".join(allowed_domains)
             raise ReportDefinitionError(
-                f"notify_email {checked!r} is outside REPORTS_NOTIFY_DOMAINS ({', '.join(allowed_domains)})"
+                f"notify_email {mailbox.address!r} is outside REPORTS_NOTIFY_DOMAINS ({allowed})"
             )
-        clean.append(checked)
-    return tuple(dict.fromkeys(clean))
+        clean.setdefault(mailbox.address.lower(), mailbox)
+    return tuple(clean.values())
 
 
 def in_domains(address: str, domains: Sequence[str]) -> bool:
@@ -92,13 +102,13 @@ def validate_request(
     *,
     format: object = "csv",
     requested_by: str | int | None = None,
-    notify_email: str | Sequence[str] | None = None,
+    notify_email: object = None,
     throttle_rows_per_s: object = None,
 ) -> ReportRequest:
     """Check a report request completely; the job runs this same check again in the worker.
 
-    `notify_email` addresses are checked as the email queue checks them (ASCII, no display
-    name) and, when `REPORTS_NOTIFY_DOMAINS` is set, must be in one of those domains.
+    `notify_email` recipients are checked as the email queue checks them and, when
+    `REPORTS_NOTIFY_DOMAINS` is set, must be in one of those domains.
 
     Raises:
         ReportDefinitionError: with a message naming what is wrong and what is expected.
@@ -128,7 +138,7 @@ def enqueue_report(
     *,
     format: str = "csv",
     requested_by: str | int | None = None,
-    notify_email: str | Sequence[str] | None = None,
+    notify_email: Recipient | Sequence[Recipient] | None = None,
     idempotency_key: str | None = None,
     throttle_rows_per_s: int | None = None,
     retry: RetryPolicy | None = None,
@@ -144,7 +154,9 @@ def enqueue_report(
             `datetime.date` or `YYYY-MM-DD`.
         format: `csv`, `jsonl` or `html`.
         requested_by: user id that receives the `report.ready` event.
-        notify_email: address(es) that get the "report ready" email.
+        notify_email: who gets the "report ready" email, as `enqueue_email`'s `to`: an
+            address, `Name <address>` or a `(name, address)` tuple, or a list of them; a
+            name greets the recipient ("Hello José,").
         idempotency_key: the same key gives the same report job, once.
         throttle_rows_per_s: pace the read to spare a busy database.
         retry: override the queue's retry policy.

@@ -44,7 +44,7 @@ def generate_report(
     *,
     format: str = "csv",
     requested_by: str | int | None = None,
-    notify_email: str | Sequence[str] | None = None,
+    notify_email: str | Sequence[str | Sequence[str]] | None = None,
     throttle_rows_per_s: int | None = None,
     report_id: str | None = None,
     **unknown: Any,
@@ -69,7 +69,7 @@ def generate_scheduled_report(
     filters: Mapping[str, Any] | None = None,
     *,
     format: str = "csv",
-    recipients: Sequence[str] = (),
+    recipients: Sequence[str | Sequence[str]] = (),
     window_days: int | None = None,
     **unknown: Any,
 ) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def _validated(
     filters: Mapping[str, Any] | None,
     fmt: str,
     requested_by: str | int | None,
-    notify_email: str | Sequence[str] | None,
+    notify_email: object,
     throttle_rows_per_s: int | None,
 ) -> ReportRequest:
     try:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
+from jobs.email.validation import Recipient
 from jobs.errors import EnqueueUnavailable, JobValidationError, TransientJobError
 from jobs.reports.build import ReportFile
 from jobs.reports.writers import CONTENT_TYPES
@@ -72,9 +73,6 @@ def publish_ready(requested_by: str | int, report: ReportFile, base_url: str | N
             "report %s: %s event for user %s not sent: %s", report.report_id, READY_EVENT, requested_by, exc
         )
         return None
-
-
-Recipient = str | tuple[str, str]  # an address, or (display name, address)
 
 
 def email_context(

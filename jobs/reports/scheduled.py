@@ -20,6 +20,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jobs.email.validation import Recipient
 from jobs.periodic import Periodic
 from jobs.reports.registry import ReportDefinitionError, filters_as_json, get_report_type
 
@@ -59,7 +60,7 @@ def scheduled_report(
     cron: str,
     report_type: str,
     filters: Mapping[str, Any] | None = None,
-    recipients: Sequence[str] = (),
+    recipients: Sequence[Recipient] = (),
     *,
     format: str = "csv",
     window_days: int | None = None,
@@ -69,7 +70,7 @@ def scheduled_report(
     Raises:
         ReportDefinitionError: anything invalid, with the same messages as `enqueue_report`.
     """
-    from jobs.reports.api import validate_request
+    from jobs.reports.api import recipients_as_json, validate_request
 
     filled = window_filters(report_type, filters, window_days, dt.datetime.now(dt.UTC).date())
     request = validate_request(report_type, filled, format=format, notify_email=list(recipients) or None)
@@ -86,7 +87,7 @@ def scheduled_report(
                 "report_type": request.report.name,
                 "filters": filters_as_json(stored),
                 "format": request.format,
-                "recipients": list(request.recipients),
+                "recipients": recipients_as_json(request.recipients),
                 "window_days": window_days,
             },
         )

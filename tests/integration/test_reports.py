@@ -432,6 +432,22 @@ def test_an_empty_report_says_which_filters_matched_nothing(
     assert email.args[0]["context"]["note"] == note, "the report-ready email says it too"
 
 
+def test_a_named_recipient_is_greeted_by_name_in_the_ready_email(
+    db_engine: Engine, report_settings: Path, primary: redis.Redis
+) -> None:
+    insert_known(db_engine)
+    job_id = enqueue_report("users", notify_email=[("José Silva", "jose@example.com"), "ops@example.com"])
+    [job] = KryonixQueue("report", connection=primary).jobs
+    assert job.id == job_id
+    generate_report(*job.args, report_id=job_id, **job.kwargs)  # the job's own JSON arguments
+    emails = {
+        email.args[0]["to"][0][1]: email.args[0] for email in KryonixQueue("email", connection=primary).jobs
+    }
+    assert emails["jose@example.com"]["to"] == [["José Silva", "jose@example.com"]]
+    assert emails["jose@example.com"]["context"]["name"] == "José Silva"
+    assert emails["ops@example.com"]["context"]["name"] is None, "an address alone: a neutral greeting"
+
+
 @pytest.mark.parametrize(("until", "days"), [("2026-02-01", 90), ("2026-06-30", 181)])
 def test_seed_demo_by_default_covers_january_2026_and_the_last_90_days(
     db_engine: Engine, until: str, days: int

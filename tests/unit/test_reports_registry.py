@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from jobs.email.validation import Mailbox
 from jobs.periodic import Periodic
 from jobs.reports import REPORT_TYPES, ReportDefinitionError, scheduled_report, validate_request
 from jobs.reports.queries import BUILDERS
@@ -113,7 +114,16 @@ def test_filters_are_normalized() -> None:
         ({"requested_by": "a:b"}, "requested_by: user_id must be 1-128 characters"),
         ({"requested_by": ""}, "requested_by"),
         ({"notify_email": "not-an-address"}, "notify_email 'not-an-address' is not a valid email address"),
-        ({"notify_email": ["ok@example.com", 7]}, "notify_email must be a string address, got int"),
+        (
+            {"notify_email": ["ok@example.com", 7]},
+            "notify_email must be a string address or a (name, address) pair, got int",
+        ),
+        (
+            {"notify_email": ("a@example.com", "b@example.com", "c@example.com")},
+            "must be a (display name, address) pair",
+        ),
+        ({"notify_email": [["Ana", "ana@example.com", "x"]]}, "must be a (display name, address) pair"),
+        ({"notify_email": ("Ana\r\nBcc: x@example.com", "ana@example.com")}, "header injection refused"),
         ({"notify_email": ["a@example.com"] * 51}, "at most 50"),
         ({"notify_email": "a@example.com\r\nBcc: x@example.com"}, "header injection refused"),
         ({"throttle_rows_per_s": 0}, "throttle_rows_per_s must be an integer 1..10000000, got 0"),
@@ -131,9 +141,29 @@ def test_request_options_are_normalized() -> None:
         "users", {}, format="html", requested_by=42, notify_email=["Ops@Example.com", "Ops@Example.com"]
     )
     assert request.requested_by == "42"
-    assert request.recipients == ("Ops@example.com",)
+    assert request.recipients == (Mailbox("", "Ops@example.com"),)
     assert request.job_kwargs()["notify_email"] == ["Ops@example.com"]
     assert validate_request("users", {}).job_kwargs()["notify_email"] is None
+
+
+def test_notify_email_takes_names_as_enqueue_email_does_and_keeps_them_through_the_job() -> None:
+    named = [("José Silva", "jose@example.com"), "Smith, John <john@example.com>", "ops@example.com"]
+    request = validate_request("users", {}, notify_email=named)
+    expected = (
+        Mailbox("José Silva", "jose@example.com"),
+        Mailbox("Smith, John", "john@example.com"),
+        Mailbox("", "ops@example.com"),
+    )
+    assert request.recipients == expected
+    as_json = request.job_kwargs()["notify_email"]
+    assert as_json == [
+        ["José Silva", "jose@example.com"],
+        ["Smith, John", "john@example.com"],
+        "ops@example.com",
+    ]
+    assert validate_request("users", {}, notify_email=as_json).recipients == expected, "the worker's check"
+    one_pair = validate_request("users", {}, notify_email=("Ana", "ana@example.com"))
+    assert one_pair.recipients == (Mailbox("Ana", "ana@example.com"),)
 
 
 # --- scheduled reports ---------------------------------------------------------------------
@@ -205,6 +235,8 @@ def test_scheduled_report_is_a_periodic_entry_on_the_report_queue() -> None:
     }
     fixed = scheduled_report("users-weekly", "0 7 * * 1", "users", {"created_from": dt.date(2025, 1, 1)}, [])
     assert fixed.kwargs["filters"] == {"created_from": "2025-01-01"}
+    named = scheduled_report("users-daily", "0 7 * * *", "users", {}, [("Ops Team", "ops@example.com")])
+    assert named.kwargs["recipients"] == [["Ops Team", "ops@example.com"]], "JSON-safe, the name kept"
 
 
 @pytest.mark.parametrize(
