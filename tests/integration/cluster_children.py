@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 from typing import Any
 
+from tests.integration.local_stack import without_session_settings
 from workers.dev.servers import PROJECT_ROOT
-
-SESSION_VARIABLES = (
-    "RQ_",
-    "REDIS_",
-    "CACHE_REDIS",
-    "SMTP_",
-    "DASHBOARD_",
-    "KRYONIX_",
-    "DATABASE_URL",
-    "REPORTS_",
-)
 
 
 def child_env(nodes: str, **extra: str) -> dict[str, str]:
     """This environment without the session's own settings, on the cluster `nodes`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SESSION_VARIABLES)}
+    env = without_session_settings()
     env.update(REDIS_CLUSTER_NODES=nodes, PYTHONUNBUFFERED="1", **extra)
     return env
 

@@ -25,6 +25,7 @@ import pytest
 from redis.crc import key_slot
 
 from tests.integration import cluster_children as children
+from tests.integration.local_stack import running_stack, stack_script
 from tests.waiting import wait_until
 from workers.dev.cluster import LocalCluster
 from workers.dev.servers import PROJECT_ROOT, free_port, wait_for_port
@@ -280,21 +281,7 @@ def _listening(port: int) -> bool:
 def test_up_cluster_runs_the_stack_on_the_cluster_and_delivers_an_email(tmp_path: Path) -> None:
     var, log = tmp_path / "var", tmp_path / "stack.log"
     ports = f"LocalPorts(smtp={free_port()}, dashboard={free_port()}, cluster={_cluster_ports()!r})"
-    script = (
-        "from pathlib import Path; from workers.dev.localstack import LocalPorts, run_local_stack; "
-        f"run_local_stack(Path({str(var)!r}), cluster=True, ports={ports})"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(children.SESSION_VARIABLES)}
-    with open(log, "wb") as out:
-        stack = subprocess.Popen(
-            [sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        # Up, or ended: a stack that exited (a port taken meanwhile, a crash) fails at once, with its output.
-        up = "Ctrl-C stops everything."
-        wait_until(lambda: up in log.read_text() or stack.poll() is not None, 180, "the stack up or ended")
-        assert stack.poll() is None, f"the stack exited with {stack.returncode}:\n{log.read_text()[-6000:]}"
+    with running_stack(stack_script(var, ports, cluster=True), log) as stack:
         local = dict(
             line.removeprefix("export ").split("=", 1)
             for line in (var / "local.env").read_text().splitlines()
@@ -309,12 +296,6 @@ def test_up_cluster_runs_the_stack_on_the_cluster_and_delivers_an_email(tmp_path
         assert "ana@example.com" in message.read_text(errors="replace")
         with urllib.request.urlopen(f"http://127.0.0.1:{local['DASHBOARD_PORT']}/", timeout=30) as response:
             assert response.status == 200, "the dashboard answers on the cluster"
-    finally:
-        if stack.poll() is None:
-            stack.send_signal(signal.SIGTERM)
-        stack.wait(180)
-    text = log.read_text()
-    assert stack.returncode == 0, text
-    assert "local stack stopped" in text
+    stack.check_stopped_cleanly()
     node_ports = [int(address.rsplit(":", 1)[1]) for address in nodes.split(",")]
     wait_until(lambda: not any(_listening(port) for port in node_ports), 30, "every node stopped")

@@ -7,8 +7,6 @@ whose ports are taken, or whose redis-server exits at start, says why in a few l
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from rq.worker import Worker
 from cache import connections
 from cache.settings import reset_settings
 from jobs.email import enqueue_email
+from tests.integration.local_stack import running_stack, stack_script, without_session_settings
 from tests.waiting import wait_until
 from workers.dev.localstack import LOCAL_CACHE_PORT, LOCAL_PRIMARY_PORT, LOCAL_SMTP_PORT
 from workers.dev.servers import PRIMARY_CONF, PROJECT_ROOT, RedisServer, ServerStartError, free_port
@@ -30,16 +29,6 @@ pytestmark = pytest.mark.ops
 
 DASHBOARD_PORT = 9181
 PORTS = (LOCAL_PRIMARY_PORT, LOCAL_CACHE_PORT, LOCAL_SMTP_PORT, DASHBOARD_PORT)
-OWN_VARIABLES = (
-    "RQ_",
-    "REDIS_",
-    "CACHE_REDIS",
-    "SMTP_",
-    "DATABASE_URL",
-    "REPORTS_",
-    "KRYONIX_",
-    "DASHBOARD_",
-)
 
 
 def _listening(port: int) -> bool:
@@ -61,53 +50,33 @@ def test_local_stack_delivers_an_email_and_stops_everything(
     busy = [port for port in PORTS if _listening(port)]
     if busy:
         pytest.skip(f"the local stack's ports are taken on this machine: {busy}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
-    log = tmp_path / "stack.log"
     var = tmp_path / "var"
-    script = (
-        "from pathlib import Path; from workers.dev.localstack import run_local_stack; "
-        f"run_local_stack(Path({str(var)!r}))"
-    )
-    with open(log, "wb") as out:
-        stack = subprocess.Popen(
-            [sys.executable, "-c", script],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
-        wait_until(lambda: "Ctrl-C stops everything." in log.read_text(), 120, "the stack is up")
-        local = _local_env(var / "local.env")
-        for name, value in local.items():
-            monkeypatch.setenv(name, value)
-        reset_settings()
-        connections.reset_clients()
-        client = redis.Redis.from_url(local["REDIS_URL"])
-        wait_until(
-            lambda: len(Worker.all(connection=client)) >= 3, 90, "2 email + 1 report workers registered"
-        )
+        with running_stack(stack_script(var), tmp_path / "stack.log") as stack:
+            local = _local_env(var / "local.env")
+            for name, value in local.items():
+                monkeypatch.setenv(name, value)
+            reset_settings()
+            connections.reset_clients()
+            client = redis.Redis.from_url(local["REDIS_URL"])
+            wait_until(
+                lambda: len(Worker.all(connection=client)) >= 3, 90, "2 email + 1 report workers registered"
+            )
 
-        enqueue_email(
-            "ana@example.com", "welcome", {"name": "Ana", "login_url": "https://app.example.com/login"}
-        )
-        mail = var / "mail"
-        wait_until(lambda: list(mail.glob("*.eml")), 60, "the catcher stored the message")
-        [message] = list(mail.glob("*.eml"))
-        assert "ana@example.com" in message.read_text(errors="replace")
-        with urllib.request.urlopen(f"http://127.0.0.1:{DASHBOARD_PORT}/", timeout=10) as response:
-            assert response.status == 200, "the dashboard answers on loopback"
-        client.close()
+            enqueue_email(
+                "ana@example.com", "welcome", {"name": "Ana", "login_url": "https://app.example.com/login"}
+            )
+            mail = var / "mail"
+            wait_until(lambda: list(mail.glob("*.eml")), 60, "the catcher stored the message")
+            [message] = list(mail.glob("*.eml"))
+            assert "ana@example.com" in message.read_text(errors="replace")
+            with urllib.request.urlopen(f"http://127.0.0.1:{DASHBOARD_PORT}/", timeout=10) as response:
+                assert response.status == 200, "the dashboard answers on loopback"
+            client.close()
     finally:
-        if stack.poll() is None:
-            stack.send_signal(signal.SIGTERM)
-        stack.wait(180)
         reset_settings()
         connections.reset_clients()
-    text = log.read_text()
-    assert stack.returncode == 0, text
-    assert "local stack stopped" in text
+    stack.check_stopped_cleanly()
     wait_until(lambda: not any(_listening(port) for port in PORTS), 30, "every port of the stack is closed")
 
 
@@ -123,13 +92,11 @@ def test_a_second_stack_on_taken_ports_names_them_and_starts_nothing(tmp_path: P
         ports = (
             f"LocalPorts(primary={taken[0]}, cache={free_port()}, smtp={free_port()}, dashboard={taken[1]})"
         )
-        script = (
-            "from pathlib import Path; from workers.dev.localstack import LocalPorts, run_local_stack; "
-            f"run_local_stack(Path({str(var)!r}), ports={ports})"
-        )
+        script = stack_script(var, ports)
         result = subprocess.run(
-            [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
-        )
+            [sys.executable, "-c", script], cwd=PROJECT_ROOT, env=without_session_settings(),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
     assert result.returncode == 1, result
     assert result.stdout == "", "nothing started, nothing announced"
     assert result.stderr == (

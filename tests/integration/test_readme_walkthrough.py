@@ -9,9 +9,7 @@ workers dev` runs it, on free ports. The output must show what "What you should 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,23 +18,13 @@ import pytest
 import redis
 from rq.worker import Worker
 
+from tests.integration.local_stack import running_stack, stack_script, without_session_settings
 from tests.waiting import wait_until
 from workers.dev.servers import PROJECT_ROOT, free_port
 
 pytestmark = pytest.mark.ops
 
 README = PROJECT_ROOT / "README.md"
-SETTINGS_PREFIXES = (
-    "RQ_",
-    "REDIS_",
-    "CACHE_REDIS",
-    "SMTP_",
-    "DATABASE_URL",
-    "REPORTS_",
-    "KRYONIX_",
-    "DASHBOARD_",
-    "VIRTUAL_ENV",
-)
 # Promises quoted in "What you should see" whose exact text the output must contain
 # (`...` stands for anything): job lines, the Subject lines, the report's rows, the tail's lines.
 QUOTED_PROMISES = re.compile(r"^(job |Subject: |'rows': |user:\d+:events )")
@@ -67,7 +55,7 @@ def snippet_pattern(snippet: str) -> re.Pattern[str]:
 def _fresh_env() -> dict[str, str]:
     """A new terminal's environment: none of the stack's settings, the project's Python not on PATH."""
     venv_bin = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES)}
+    env = without_session_settings()
     env["PATH"] = ":".join(p for p in env.get("PATH", "").split(":") if p and p != venv_bin)
     return env
 
@@ -95,29 +83,17 @@ def test_readme_walkthrough_runs_as_written_against_the_local_stack(
     ports = (
         f"LocalPorts(primary={free_port()}, cache={free_port()}, smtp={free_port()}, dashboard={free_port()})"
     )
-    script = (
-        "from pathlib import Path; from workers.dev.localstack import LocalPorts, run_local_stack; "
-        f"run_local_stack(Path({str(var)!r}), ports={ports})"
-    )
-    log = tmp_path / "stack.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES)}
-    with open(log, "wb") as out:
-        stack = subprocess.Popen(
-            [sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        up = "Ctrl-C stops everything."
-        wait_until(lambda: up in log.read_text() or stack.poll() is not None, 180, "the stack up or ended")
-        assert stack.poll() is None, f"the stack exited with {stack.returncode}:\n{log.read_text()[-6000:]}"
+    script = stack_script(var, ports)
+    with running_stack(script, tmp_path / "stack.log") as stack:
         # The reader waits for that line, then pastes: by then the workers have registered.
         local = (var / "local.env").read_text()
         [primary_url] = re.findall(r"^export REDIS_URL=(\S+)$", local, re.M)
         client = redis.Redis.from_url(primary_url)
-        registered = lambda: stack.poll() is not None or len(Worker.all(connection=client)) >= 3  # noqa: E731
+        ended = lambda: stack.process.poll() is not None  # noqa: E731
+        registered = lambda: ended() or len(Worker.all(connection=client)) >= 3  # noqa: E731
         wait_until(registered, 120, "2 email + 1 report workers, or the stack ended")
         client.close()
-        assert stack.poll() is None, f"the stack exited with {stack.returncode}:\n{log.read_text()[-6000:]}"
+        stack.check_running()
         result = subprocess.run(
             ["bash", "-eu", "-c", walkthrough_block()],
             cwd=checkout, env=_fresh_env(), capture_output=True, text=True, timeout=400,
@@ -125,12 +101,8 @@ def test_readme_walkthrough_runs_as_written_against_the_local_stack(
         # A second `make run` while this one is up: one line naming the ports, nothing started.
         second = subprocess.run(
             [sys.executable, "-c", script.replace(str(var), str(tmp_path / "second"))],
-            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+            cwd=PROJECT_ROOT, env=without_session_settings(), capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-    finally:
-        if stack.poll() is None:
-            stack.send_signal(signal.SIGTERM)
-        stack.wait(180)
     output = result.stdout
     shown = f"exit {result.returncode}\n--- stdout:\n{output}\n--- stderr:\n{result.stderr}"
     assert result.returncode == 0, shown
@@ -140,7 +112,7 @@ def test_readme_walkthrough_runs_as_written_against_the_local_stack(
     [line] = second.stderr.splitlines()
     assert line.startswith("ports ") and "are in use (another `make run`?); stop it" in line, line
     assert not (tmp_path / "second").exists()
-    assert stack.returncode == 0, log.read_text()
+    stack.check_stopped_cleanly()
 
 
 def _check_promises(output: str, shown: str) -> None:
