@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +53,23 @@ def stack_script(var: Path, ports: str | None = None, *, cluster: bool = False) 
         "from pathlib import Path; from workers.dev.localstack import LocalPorts, run_local_stack; "
         f"run_local_stack({', '.join(arguments)})"
     )
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def check_caught_and_served(var: Path, dashboard_port: int, *, timeout_s: float) -> None:
+    """The one email a test enqueued to ana@example.com is in the stack's mail catcher, and
+    the stack's dashboard answers."""
+    mail = var / "mail"
+    wait_until(lambda: list(mail.glob("*.eml")), timeout_s, "the catcher stored the message")
+    [message] = list(mail.glob("*.eml"))
+    assert "ana@example.com" in message.read_text(errors="replace")
+    with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/", timeout=30) as response:
+        assert response.status == 200, "the dashboard answers"
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -25,7 +24,7 @@ import pytest
 from redis.crc import key_slot
 
 from tests.integration import cluster_children as children
-from tests.integration.local_stack import running_stack, stack_script
+from tests.integration.local_stack import check_caught_and_served, listening, running_stack, stack_script
 from tests.waiting import wait_until
 from workers.dev.cluster import LocalCluster
 from workers.dev.servers import PROJECT_ROOT, free_port, wait_for_port
@@ -271,12 +270,6 @@ def _cluster_ports() -> tuple[int, ...]:
     return tuple(free_port(with_bus_port=True) for _ in range(6))
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.mark.timeout(360)
 def test_up_cluster_runs_the_stack_on_the_cluster_and_delivers_an_email(tmp_path: Path) -> None:
     var, log = tmp_path / "var", tmp_path / "stack.log"
@@ -290,12 +283,7 @@ def test_up_cluster_runs_the_stack_on_the_cluster_and_delivers_an_email(tmp_path
         nodes = local["REDIS_CLUSTER_NODES"]
         assert len(nodes.split(",")) == 6
         run_child(nodes, "enqueue_email")
-        mail = var / "mail"
-        wait_until(lambda: list(mail.glob("*.eml")), 120, "the catcher stored the message")
-        [message] = list(mail.glob("*.eml"))
-        assert "ana@example.com" in message.read_text(errors="replace")
-        with urllib.request.urlopen(f"http://127.0.0.1:{local['DASHBOARD_PORT']}/", timeout=30) as response:
-            assert response.status == 200, "the dashboard answers on the cluster"
+        check_caught_and_served(var, int(local["DASHBOARD_PORT"]), timeout_s=120)
     stack.check_stopped_cleanly()
     node_ports = [int(address.rsplit(":", 1)[1]) for address in nodes.split(",")]
-    wait_until(lambda: not any(_listening(port) for port in node_ports), 30, "every node stopped")
+    wait_until(lambda: not any(listening(port) for port in node_ports), 30, "every node stopped")

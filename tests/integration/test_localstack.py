@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,13 @@ from rq.worker import Worker
 from cache import connections
 from cache.settings import reset_settings
 from jobs.email import enqueue_email
-from tests.integration.local_stack import running_stack, stack_script, without_session_settings
+from tests.integration.local_stack import (
+    check_caught_and_served,
+    listening,
+    running_stack,
+    stack_script,
+    without_session_settings,
+)
 from tests.waiting import wait_until
 from workers.dev.localstack import LOCAL_CACHE_PORT, LOCAL_PRIMARY_PORT, LOCAL_SMTP_PORT
 from workers.dev.servers import PRIMARY_CONF, PROJECT_ROOT, RedisServer, ServerStartError, free_port
@@ -29,12 +34,6 @@ pytestmark = pytest.mark.ops
 
 DASHBOARD_PORT = 9181
 PORTS = (LOCAL_PRIMARY_PORT, LOCAL_CACHE_PORT, LOCAL_SMTP_PORT, DASHBOARD_PORT)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _local_env(path: Path) -> dict[str, str]:
@@ -47,7 +46,7 @@ def _local_env(path: Path) -> dict[str, str]:
 def test_local_stack_delivers_an_email_and_stops_everything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    busy = [port for port in PORTS if _listening(port)]
+    busy = [port for port in PORTS if listening(port)]
     if busy:
         pytest.skip(f"the local stack's ports are taken on this machine: {busy}")
     var = tmp_path / "var"
@@ -66,18 +65,13 @@ def test_local_stack_delivers_an_email_and_stops_everything(
             enqueue_email(
                 "ana@example.com", "welcome", {"name": "Ana", "login_url": "https://app.example.com/login"}
             )
-            mail = var / "mail"
-            wait_until(lambda: list(mail.glob("*.eml")), 60, "the catcher stored the message")
-            [message] = list(mail.glob("*.eml"))
-            assert "ana@example.com" in message.read_text(errors="replace")
-            with urllib.request.urlopen(f"http://127.0.0.1:{DASHBOARD_PORT}/", timeout=10) as response:
-                assert response.status == 200, "the dashboard answers on loopback"
+            check_caught_and_served(var, DASHBOARD_PORT, timeout_s=60)
             client.close()
     finally:
         reset_settings()
         connections.reset_clients()
     stack.check_stopped_cleanly()
-    wait_until(lambda: not any(_listening(port) for port in PORTS), 30, "every port of the stack is closed")
+    wait_until(lambda: not any(listening(port) for port in PORTS), 30, "every port of the stack is closed")
 
 
 def test_a_second_stack_on_taken_ports_names_them_and_starts_nothing(tmp_path: Path) -> None:

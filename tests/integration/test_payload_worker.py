@@ -163,7 +163,7 @@ def test_hand_written_hostile_report_jobs_fail_permanently(
         ["nightly", "users", {}],
         {"recipients": ["Eve <eve@evil.example>"]},
     )
-    refused[scheduled] = ("scheduled report with a display name", "is not a valid email address")
+    refused[scheduled] = ("scheduled report to a named recipient outside", "outside REPORTS_NOTIFY_DOMAINS")
     good_id = write_job(primary, "report", REPORT, ["users", {}], {"notify_email": "ops@example.com"})
     worker = processes.worker(
         "report",

@@ -102,7 +102,7 @@ def test_report_ids_are_matched_whole(report_id: str) -> None:
 def test_notify_domains_setting(settings_env: Callable[..., None]) -> None:
     settings_env(REPORTS_NOTIFY_DOMAINS="Example.com, corp.example")
     assert validate_request("users", {}, notify_email="a@sub.example.com").recipients == (
-        "a@sub.example.com",
+        Mailbox("", "a@sub.example.com"),
     )
     for outside in ("eve@evil.example", "eve@example.com.evil.example", "eve@notexample.com"):
         with pytest.raises(ReportDefinitionError, match="outside REPORTS_NOTIFY_DOMAINS"):
