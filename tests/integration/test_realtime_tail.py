@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import orjson
 import pytest
 import redis
 
@@ -67,6 +68,21 @@ def test_tail_prints_only_the_chosen_channels(primary: redis.Redis) -> None:
     assert lines == [format_event(event), format_event(service.events_since("system:events")[-1])]
     assert lines[0].endswith(f'user:7:events report.ready {mine} {{"a":1,"b":2}}')
     assert system in lines[1] and "not.mine" not in "".join(lines)
+
+
+def test_tail_writes_no_terminal_control_of_the_events_data_and_the_json_still_parses(
+    primary: redis.Redis,
+) -> None:
+    service = RealtimeService()
+    hostile = {"m": "\x9b31mC1 \u202eRTL \x1b[31mESC \x85NEL \u200b \U0001f600 \U000e0001", "\x9b2J": 1}
+    with tailing(["7"], system=False) as out:
+        prime(out, lambda: service.publish_user_event(7, "probe", {}))
+        sent = service.publish_user_event(7, "x.y", hostile)
+        wait_until(lambda: sent in "\n".join(out.lines()), WAIT_S, "the hostile event printed")
+        [line] = [line for line in out.lines() if sent in line]
+    assert line.isprintable() and "\x1b" not in line, line
+    assert orjson.loads(line.split(" ", 4)[4]) == hostile, "the escapes are JSON's: the value is unchanged"
+    assert "\U0001f600" in line, "printable text (an emoji) stays as it is"
 
 
 def test_tail_without_filters_follows_every_user_and_the_system(primary: redis.Redis) -> None:

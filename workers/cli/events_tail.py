@@ -17,15 +17,38 @@ from cache import keys
 from cache.realtime.envelope import Event, parse_stream_id, validate_user_id
 from cache.realtime.service import RealtimeService
 from cache.realtime.subscriber import Subscriber
+from cache.text import printable
 
 ALL_USERS_PATTERN = keys.user_channel("*")
 READY_TIMEOUT_S = 10.0
 
 
 def format_event(event: Event) -> str:
-    """`<timestamp> <channel> <event> <id> <data as JSON>`: greppable, one line."""
-    data = orjson.dumps(event.data, option=orjson.OPT_SORT_KEYS).decode()
-    return f"{event.timestamp} {event.channel} {event.event} {event.id} {data}"
+    """`<timestamp> <channel> <event> <id> <data as JSON>`: greppable, one line.
+
+    Event data is anyone's text: no character of it that a terminal would act on (C0 and C1
+    controls, bidirectional overrides, ...) is written raw. In the JSON it becomes a `\\u`
+    escape, so the data still parses to the same value.
+    """
+    data = _json_escaped(orjson.dumps(event.data, option=orjson.OPT_SORT_KEYS).decode())
+    head = " ".join(printable(part) for part in (event.timestamp, event.channel, event.event, event.id))
+    return f"{head} {data}"
+
+
+def _json_escaped(text: str) -> str:
+    """Every non-printable character of JSON `text` as its `\\uXXXX` escape (a surrogate pair
+    above U+FFFF); outside strings JSON holds only printable ASCII, so the value is unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _u_escape(char) for char in text)
+
+
+def _u_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def tail_events(
