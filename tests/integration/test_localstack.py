@@ -7,6 +7,8 @@ whose ports are taken, or whose redis-server exits at start, says why in a few l
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from cache import connections
 from cache.settings import reset_settings
 from jobs.email import enqueue_email
 from tests.integration.local_stack import (
+    STOP_TIMEOUT_S,
     check_caught_and_served,
     listening,
     running_stack,
@@ -27,7 +30,7 @@ from tests.integration.local_stack import (
     without_session_settings,
 )
 from tests.waiting import wait_until
-from workers.dev.localstack import LOCAL_CACHE_PORT, LOCAL_PRIMARY_PORT, LOCAL_SMTP_PORT
+from workers.dev.localstack import LOCAL_CACHE_PORT, LOCAL_PRIMARY_PORT, LOCAL_SMTP_PORT, hold_var_directory
 from workers.dev.servers import PRIMARY_CONF, PROJECT_ROOT, RedisServer, ServerStartError, free_port
 
 pytestmark = pytest.mark.ops
@@ -98,6 +101,55 @@ def test_a_second_stack_on_taken_ports_names_them_and_starts_nothing(tmp_path: P
         f"there (`ss -ltnp | grep {taken[0]}` names it), and start again\n"
     )
     assert not var.exists(), "no server, no data directory, no local.env"
+
+
+def _free_ports() -> str:
+    primary, cache, smtp, dashboard = (free_port() for _ in range(4))
+    return f"LocalPorts(primary={primary}, cache={cache}, smtp={smtp}, dashboard={dashboard})"
+
+
+def test_a_second_stack_on_the_same_var_directory_is_refused_whatever_its_ports(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    holder = hold_var_directory(var)  # as a running stack holds it
+    assert holder is not None
+    try:
+        (var / "local.env").write_text("export REDIS_URL=redis://127.0.0.1:1/0\n")
+        result = subprocess.run(
+            [sys.executable, "-c", stack_script(var, _free_ports())], cwd=PROJECT_ROOT,
+            env=without_session_settings(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert result.returncode == 1, result
+    assert result.stdout == "", "nothing started, nothing announced"
+    assert result.stderr == (
+        f"{var} is in use by another local stack (pid {os.getpid()}; `make run` or `python -m workers up`); "
+        "stop it first, or give this one another directory\n"
+    )
+    assert sorted(path.name for path in var.iterdir()) == [".stack.lock", "local.env"], "no server started"
+    assert (var / "local.env").read_text() == "export REDIS_URL=redis://127.0.0.1:1/0\n", "not overwritten"
+    again = hold_var_directory(var)
+    assert again is not None, "free again once its holder has gone"
+    again.close()
+
+
+def _supervisord_under(pid: int) -> int:
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if b"supervisord" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise AssertionError(f"no supervisord under pid {pid}")
+
+
+@pytest.mark.timeout(300)
+def test_a_stack_whose_supervisord_dies_stops_and_exits_1(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    with running_stack(stack_script(var, _free_ports()), tmp_path / "stack.log") as stack:
+        os.kill(_supervisord_under(stack.process.pid), signal.SIGKILL)
+        stack.process.wait(STOP_TIMEOUT_S)
+    output = stack.output()
+    assert stack.process.returncode == 1, output[-6000:]
+    assert "supervisord exited with -9; stopping the stack" in output
+    assert output.rstrip().endswith("local stack stopped"), "the servers it started are stopped too"
 
 
 def test_a_redis_server_that_exits_at_start_reports_the_end_of_its_log(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ Cluster (3 masters, 3 replicas) for both roles instead of the two servers.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import shutil
@@ -22,6 +23,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from cache.appcache.platform import create_schema, make_engine
 from workers.dev.cluster import LocalCluster
@@ -196,6 +198,31 @@ def _prepare_database(url: str) -> None:
     engine.dispose()
 
 
+def hold_var_directory(var: Path) -> TextIO | None:
+    """Lock `var/` for this stack (released when the process ends, however it ends); None
+    when another stack holds it: two stacks on one `var/` would share Redis data files
+    and overwrite each other's `local.env`, whatever their ports."""
+    var.mkdir(parents=True, exist_ok=True)
+    lock = open(var / ".stack.lock", "a+")  # noqa: SIM115 - held for the life of the stack
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def var_in_use_message(var: Path) -> str:
+    holder = (var / ".stack.lock").read_text().strip() or "?"
+    return (
+        f"{var} is in use by another local stack (pid {holder}; `make run` or `python -m workers up`); "
+        "stop it first, or give this one another directory"
+    )
+
+
 def _announce(redis_lines: list[str], var: Path, ports: LocalPorts) -> None:
     for line in redis_lines:
         print(line)
@@ -212,13 +239,19 @@ def run_local_stack(
     """Run the stack until SIGINT/SIGTERM; with `cluster`, on a local 6-node Redis Cluster.
 
     Exits 1 with one line on stderr, before starting anything, when one of its ports is
-    taken (another `make run`, most likely), and when a redis-server exits at start.
+    taken (another `make run`, most likely) or another stack runs on `var/`, and when a
+    redis-server exits at start; exits 1 too when a server or supervisord ends by itself.
     """
     busy = [port for port in stack_ports(ports, cluster=cluster) if port_in_use(port)]
     if busy:
         print(ports_in_use_message(busy), file=sys.stderr, flush=True)
         raise SystemExit(1)
+    lock = hold_var_directory(var)
+    if lock is None:
+        print(var_in_use_message(var), file=sys.stderr, flush=True)
+        raise SystemExit(1)
     stop = threading.Event()
+    failure: str | None = None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
@@ -248,6 +281,7 @@ def run_local_stack(
             )
             if reason:
                 print(f"{reason}; stopping the stack", flush=True)
+                failure = reason
                 stop.set()
     except ServerStartError as exc:
         print(exc, file=sys.stderr, flush=True)
@@ -260,3 +294,6 @@ def run_local_stack(
             catcher.stop()
         redis_.stop()
         print("local stack stopped", flush=True)
+        lock.close()
+    if failure is not None:
+        raise SystemExit(1)  # it stopped by itself: a failure, for `make run` and its callers
