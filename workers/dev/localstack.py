@@ -223,6 +223,19 @@ def var_in_use_message(var: Path) -> str:
     )
 
 
+def _claim(var: Path, ports: list[int]) -> TextIO:
+    """The lock on `var/`, once the ports are free too; else exit 1 with one line on stderr."""
+    busy = [port for port in ports if port_in_use(port)]
+    if busy:
+        print(ports_in_use_message(busy), file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    lock = hold_var_directory(var)
+    if lock is None:
+        print(var_in_use_message(var), file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    return lock
+
+
 def _announce(redis_lines: list[str], var: Path, ports: LocalPorts) -> None:
     for line in redis_lines:
         print(line)
@@ -242,14 +255,7 @@ def run_local_stack(
     taken (another `make run`, most likely) or another stack runs on `var/`, and when a
     redis-server exits at start; exits 1 too when a server or supervisord ends by itself.
     """
-    busy = [port for port in stack_ports(ports, cluster=cluster) if port_in_use(port)]
-    if busy:
-        print(ports_in_use_message(busy), file=sys.stderr, flush=True)
-        raise SystemExit(1)
-    lock = hold_var_directory(var)
-    if lock is None:
-        print(var_in_use_message(var), file=sys.stderr, flush=True)
-        raise SystemExit(1)
+    lock = _claim(var, stack_ports(ports, cluster=cluster))
     stop = threading.Event()
     failure: str | None = None
 
