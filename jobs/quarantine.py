@@ -28,6 +28,8 @@ log = logging.getLogger("kryonix.quarantine")
 
 QUARANTINE_KEY = keys.quarantine(RQ_KEY_PREFIX)  # on RQ's slot: one MULTI with RQ's lists
 
+MAX_AT = 253402300800.0  # 10000-01-01: later cannot be shown as a date
+
 JOB_ID = re.compile(r"[A-Za-z0-9_-]+")  # RQ's own rule (rq.job.JOB_ID_PATTERN), checked before RQ raises
 
 
@@ -75,7 +77,7 @@ class Quarantined:
     id: str
     reason: str
     source: str
-    at: float
+    at: float | None  # None: unknown (an unreadable entry)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -109,12 +111,26 @@ def list_quarantined(client: redis.Redis, *, queue: str | None = None) -> list[Q
     entries = []
     for raw in client.hvals(QUARANTINE_KEY):
         try:
-            entry = Quarantined(**json.loads(raw))
+            entry = _entry(json.loads(raw))
         except (ValueError, TypeError) as exc:  # written by hand too: show it, do not fail
-            entry = Quarantined("?", printable(raw)[:80], f"unreadable quarantine entry: {exc}", "", 0.0)
+            entry = Quarantined("?", printable(raw)[:80], f"unreadable quarantine entry: {exc}", "", None)
         if queue is None or entry.queue == queue:
             entries.append(entry)
-    return sorted(entries, key=lambda entry: entry.at, reverse=True)
+    return sorted(entries, key=lambda entry: entry.at or 0.0, reverse=True)
+
+
+def _entry(fields: Any) -> Quarantined:
+    """One entry as `quarantine` wrote it. Raises TypeError or ValueError for any other shape."""
+    if not isinstance(fields, dict):
+        raise TypeError(f"JSON {type(fields).__name__}, not an object")
+    entry = Quarantined(**fields)
+    for name in ("queue", "id", "reason", "source"):
+        if not isinstance(getattr(entry, name), str):
+            raise TypeError(f"{name} is not text")
+    at = entry.at
+    if not isinstance(at, int | float) or isinstance(at, bool) or not 0 <= at < MAX_AT:
+        raise ValueError(f"at {printable(repr(at))[:40]} is not a time in seconds since the epoch")
+    return entry
 
 
 def purge_quarantined(client: redis.Redis, *, queue: str | None = None) -> int:

@@ -77,3 +77,27 @@ def test_events_command_refuses_a_negative_replay(processes: Processes) -> None:
     result = processes.cli("events", "--replay", "-1")
     assert result.returncode == 2
     assert "Invalid value for '--replay'" in result.stderr
+
+
+def test_events_command_refuses_a_replay_past_its_maximum_in_one_line(processes: Processes) -> None:
+    result = processes.cli("events", "--user", "42", "--replay", "9223372036854775808")
+    assert result.returncode == 2
+    assert "Invalid value for '--replay'" in result.stderr and "10000" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_events_command_follows_a_user_named_twice_once(primary: redis.Redis, processes: Processes) -> None:
+    service = RealtimeService()
+    service.publish_user_event(42, "report.progress", {"n": 1})
+    tail = processes.start(
+        sys.executable, "-m", "workers", "events", "--user", "42", "--user", "42", "--replay", "5",
+        name="tail", split_stderr=True,
+    )  # fmt: skip
+    wait_until(lambda: "following" in stderr_of(tail), 30, "the tail said what it follows")
+    assert "following user:42:events after" in stderr_of(tail)
+    service.publish_user_event(42, "report.ready", {"n": 2})
+    wait_until(lambda: "report.ready" in log_of(tail), 30, "the live event was printed")
+    tail.send_signal(signal.SIGINT)
+    tail.wait(30)
+    printed = [json.loads(line.split(" ", 4)[4])["n"] for line in log_of(tail).splitlines()]
+    assert printed == [1, 2], "each event once"

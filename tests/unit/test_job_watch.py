@@ -11,6 +11,8 @@ import pty
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from workers.cli.failed import iso_utc
 from workers.cli.jobwatch import progress_line, watch_job
 from workers.job import count_run, runs_of
@@ -102,3 +104,21 @@ def test_runs_count_each_start_and_ignore_a_forged_count() -> None:
 def test_times_are_iso_utc_to_the_second() -> None:
     assert iso_utc(0.5) == "1970-01-01T00:00:00Z"
     assert iso_utc(None) is None
+
+
+def test_on_a_terminal_a_missing_job_draws_nothing_before_the_error() -> None:
+    def missing() -> dict[str, Any]:
+        raise LookupError("no job 'nonexist'")
+
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "w", encoding="utf-8") as out:
+        with pytest.raises(LookupError, match="nonexist"):
+            watch_job(missing, out=out, interval_s=0)
+        out.flush()
+        os.set_blocking(master, False)
+        try:
+            drawn = os.read(master, 65536)
+        except BlockingIOError:
+            drawn = b""
+    os.close(master)
+    assert drawn == b"", "no empty bar before the error"

@@ -59,9 +59,28 @@ def _queues(queue: str | None) -> Iterable[str]:
     return [queue] if queue else list(QUEUES)
 
 
+TRACEBACK_MAX_LINES = 200  # `failed show` prints the end of a longer traceback (--json keeps it whole)
+TRACEBACK_MAX_CHARS = 64 * 1024
+
+
+def error_text(exc: BaseException) -> str:
+    """`Type: message`, or the type alone: some exceptions (RQ's, asserts) carry no message."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def traceback_of(job: Job) -> str:
-    """The traceback RQ stored with the job's latest failed result ('' if none)."""
-    result = job.latest_result()
+    """The traceback RQ stored with the job's latest failed result ('' if none).
+
+    A result-stream entry written by hand may not parse: its reason is returned instead,
+    so one bad entry cannot stop `failed list` or `job`.
+    """
+    try:
+        result = job.latest_result()
+    except redis.RedisError:
+        raise
+    except Exception as exc:
+        return f"result stream entry unreadable: {error_text(exc)}"
     return (result.exc_string or "") if result is not None else ""
 
 
@@ -119,24 +138,36 @@ def show_failed(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
     try:
         job = KryonixJob.fetch(job_id, connection=client)
     except UnreadableJob as exc:
-        raise LookupError(f"job {printable(job_id)!r} cannot be shown: {exc.reason}") from None
+        raise LookupError(f"job {job_id!r} cannot be shown: {exc.reason}") from None
     except NoSuchJobError:
-        raise LookupError(f"no job {printable(job_id)!r} (never existed, or expired)") from None
+        raise LookupError(f"no job {job_id!r} (never existed, or expired)") from None
     status = job.get_status(refresh=False)
-    if job.origin not in QUEUES or job.id not in _registry(client, queue=job.origin):
+    queue = failed_queue(client, job_id=job.id)
+    if queue is None:
         shown = status.value if status is not None else "unknown"
-        raise LookupError(f"job {printable(job_id)!r} has not failed: it is {shown} (see `job {job.id}`)")
-    details = _describe(job, job.origin).as_dict()
+        if shown == "failed":
+            raise LookupError(
+                f"job {job_id!r} says it failed, but no failed registry lists it (see `job {job.id}`)"
+            )
+        raise LookupError(f"job {job_id!r} has not failed: it is {shown} (see `job {job.id}`)")
+    details = _describe(job, queue).as_dict()
     try:
         details.update(args=job.args, kwargs=job.kwargs)
     except Exception as exc:
-        details.update(args=f"<undecodable: {exc}>", kwargs=None)
+        details.update(args=f"<undecodable: {error_text(exc)}>", kwargs=None)
     details.update(
         status=status.value if status is not None else None,
         meta=job.meta,
         traceback=traceback_of(job),
     )
+    if job.origin != queue:
+        details.update(origin=job.origin)  # what the hash says: `failed requeue` sets it to `queue`
     return details
+
+
+def failed_queue(client: redis.Redis, *, job_id: str) -> str | None:
+    """The queue whose failed registry lists `job_id` (the job's own `origin` may say anything)."""
+    return next((name for name in QUEUES if job_id in _registry(client, queue=name)), None)
 
 
 def render_failed(details: dict[str, Any]) -> str:
@@ -149,31 +180,66 @@ def render_failed(details: dict[str, Any]) -> str:
         f"  attempts: {details['attempts']}",
         f"  reason: {details['reason']}",
     ]
+    if "origin" in details:
+        lines.append(f"  origin: {details['origin']!r} (not {details['queue']}; requeue sets it)")
     traceback = str(details.get("traceback") or "").rstrip()
-    lines += ["  traceback:", *(f"    {line}" for line in traceback.splitlines())] if traceback else []
+    if traceback:
+        shown = _traceback_tail(traceback)
+        cut = len(traceback) - len("\n".join(shown))
+        lines.append("  traceback:")
+        if cut:
+            dropped = len(traceback.splitlines()) - len(shown)
+            lines.append(
+                f"    [{cut:,} earlier characters ({dropped:,} lines) cut; "
+                f"`failed show {details['id']} --json` prints it whole]"
+            )
+        lines += [f"    {line}" for line in shown]
     return "\n".join(printable(line) for line in lines)
 
 
-def requeue(client: redis.Redis, *, job_id: str) -> str:
-    """Put one failed job back at the end of its queue (its failure record is cleared).
+def _traceback_tail(traceback: str) -> list[str]:
+    """The last TRACEBACK_MAX_LINES lines, within TRACEBACK_MAX_CHARS: the end says what failed."""
+    lines = traceback[-TRACEBACK_MAX_CHARS:].splitlines()
+    if len(traceback) > TRACEBACK_MAX_CHARS and len(lines) > 1:
+        lines = lines[1:]  # it begins mid-line
+    return lines[-TRACEBACK_MAX_LINES:]
+
+
+def requeue(client: redis.Redis, *, job_id: str) -> tuple[str, str | None]:
+    """Put one failed job back at the end of the queue whose failed registry lists it.
+
+    Its failure record is cleared, and its `origin` set to that queue if it said another
+    (RQ requeues onto `origin`: a hand-written one would name a queue no worker serves).
+    Returns the queue and the `origin` it replaced (None if it was right).
 
     Raises:
-        LookupError: not in any failed registry.
+        LookupError: not in any failed registry, or listed there but unreadable.
     """
-    for name in QUEUES:
+    name = failed_queue(client, job_id=job_id)
+    if name is not None:
         registry = _registry(client, queue=name)
-        if job_id in registry:
-            try:
-                job = KryonixJob.fetch(job_id, connection=client)
-            except NoSuchJobError:
-                break
-            job.meta.pop("failure", None)
-            job.save_meta()  # type: ignore[no-untyped-call]
-            try:
-                registry.requeue(job)
-            except InvalidJobOperation:
-                break  # requeued concurrently by someone else
-            return name
+        try:
+            job = KryonixJob.fetch(job_id, connection=client)
+        except UnreadableJob as exc:
+            raise LookupError(
+                f"job {job_id!r} is in the {name} failed registry but cannot be requeued: {exc.reason} "
+                f"(`failed purge --queue {name}` deletes it with that queue's other failed jobs)"
+            ) from None
+        except NoSuchJobError:
+            raise LookupError(
+                f"job {job_id!r} is in the {name} failed registry but its hash is gone"
+            ) from None
+        former = job.origin if job.origin != name else None
+        job.origin = name
+        job.meta.pop("failure", None)
+        if former is not None:
+            client.hset(job.key, "origin", name)
+        job.save_meta()  # type: ignore[no-untyped-call]
+        try:
+            registry.requeue(job)
+            return name, former
+        except InvalidJobOperation:
+            pass  # requeued concurrently by someone else
     raise LookupError(f"job {job_id!r} is not in a failed registry")
 
 

@@ -10,7 +10,8 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 
 from cache.text import printable
-from workers.cli.failed import iso_utc, reason_of
+from jobs.quarantine import UnreadableJob
+from workers.cli.failed import error_text, iso_utc, reason_of
 from workers.job import KryonixJob, runs_of
 
 BAR_WIDTH = 30
@@ -22,16 +23,18 @@ def progress_bar(percent: float, width: int = BAR_WIDTH) -> str:
 
 
 def describe_job(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
-    """Raises LookupError when the job does not exist."""
+    """Raises LookupError when the job does not exist or cannot be read (the reason given)."""
     try:
         job = KryonixJob.fetch(job_id, connection=client)
+    except UnreadableJob as exc:  # a NoSuchJobError too: caught first
+        raise LookupError(f"job {job_id!r} cannot be shown: {exc.reason}") from None
     except NoSuchJobError:
         raise LookupError(f"no job {job_id!r} (never existed, or its result expired)") from None
     status = job.get_status(refresh=False)
     info: dict[str, Any] = {
         "id": job.id,
         "queue": job.origin,
-        "func": job.func_name,
+        "func": _func_name(job),
         "status": status.value if status is not None else None,
         "attempts": runs_of(job),
         "enqueued_at": iso_utc(job.enqueued_at),
@@ -40,7 +43,7 @@ def describe_job(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
         "progress": job.meta.get("progress"),
     }
     if info["status"] == "finished":
-        info["result"] = job.return_value()
+        info.update(_result_of(job))
     if info["status"] in ("failed", "stopped"):
         info["failure_kind"], info["failure_reason"] = reason_of(job)
     if info["status"] == "scheduled":
@@ -48,6 +51,23 @@ def describe_job(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
             info["failure_kind"], info["failure_reason"] = _last_exception(job)
         info.update(_next_run(client, job))
     return info
+
+
+def _func_name(job: Job) -> str:
+    try:
+        return str(job.func_name)
+    except Exception:  # undecodable payload (e.g. pickle written by hand), as `failed show` says
+        return "<undecodable>"
+
+
+def _result_of(job: Job) -> dict[str, Any]:
+    """{"result": value}, or {"result_unreadable": why} for a result entry written by hand."""
+    try:
+        return {"result": job.return_value()}
+    except redis.RedisError:
+        raise
+    except Exception as exc:
+        return {"result_unreadable": error_text(exc)}
 
 
 def _last_exception(job: Job) -> tuple[str, str]:
@@ -90,6 +110,8 @@ def render_job(info: dict[str, Any]) -> str:
         lines.append(f"  progress: {progress_bar(percent)} {progress.get('message', '')}")
     if "result" in info:
         lines.append(f"  result: {info['result']!r}")
+    if "result_unreadable" in info:
+        lines.append(f"  result: <unreadable: {info['result_unreadable']}>")
     if "failure_reason" in info:
         failed = "failed" if info["status"] != "scheduled" else "last failure"
         lines.append(f"  {failed} ({info['failure_kind']}): {info['failure_reason']}")

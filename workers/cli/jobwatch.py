@@ -39,17 +39,17 @@ def watch_job(describe: Describe, *, out: TextIO, interval_s: float = 1.0) -> di
     Raises:
         LookupError: the job is gone (from `describe`).
     """
+    info = describe()  # first: a missing job is one error line, not an empty bar before it
     follow = _follow_live if out.isatty() else _follow_lines
-    info = follow(describe, out, interval_s)
+    info = follow(describe, out, interval_s, info)
     out.write(render_job(info) + "\n")
     out.flush()
     return info
 
 
-def _follow_lines(describe: Describe, out: TextIO, interval_s: float) -> dict[str, Any]:
+def _follow_lines(describe: Describe, out: TextIO, interval_s: float, info: dict[str, Any]) -> dict[str, Any]:
     last = None
     while True:
-        info = describe()
         line = progress_line(info)
         if line != last:
             out.write(line + "\n")
@@ -58,9 +58,10 @@ def _follow_lines(describe: Describe, out: TextIO, interval_s: float) -> dict[st
         if info["status"] in ENDED:
             return info
         time.sleep(interval_s)
+        info = describe()
 
 
-def _follow_live(describe: Describe, out: TextIO, interval_s: float) -> dict[str, Any]:
+def _follow_live(describe: Describe, out: TextIO, interval_s: float, info: dict[str, Any]) -> dict[str, Any]:
     console = Console(file=out, highlight=False, markup=False, emoji=False)
     columns = (
         TextColumn("{task.description}", markup=False),
@@ -71,7 +72,6 @@ def _follow_live(describe: Describe, out: TextIO, interval_s: float) -> dict[str
     with Progress(*columns, console=console, redirect_stdout=False, redirect_stderr=False) as bar:
         task = bar.add_task("", total=100.0, message="")
         while True:
-            info = describe()
             percent = job_percent(info.get("progress"))
             message = info["progress"].get("message", "") if percent is not None else ""
             bar.update(
@@ -84,3 +84,4 @@ def _follow_live(describe: Describe, out: TextIO, interval_s: float) -> dict[str
                 bar.refresh()
                 return info
             time.sleep(interval_s)
+            info = describe()

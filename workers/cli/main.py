@@ -152,21 +152,23 @@ def backup_command(timeout_s: float, as_json: bool) -> None:
         click.echo("\n".join((render_every_master if cluster else render_backup)(result)))
 
 
+REPLAY_MAX = 10_000  # ten times what a channel keeps by default (EVENTS_STREAM_MAXLEN, 1000)
+_REPLAY_HELP = f"First print the last N events of each channel (at most {REPLAY_MAX:,})."
+
+
 @main.command()
 @click.option("--user", "user_ids", multiple=True, help="Follow this user's events (repeatable).")
 @click.option("--system", is_flag=True, help="Follow system events.")
-@click.option(
-    "--replay", default=0, type=click.IntRange(min=0), help="First print the last N events of each channel."
-)
+@click.option("--replay", default=0, type=click.IntRange(min=0, max=REPLAY_MAX), help=_REPLAY_HELP)
 def events(user_ids: tuple[str, ...], system: bool, replay: int) -> None:
     """Tail real-time events live (all users and system events when no filter is given)."""
-    from cache.realtime.envelope import InvalidEvent
+    from cache.realtime.envelope import RealtimeError
     from workers.cli.events_tail import tail_events
 
     _primary()
-    try:
-        tail_events(list(user_ids), system, sys.stdout, replay=replay, notice=sys.stderr)
-    except (InvalidEvent, RedisUnavailable) as exc:
+    try:  # a user named twice is followed once
+        tail_events(list(dict.fromkeys(user_ids)), system, sys.stdout, replay=replay, notice=sys.stderr)
+    except (RealtimeError, RedisUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -268,6 +270,15 @@ def scheduler(tick: float, maintenance_interval: float) -> None:
     SchedulerProcess(_primary_when_up(), tick_s=tick, maintenance_interval_s=maintenance_interval).run()
 
 
+def _job_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A JOB_ID argument: RQ's id characters, else one error line (no job can have another id)."""
+    from jobs.quarantine import JOB_ID
+
+    if value is None or JOB_ID.fullmatch(value):
+        return value
+    raise click.ClickException(f"job id {value!r} is malformed: only letters, digits, '_' and '-' allowed")
+
+
 @main.group()
 def failed() -> None:
     """Inspect and act on the failed-job registries."""
@@ -297,7 +308,7 @@ def failed_list(queue: str | None, as_json: bool) -> None:
 
 
 @failed.command("show")
-@click.argument("job_id")
+@click.argument("job_id", callback=_job_id)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for machines.")
 def failed_show(job_id: str, as_json: bool) -> None:
     """Everything about one failed job: arguments, reason, traceback; exit 1 if it has not failed."""
@@ -311,7 +322,7 @@ def failed_show(job_id: str, as_json: bool) -> None:
 
 
 @failed.command("requeue")
-@click.argument("job_id", required=False)
+@click.argument("job_id", required=False, callback=_job_id)
 @click.option("--all", "all_jobs", is_flag=True, help="Requeue every failed job (of --queue).")
 @_QUEUE
 def failed_requeue(job_id: str | None, all_jobs: bool, queue: str | None) -> None:
@@ -321,8 +332,9 @@ def failed_requeue(job_id: str | None, all_jobs: bool, queue: str | None) -> Non
     if bool(job_id) == all_jobs:
         raise click.UsageError("give either a JOB_ID or --all")
     if job_id:
-        name = _guard(lambda: requeue(_primary(), job_id=job_id))
-        click.echo(f"requeued {job_id} on {name}")
+        name, former = _guard(lambda: requeue(_primary(), job_id=job_id))
+        fixed = f" (its origin was {former!r}: set to {name})" if former is not None else ""
+        click.echo(f"requeued {job_id} on {name}{fixed}")
     else:
         ids = _guard(lambda: requeue_all(_primary(), queue=queue))
         click.echo(f"requeued {len(ids)} job(s)")
@@ -343,7 +355,7 @@ def failed_purge(queue: str | None, older_than: str | None) -> None:
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", callback=_job_id)
 @click.option("--watch", is_flag=True, help="Follow the job until it ends (a progress bar on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for machines.")
 def job(job_id: str, watch: bool, as_json: bool) -> None:
@@ -377,8 +389,10 @@ def _guard(call: Any) -> Any:
     """Operator mistakes (unknown id or queue) become one clean error line."""
     try:
         return call()
-    except (LookupError, ValueError) as exc:
+    except LookupError as exc:  # a KeyError's str() would quote the message
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc) or type(exc).__name__) from None
 
 
 main.add_command(dev, name="up")  # the design's name for "bring the local stack up"
