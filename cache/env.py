@@ -94,20 +94,18 @@ class Env:
         return value
 
     def hostname(self, name: str) -> str | None:
-        """A fully qualified host name (`mail.example.com`) or an address literal (`[192.0.2.1]`)."""
+        """A fully qualified host name (`mail.example.com`) or an RFC 5321 address literal.
+
+        The literals are `[192.0.2.1]` and `[IPv6:2001:db8::1]`: a bare IP address is no
+        host name, and `[::1]` lacks the tag RFC 5321 requires for IPv6.
+        """
         value = self.optional(name)
         if value is None:
             return None
-        literal = value.startswith("[") and value.endswith("]")
-        if literal:
-            try:
-                ipaddress.ip_address(value[1:-1].removeprefix("IPv6:"))
-            except ValueError:
-                literal = False
-        if not (literal or (len(value) <= 253 and _HOSTNAME.fullmatch(value))):
+        if not (_address_literal(value) or _fully_qualified(value)):
             raise ConfigError(
-                f"{name} must be a fully qualified host name (e.g. mail.example.com) "
-                f"or an address literal (e.g. [192.0.2.1]), got {value!r}"
+                f"{name} must be a fully qualified host name (e.g. mail.example.com) or an address literal, "
+                f"[192.0.2.1] for IPv4 or [IPv6:2001:db8::1] for IPv6, got {value!r}"
             )
         return value
 
@@ -235,6 +233,28 @@ class Env:
                 )
             found.append(domain)
         return tuple(dict.fromkeys(found))
+
+
+def _address_literal(value: str) -> bool:
+    """`[a.b.c.d]` or `[IPv6:<IPv6 address>]` (RFC 5321 4.1.3; no zone id). Pure."""
+    if not (value.startswith("[") and value.endswith("]")) or "%" in value:
+        return False
+    inner = value[1:-1]
+    is_v6 = inner[:5].lower() == "ipv6:"
+    try:
+        (ipaddress.IPv6Address if is_v6 else ipaddress.IPv4Address)(inner[5:] if is_v6 else inner)
+    except ValueError:
+        return False
+    return True
+
+
+def _fully_qualified(value: str) -> bool:
+    """At least two labels, the last not all digits (`1.2.3.4` is an address, not a name). Pure."""
+    return (
+        len(value) <= 253
+        and _HOSTNAME.fullmatch(value) is not None
+        and not value.rpartition(".")[2].isdigit()
+    )
 
 
 _DOMAIN = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
