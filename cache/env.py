@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import idna
+
 from cache.errors import ConfigError
 from cache.limits import PRESET_VARIABLES, Preset, parse_preset
 
@@ -221,10 +223,14 @@ class Env:
         return value
 
     def domains(self, name: str) -> tuple[str, ...]:
-        """A comma-separated list of DNS domains, lowercased (`example.com,corp.example`)."""
+        """A comma-separated list of DNS domains, lowercased, in ASCII (`example.com,bücher.example`).
+
+        An internationalized name becomes its IDNA form (`xn--bcher-kva.example`), the form
+        email-validator gives addresses' domains, so the two compare.
+        """
         found = []
         for item in self._environ.get(name, "").split(","):
-            domain = item.strip().lower().rstrip(".")
+            domain = _ascii_domain(name, item.strip().lower().rstrip("."))
             if not domain:
                 continue
             if not _DOMAIN.fullmatch(domain):
@@ -255,6 +261,18 @@ def _fully_qualified(value: str) -> bool:
         and _HOSTNAME.fullmatch(value) is not None
         and not value.rpartition(".")[2].isdigit()
     )
+
+
+def _ascii_domain(name: str, domain: str) -> str:
+    """`domain` in its IDNA 2008 ASCII form (UTS 46 mapping, as email-validator); ASCII is kept as is."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ConfigError(
+            f"{name} item {domain!r} is not a valid internationalized domain name: {exc}"
+        ) from None
 
 
 _DOMAIN = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
