@@ -126,7 +126,7 @@ def plan_lanes(pending: int, *, cap: int | None, max_connections: int) -> int:
 
 def plan_recipients(
     template: str,
-    recipients: Iterable[Recipient | Mapping[str, Any]],
+    recipients: Iterable[Recipient | Sequence[str] | Mapping[str, Any]],
     *,
     shared: Mapping[str, Any],
     locale: str,
@@ -135,7 +135,7 @@ def plan_recipients(
     """Validate every recipient and return (payload items, duplicates dropped). Pure apart from templates.
 
     A recipient is an address (`a@b.example`, `Name <a@b.example>`, a `(name, address)`
-    pair) or `{"to": address, "context": {...}, "locale": "pt_BR"}`;
+    pair or its JSON form `[name, address]`) or `{"to": address, "context": {...}, "locale": "pt_BR"}`;
     its context is merged over the shared one. Repeated addresses (case-insensitive)
     get one message.
 
@@ -152,7 +152,7 @@ def plan_recipients(
             )
         what = f"recipients[{index}]"
         own: object
-        if isinstance(entry, str | tuple):
+        if isinstance(entry, str | tuple | list):
             address, own, own_locale = entry, {}, locale
         elif isinstance(entry, Mapping):
             unknown = set(entry) - {"to", "context", "locale"}
@@ -164,7 +164,9 @@ def plan_recipients(
             address, own = entry["to"], entry.get("context") or {}
             own_locale = check_locale(entry.get("locale", locale))
         else:
-            raise EmailValidationError(f"{what} must be an address or a mapping, got {type(entry).__name__}")
+            raise EmailValidationError(
+                f"{what} must be an address, a (name, address) pair or a mapping, got {type(entry).__name__}"
+            )
         mailbox = parse_mailbox(address, what)
         if mailbox.address.lower() in seen:
             duplicates += 1

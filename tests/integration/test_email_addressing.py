@@ -100,6 +100,35 @@ def test_bulk_recipients_take_pairs_and_names(email_env: SmtpServer) -> None:
     assert names == {"john@example.com": "Smith, John", "jose@example.com": "José Silva"}
 
 
+def test_bulk_and_single_recipients_take_the_json_pair_form(email_env: SmtpServer) -> None:
+    """`[name, address]` (how a pair comes out of JSON) is a pair wherever a tuple is, as in notify_email."""
+    bulk = enqueue_bulk_email(
+        "welcome",
+        [["Dan", "dan@example.com"], {"to": ["Smith, Eve", "eve@example.com"], "context": {"name": "Eve"}}],
+        context=WELCOME,
+    )
+    for job_id in bulk.job_ids:
+        job = fetch_job(job_id=job_id)
+        assert job is not None
+        send_bulk_chunk(*job.args)
+    job = fetch_job(
+        job_id=enqueue_email([["Fay Ü", "fay@example.com"], "gil@example.com"], "welcome", WELCOME)
+    )
+    assert job is not None
+    send_email(*job.args)
+    names = {r.rcpt_tos[0]: [a.display_name for a in r.message["To"].addresses] for r in email_env.received}
+    assert names == {
+        "dan@example.com": ["Dan"],
+        "eve@example.com": ["Smith, Eve"],
+        "fay@example.com": ["Fay Ü", ""],
+    }
+    for entry in (["Dan", "dan@example.com", "x"], {"to": ["dan@example.com"]}):
+        with pytest.raises(
+            EmailValidationError, match=r"recipients\[0\] must be a \(display name, address\) pair"
+        ):
+            enqueue_bulk_email("welcome", [entry], context=WELCOME)
+
+
 @pytest.mark.parametrize(
     ("to", "expected"),
     [
