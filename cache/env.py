@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import idna
+
 from cache.errors import ConfigError
 from cache.limits import PRESET_VARIABLES, Preset, parse_preset
 
@@ -94,20 +96,18 @@ class Env:
         return value
 
     def hostname(self, name: str) -> str | None:
-        """A fully qualified host name (`mail.example.com`) or an address literal (`[192.0.2.1]`)."""
+        """A fully qualified host name (`mail.example.com`) or an RFC 5321 address literal.
+
+        The literals are `[192.0.2.1]` and `[IPv6:2001:db8::1]`: a bare IP address is no
+        host name, and `[::1]` lacks the tag RFC 5321 requires for IPv6.
+        """
         value = self.optional(name)
         if value is None:
             return None
-        literal = value.startswith("[") and value.endswith("]")
-        if literal:
-            try:
-                ipaddress.ip_address(value[1:-1].removeprefix("IPv6:"))
-            except ValueError:
-                literal = False
-        if not (literal or (len(value) <= 253 and _HOSTNAME.fullmatch(value))):
+        if not (_address_literal(value) or _fully_qualified(value)):
             raise ConfigError(
-                f"{name} must be a fully qualified host name (e.g. mail.example.com) "
-                f"or an address literal (e.g. [192.0.2.1]), got {value!r}"
+                f"{name} must be a fully qualified host name (e.g. mail.example.com) or an address literal, "
+                f"[192.0.2.1] for IPv4 or [IPv6:2001:db8::1] for IPv6, got {value!r}"
             )
         return value
 
@@ -223,10 +223,14 @@ class Env:
         return value
 
     def domains(self, name: str) -> tuple[str, ...]:
-        """A comma-separated list of DNS domains, lowercased (`example.com,corp.example`)."""
+        """A comma-separated list of DNS domains, lowercased, in ASCII (`example.com,bücher.example`).
+
+        An internationalized name becomes its IDNA form (`xn--bcher-kva.example`), the form
+        email-validator gives addresses' domains, so the two compare.
+        """
         found = []
         for item in self._environ.get(name, "").split(","):
-            domain = item.strip().lower().rstrip(".")
+            domain = _ascii_domain(name, item.strip().lower().rstrip("."))
             if not domain:
                 continue
             if not _DOMAIN.fullmatch(domain):
@@ -235,6 +239,40 @@ class Env:
                 )
             found.append(domain)
         return tuple(dict.fromkeys(found))
+
+
+def _address_literal(value: str) -> bool:
+    """`[a.b.c.d]` or `[IPv6:<IPv6 address>]` (RFC 5321 4.1.3; no zone id). Pure."""
+    if not (value.startswith("[") and value.endswith("]")) or "%" in value:
+        return False
+    inner = value[1:-1]
+    is_v6 = inner[:5].lower() == "ipv6:"
+    try:
+        (ipaddress.IPv6Address if is_v6 else ipaddress.IPv4Address)(inner[5:] if is_v6 else inner)
+    except ValueError:
+        return False
+    return True
+
+
+def _fully_qualified(value: str) -> bool:
+    """At least two labels, the last not all digits (`1.2.3.4` is an address, not a name). Pure."""
+    return (
+        len(value) <= 253
+        and _HOSTNAME.fullmatch(value) is not None
+        and not value.rpartition(".")[2].isdigit()
+    )
+
+
+def _ascii_domain(name: str, domain: str) -> str:
+    """`domain` in its IDNA 2008 ASCII form (UTS 46 mapping, as email-validator); ASCII is kept as is."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ConfigError(
+            f"{name} item {domain!r} is not a valid internationalized domain name: {exc}"
+        ) from None
 
 
 _DOMAIN = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?")

@@ -155,7 +155,7 @@ def enqueue_email(
 
 def enqueue_bulk_email(
     template: str,
-    recipients: Iterable[Recipient | Mapping[str, Any]],
+    recipients: Iterable[Recipient | Sequence[str] | Mapping[str, Any]],
     *,
     context: Mapping[str, Any] | None = None,
     locale: str = "en",
@@ -172,7 +172,8 @@ def enqueue_bulk_email(
 
     Args:
         template: as for `enqueue_email`.
-        recipients: recipients as for `enqueue_email`'s `to`, or mappings
+        recipients: recipients as for `enqueue_email`'s `to` (a `[name, address]` list is a
+            pair, as a tuple is), or mappings
             `{"to": recipient, "context": {...}, "locale": "pt_BR"}` whose
             context is merged over `context`; at most 50,000; repeats get one message.
         context: variables shared by every recipient.

@@ -126,7 +126,7 @@ def plan_lanes(pending: int, *, cap: int | None, max_connections: int) -> int:
 
 def plan_recipients(
     template: str,
-    recipients: Iterable[Recipient | Mapping[str, Any]],
+    recipients: Iterable[Recipient | Sequence[str] | Mapping[str, Any]],
     *,
     shared: Mapping[str, Any],
     locale: str,
@@ -135,7 +135,7 @@ def plan_recipients(
     """Validate every recipient and return (payload items, duplicates dropped). Pure apart from templates.
 
     A recipient is an address (`a@b.example`, `Name <a@b.example>`, a `(name, address)`
-    pair) or `{"to": address, "context": {...}, "locale": "pt_BR"}`;
+    pair or its JSON form `[name, address]`) or `{"to": address, "context": {...}, "locale": "pt_BR"}`;
     its context is merged over the shared one. Repeated addresses (case-insensitive)
     get one message.
 
@@ -151,20 +151,7 @@ def plan_recipients(
                 f"more than {MAX_BULK_RECIPIENTS} recipients in one bulk send; split it"
             )
         what = f"recipients[{index}]"
-        own: object
-        if isinstance(entry, str | tuple):
-            address, own, own_locale = entry, {}, locale
-        elif isinstance(entry, Mapping):
-            unknown = set(entry) - {"to", "context", "locale"}
-            if unknown or "to" not in entry:
-                raise EmailValidationError(
-                    f"{what} must be an address or a mapping with 'to' and optional 'context'/'locale', "
-                    f"got keys {sorted(map(str, entry))}"
-                )
-            address, own = entry["to"], entry.get("context") or {}
-            own_locale = check_locale(entry.get("locale", locale))
-        else:
-            raise EmailValidationError(f"{what} must be an address or a mapping, got {type(entry).__name__}")
+        address, own, own_locale = _recipient_parts(entry, what, locale)
         mailbox = parse_mailbox(address, what)
         if mailbox.address.lower() in seen:
             duplicates += 1
@@ -183,6 +170,22 @@ def plan_recipients(
     if not items:
         raise EmailValidationError("recipients must name at least one address")
     return items, duplicates
+
+
+def _recipient_parts(entry: object, what: str, locale: str) -> tuple[object, object, str]:
+    """(address, own context, locale) of one bulk recipient, the address still to be parsed."""
+    if isinstance(entry, str | tuple | list):
+        return entry, {}, locale
+    if not isinstance(entry, Mapping):
+        raise EmailValidationError(
+            f"{what} must be an address, a (name, address) pair or a mapping, got {type(entry).__name__}"
+        )
+    if set(entry) - {"to", "context", "locale"} or "to" not in entry:
+        raise EmailValidationError(
+            f"{what} must be an address or a mapping with 'to' and optional 'context'/'locale', "
+            f"got keys {sorted(map(str, entry))}"
+        )
+    return entry["to"], entry.get("context") or {}, check_locale(entry.get("locale", locale))
 
 
 async def deliver_all(

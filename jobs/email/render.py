@@ -13,7 +13,9 @@ plain and fixed, and the tests parse every shape back with the stdlib parser:
 
 Quoted-printable and base64 never produce `=_`, so boundaries starting with `=_` cannot
 occur in any body. Headers are ASCII: non-ASCII text is RFC 2047-encoded, file names
-RFC 2231-encoded, addresses are the IDNA form validated at enqueue.
+RFC 2231-encoded, addresses are the IDNA form validated at enqueue. Text holding `=?` (which
+a reader would take for an encoded-word, even inside quotes) is RFC 2047-encoded too, so it
+decodes back to itself and not to text it spells.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from jobs.email.validation import Attachment, EmailRequest, Mailbox
 
 CRLF = b"\r\n"
 MAX_LINE = 78  # RFC 5322 recommends at most 78 characters per header line
+_EW_LINE = 76  # RFC 2047: a header line holding an encoded-word has at most 76 characters
 _TSPECIALS = set('()<>@,;:\\"/[]?= ')
 _PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+( [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _HEADER_POLICY = email.policy.SMTP.clone(max_line_length=MAX_LINE)
@@ -126,10 +129,14 @@ def render_email(
 
 
 def text_header(name: str, value: str) -> bytes:
-    """`Name: value`, RFC 2047-encoded when not ASCII and folded at 78 characters."""
-    if value.isascii() and len(name) + 2 + len(value) <= MAX_LINE:
+    """`Name: value`, folded at 78 characters; RFC 2047-encoded when not ASCII or holding `=?`.
+
+    A raw `=?utf-8?b?...?=` would be decoded by the reader into whatever text it spells.
+    """
+    literal = value.isascii() and "=?" not in value
+    if literal and len(name) + 2 + len(value) <= MAX_LINE:
         return f"{name}: {value}".encode("ascii")
-    charset = "us-ascii" if value.isascii() else "utf-8"
+    charset = "us-ascii" if literal else "utf-8"
     encoded = Header(value, charset=charset, header_name=name, maxlinelen=MAX_LINE).encode(linesep="\r\n")
     return f"{name}: {encoded}".encode("ascii")
 
@@ -140,12 +147,46 @@ def address_header(name: str, mailboxes: Sequence[Mailbox]) -> bytes:
     Names of plain words are written as they are; any other (non-ASCII, commas, quotes)
     goes through the stdlib's header registry, which quotes it (RFC 5322) or writes
     RFC 2047 encoded-words. The registry costs ~0.3 ms per header (measured), so it is
-    kept for the names that need it, and the one sender's header is cached.
+    kept for the names that need it, and the one sender's header is cached. A name holding
+    `=?` is always encoded here: readers (the stdlib too) decode encoded-words even inside
+    a quoted name, and the registry itself decodes such a name before it quotes it.
     """
     if all(_plain_name(mailbox.name) for mailbox in mailboxes):
         rendered = [f"{mb.name} <{mb.address}>" if mb.name else mb.address for mb in mailboxes]
         return f"{name}: ".encode() + ",\r\n ".join(rendered).encode("ascii")
+    if any("=?" in mailbox.name for mailbox in mailboxes):
+        return _encoded_header(name, mailboxes)
     return _registry_header(name, tuple(mailboxes))
+
+
+def _encoded_header(name: str, mailboxes: Sequence[Mailbox]) -> bytes:
+    """An address list whose names that need it are whole RFC 2047 encoded-words (RFC 2047 5(3)).
+
+    Lines holding encoded-words stay within RFC 2047's 76 characters, folding after the
+    colon rather than splitting a name that fits one encoded-word: the stdlib parser keeps
+    the space between two encoded-words of a name (RFC 2047 6.2 says drop it).
+    """
+    lines = [f"{name}:"]
+    for index, mailbox in enumerate(mailboxes):
+        if index:
+            lines[-1] += ","
+            lines.append("")
+        for piece in _mailbox_pieces(mailbox):
+            if lines[-1] and len(lines[-1]) + 1 + len(piece) > _EW_LINE:
+                lines.append("")
+            lines[-1] += " " + piece
+    return "\r\n".join(lines).encode("ascii")
+
+
+def _mailbox_pieces(mailbox: Mailbox) -> list[str]:
+    """The words of `name <address>`, a name that is not plain as encoded-words (utf-8 always encodes)."""
+    if not mailbox.name:
+        return [mailbox.address]
+    if _plain_name(mailbox.name):
+        return [mailbox.name, f"<{mailbox.address}>"]
+    # Q-encoding's safe characters are all allowed in a phrase; base64's too.
+    words = Header(mailbox.name, charset="utf-8", maxlinelen=_EW_LINE - 1).encode(linesep="\r\n")
+    return [*words.split(), f"<{mailbox.address}>"]
 
 
 @functools.lru_cache(maxsize=64)  # the From (MAIL_FROM) and Reply-To of every message of a process
@@ -156,7 +197,9 @@ def _registry_header(name: str, mailboxes: tuple[Mailbox, ...]) -> bytes:
 
 
 def _plain_name(display_name: str) -> bool:
-    """Printable ASCII words that RFC 5322 allows unquoted (atext and spaces). Pure."""
+    """Printable ASCII words that RFC 5322 allows unquoted (atext and spaces), no `=?`. Pure."""
+    if "=?" in display_name:
+        return False
     return not display_name or (display_name.isascii() and _PHRASE.fullmatch(display_name) is not None)
 
 

@@ -184,6 +184,8 @@ def mailbox_from_payload(entry: object, what: str, *, validated: Set[str] = froz
 def parse_mailbox(value: object, what: str) -> Mailbox:
     """One recipient: `a@b.example`, `Name <a@b.example>` or a `(name, address)` pair; no DNS.
 
+    A two-item list is a pair too: `[name, address]` is a pair's JSON form.
+
     The display name is what a person typed: any Unicode, commas and quotes are fine
     (`José Silva`, `Smith, John`, `"Smith, John"`); the header writer quotes or RFC
     2047-encodes it. The address is validated by email-validator and comes back in its
@@ -193,7 +195,7 @@ def parse_mailbox(value: object, what: str) -> Mailbox:
     Raises:
         EmailValidationError: not a single valid address; the message says why.
     """
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         if len(value) != 2:
             raise EmailValidationError(f"{what} must be a (display name, address) pair, got {value!r}")
         return check_mailbox(value[0], value[1], what)
@@ -249,7 +251,8 @@ def parse_recipients(
 ) -> tuple[Mailbox, ...]:
     """The `to` of a transactional email: one recipient or a list, deduplicated, at most `limit`.
 
-    A tuple is one `(name, address)` recipient; several recipients come as a list.
+    A tuple is one `(name, address)` recipient; several recipients come as a list, in which a
+    two-item list is a pair as well (`[[name, address], ...]`, the JSON form).
     """
     items = [to] if isinstance(to, str | tuple) else to
     if not isinstance(items, Sequence):

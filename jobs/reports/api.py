@@ -68,7 +68,7 @@ def _recipients(notify_email: object, allowed_domains: Sequence[str]) -> tuple[M
     clean: dict[str, Mailbox] = {}
     for item in items:
         try:
-            mailbox = parse_mailbox(tuple(item) if isinstance(item, list) else item, "notify_email")
+            mailbox = parse_mailbox(item, "notify_email")
         except JobValidationError as exc:
             raise ReportDefinitionError(str(exc)) from None
         if allowed_domains and not in_domains(mailbox.address, allowed_domains):

@@ -11,7 +11,7 @@ from email.headerregistry import Address
 import pytest
 
 from cache.errors import ConfigError
-from jobs.email import enqueue_bulk_email
+from jobs.email import enqueue_bulk_email, enqueue_email
 from jobs.email.api import build_request
 from jobs.email.jobs import send_bulk_chunk, send_email
 from jobs.email.validation import EmailValidationError
@@ -52,6 +52,40 @@ def test_display_names_reach_the_server_encoded_and_decode_back(
     assert _only_address(message["From"]).display_name == name
 
 
+SPOOF_NAME = "=?utf-8?b?QWRtaW4gPGFkbWluQGJhbmsuY29tPg==?="  # spells 'Admin <admin@bank.com>'
+SPOOF_SUBJECT = "=?utf-8?b?WW91ciBhY2NvdW50IGlzIGxvY2tlZA==?="  # spells 'Your account is locked'
+
+
+def test_names_and_subjects_that_look_encoded_arrive_as_the_literal_text(
+    email_env: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: a raw encoded-word in a name or subject is decoded by readers into spoofed text."""
+    monkeypatch.setenv("MAIL_FROM", f"{SPOOF_NAME} <no-reply@kryonix.example>")
+    use_smtp(monkeypatch, email_env)
+    job_id = enqueue_email(
+        (SPOOF_NAME, "x@example.com"),
+        "welcome",
+        {"name": SPOOF_SUBJECT, "login_url": "https://app.example.com/login"},
+        reply_to=f"{SPOOF_NAME} <help@example.com>",
+    )
+    job = fetch_job(job_id=job_id)
+    assert job is not None
+    send_email(*job.args)
+    [received] = email_env.received
+    assert received.data.isascii() and SPOOF_NAME.encode() not in received.data
+    message = received.message  # parsed with email.policy.default
+    for header, address in (
+        ("To", "x@example.com"),
+        ("From", "no-reply@kryonix.example"),
+        ("Reply-To", "help@example.com"),
+    ):
+        assert (_only_address(message[header]).display_name, _only_address(message[header]).addr_spec) == (
+            SPOOF_NAME,
+            address,
+        )
+    assert message["Subject"] == f"Welcome to KRYONIX, {SPOOF_SUBJECT}"
+
+
 def test_bulk_recipients_take_pairs_and_names(email_env: SmtpServer) -> None:
     bulk = enqueue_bulk_email(
         "welcome",
@@ -64,6 +98,35 @@ def test_bulk_recipients_take_pairs_and_names(email_env: SmtpServer) -> None:
         send_bulk_chunk(*job.args)
     names = {r.rcpt_tos[0]: _only_address(r.message["To"]).display_name for r in email_env.received}
     assert names == {"john@example.com": "Smith, John", "jose@example.com": "José Silva"}
+
+
+def test_bulk_and_single_recipients_take_the_json_pair_form(email_env: SmtpServer) -> None:
+    """`[name, address]` (how a pair comes out of JSON) is a pair wherever a tuple is, as in notify_email."""
+    bulk = enqueue_bulk_email(
+        "welcome",
+        [["Dan", "dan@example.com"], {"to": ["Smith, Eve", "eve@example.com"], "context": {"name": "Eve"}}],
+        context=WELCOME,
+    )
+    for job_id in bulk.job_ids:
+        job = fetch_job(job_id=job_id)
+        assert job is not None
+        send_bulk_chunk(*job.args)
+    job = fetch_job(
+        job_id=enqueue_email([["Fay Ü", "fay@example.com"], "gil@example.com"], "welcome", WELCOME)
+    )
+    assert job is not None
+    send_email(*job.args)
+    names = {r.rcpt_tos[0]: [a.display_name for a in r.message["To"].addresses] for r in email_env.received}
+    assert names == {
+        "dan@example.com": ["Dan"],
+        "eve@example.com": ["Smith, Eve"],
+        "fay@example.com": ["Fay Ü", ""],
+    }
+    for entry in (["Dan", "dan@example.com", "x"], {"to": ["dan@example.com"]}):
+        with pytest.raises(
+            EmailValidationError, match=r"recipients\[0\] must be a \(display name, address\) pair"
+        ):
+            enqueue_bulk_email("welcome", [entry], context=WELCOME)
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,10 @@ LOGIN = {"login_url": "https://app.example.com/login"}
         ({"recipients": [*RECIPIENTS, {"to": "x@example.com"}]}, "context of recipients[3] (x@example.com)"),
         ({"recipients": [{"to": "x@example.com", "name": "X"}]}, "got keys ['name', 'to']"),
         ({"recipients": [{"to": "x@example.com", "context": {"name": "A\nB"}}]}, "header injection"),
-        ({"recipients": [*RECIPIENTS, 42]}, "recipients[3] must be an address or a mapping"),
+        (
+            {"recipients": [*RECIPIENTS, 42]},
+            "recipients[3] must be an address, a (name, address) pair or a mapping",
+        ),
         (
             {"recipients": RECIPIENTS, "chunk_size": 0},
             "chunk_size must be None (chosen from the send's size)",

@@ -148,6 +148,35 @@ def test_display_names_are_quoted_or_encoded_and_decode_back(name: str) -> None:
     assert rendered.envelope_from == "x@example.com"
 
 
+SPOOF_NAME = "=?utf-8?b?QWRtaW4gPGFkbWluQGJhbmsuY29tPg==?="  # decodes to 'Admin <admin@bank.com>'
+SPOOF_SUBJECT = "=?utf-8?b?WW91ciBhY2NvdW50IGlzIGxvY2tlZA==?="  # decodes to 'Your account is locked'
+
+
+@pytest.mark.parametrize(
+    "name", [SPOOF_NAME, "=?utf-8?q?Admin_=3Cadmin=40bank.com=3E?=", "Ana =?x?=", "Zoë =?", "a=?b", '"=?" x']
+)
+def test_text_that_looks_encoded_decodes_back_to_itself(name: str) -> None:
+    """`=?...?=` written raw, or quoted, is decoded by readers into the text it spells: encode it."""
+    to, sender, reply_to = (Mailbox(name, f"{who}@example.com") for who in ("ana", "x", "r"))
+    others = (Mailbox("Bob", "bob@example.com"), Mailbox("Silva, Bob", "sb@example.com"))
+    rendered = render_email(
+        _request(to=(to, *others), reply_to=reply_to, context={**WELCOME, "name": name}),
+        sender=sender,
+        now=NOW,
+    )
+    _check_wire_format(rendered.raw)
+    message = _parse(rendered.raw)
+    for header, mailboxes in (("To", (to, *others)), ("From", (sender,)), ("Reply-To", (reply_to,))):
+        assert [(a.display_name, a.addr_spec) for a in message[header].addresses] == list(mailboxes)
+    assert message["Subject"] == rendered.subject == f"Welcome to KRYONIX, {name}"
+
+
+def test_an_encoded_looking_subject_is_encoded() -> None:
+    header = text_header("Subject", SPOOF_SUBJECT)
+    assert header.startswith(b"Subject: =?utf-8?") and b"=?utf-8?b?WW91" not in header
+    assert _parse(header + b"\r\n\r\nx")["Subject"] == SPOOF_SUBJECT
+
+
 def test_return_path_is_the_envelope_sender() -> None:
     rendered = render_email(_request(), sender=SENDER, now=NOW, return_path="bounces@example.com")
     assert rendered.envelope_from == "bounces@example.com"

@@ -109,6 +109,32 @@ def test_notify_domains_setting(settings_env: Callable[..., None]) -> None:
             validate_request("users", {}, notify_email=["a@corp.example", outside])
 
 
+def test_internationalized_notify_domains_compare_in_their_idna_form(
+    settings_env: Callable[..., None],
+) -> None:
+    """email-validator gives an address's domain as xn--; the setting is converted the same way."""
+    assert Settings.from_env(
+        {"REPORTS_NOTIFY_DOMAINS": "Bücher.example, a.example"}
+    ).reports_notify_domains == (
+        "xn--bcher-kva.example",
+        "a.example",
+    )
+    settings_env(REPORTS_NOTIFY_DOMAINS="bücher.example")
+    for address in ("ana@bücher.example", "ana@shop.xn--bcher-kva.example", "ana@BÜCHER.example"):
+        assert (
+            validate_request("users", {}, notify_email=address)
+            .recipients[0]
+            .address.endswith("xn--bcher-kva.example")
+        )
+    with pytest.raises(ReportDefinitionError, match="outside REPORTS_NOTIFY_DOMAINS"):
+        validate_request("users", {}, notify_email="ana@bucher.example")
+    with pytest.raises(
+        ConfigError,
+        match=r"REPORTS_NOTIFY_DOMAINS item .+ is not a valid internationalized domain name: Joiner",
+    ):
+        Settings.from_env({"REPORTS_NOTIFY_DOMAINS": "a\u200db.example"})
+
+
 @pytest.mark.parametrize("raw", ["exa mple.com", "localhost", "-a.example", "a..example", "a.example/x"])
 def test_bad_notify_domains_are_a_config_error(raw: str) -> None:
     with pytest.raises(ConfigError, match="REPORTS_NOTIFY_DOMAINS"):

@@ -62,6 +62,12 @@ def test_accepted_redis_urls(url: str) -> None:
         ({"REPORTS_BASE_URL": "https://x.example.com/r?token=1"}, "REPORTS_BASE_URL", "no query"),
         ({"SMTP_HELO_NAME": "myhost"}, "SMTP_HELO_NAME", "fully qualified host name"),
         ({"SMTP_HELO_NAME": "[not-an-ip]"}, "SMTP_HELO_NAME", "address literal"),
+        ({"SMTP_HELO_NAME": "[::1]"}, "SMTP_HELO_NAME", "[IPv6:2001:db8::1] for IPv6"),
+        ({"SMTP_HELO_NAME": "[IPv6:1.2.3.4]"}, "SMTP_HELO_NAME", "[IPv6:2001:db8::1] for IPv6"),
+        ({"SMTP_HELO_NAME": "1.2.3.4"}, "SMTP_HELO_NAME", "[IPv6:2001:db8::1] for IPv6"),
+        ({"SMTP_HELO_NAME": "[IPv6:fe80::1%eth0]"}, "SMTP_HELO_NAME", "[IPv6:2001:db8::1] for IPv6"),
+        ({"SMTP_HELO_NAME": "[1.2.3.256]"}, "SMTP_HELO_NAME", "[IPv6:2001:db8::1] for IPv6"),
+        ({"SMTP_HELO_NAME": "[IPv6:]"}, "SMTP_HELO_NAME", "[IPv6:2001:db8::1] for IPv6"),
         ({"MAIL_RETURN_PATH": "Bounces <b@example.com>"}, "MAIL_RETURN_PATH", "bare ASCII address"),
         ({"KRYONIX_ENV": "prod"}, "KRYONIX_ENV", "'development' or 'staging' or 'production'"),
         ({"MAIL_ALLOW_TEST_DOMAINS": "yes please"}, "MAIL_ALLOW_TEST_DOMAINS", "boolean"),
@@ -94,7 +100,14 @@ def test_mail_envelope_settings() -> None:
     assert chosen.smtp_helo_name == "worker1.example.com"
     assert chosen.mail_return_path == "bounces@example.com"
     assert (chosen.mail_allow_test_domains, chosen.environment) == (True, "staging")
-    assert Settings.from_env({"SMTP_HELO_NAME": "[192.0.2.1]"}).smtp_helo_name == "[192.0.2.1]"
+    for literal in (
+        "[192.0.2.1]",
+        "[IPv6:2001:db8::1]",
+        "[IPv6:::1]",
+        "[IPv6:::ffff:192.0.2.1]",
+        "mx1.example",
+    ):
+        assert Settings.from_env({"SMTP_HELO_NAME": literal}).smtp_helo_name == literal
 
 
 def test_password_in_url_is_redacted_from_errors() -> None:
