@@ -9,8 +9,8 @@
   backoff. Here that loop runs inside one `BoundedRetry` loop with backoff and, for the
   web tier, the call's deadline; `ClusterRetry.get_retries` tells the inner loop 0, so
   attempts never multiply. A transaction (`pipeline(transaction=True)`) copies the same
-  retry and so gets the same bound; a non-transactional cluster pipeline keeps redis-py's
-  own fast retries.
+  retry and so gets the same bound; a non-transactional one retries in redis-py's own
+  loop, which the call's deadline bounds (`BoundedClusterPipeline`).
 - Every node's connection class is `cache.retry`'s bounded one, so no read or connect
   outlives the call's deadline.
 
@@ -108,6 +108,23 @@ def _retryable(error: Exception) -> bool:
     return type(error) in redis.cluster.RedisCluster.ERRORS_ALLOW_RETRY
 
 
+class BoundedClusterPipeline(redis.cluster.ClusterPipeline):
+    """A cluster pipeline that ends within its client's call bound, redis-py's retries included.
+
+    A transaction already runs in `ClusterRetry`'s bounded loop. A plain pipeline retries
+    in redis-py's own loop (`PipelineStrategy.send_cluster_commands`, one socket timeout
+    per attempt: 7 s on a stopped master), which only the deadline can bound; it is not
+    retried as a whole here, since some of its commands may have run.
+    """
+
+    call_timeout_s: float | None = None
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        with call_deadline(self.call_timeout_s):
+            result: list[Any] = super().execute(raise_on_error)
+            return result
+
+
 class BoundedRedisCluster(redis.cluster.RedisCluster):
     """A cluster client whose every command, slot-map refresh and retries included, is bounded.
 
@@ -133,6 +150,12 @@ class BoundedRedisCluster(redis.cluster.RedisCluster):
                 return retry.call_with_retry(run, _ignore_failure, _retryable)
         finally:
             _blocking.reset(token)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> BoundedClusterPipeline:
+        pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)  # type: ignore[no-untyped-call]
+        pipe.__class__ = BoundedClusterPipeline  # built by redis-py as it is; only the class changes
+        pipe.call_timeout_s = self.call_timeout_s
+        return cast(BoundedClusterPipeline, pipe)
 
     def pubsub(self, node: Any = None, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
         """A ClusterPubSub on a node of a fresh slot map.

@@ -182,6 +182,8 @@ class Env:
             malformed = not sep or not host or any(c in host for c in "/@ ")
             if malformed or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(f"{name} must be a comma-separated list of host:port, got item {item!r}")
+            if ":" in host and not (host.startswith("[") and host.endswith("]")):
+                raise ConfigError(f"{name}: an IPv6 address goes in brackets ([::1]:7000), got item {item!r}")
             found.append((host.strip("[]"), int(port)))
         return tuple(dict.fromkeys(found))
 

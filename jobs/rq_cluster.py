@@ -37,6 +37,8 @@ from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands import READ_COMMANDS
 from rq.defaults import RQ_KEY_PREFIX
 
+from cache.cluster import BoundedClusterPipeline
+
 T = TypeVar("T")
 
 # The versions these adaptations were written and tested against.
@@ -95,8 +97,11 @@ class _PoolFacade:
         return redis.SSLConnection if ssl else redis.Connection
 
 
-class RQClusterPipeline(ClusterPipeline):
-    """3. A cluster pipeline with the two attributes RQ reads of a `redis.client.Pipeline`."""
+class RQClusterPipeline(BoundedClusterPipeline):
+    """3. A cluster pipeline with the two attributes RQ reads of a `redis.client.Pipeline`.
+
+    Bounded like the client it comes from (a plain cluster client's has no bound).
+    """
 
     @property
     def explicit_transaction(self) -> bool:
@@ -179,13 +184,28 @@ def rq_connection(client: T) -> T:
         return client
     view = _views.get(client)
     if view is None:
-        view = object.__new__(RQClusterClient)
+        view = object.__new__(_view_class(type(client)))
         view.__dict__.update(client.__dict__)
         view.__dict__["_kx_wrapped"] = (
             client  # keeps the owner (and its pools) alive as long as RQ holds the view
         )
         _views[client] = view
     return view  # type: ignore[return-value]
+
+
+_view_classes: dict[type[RedisCluster], type[RQClusterClient]] = {}
+
+
+def _view_class(base: type[RedisCluster]) -> type[RQClusterClient]:
+    """`RQClusterClient` over the wrapped client's own class: a view of a `BoundedRedisCluster`
+    keeps its bound on every command and pipeline RQ sends (enqueue, the CLI, the dashboard)."""
+    if issubclass(RQClusterClient, base):
+        return RQClusterClient
+    view_class = _view_classes.get(base)
+    if view_class is None:
+        view_class = type(f"RQ{base.__name__}", (RQClusterClient, base), {})
+        _view_classes[base] = view_class
+    return view_class
 
 
 def raise_socket_timeout(client: RedisCluster, timeout_s: float) -> None:

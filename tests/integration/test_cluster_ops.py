@@ -147,6 +147,30 @@ def test_status_lists_a_dead_replica_the_cluster_has_flagged_failing(cluster: Lo
     assert f"{address} UNREACHABLE (replica of {dead['master']}; cluster flags slave,fail)" in text
 
 
+def test_status_with_a_stopped_replica_names_it_unreachable_within_a_node_timeout(
+    cluster: LocalCluster,
+) -> None:
+    import time
+
+    from workers.cli.cluster_status import NODE_TIMEOUT_S
+
+    masters = {node.port for node in cluster.master_nodes()}
+    replica = next(node for node in cluster.nodes if node.port not in masters)
+    assert replica.process is not None
+    replica.process.send_signal(signal.SIGSTOP)  # the kernel accepts, nothing answers
+    try:
+        start = time.monotonic()
+        report = json.loads(cli(cluster, "status", "--json").stdout)
+        elapsed = time.monotonic() - start
+    finally:
+        replica.process.send_signal(signal.SIGCONT)
+    stopped = {node["address"]: node for node in report["cluster"]["nodes"]}[f"127.0.0.1:{replica.port}"]
+    assert not stopped["reachable"] and "Timeout" in stopped["error"], stopped
+    # One read of NODE_TIMEOUT_S for that node, plus the command's start: redis-py's default
+    # retry (10 attempts) made it 22 s.
+    assert elapsed < 4 * NODE_TIMEOUT_S, elapsed
+
+
 def test_status_lists_the_queued_job_on_the_cluster(cluster: LocalCluster) -> None:
     run_child(cluster.addresses, "enqueue_email")
     report = json.loads(cli(cluster, "status", "--json").stdout)

@@ -41,6 +41,17 @@ def test_a_bad_node_list_names_the_variable_and_the_item(name: str, value: str, 
         Settings.from_env({name: value})
 
 
+@pytest.mark.parametrize("value", ["::1:7000", "fe80::1:7000", "[::1:7000", "::1]:7000"])
+def test_an_ipv6_node_without_brackets_is_refused_not_guessed(value: str) -> None:
+    # `::1:7000` is the address ::1 on port 7000, or the address ::1:7000 with no port.
+    with pytest.raises(
+        ConfigError, match=r"REDIS_CLUSTER_NODES: an IPv6 address goes in brackets \(\[::1\]:7000\)"
+    ):
+        Settings.from_env({"REDIS_CLUSTER_NODES": value})
+    settings = Settings.from_env({"REDIS_CLUSTER_NODES": "[::1]:7000,[fe80::1]:7001"})
+    assert settings.cluster is not None and settings.cluster.nodes == (("::1", 7000), ("fe80::1", 7001))
+
+
 def test_cluster_and_sentinel_for_the_primary_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="REDIS_CLUSTER_NODES and REDIS_SENTINELS are exclusive"):
         Settings.from_env({"REDIS_CLUSTER_NODES": "a:7000", "REDIS_SENTINELS": "s:26379"})

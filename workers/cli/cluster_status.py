@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.retry import Retry
 from rq.defaults import RQ_KEY_PREFIX
 
 from cache.connections import REDIS_ERRORS, is_cluster
@@ -42,7 +44,10 @@ def _slot_counts(client: Any) -> tuple[dict[str, int], str | None]:
 def _node_facts(host: str, port: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     """INFO of one node over its own short-lived connection; an `error` when it does not answer."""
     options = {k: v for k, v in kwargs.items() if k not in ("retry", "host", "port", "connection_class")}
-    options.update(socket_timeout=NODE_TIMEOUT_S, socket_connect_timeout=NODE_TIMEOUT_S)
+    # One attempt: redis-py's default retry (10) made a dead node cost 4 s, a stopped one 22 s.
+    options.update(
+        socket_timeout=NODE_TIMEOUT_S, socket_connect_timeout=NODE_TIMEOUT_S, retry=Retry(NoBackoff(), 0)
+    )
     node = redis.Redis(host=host, port=port, **options)
     try:
         info: dict[str, Any] = node.info("all")

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
 
-from cache.errors import ConfigError
+from cache.connections import REDIS_ERRORS
+from cache.errors import ConfigError, RedisUnavailable
 from cache.settings import Settings, get_settings
 from workers.dashboard import connection as dashboard_connection
 from workers.dashboard import guard as dashboard_guard
@@ -93,6 +94,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     dashboard_views.install(app)
     if username and password:
         app.before_request(_basic_auth(username, password))
+    for error in (*REDIS_ERRORS, RedisUnavailable):
+        app.register_error_handler(error, _redis_unavailable)
     if settings.cluster is not None:
         dashboard_connection.use_cluster_client(app, settings.cluster)
         return app
@@ -102,6 +105,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.config["RQ_DASHBOARD_REDIS_SENTINEL_PASSWORD"] = settings.sentinel.password
     dashboard_web.setup_rq_connection(app)
     return app
+
+
+def _redis_unavailable(error: Exception) -> Response:
+    """A 503 that says why, for every page and JSON view, instead of Flask's bare 500."""
+    name = type(error).__name__
+    log.warning("dashboard %s: the PRIMARY Redis did not answer: %s: %s", request.path, name, error)
+    return Response(
+        f"the PRIMARY Redis did not answer ({name}); this page works again once it does\n",
+        503,
+        {"Retry-After": "5", "Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"},
+    )
 
 
 def _basic_auth(username: str, password: str) -> Any:
