@@ -150,6 +150,13 @@ def web_tier_settings(settings: Settings, call_timeout_s: float) -> Settings:
     )
 
 
+# Connections one pool (one per node on a cluster) may open. redis-py 8.1's default is 100,
+# beyond which a command fails at once with MaxConnectionsError: 101 concurrent requests
+# of one ASGI process read as a Redis outage (a rate limit failed open). Redis's own
+# `maxclients` default: the pool opens what the server would accept.
+POOL_MAX_CONNECTIONS = 10_000
+
+
 def _client_kwargs(
     role: Role, settings: Settings, pubsub: bool, decode_responses: bool, retry: Any, process_role: str
 ) -> dict[str, Any]:
@@ -162,6 +169,7 @@ def _client_kwargs(
         "retry": retry,
         "client_name": f"kryonix:{role.value}:{process_role}:{os.getpid()}",
         "decode_responses": decode_responses,
+        "max_connections": POOL_MAX_CONNECTIONS,
     }
     if settings.redis_password:
         kwargs["password"] = settings.redis_password

@@ -91,6 +91,20 @@ def test_limit_reached_exactly_and_the_retry_after(primary: redis.Redis) -> None
     run(body, scope="test")
 
 
+def test_hundreds_of_concurrent_checks_of_one_client_decide_exactly_none_fail_open(
+    redis_env: dict[str, str],
+) -> None:
+    """400 checks at once on one event loop, as 400 requests of one ASGI process: a pool
+    that refused the 101st connection read as an outage and let every request through."""
+
+    async def body(limiter: AsyncRateLimiter) -> list[Decision]:
+        return await asyncio.gather(*(limiter.check("203.0.113.9", 100, 60) for _ in range(400)))
+
+    decisions = run(body, scope="burst")
+    assert not any(d.degraded for d in decisions), [d.reason for d in decisions if d.degraded][:3]
+    assert sum(d.allowed for d in decisions) == 100
+
+
 def test_script_reload_loud_refusals_and_input_checked_before_redis(primary: redis.Redis) -> None:
     primary.set(keys.rate_limit_log("test", 60_000, "ivan"), "not a log")
 
