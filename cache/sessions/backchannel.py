@@ -30,6 +30,7 @@ from cache import keys
 from cache.sessions.async_service import AsyncSessionService
 from cache.sessions.calls import fail_closed
 from cache.sessions.core import SessionError, SessionStoreUnavailable, check_idp_value
+from cache.sessions.jwks import jwks_client
 from cache.sessions.service import SessionService
 
 __all__ = [
@@ -58,8 +59,6 @@ SUPPORTED_ALGORITHMS = frozenset(
 )
 DEFAULT_LEEWAY_S = 30.0  # clock skew allowed between the IdP and us
 DEFAULT_MAX_AGE_S = 300.0  # an `iat` older than this is refused: logout tokens are sent at once
-DEFAULT_JWKS_TIMEOUT_S = 5.0
-DEFAULT_JWKS_LIFESPAN_S = 300.0
 MAX_TOKEN_BYTES = 16 * 1024  # a logout token is a few hundred bytes; refuse junk before parsing
 MAX_JTI_LENGTH = 256
 ACCEPTED_TYPES = frozenset({"logout+jwt", "jwt"})  # `typ` header, when present (case-insensitive)
@@ -110,17 +109,6 @@ class LogoutResponse:
     body: str
     headers: Mapping[str, str] = field(default_factory=lambda: dict(NO_STORE))
     destroyed: int = 0  # sessions ended (for logs and tests; not sent)
-
-
-def jwks_client(
-    url: str, *, timeout_s: float = DEFAULT_JWKS_TIMEOUT_S, lifespan_s: float = DEFAULT_JWKS_LIFESPAN_S
-) -> jwt.PyJWKClient:
-    """A cached JWKS client for the IdP's `jwks_uri` (Keycloak: `<realm>/protocol/openid-connect/certs`).
-
-    Build it once per process: the key set is kept `lifespan_s`, and an unknown `kid`
-    (a rotated key) triggers one refetch.
-    """
-    return jwt.PyJWKClient(url, cache_jwk_set=True, lifespan=lifespan_s, timeout=timeout_s)
 
 
 def _signing_key(token: str, jwks: JwksSource, algorithms: Collection[str]) -> jwt.PyJWK:

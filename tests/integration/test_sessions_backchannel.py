@@ -285,6 +285,48 @@ def test_an_unreachable_jwks_answers_503_and_destroys_nothing(
     assert alive(service, logins) == set(logins)
 
 
+class _TrickleHandler(BaseHTTPRequestHandler):
+    """A JWKS server that sends one byte every 0.2 s: no single read ever times out."""
+
+    def do_GET(self) -> None:
+        body = json.dumps(JWKS).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for i in range(len(body)):
+            try:
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def test_a_trickling_jwks_answers_503_within_the_fetch_deadline(
+    primary: redis.Redis, service: SessionService, logins: dict[str, str]
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TrickleHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    timeout_s = 1.0
+    try:
+        client = jwks_client(f"http://127.0.0.1:{server.server_address[1]}/certs", timeout_s=timeout_s)
+        started = time.monotonic()
+        response = handle(primary, make_token(sid="s1"), client)
+        elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert (response.status, response.headers["Retry-After"]) == (503, "5")
+    assert elapsed < 3 * timeout_s  # generous: the whole document (minutes at this pace) would fail
+    assert alive(service, logins) == set(logins)
+
+
 def test_a_store_outage_after_the_jti_answers_503_and_lets_the_retry_through(
     primary: redis.Redis, service: SessionService, logins: dict[str, str]
 ) -> None:
