@@ -46,6 +46,7 @@ __all__ = [
     "finish_jti",
     "handle_logout_token",
     "jwks_client",
+    "refused",
     "verify_logout_token",
 ]
 
@@ -285,7 +286,8 @@ def finish_jti(client: Redis, *, claims: LogoutClaims) -> None:
         client.set(_jti_key(claims), JTI_DONE, xx=True, keepttl=True)
 
 
-def _refused(reason: str) -> LogoutResponse:
+def refused(reason: str) -> LogoutResponse:
+    """The 400 for the IdP: the OIDC error body, never `reason` (that is logged)."""
     log.warning("back-channel logout refused: %s", reason[:200])  # header values are the sender's
     body = '{"error":"invalid_request","error_description":"invalid logout token"}'
     return LogoutResponse(status=400, body=body, headers={**NO_STORE, "Content-Type": "application/json"})
@@ -303,7 +305,7 @@ def _verified(
     try:
         return verify_logout_token(token, jwks=jwks, issuer=issuer, audience=audience, **options)
     except LogoutTokenError as exc:
-        return _refused(exc.reason)
+        return refused(exc.reason)
     except JwksUnavailable as exc:
         return _unavailable(exc)
 
@@ -339,7 +341,7 @@ def handle_logout_token(
     service = service or SessionService(client)
     try:
         if not claim_jti(client, claims=claims, **options):
-            return _refused("the jti was already used (replay)")
+            return refused("the jti was already used (replay)")
         if claims.sid is not None:
             destroyed = service.logout_by_idp_session(claims.sid)
         else:
@@ -373,7 +375,7 @@ async def async_handle_logout_token(
         with fail_closed(action="record a logout token"):
             fresh = await client.set(key, JTI_PENDING, nx=True, px=_jti_ttl_ms(claims, options))
             if not fresh and _is_done(await client.get(key)):
-                return _refused("the jti was already used (replay)")
+                return refused("the jti was already used (replay)")
         if claims.sid is not None:
             destroyed = await service.logout_by_idp_session(claims.sid)
         else:
