@@ -15,6 +15,7 @@ from flask import Response, current_app, make_response, request
 from flask.typing import ResponseReturnValue
 
 from cache.identifiers import IdentifierKind
+from cache.integrations.backchannel_form import MAX_BODY_BYTES, bad_form, form_token
 from cache.integrations.client_address import client_ip
 from cache.integrations.flask_sessions import extension, problem_response, session_user_id
 from cache.integrations.problems import rate_limit_denied
@@ -120,19 +121,26 @@ def backchannel_logout_view(
         jwks: `jwks_client(url)` (built once) or a JWKS dict.
         issuer, audience: what the logout token must name.
         options: `VerifyOptions` (`algorithms`, `leeway_s`, `max_age_s`, `require_exp`, `clock`).
+
+    Only an `application/x-www-form-urlencoded` body with exactly one `logout_token` is
+    read; any other body gets the 400 with the OIDC JSON error body, as in Starlette.
     """
 
     def backchannel_logout() -> Response:
         sessions = extension(current_app).sessions
-        answer = handle_logout_token(
-            sessions.client,
-            token=request.form.get("logout_token"),
-            jwks=jwks,
-            issuer=issuer,
-            audience=audience,
-            service=sessions,
-            **options,
-        )
+        token = form_token(request.content_type, request.stream.read(MAX_BODY_BYTES + 1))
+        if token is None:
+            answer = bad_form()
+        else:
+            answer = handle_logout_token(
+                sessions.client,
+                token=token,
+                jwks=jwks,
+                issuer=issuer,
+                audience=audience,
+                service=sessions,
+                **options,
+            )
         response = Response(answer.body, status=answer.status, headers=dict(answer.headers))
         if answer.body:
             response.mimetype = "application/json"

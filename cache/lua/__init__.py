@@ -2,6 +2,7 @@
 
 Each `.lua` file in this directory is shipped as package data (`cache = ["lua/*.lua"]`
 in pyproject.toml) and named here without its suffix, e.g. `script(client, "cache_set")`.
+A line `--#include _<name>` is replaced by that helper file's text (shared Lua functions).
 The server keeps loaded scripts until a SCRIPT FLUSH or a failover to a replica that
 never saw them; redis-py's `Script` answers that NOSCRIPT by loading the script again.
 """
@@ -22,10 +23,20 @@ from redis.typing import EncodableT, KeyT
 __all__ = ["LuaScript", "async_script", "script", "source"]
 
 
+_INCLUDE = "--#include "  # a line naming a `_<name>.lua` file whose text replaces it
+
+
 @functools.cache
 def source(name: str) -> str:
-    """The text of `cache/lua/<name>.lua`; read from the package once per process."""
-    return (resources.files(__name__) / f"{name}.lua").read_text(encoding="utf-8")
+    """The text of `cache/lua/<name>.lua`, includes expanded; read from the package once per process.
+
+    Files named `_<name>.lua` are only included (shared helpers), never run on their own.
+    """
+    text = (resources.files(__name__) / f"{name}.lua").read_text(encoding="utf-8")
+    return "".join(
+        source(line[len(_INCLUDE) :].strip()) if line.startswith(_INCLUDE) else line
+        for line in text.splitlines(keepends=True)
+    )
 
 
 class LuaScript:

@@ -9,14 +9,15 @@
 -- ids are never reused.
 -- Returns {live sessions destroyed, ids still in KEYS[1]}; the caller repeats while
 -- ids remain, so a session created or rotated meanwhile is caught too.
+--#include _session_times
 local now = tonumber(ARGV[1])
 local destroyed, k = 0, 2
 for i = 2, #ARGV, 5 do
   local id, n = ARGV[i], tonumber(ARGV[i + 4])
   local h = redis.call('HMGET', KEYS[k], 'uid', 'seen', 'idle', 'abs', 'isid', 'isub')
   if h[1] and h[1] == ARGV[i + 1] and (h[5] or '') == ARGV[i + 2] and (h[6] or '') == ARGV[i + 3] then
-    if h[2] and h[3] and h[4]
-      and now < math.min(tonumber(h[2]) + tonumber(h[3]), tonumber(h[4])) then
+    local seen, idle, abs = session_times(h[2], h[3], h[4])  -- malformed: deleted, not counted
+    if seen and now < math.min(seen + idle, abs) then
       destroyed = destroyed + 1
     end
     redis.call('DEL', KEYS[k])

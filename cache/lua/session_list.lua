@@ -5,6 +5,7 @@
 -- ARGV[2]   user id
 -- ARGV[3..] session ids
 -- Returns a flat array: id, {field, value, ...}, id, {...} for each live session.
+--#include _session_times
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local out = {}
@@ -12,8 +13,8 @@ for i = 2, #KEYS do
   local id = ARGV[i + 1]
   local h = redis.call('HMGET', KEYS[i], 'uid', 'seen', 'idle', 'abs')
   local mine = h[1] == ARGV[2]
-  local live = mine and h[2] and h[3] and h[4]
-    and now < math.min(tonumber(h[2]) + tonumber(h[3]), tonumber(h[4]))
+  local seen, idle, abs = session_times(h[2], h[3], h[4])  -- malformed: not live, deleted
+  local live = mine and seen and now < math.min(seen + idle, abs)
   if live then
     out[#out + 1] = id
     out[#out + 1] = redis.call('HGETALL', KEYS[i])

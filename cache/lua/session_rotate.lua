@@ -16,14 +16,17 @@
 -- the data over ARGV[5] bytes (nothing is written).
 -- The absolute deadline and created-at move with the session: rotating is not a way
 -- to live forever. Last seen becomes now and the idle timeout slides.
+-- Every stored value is checked before the first write: a malformed session (bad times,
+-- empty user) is destroyed like an expired one, never half-moved.
+--#include _session_times
 local h = redis.call('HMGET', KEYS[1], 'uid', 'seen', 'idle', 'abs', 'isid', 'isub')
-if not (h[1] and h[2] and h[3] and h[4]) or h[1] ~= ARGV[3]
+if not h[1] or h[1] == '' or h[1] ~= ARGV[3]
   or (h[5] or '') ~= ARGV[6] or (h[6] or '') ~= ARGV[7] then
   return 0
 end
 local now = tonumber(ARGV[4])
-local seen, idle, abs = tonumber(h[2]), tonumber(h[3]), tonumber(h[4])
-if now >= math.min(seen + idle, abs) then
+local seen, idle, abs = session_times(h[2], h[3], h[4])
+if not seen or now >= math.min(seen + idle, abs) then
   redis.call('DEL', KEYS[1])
   for i = 3, #KEYS do
     redis.call('ZREM', KEYS[i], ARGV[1])

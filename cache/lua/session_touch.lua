@@ -12,13 +12,12 @@
 -- the hash as a flat field, value array (ARGV[3] = "1") or 1.
 -- Expiry rule (mirrors cache.sessions.core.expires_at_ms): a session lives until
 -- min(last seen + idle TTL, absolute deadline); nothing moves the absolute deadline.
+-- A hash with missing or malformed times is no session: it is deleted, nothing else written.
+--#include _session_times
 local h = redis.call('HMGET', KEYS[1], 'seen', 'idle', 'abs')
-if not (h[1] and h[2] and h[3]) then
-  return false
-end
 local now = tonumber(ARGV[1])
-local seen, idle, abs = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
-if now >= math.min(seen + idle, abs) then
+local seen, idle, abs = session_times(h[1], h[2], h[3])
+if not seen or now >= math.min(seen + idle, abs) then
   redis.call('DEL', KEYS[1])
   return false
 end

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio
+from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from cache import connections, keys, lua
 from cache.connections import Role
@@ -43,6 +45,12 @@ from cache.sessions.core import (
 )
 
 __all__ = ["AsyncSessionService"]
+
+
+# Session hashes are read undecoded: on a `decode_responses` client, bytes that are not
+# UTF-8 (a hash written by hand) would make redis-py raise mid-reply; as bytes, the
+# shared decoding reads them as no session.
+_RAW: dict[str, Any] = {NEVER_DECODE: []}
 
 
 class AsyncSessionService(SessionCalls):
@@ -75,8 +83,19 @@ class AsyncSessionService(SessionCalls):
         }
 
     async def _run(self, name: str, call: Call, action: str) -> Any:
+        """The script's reply as bytes, even on a decoding client (see `_RAW`); loaded again on NOSCRIPT."""
+        script = self._scripts[name]
+        command = ("EVALSHA", script.sha, len(call[0]), *call[0], *call[1])
         with fail_closed(action=action):
-            return await self._scripts[name](keys=call[0], args=call[1])
+            try:
+                return await self._raw(*command)
+            except NoScriptError:
+                await self.client.script_load(script.script)
+                return await self._raw(*command)
+
+    async def _raw(self, *command: Any) -> Any:
+        """One command whose reply stays bytes (see `_RAW`)."""
+        return await cast(Any, self.client).execute_command(*command, **_RAW)
 
     async def create(
         self,
@@ -125,7 +144,7 @@ class AsyncSessionService(SessionCalls):
 
     async def _owner(self, session_id: str, action: str) -> Owner | None:
         with fail_closed(action=action):
-            return Owner.read(await self.client.hmget(keys.session(session_id), OWNER_FIELDS))
+            return Owner.read(await self._raw("HMGET", keys.session(session_id), *OWNER_FIELDS))
 
     async def rotate(self, session_id: object, *, changes: Mapping[str, Any] | None = None) -> str | None:
         """As `SessionService.rotate`."""
@@ -190,7 +209,7 @@ class AsyncSessionService(SessionCalls):
                     return destroyed
                 pipe = self.client.pipeline(transaction=False)
                 for session_id in batch:
-                    pipe.hmget(keys.session(session_id), OWNER_FIELDS)
+                    pipe.execute_command("HMGET", keys.session(session_id), *OWNER_FIELDS, **_RAW)
                 owners = [Owner.read(raw) for raw in await pipe.execute()]
             call = self._destroy_call(index, zip(batch, owners, strict=True))
             count, remaining = await self._run("destroy_many", call, action)

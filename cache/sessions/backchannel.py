@@ -5,8 +5,9 @@ The IdP POSTs a signed JWT (`logout_token`) to the RP when a user signs out ther
 against the IdP's JWKS (the algorithm comes from the key, never `none` nor a shared
 secret), `iss`, `aud`, `iat` (bounded skew and age), `exp` when present, the `events`
 claim, `sub` and/or `sid`, no `nonce`. `handle_logout_token` adds the `jti` replay check
-(kept in Redis until the token could no longer be accepted) and destroys the matching
-sessions, answering what section 2.8 asks (200, 400, `Cache-Control: no-store`);
+(pending, then done once the sessions are destroyed; kept until the token could no
+longer be accepted) and destroys the matching sessions, answering what section 2.8 asks
+(200, 400, 503, `Cache-Control: no-store`);
 `async_handle_logout_token` is its asyncio twin. Framework-neutral: a Flask or Starlette
 view passes the form field and returns the answer.
 """
@@ -29,6 +30,7 @@ from cache import keys
 from cache.sessions.async_service import AsyncSessionService
 from cache.sessions.calls import fail_closed
 from cache.sessions.core import SessionError, SessionStoreUnavailable, check_idp_value
+from cache.sessions.jwks import jwks_client
 from cache.sessions.service import SessionService
 
 __all__ = [
@@ -41,8 +43,10 @@ __all__ = [
     "VerifyOptions",
     "async_handle_logout_token",
     "claim_jti",
+    "finish_jti",
     "handle_logout_token",
     "jwks_client",
+    "refused",
     "verify_logout_token",
 ]
 
@@ -56,8 +60,6 @@ SUPPORTED_ALGORITHMS = frozenset(
 )
 DEFAULT_LEEWAY_S = 30.0  # clock skew allowed between the IdP and us
 DEFAULT_MAX_AGE_S = 300.0  # an `iat` older than this is refused: logout tokens are sent at once
-DEFAULT_JWKS_TIMEOUT_S = 5.0
-DEFAULT_JWKS_LIFESPAN_S = 300.0
 MAX_TOKEN_BYTES = 16 * 1024  # a logout token is a few hundred bytes; refuse junk before parsing
 MAX_JTI_LENGTH = 256
 ACCEPTED_TYPES = frozenset({"logout+jwt", "jwt"})  # `typ` header, when present (case-insensitive)
@@ -108,17 +110,6 @@ class LogoutResponse:
     body: str
     headers: Mapping[str, str] = field(default_factory=lambda: dict(NO_STORE))
     destroyed: int = 0  # sessions ended (for logs and tests; not sent)
-
-
-def jwks_client(
-    url: str, *, timeout_s: float = DEFAULT_JWKS_TIMEOUT_S, lifespan_s: float = DEFAULT_JWKS_LIFESPAN_S
-) -> jwt.PyJWKClient:
-    """A cached JWKS client for the IdP's `jwks_uri` (Keycloak: `<realm>/protocol/openid-connect/certs`).
-
-    Build it once per process: the key set is kept `lifespan_s`, and an unknown `kid`
-    (a rotated key) triggers one refetch.
-    """
-    return jwt.PyJWKClient(url, cache_jwk_set=True, lifespan=lifespan_s, timeout=timeout_s)
 
 
 def _signing_key(token: str, jwks: JwksSource, algorithms: Collection[str]) -> jwt.PyJWK:
@@ -263,16 +254,40 @@ def _jti_ttl_ms(claims: LogoutClaims, options: VerifyOptions) -> int:
     return max(1000, int((claims.issued_at + max_age_s + leeway_s - now) * 1000))
 
 
+JTI_PENDING = b"pending"  # claimed; its sessions are not yet known to be destroyed
+JTI_DONE = b"done"  # its sessions were destroyed: the same token again is a replay
+
+
 def claim_jti(client: Redis, *, claims: LogoutClaims, **options: Unpack[VerifyOptions]) -> bool:
-    """Mark the token's `jti` as used (SET NX); False when it already was: a replay.
+    """Claim the token's `jti` (SET NX, pending); False only when it is already done: a replay.
 
-    Raises SessionStoreUnavailable when Redis is unreachable (fail closed).
+    A pending mark left by an earlier delivery that failed half-way (Redis timed out,
+    the logout did not finish) does not refuse the token: destroying is idempotent, so
+    the IdP's retry is processed again. Raises SessionStoreUnavailable (fail closed).
     """
+    key = _jti_key(claims)
     with fail_closed(action="record a logout token"):
-        return bool(client.set(_jti_key(claims), b"1", nx=True, px=_jti_ttl_ms(claims, options)))
+        if client.set(key, JTI_PENDING, nx=True, px=_jti_ttl_ms(claims, options)):
+            return True
+        return not _is_done(client.get(key))
 
 
-def _refused(reason: str) -> LogoutResponse:
+def _is_done(mark: object) -> bool:
+    """Whether a mark read back says done (clients decoding responses give str)."""
+    return mark in (JTI_DONE, JTI_DONE.decode())
+
+
+def finish_jti(client: Redis, *, claims: LogoutClaims) -> None:
+    """Mark the token's `jti` done once its sessions are destroyed (keeping the mark's TTL).
+
+    Raises SessionStoreUnavailable: the mark stays pending and a retry is processed again.
+    """
+    with fail_closed(action="record a logout token as done"):
+        client.set(_jti_key(claims), JTI_DONE, xx=True, keepttl=True)
+
+
+def refused(reason: str) -> LogoutResponse:
+    """The 400 for the IdP: the OIDC error body, never `reason` (that is logged)."""
     log.warning("back-channel logout refused: %s", reason[:200])  # header values are the sender's
     body = '{"error":"invalid_request","error_description":"invalid logout token"}'
     return LogoutResponse(status=400, body=body, headers={**NO_STORE, "Content-Type": "application/json"})
@@ -290,7 +305,7 @@ def _verified(
     try:
         return verify_logout_token(token, jwks=jwks, issuer=issuer, audience=audience, **options)
     except LogoutTokenError as exc:
-        return _refused(exc.reason)
+        return refused(exc.reason)
     except JwksUnavailable as exc:
         return _unavailable(exc)
 
@@ -315,7 +330,8 @@ def handle_logout_token(
     With `sid`, the sessions of that IdP session end; with only `sub`, every session of
     that subject. 200 on success (even when no session matched), 400 for any invalid or
     replayed token (the body never says why; the log does), 503 when Redis or the JWKS
-    is unreachable (nothing was destroyed for sure; the IdP may retry). `client` is the
+    is unreachable (the logout may be incomplete; the `jti` is at most pending, so the
+    IdP's retry is processed again). `client` is the
     PRIMARY Redis; `service` defaults to `SessionService(client)`; `options` are
     `verify_logout_token`'s.
     """
@@ -325,20 +341,15 @@ def handle_logout_token(
     service = service or SessionService(client)
     try:
         if not claim_jti(client, claims=claims, **options):
-            return _refused("the jti was already used (replay)")
-    except SessionStoreUnavailable as exc:
-        return _unavailable(exc)
-    try:
+            return refused("the jti was already used (replay)")
         if claims.sid is not None:
-            return _done(service.logout_by_idp_session(claims.sid))
-        return _done(service.logout_by_subject(claims.sub or ""))  # verified: sid or sub is set
+            destroyed = service.logout_by_idp_session(claims.sid)
+        else:
+            destroyed = service.logout_by_subject(claims.sub or "")  # verified: sid or sub is set
+        finish_jti(client, claims=claims)
     except SessionStoreUnavailable as exc:
-        try:  # best effort: let the IdP's retry through, since the logout did not happen
-            with fail_closed(action="release a logout token"):
-                client.delete(_jti_key(claims))
-        except SessionStoreUnavailable:
-            log.warning("could not release a logout token's jti; a retry of it will be refused")
-        return _unavailable(exc)
+        return _unavailable(exc)  # the mark is at most pending: the IdP's retry is processed
+    return _done(destroyed)
 
 
 async def async_handle_logout_token(
@@ -359,21 +370,18 @@ async def async_handle_logout_token(
     if isinstance(claims, LogoutResponse):
         return claims
     service = service or AsyncSessionService(client)
+    key = _jti_key(claims)
     try:
         with fail_closed(action="record a logout token"):
-            fresh = await client.set(_jti_key(claims), b"1", nx=True, px=_jti_ttl_ms(claims, options))
-        if not fresh:
-            return _refused("the jti was already used (replay)")
-    except SessionStoreUnavailable as exc:
-        return _unavailable(exc)
-    try:
+            fresh = await client.set(key, JTI_PENDING, nx=True, px=_jti_ttl_ms(claims, options))
+            if not fresh and _is_done(await client.get(key)):
+                return refused("the jti was already used (replay)")
         if claims.sid is not None:
-            return _done(await service.logout_by_idp_session(claims.sid))
-        return _done(await service.logout_by_subject(claims.sub or ""))
+            destroyed = await service.logout_by_idp_session(claims.sid)
+        else:
+            destroyed = await service.logout_by_subject(claims.sub or "")
+        with fail_closed(action="record a logout token as done"):
+            await client.set(key, JTI_DONE, xx=True, keepttl=True)
     except SessionStoreUnavailable as exc:
-        try:
-            with fail_closed(action="release a logout token"):
-                await client.delete(_jti_key(claims))
-        except SessionStoreUnavailable:
-            log.warning("could not release a logout token's jti; a retry of it will be refused")
         return _unavailable(exc)
+    return _done(destroyed)

@@ -56,11 +56,18 @@ class Owner:
 
     @classmethod
     def read(cls, raw: list[Any]) -> Owner | None:
-        """From an HMGET of `OWNER_FIELDS`; None when the hash is gone."""
+        """From an HMGET of `OWNER_FIELDS`; None when the hash is gone or its owner is malformed.
+
+        A hand-written hash (bytes that are not UTF-8, an empty user) is nobody's session:
+        rotate and destroy find nothing, and its ids leave the indexes as they expire.
+        """
         if not raw or raw[0] is None:
             return None
-        uid, isid, isub = (None if v is None else as_text(v) for v in raw)
-        return cls(uid or "", isid, isub)
+        try:
+            uid, isid, isub = (None if v is None else as_text(v) for v in raw)
+        except UnicodeDecodeError:
+            return None
+        return cls(uid, isid, isub) if uid else None
 
     def index_keys(self) -> list[str]:
         """The indexes the session is in: the user's, then the IdP session's and subject's."""

@@ -248,18 +248,41 @@ def as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_STORED_MS = re.compile(r"[0-9]{1,14}")  # what the Lua scripts accept (cache/lua/_session_times.lua)
+_MAX_STORED_MS = 10**14 - 1
+
+
+def stored_ms(value: str, *, low: int = 0, high: int = _MAX_STORED_MS) -> int:
+    """A stored time in ms: whole, at most 14 digits, in [low, high].
+
+    Raises:
+        ValueError: anything else (a sign, a float, NaN, 400 digits, out of range).
+    """
+    if _STORED_MS.fullmatch(value) is None or not low <= int(value) <= high:
+        raise ValueError(f"not a stored time in ms: {value[:40]!r}")
+    return int(value)
+
+
 def decode_session(session_id: str, raw: Mapping[Any, Any]) -> Session | None:
-    """A `Session` from its hash, or None when the record is not one of ours."""
-    fields = {as_text(k): v for k, v in raw.items()}
+    """A `Session` from its hash, or None when the record is not one of ours.
+
+    Every decoding step (field names, text, JSON, numbers) is inside the guard: a hash
+    written by hand reads as no session, never as an error of the request.
+    """
     try:
-        meta = {name: as_text(fields[name]) for name in _META_FIELDS}
-        data = {
-            k[len(DATA_PREFIX) :]: orjson.loads(v) for k, v in fields.items() if k.startswith(DATA_PREFIX)
-        }
-        created, seen, idle, absolute = (int(meta[n]) for n in _META_FIELDS[1:])
-    except (KeyError, ValueError):
+        return _decoded(session_id, {as_text(k): v for k, v in raw.items()})
+    except (KeyError, ValueError):  # UnicodeDecodeError and orjson's JSONDecodeError are ValueErrors
         logger.warning("a session record is malformed; treated as no session")
         return None
+
+
+def _decoded(session_id: str, fields: dict[str, Any]) -> Session:
+    meta = {name: as_text(fields[name]) for name in _META_FIELDS}
+    if not meta["uid"]:
+        raise ValueError("the session has an empty user id")
+    data = {k[len(DATA_PREFIX) :]: orjson.loads(v) for k, v in fields.items() if k.startswith(DATA_PREFIX)}
+    created, seen, absolute = (stored_ms(meta[n]) for n in ("created", "seen", "abs"))
+    idle = stored_ms(meta["idle"], low=1, high=MAX_TTL_S * 1000)
     idp_sid, idp_sub = (as_text(fields[n]) if n in fields else None for n in IDP_FIELDS)
     return Session(
         id=session_id,

@@ -194,6 +194,26 @@ def test_backchannel_logout_ends_the_idp_session(serve: Serve) -> None:
     assert call("GET", f"{base}/backchannel-logout").status_code == 405
 
 
+def bad_form_request(kind: str, token: str) -> dict[str, object]:
+    """httpx arguments of a back-channel POST that is not one urlencoded `logout_token`."""
+    if kind == "two fields":
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        return {"content": f"logout_token={token}&logout_token={token}", "headers": form}
+    if kind == "multipart":
+        return {"files": {"logout_token": (None, token)}}
+    return {"json": {"logout_token": token}}
+
+
+@pytest.mark.parametrize("kind", ["two fields", "multipart", "json"])
+def test_backchannel_logout_refuses_any_body_but_one_urlencoded_token(serve: Serve, kind: str) -> None:
+    base = serve(TEST_JWKS=json.dumps(JWKS))
+    sid = sign_in(base, "alice", idp_sid="idp-9")
+    answer = call("POST", f"{base}/backchannel-logout", **bad_form_request(kind, logout_token(sid="idp-9")))
+    assert (answer.status_code, answer.headers["Cache-Control"]) == (400, "no-store")
+    assert answer.json() == {"error": "invalid_request", "error_description": "invalid logout token"}
+    assert whoami(base, sid) == "alice"
+
+
 def test_a_hung_redis_answers_503_within_the_call_bound(
     serve: Serve, redis_factory: Callable[..., RedisServer]
 ) -> None:

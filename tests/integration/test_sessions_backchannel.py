@@ -285,6 +285,48 @@ def test_an_unreachable_jwks_answers_503_and_destroys_nothing(
     assert alive(service, logins) == set(logins)
 
 
+class _TrickleHandler(BaseHTTPRequestHandler):
+    """A JWKS server that sends one byte every 0.2 s: no single read ever times out."""
+
+    def do_GET(self) -> None:
+        body = json.dumps(JWKS).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for i in range(len(body)):
+            try:
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def test_a_trickling_jwks_answers_503_within_the_fetch_deadline(
+    primary: redis.Redis, service: SessionService, logins: dict[str, str]
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TrickleHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    timeout_s = 1.0
+    try:
+        client = jwks_client(f"http://127.0.0.1:{server.server_address[1]}/certs", timeout_s=timeout_s)
+        started = time.monotonic()
+        response = handle(primary, make_token(sid="s1"), client)
+        elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert (response.status, response.headers["Retry-After"]) == (503, "5")
+    assert elapsed < 3 * timeout_s  # generous: the whole document (minutes at this pace) would fail
+    assert alive(service, logins) == set(logins)
+
+
 def test_a_store_outage_after_the_jti_answers_503_and_lets_the_retry_through(
     primary: redis.Redis, service: SessionService, logins: dict[str, str]
 ) -> None:
@@ -297,6 +339,44 @@ def test_a_store_outage_after_the_jti_answers_503_and_lets_the_retry_through(
     assert alive(service, logins) == set(logins)
     retried = handle_logout_token(primary, token=token, **options)
     assert (retried.status, retried.destroyed) == (200, 2)
+    assert handle_logout_token(primary, token=token, **options).status == 400  # now done: a replay
+
+
+def _mark_pending(primary: redis.Redis, token: str) -> None:
+    """What a `SET NX` that timed out on the client but reached Redis leaves behind."""
+    claims = verify_logout_token(token, jwks=JWKS, issuer=ISSUER, audience=AUDIENCE)
+    digest = hashlib.sha256(f"{claims.issuer}\0{claims.jti}".encode()).hexdigest()
+    primary.set(keys.logout_token_jti(digest), b"pending", px=60_000)
+
+
+def test_a_pending_jti_from_a_failed_delivery_is_processed_again(
+    primary: redis.Redis, service: SessionService, logins: dict[str, str]
+) -> None:
+    token = make_token(sid="s1")
+    _mark_pending(primary, token)
+    retried = handle(primary, token, JWKS)
+    assert (retried.status, retried.destroyed) == (200, 2)
+    assert alive(service, logins) == {"alice-3", "bob", "local"}
+    assert handle(primary, token, JWKS).status == 400
+
+
+def test_the_async_handler_processes_a_pending_jti_and_refuses_a_done_one(
+    primary: redis.Redis, service: SessionService, logins: dict[str, str]
+) -> None:
+    token = make_token(sub="sub-bob")
+    _mark_pending(primary, token)
+
+    async def main() -> list[tuple[int, int]]:
+        client = build_async_client(Role.PRIMARY)
+        options: dict[str, Any] = {"jwks": JWKS, "issuer": ISSUER, "audience": AUDIENCE}
+        try:
+            answers = [await async_handle_logout_token(client, token=token, **options) for _ in range(2)]
+        finally:
+            await client.aclose()
+        return [(a.status, a.destroyed) for a in answers]
+
+    assert asyncio.run(main()) == [(200, 1), (400, 0)]
+    assert "bob" not in alive(service, logins)
 
 
 def test_the_async_handler_answers_as_the_sync_one(

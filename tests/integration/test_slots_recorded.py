@@ -153,7 +153,11 @@ def check(client: redis.Redis, commands: list[tuple[bytes, list[bytes]]]) -> tup
 
 
 def all_script_shas() -> dict[str, str]:
-    names = [p.name[:-4] for p in resources.files("cache.lua").iterdir() if p.name.endswith(".lua")]
+    names = [
+        p.name[:-4]
+        for p in resources.files("cache.lua").iterdir()
+        if p.name.endswith(".lua") and not p.name.startswith("_")  # `_` files are only included
+    ]
     return {hashlib.sha1(source(n).encode()).hexdigest(): n for n in names}
 
 

@@ -194,3 +194,19 @@ def test_backchannel_logout_ends_the_idp_session(
         assert http.post("/backchannel-logout", content=b"{}").status_code == 400
         assert me(http, sid).json()["user_id"] is None
         assert me(http, kept).json()["user_id"] == "42"
+
+
+@pytest.mark.parametrize("kind", ["two fields", "multipart", "json"])
+def test_backchannel_logout_refuses_bad_forms_as_flask_does(
+    redis_env: dict[str, str], uvicorn_app: Callable[..., Served], kind: str
+) -> None:
+    from tests.integration.test_flask_adapter import bad_form_request
+    from tests.integration.test_sessions_backchannel import JWKS, make_token
+
+    served = uvicorn_app(APP, TEST_JWKS=json.dumps(JWKS))
+    with served.client() as http:
+        sid = session_id(http.post("/login", params={"user": "42", "sid": "idp-9"}))
+        answer = http.post("/backchannel-logout", **bad_form_request(kind, make_token(sid="idp-9")))  # type: ignore[arg-type]
+        assert (answer.status_code, answer.headers["cache-control"]) == (400, "no-store")
+        assert answer.json() == {"error": "invalid_request", "error_description": "invalid logout token"}
+        assert me(http, sid).json()["user_id"] == "42"

@@ -4,38 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Unpack
-from urllib.parse import parse_qs
 
 import redis.asyncio
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 
 from cache import connections
 from cache.connections import Role
-from cache.sessions.backchannel import (
-    MAX_TOKEN_BYTES,
-    NO_STORE,
-    JwksSource,
-    VerifyOptions,
-    async_handle_logout_token,
-)
+from cache.integrations.backchannel_form import MAX_BODY_BYTES, bad_form, form_token
+from cache.sessions.backchannel import JwksSource, LogoutResponse, VerifyOptions, async_handle_logout_token
 
 __all__ = ["backchannel_logout"]
 
-MAX_BODY_BYTES = 2 * MAX_TOKEN_BYTES  # `logout_token=` plus percent-encoding; more is junk
 
-
-async def _form_token(request: Request) -> str | None:
-    """The `logout_token` field of a urlencoded body; None for anything else or too large."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-        return None
+async def _body(request: Request) -> bytes | None:
+    """The request body, or None once it is over MAX_BODY_BYTES (read no further)."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             return None
-    values = parse_qs(body.decode("latin-1"), max_num_fields=8).get("logout_token", [])
-    return values[0] if len(values) == 1 else None
+    return body
 
 
 def backchannel_logout(
@@ -54,23 +43,27 @@ def backchannel_logout(
         client: defaults to `connections.build_async_client(Role.PRIMARY)`, built on first use.
         options: `verify_logout_token`'s tuning (algorithms, leeway_s, max_age_s, ...).
 
-    Answers 200 once the sessions are gone, 400 for a refused token, 503 while Redis is
-    down (Keycloak retries), always with `Cache-Control: no-store`.
+    Answers 200 once the sessions are gone, 400 (OIDC JSON error body) for a refused token
+    or any body but a urlencoded form with one `logout_token`, 503 while Redis or the
+    JWKS is unreachable (Keycloak retries), always with `Cache-Control: no-store`.
     """
     clients: list[redis.asyncio.Redis] = [client] if client is not None else []
 
     async def endpoint(request: Request) -> Response:
-        try:
-            token = await _form_token(request)
-        except (ValueError, UnicodeError):
-            token = None
+        body = await _body(request)
+        token = None if body is None else form_token(request.headers.get("content-type"), body)
         if token is None:
-            return PlainTextResponse("expected a form with one logout_token", 400, headers=NO_STORE)
+            return _response(bad_form())
         if not clients:
             clients.append(connections.build_async_client(Role.PRIMARY))
         answer = await async_handle_logout_token(
             clients[0], token=token, jwks=jwks, issuer=issuer, audience=audience, **options
         )
-        return PlainTextResponse(answer.body, answer.status, headers=dict(answer.headers))
+        return _response(answer)
 
     return endpoint
+
+
+def _response(answer: LogoutResponse) -> Response:
+    media_type = "application/json" if answer.body else None  # the 400's OIDC error body
+    return Response(answer.body, answer.status, headers=dict(answer.headers), media_type=media_type)
