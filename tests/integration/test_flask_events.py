@@ -22,6 +22,7 @@ from cache.realtime.service import RealtimeService
 from tests.integration.flask_app import create_app
 from tests.integration.flask_fixtures import COOKIE, TIMEOUT_S, Serve, call, sign_in
 from tests.integration.processes import Processes
+from tests.waiting import wait_until
 from workers.dev.servers import PROJECT_ROOT, RedisServer
 
 pytestmark = pytest.mark.realtime
@@ -144,3 +145,34 @@ def test_streams_end_when_gunicorn_shuts_down(serve: Serve, processes: Processes
             os.kill(master.pid, signal.SIGTERM)
             assert list(reader) == []  # the stream ended, long before the 120 s graceful timeout
     master.wait(timeout=60)
+
+
+def test_a_backlog_beyond_the_buffer_arrives_whole_in_one_connection(
+    serve: Serve, primary: redis.Redis
+) -> None:
+    base = serve(*GTHREAD)
+    sid = sign_in(base, "alice")
+    events = RealtimeService(primary)
+    published = [events.publish_user_event("alice", "tick", {"n": n}) for n in range(1000)]  # buffer: 256
+    with httpx.Client(timeout=TIMEOUT_S, headers={"Cookie": f"{COOKIE}={sid}"}) as client:
+        with client.stream("GET", f"{base}/events", headers={"Last-Event-ID": "0"}) as response:
+            seen = (frame["id"] for frame in frames(response) if "id" in frame)
+            assert [next(seen) for _ in published] == published  # whole, in order, once
+            live = events.publish_user_event("alice", "late", {})
+            assert next(seen) == live
+
+
+def test_a_client_gone_mid_replay_ends_its_stream(serve: Serve, primary: redis.Redis) -> None:
+    base = serve(*GTHREAD)
+    sid = sign_in(base, "alice")
+    events = RealtimeService(primary)
+    for n in range(1000):  # the stream cap; 4 MB: more than the sockets hold
+        events.publish_user_event("alice", "tick", {"n": n, "pad": "x" * 4000})
+    with httpx.Client(timeout=TIMEOUT_S, headers={"Cookie": f"{COOKIE}={sid}"}) as client:
+        with client.stream("GET", f"{base}/events", headers={"Last-Event-ID": "0"}) as response:
+            seen = (
+                frame for frame in frames(response) if "id" in frame
+            )  # kept: dropping it closes the socket
+            next(seen)
+            wait_until(lambda: primary.pubsub_numsub("user:alice:events")[0][1] == 1, 15, "a subscriber")
+    wait_until(lambda: primary.pubsub_numsub("user:alice:events")[0][1] == 0, 15, "the unsubscribe")
