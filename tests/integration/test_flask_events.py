@@ -176,3 +176,17 @@ def test_a_client_gone_mid_replay_ends_its_stream(serve: Serve, primary: redis.R
             next(seen)
             wait_until(lambda: primary.pubsub_numsub("user:alice:events")[0][1] == 1, 15, "a subscriber")
     wait_until(lambda: primary.pubsub_numsub("user:alice:events")[0][1] == 0, 15, "the unsubscribe")
+
+
+def test_an_id_beyond_the_newest_resumes_at_the_newest(serve: Serve, primary: redis.Redis) -> None:
+    base = serve(*GTHREAD)
+    sid = sign_in(base, "alice")
+    events = RealtimeService(primary)
+    events.publish_user_event("alice", "old", {})
+    with httpx.Client(timeout=TIMEOUT_S, headers={"Cookie": f"{COOKIE}={sid}"}) as client:
+        headers = {"Last-Event-ID": "99999999999999-0"}
+        with client.stream("GET", f"{base}/events", headers=headers) as response:
+            seen = (frame for frame in frames(response) if "id" in frame)
+            wait_until(lambda: primary.pubsub_numsub("user:alice:events")[0][1] == 1, 15, "a subscriber")
+            live = events.publish_user_event("alice", "late", {})
+            assert next(seen)["id"] == live  # clamped, not waiting for the year 5138

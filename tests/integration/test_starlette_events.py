@@ -216,3 +216,16 @@ def test_a_client_gone_mid_replay_ends_its_handler_and_uvicorn_exits(
     served.process.send_signal(signal.SIGTERM)
     assert served.process.wait(timeout=20) in (0, -signal.SIGTERM), served.log()
     assert "timeout graceful shutdown exceeded" not in served.log()
+
+
+def test_an_id_beyond_the_newest_resumes_at_the_newest(served: Served, redis_env: dict[str, str]) -> None:
+    events = RealtimeService()
+    events.publish_user_event(42, "old", {})
+    with served.client() as http:
+        sid = signed_in(http, "42")
+        headers = {"cookie": f"{COOKIE}={sid}", "last-event-id": "99999999999999-0"}
+        with http.stream("GET", "/events", headers=headers) as response:
+            seen = (frame for frame in frames(response.iter_lines()) if "id" in frame)
+            wait_until(lambda: events.client.pubsub_numsub("user:42:events")[0][1] == 1, 15, "a subscriber")
+            live = events.publish_user_event(42, "late", {})
+            assert next(seen)["id"] == live  # clamped, not waiting for the year 5138
