@@ -42,6 +42,7 @@ from cache.realtime.subscriber import Subscriber
 __all__ = [
     "DEFAULT_BUFFER_EVENTS",
     "DEFAULT_KEEPALIVE_S",
+    "DEFAULT_MAX_STREAMS",
     "DEFAULT_RETRY_MS",
     "EventStream",
     "close_event_streams",
@@ -51,6 +52,7 @@ __all__ = [
 
 DEFAULT_RETRY_MS = 3_000  # the browser's reconnect delay (`retry:`)
 DEFAULT_KEEPALIVE_S = 15.0  # a comment this often keeps proxies from closing an idle stream
+DEFAULT_MAX_STREAMS = 4  # open streams per user per process: one user must not hold every thread
 DEFAULT_BUFFER_EVENTS = 256  # live events held for one slow client before it is closed
 REPLAY_PAGE = 200  # backlog events per read; the next page is read once the client took this one
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -111,6 +113,21 @@ class _Hub:
         self.service = RealtimeService()
         self.subscriber = Subscriber(service=self.service)
         self.streams: set[EventStream] = set()
+        self.per_user: dict[str, int] = {}  # open streams by user id, guarded by `_lock`
+
+    def claim(self, user: str, limit: int) -> bool:
+        """Count one more open stream of `user`, unless it already holds `limit`."""
+        with _lock:
+            if self.per_user.get(user, 0) >= limit:
+                return False
+            self.per_user[user] = self.per_user.get(user, 0) + 1
+            return True
+
+    def release(self, user: str) -> None:
+        with _lock:
+            left = self.per_user.pop(user, 1) - 1
+            if left > 0:
+                self.per_user[user] = left
 
 
 _lock = threading.Lock()
@@ -167,6 +184,7 @@ def event_stream(
     retry_ms: int = DEFAULT_RETRY_MS,
     keepalive_s: float = DEFAULT_KEEPALIVE_S,
     buffer_events: int = DEFAULT_BUFFER_EVENTS,
+    max_streams: int = DEFAULT_MAX_STREAMS,
 ) -> Response:
     """A `text/event-stream` response of `user_id`'s events, replaying those after the last seen.
 
@@ -174,7 +192,8 @@ def event_stream(
     `last_event_id`, else the `Last-Event-ID` header (a reconnecting browser), else the
     `last_event_id` query parameter (a reloaded page). A malformed one answers 400
     `bad_last_event_id`; Redis down when the start position must be read, 503
-    `events_unavailable`; after `close_event_streams()`, 503 `shutting_down`.
+    `events_unavailable`; after `close_event_streams()`, 503 `shutting_down`; a user
+    already holding `max_streams` open streams in this process, 429 `too_many_streams`.
     """
     if _closed_in == os.getpid():
         return problem_response(problems.shutting_down())
@@ -183,27 +202,35 @@ def event_stream(
     try:
         if since:
             parse_stream_id(since)  # a bad id answers 400 even with Redis down
-        channel = keys.user_channel(validate_user_id(user_id))
+        user = validate_user_id(user_id)
+    except InvalidEvent:
+        return problem_response(problems.bad_last_event_id())
+    if not hub.claim(user, max_streams):
+        return problem_response(problems.too_many_streams(max_streams))
+    try:
+        channel = keys.user_channel(user)
         newest = hub.service.latest_id(channel)  # the backlog ends here, live begins after it
         backlog = _backlog(hub.service, channel, resume_after(since, newest), newest) if since else ()
         stream = EventStream(
             buffer_events=buffer_events, keepalive_s=keepalive_s, retry_ms=retry_ms, backlog=backlog
         )
         subscription = hub.subscriber.subscribe(channel, stream.offer, since=newest)
-    except InvalidEvent:
-        return problem_response(problems.bad_last_event_id())
     except KryonixError:  # Redis down (or refusing): the start position could not be read
+        hub.release(user)
         return problem_response(problems.events_unavailable())
     hub.streams.add(stream)
+    ended = threading.Event()
 
-    def body() -> Iterator[str]:
-        try:
-            yield from stream.frames()
-        finally:  # the client went away, overflowed, or the server is shutting down
+    def end() -> None:  # the client went away, overflowed, or the server is shutting down
+        if not ended.is_set():
+            ended.set()
             hub.streams.discard(stream)
             hub.subscriber.unsubscribe(subscription)
+            hub.release(user)
 
-    return Response(body(), mimetype="text/event-stream", headers=SSE_HEADERS)
+    response = Response(stream.frames(), mimetype="text/event-stream", headers=SSE_HEADERS)
+    response.call_on_close(end)  # also when the body never started
+    return response
 
 
 def _backlog(service: RealtimeService, channel: str, after: str, until: str) -> Iterator[Event]:

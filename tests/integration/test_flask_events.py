@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import redis
+from flask import Response
 
 from cache.integrations import flask_events
 from cache.integrations.flask_events import EventStream, close_event_streams
@@ -190,3 +191,25 @@ def test_an_id_beyond_the_newest_resumes_at_the_newest(serve: Serve, primary: re
             wait_until(lambda: primary.pubsub_numsub("user:alice:events")[0][1] == 1, 15, "a subscriber")
             live = events.publish_user_event("alice", "late", {})
             assert next(seen)["id"] == live  # clamped, not waiting for the year 5138
+
+
+def test_a_user_beyond_max_streams_gets_429_until_one_closes(
+    primary: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flask_events, "_closed_in", None)  # restored after the test
+    app = create_app()
+
+    def open_stream() -> Response:
+        with app.test_request_context("/events"):
+            return flask_events.event_stream("alice", max_streams=2)
+
+    first, second = open_stream(), open_stream()
+    refused = open_stream()
+    assert refused.status_code == 429 and refused.json == {"error": "too_many_streams", "max_streams": 2}
+    assert refused.headers["Cache-Control"] == "no-store"
+    first.close()  # the server closes the body when the client goes, even one never read
+    third = open_stream()
+    assert third.status_code == 200
+    for response in (second, third):
+        response.close()
+    close_event_streams()

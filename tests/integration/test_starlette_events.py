@@ -229,3 +229,28 @@ def test_an_id_beyond_the_newest_resumes_at_the_newest(served: Served, redis_env
             wait_until(lambda: events.client.pubsub_numsub("user:42:events")[0][1] == 1, 15, "a subscriber")
             live = events.publish_user_event(42, "late", {})
             assert next(seen)["id"] == live  # clamped, not waiting for the year 5138
+
+
+def test_a_user_beyond_max_streams_gets_429_until_one_closes(served: Served) -> None:
+    with served.client() as http:
+        sid = signed_in(http, "42")
+        cookie = {"cookie": f"{COOKIE}={sid}"}
+        streams = [http.stream("GET", "/events", headers=cookie) for _ in range(4)]  # the default cap
+        readers = [frames(stream.__enter__().iter_lines()) for stream in streams]
+        for reader in readers:
+            assert next(reader) == {"retry": "3000"}
+        refused = http.get("/events", headers=cookie)
+        assert refused.status_code == 429 and refused.json() == {
+            "error": "too_many_streams",
+            "max_streams": 4,
+        }
+        assert refused.headers["cache-control"] == "no-store"
+        streams.pop().__exit__(None, None, None)
+
+        def opens() -> bool:
+            with http.stream("GET", "/events", headers=cookie) as response:
+                return response.status_code == 200
+
+        wait_until(opens, 15, "a free slot once a stream closed")
+        for stream in streams:
+            stream.__exit__(None, None, None)

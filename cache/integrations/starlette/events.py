@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_MS = 3_000  # the browser's reconnect delay (`retry:`)
 DEFAULT_KEEP_ALIVE_S = 15.0  # a comment this often: proxies close idle connections
+DEFAULT_MAX_STREAMS = 4  # open streams per user per process: one user must not hold them all
 DEFAULT_BUFFER = 256  # live events queued per client before it counts as too slow and is closed
 REPLAY_PAGE = 200  # backlog events per read; the next page is read once the client took this one
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -60,6 +61,7 @@ class _Hub:
         self.pid = os.getpid()
         self.loop = loop
         self.closing = asyncio.Event()
+        self.per_user: dict[str, int] = {}  # open streams by user id (one event loop: no lock)
         self._subscriber: AsyncSubscriber | None = None
         self._service: AsyncRealtimeService | None = None
         self._chain_signals()
@@ -124,6 +126,7 @@ class EventStreamResponse(Response):
         request: the request; the resume position comes from its headers or query.
         user_id: whose events, from the session (never from the request itself).
         retry_ms, keep_alive_s: the `retry:` field and the keep-alive comment interval.
+        max_streams: streams one user may hold open in this process; one more answers 429.
         buffer: live events queued for this client; one more and the stream is closed
             (the replayed backlog is not buffered: it is read as the client takes it).
     """
@@ -138,12 +141,14 @@ class EventStreamResponse(Response):
         retry_ms: int = DEFAULT_RETRY_MS,
         keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
         buffer: int = DEFAULT_BUFFER,
+        max_streams: int = DEFAULT_MAX_STREAMS,
     ) -> None:
         super().__init__(headers=STREAM_HEADERS, media_type=self.media_type)
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # open-ended
         self.user_id = user_id
         self.since = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or None
         self.retry_ms = retry_ms
+        self.max_streams = max_streams
         self.keep_alive_s = keep_alive_s
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=buffer)
         self.overflowed = asyncio.Event()
@@ -165,13 +170,27 @@ class EventStreamResponse(Response):
         try:
             if self.since is not None:
                 parse_stream_id(self.since)  # a bad id answers 400 even with Redis down
-            channel = keys.user_channel(validate_user_id(self.user_id))
-            subscriber, service = await hub.subscriber()
-            newest = await service.latest_id(channel)  # the backlog ends here, live begins after it
-            subscription = await subscriber.subscribe(channel, self._offer, since=newest)
+            user = validate_user_id(self.user_id)
         except InvalidEvent:
             await problem_response(problems.bad_last_event_id())(scope, receive, send)
             return
+        if hub.per_user.get(user, 0) >= self.max_streams:
+            await problem_response(problems.too_many_streams(self.max_streams))(scope, receive, send)
+            return
+        hub.per_user[user] = hub.per_user.get(user, 0) + 1
+        try:
+            await self._serve(hub, user, scope, receive, send)
+        finally:
+            left = hub.per_user.pop(user, 1) - 1
+            if left > 0:
+                hub.per_user[user] = left
+
+    async def _serve(self, hub: _Hub, user: str, scope: Scope, receive: Receive, send: Send) -> None:
+        channel = keys.user_channel(user)
+        try:
+            subscriber, service = await hub.subscriber()
+            newest = await service.latest_id(channel)  # the backlog ends here, live begins after it
+            subscription = await subscriber.subscribe(channel, self._offer, since=newest)
         except KryonixError:  # Redis down (or refusing): the start position could not be read
             await problem_response(problems.events_unavailable())(scope, receive, send)
             return
