@@ -3,7 +3,10 @@
 One `Subscriber` (one pub/sub connection, one thread) per worker process, started on
 the first stream, so nothing connects at import and a fork (gunicorn `--preload`)
 never shares a subscriber: a process that finds one made by its parent builds its
-own. Each stream is one subscription feeding a bounded queue; a client that stops
+own. A resuming client's backlog (everything after `Last-Event-ID` up to the newest
+event at connect time) is read in pages straight to it, at its own pace, in one
+connection; live events start after that newest id (the subscription's baseline), so
+nothing is missed or sent twice. Live events feed a bounded queue; a client that stops
 reading fills it and is closed (its browser reconnects with `Last-Event-ID` and
 replays what it missed) instead of growing the buffer.
 """
@@ -15,20 +18,31 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import FrameType
 
 from flask import Response, request
 
+from cache import keys
 from cache.errors import KryonixError
 from cache.integrations import problems
 from cache.integrations.flask_sessions import problem_response
-from cache.realtime.envelope import Event, InvalidEvent, to_sse
+from cache.realtime.envelope import (
+    Event,
+    InvalidEvent,
+    backlog_page,
+    parse_stream_id,
+    resume_after,
+    to_sse,
+    validate_user_id,
+)
+from cache.realtime.service import RealtimeService
 from cache.realtime.subscriber import Subscriber
 
 __all__ = [
     "DEFAULT_BUFFER_EVENTS",
     "DEFAULT_KEEPALIVE_S",
+    "DEFAULT_MAX_STREAMS",
     "DEFAULT_RETRY_MS",
     "EventStream",
     "close_event_streams",
@@ -38,7 +52,9 @@ __all__ = [
 
 DEFAULT_RETRY_MS = 3_000  # the browser's reconnect delay (`retry:`)
 DEFAULT_KEEPALIVE_S = 15.0  # a comment this often keeps proxies from closing an idle stream
-DEFAULT_BUFFER_EVENTS = 256  # events held for one slow client before it is closed
+DEFAULT_MAX_STREAMS = 4  # open streams per user per process: one user must not hold every thread
+DEFAULT_BUFFER_EVENTS = 256  # live events held for one slow client before it is closed
+REPLAY_PAGE = 200  # backlog events per read; the next page is read once the client took this one
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 _CLOSE = object()  # the queue's end marker
 
@@ -46,7 +62,10 @@ _CLOSE = object()  # the queue's end marker
 class EventStream:
     """One client's bounded buffer and its SSE frames; framework-free, so tests drive it directly."""
 
-    def __init__(self, *, buffer_events: int, keepalive_s: float, retry_ms: int) -> None:
+    def __init__(
+        self, *, buffer_events: int, keepalive_s: float, retry_ms: int, backlog: Iterable[Event] = ()
+    ) -> None:
+        self.backlog = backlog
         self.queue: queue.Queue[object] = queue.Queue(maxsize=buffer_events)
         self.keepalive_s = keepalive_s
         self.retry_ms = retry_ms
@@ -68,8 +87,13 @@ class EventStream:
             self.queue.put_nowait(_CLOSE)
 
     def frames(self) -> Iterator[str]:
-        """`retry:`, then one frame per event and a comment per idle `keepalive_s`, until closed."""
+        """`retry:`, the backlog, then one frame per live event and a comment per idle `keepalive_s`,
+        until closed."""
         yield f"retry: {self.retry_ms}\n\n"
+        for event in self.backlog:  # live events wait in the queue meanwhile
+            if self.ended:
+                return
+            yield to_sse(event)
         while not self.ended:
             try:
                 item = self.queue.get(timeout=self.keepalive_s)
@@ -86,8 +110,24 @@ class _Hub:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.subscriber = Subscriber()
+        self.service = RealtimeService()
+        self.subscriber = Subscriber(service=self.service)
         self.streams: set[EventStream] = set()
+        self.per_user: dict[str, int] = {}  # open streams by user id, guarded by `_lock`
+
+    def claim(self, user: str, limit: int) -> bool:
+        """Count one more open stream of `user`, unless it already holds `limit`."""
+        with _lock:
+            if self.per_user.get(user, 0) >= limit:
+                return False
+            self.per_user[user] = self.per_user.get(user, 0) + 1
+            return True
+
+    def release(self, user: str) -> None:
+        with _lock:
+            left = self.per_user.pop(user, 1) - 1
+            if left > 0:
+                self.per_user[user] = left
 
 
 _lock = threading.Lock()
@@ -144,6 +184,7 @@ def event_stream(
     retry_ms: int = DEFAULT_RETRY_MS,
     keepalive_s: float = DEFAULT_KEEPALIVE_S,
     buffer_events: int = DEFAULT_BUFFER_EVENTS,
+    max_streams: int = DEFAULT_MAX_STREAMS,
 ) -> Response:
     """A `text/event-stream` response of `user_id`'s events, replaying those after the last seen.
 
@@ -151,26 +192,50 @@ def event_stream(
     `last_event_id`, else the `Last-Event-ID` header (a reconnecting browser), else the
     `last_event_id` query parameter (a reloaded page). A malformed one answers 400
     `bad_last_event_id`; Redis down when the start position must be read, 503
-    `events_unavailable`; after `close_event_streams()`, 503 `shutting_down`.
+    `events_unavailable`; after `close_event_streams()`, 503 `shutting_down`; a user
+    already holding `max_streams` open streams in this process, 429 `too_many_streams`.
     """
     if _closed_in == os.getpid():
         return problem_response(problems.shutting_down())
     since = last_event_id or request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     hub = _current_hub()
-    stream = EventStream(buffer_events=buffer_events, keepalive_s=keepalive_s, retry_ms=retry_ms)
     try:
-        subscription = hub.subscriber.subscribe_user(user_id, stream.offer, since=since or None)
+        if since:
+            parse_stream_id(since)  # a bad id answers 400 even with Redis down
+        user = validate_user_id(user_id)
     except InvalidEvent:
         return problem_response(problems.bad_last_event_id())
+    if not hub.claim(user, max_streams):
+        return problem_response(problems.too_many_streams(max_streams))
+    try:
+        channel = keys.user_channel(user)
+        newest = hub.service.latest_id(channel)  # the backlog ends here, live begins after it
+        backlog = _backlog(hub.service, channel, resume_after(since, newest), newest) if since else ()
+        stream = EventStream(
+            buffer_events=buffer_events, keepalive_s=keepalive_s, retry_ms=retry_ms, backlog=backlog
+        )
+        subscription = hub.subscriber.subscribe(channel, stream.offer, since=newest)
     except KryonixError:  # Redis down (or refusing): the start position could not be read
+        hub.release(user)
         return problem_response(problems.events_unavailable())
     hub.streams.add(stream)
+    ended = threading.Event()
 
-    def body() -> Iterator[str]:
-        try:
-            yield from stream.frames()
-        finally:  # the client went away, overflowed, or the server is shutting down
+    def end() -> None:  # the client went away, overflowed, or the server is shutting down
+        if not ended.is_set():
+            ended.set()
             hub.streams.discard(stream)
             hub.subscriber.unsubscribe(subscription)
+            hub.release(user)
 
-    return Response(body(), mimetype="text/event-stream", headers=SSE_HEADERS)
+    response = Response(stream.frames(), mimetype="text/event-stream", headers=SSE_HEADERS)
+    response.call_on_close(end)  # also when the body never started
+    return response
+
+
+def _backlog(service: RealtimeService, channel: str, after: str, until: str) -> Iterator[Event]:
+    """What was published after `after` up to `until`, read a page at a time as the client takes it."""
+    position: str | None = after if parse_stream_id(after) < parse_stream_id(until) else None
+    while position is not None:
+        page, position = backlog_page(service.events_since(channel, position, count=REPLAY_PAGE), until)
+        yield from page

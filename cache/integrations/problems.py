@@ -28,6 +28,7 @@ __all__ = [
     "SHUTDOWN_RETRY_AFTER_S",
     "SHUTTING_DOWN",
     "SIGN_IN_REQUIRED",
+    "TOO_MANY_STREAMS",
     "Problem",
     "bad_last_event_id",
     "events_unavailable",
@@ -35,6 +36,7 @@ __all__ = [
     "rate_limit_denied",
     "shutting_down",
     "sign_in_required",
+    "too_many_streams",
 ]
 
 RETRY_AFTER_S = 5  # what a 503 for a Redis outage tells the client; outages are short or paged
@@ -47,6 +49,7 @@ RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
 EVENTS_UNAVAILABLE = "events_unavailable"
 SHUTTING_DOWN = "shutting_down"
 BAD_LAST_EVENT_ID = "bad_last_event_id"
+TOO_MANY_STREAMS = "too_many_streams"
 SIGN_IN_REQUIRED = "sign_in_required"
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -105,6 +108,11 @@ def sign_in_required() -> Problem:
 def bad_last_event_id() -> Problem:
     """400 for a `Last-Event-ID` (or `last_event_id`) that is no event id."""
     return Problem(400, {"error": BAD_LAST_EVENT_ID}, dict(NO_STORE))
+
+
+def too_many_streams(limit: int) -> Problem:
+    """429 for one more event stream than a user may hold open in this process (`max_streams`)."""
+    return Problem(429, {"error": TOO_MANY_STREAMS, "max_streams": limit}, dict(NO_STORE))
 
 
 def rate_limit_denied(decision: Decision, *more: Decision) -> Problem:

@@ -32,7 +32,7 @@ MAX_SEQ = 2**64 - 1  # largest sequence part of a Redis stream id
 _USER_ID = re.compile(r"[A-Za-z0-9_.@+-]{1,128}")  # no ':' so a channel name parses one way
 _EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,99}")
 _USER_CHANNEL = re.compile(r"user:([A-Za-z0-9_.@+-]{1,128}):events")
-_STREAM_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")  # ASCII only: `\d` takes any script's digits
 _PATTERN_CHARS = re.compile(r"[\x21-\x7e]{1,200}")  # printable, no whitespace
 
 StreamId = tuple[int, int]
@@ -153,6 +153,26 @@ def parse_stream_id(value: str) -> StreamId:
 
 def format_stream_id(stream_id: StreamId) -> str:
     return f"{stream_id[0]}-{stream_id[1]}"
+
+
+def resume_after(since: str, newest: str) -> str:
+    """Where a client that last saw `since` resumes: `since`, or `newest` when `since` is beyond it
+    (an id from the future, or from a stream that expired since), so live events still reach it.
+
+    Raises:
+        InvalidEvent: `since` is not an event id.
+    """
+    return format_stream_id(min(parse_stream_id(since), parse_stream_id(newest)))
+
+
+def backlog_page(events: list[Event], until: str) -> tuple[list[Event], str | None]:
+    """One replay page cut at `until` (where the live subscription begins): the events to send,
+    and the id to read the next page after (None: the backlog is done, live takes over)."""
+    end = parse_stream_id(until)
+    kept = [event for event in events if parse_stream_id(event.id) <= end]
+    if not kept or len(kept) < len(events) or parse_stream_id(kept[-1].id) >= end:
+        return kept, None
+    return kept, kept[-1].id
 
 
 def id_before_ms(ms: int) -> StreamId:

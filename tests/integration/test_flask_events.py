@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import redis
+from flask import Response
 
 from cache.integrations import flask_events
 from cache.integrations.flask_events import EventStream, close_event_streams
@@ -22,6 +23,7 @@ from cache.realtime.service import RealtimeService
 from tests.integration.flask_app import create_app
 from tests.integration.flask_fixtures import COOKIE, TIMEOUT_S, Serve, call, sign_in
 from tests.integration.processes import Processes
+from tests.waiting import wait_until
 from workers.dev.servers import PROJECT_ROOT, RedisServer
 
 pytestmark = pytest.mark.realtime
@@ -144,3 +146,70 @@ def test_streams_end_when_gunicorn_shuts_down(serve: Serve, processes: Processes
             os.kill(master.pid, signal.SIGTERM)
             assert list(reader) == []  # the stream ended, long before the 120 s graceful timeout
     master.wait(timeout=60)
+
+
+def test_a_backlog_beyond_the_buffer_arrives_whole_in_one_connection(
+    serve: Serve, primary: redis.Redis
+) -> None:
+    base = serve(*GTHREAD)
+    sid = sign_in(base, "alice")
+    events = RealtimeService(primary)
+    published = [events.publish_user_event("alice", "tick", {"n": n}) for n in range(1000)]  # buffer: 256
+    with httpx.Client(timeout=TIMEOUT_S, headers={"Cookie": f"{COOKIE}={sid}"}) as client:
+        with client.stream("GET", f"{base}/events", headers={"Last-Event-ID": "0"}) as response:
+            seen = (frame["id"] for frame in frames(response) if "id" in frame)
+            assert [next(seen) for _ in published] == published  # whole, in order, once
+            live = events.publish_user_event("alice", "late", {})
+            assert next(seen) == live
+
+
+def test_a_client_gone_mid_replay_ends_its_stream(serve: Serve, primary: redis.Redis) -> None:
+    base = serve(*GTHREAD)
+    sid = sign_in(base, "alice")
+    events = RealtimeService(primary)
+    for n in range(1000):  # the stream cap; 4 MB: more than the sockets hold
+        events.publish_user_event("alice", "tick", {"n": n, "pad": "x" * 4000})
+    with httpx.Client(timeout=TIMEOUT_S, headers={"Cookie": f"{COOKIE}={sid}"}) as client:
+        with client.stream("GET", f"{base}/events", headers={"Last-Event-ID": "0"}) as response:
+            seen = (
+                frame for frame in frames(response) if "id" in frame
+            )  # kept: dropping it closes the socket
+            next(seen)
+            wait_until(lambda: primary.pubsub_numsub("user:alice:events")[0][1] == 1, 15, "a subscriber")
+    wait_until(lambda: primary.pubsub_numsub("user:alice:events")[0][1] == 0, 15, "the unsubscribe")
+
+
+def test_an_id_beyond_the_newest_resumes_at_the_newest(serve: Serve, primary: redis.Redis) -> None:
+    base = serve(*GTHREAD)
+    sid = sign_in(base, "alice")
+    events = RealtimeService(primary)
+    events.publish_user_event("alice", "old", {})
+    with httpx.Client(timeout=TIMEOUT_S, headers={"Cookie": f"{COOKIE}={sid}"}) as client:
+        headers = {"Last-Event-ID": "99999999999999-0"}
+        with client.stream("GET", f"{base}/events", headers=headers) as response:
+            seen = (frame for frame in frames(response) if "id" in frame)
+            wait_until(lambda: primary.pubsub_numsub("user:alice:events")[0][1] == 1, 15, "a subscriber")
+            live = events.publish_user_event("alice", "late", {})
+            assert next(seen)["id"] == live  # clamped, not waiting for the year 5138
+
+
+def test_a_user_beyond_max_streams_gets_429_until_one_closes(
+    primary: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flask_events, "_closed_in", None)  # restored after the test
+    app = create_app()
+
+    def open_stream() -> Response:
+        with app.test_request_context("/events"):
+            return flask_events.event_stream("alice", max_streams=2)
+
+    first, second = open_stream(), open_stream()
+    refused = open_stream()
+    assert refused.status_code == 429 and refused.json == {"error": "too_many_streams", "max_streams": 2}
+    assert refused.headers["Cache-Control"] == "no-store"
+    first.close()  # the server closes the body when the client goes, even one never read
+    third = open_stream()
+    assert third.status_code == 200
+    for response in (second, third):
+        response.close()
+    close_event_streams()

@@ -181,3 +181,76 @@ def test_gunicorn_preload_workers_each_stream_and_stop_on_sigterm(
         for stream in streams:
             stream.__exit__(None, None, None)
     assert master.wait(timeout=25) == 0, log_of(master)
+
+
+def test_a_backlog_beyond_the_buffer_arrives_whole_then_live(
+    served: Served, redis_env: dict[str, str]
+) -> None:
+    events = RealtimeService()
+    published = [events.publish_user_event(42, "tick", {"n": n}) for n in range(1000)]  # buffer: 256
+    with served.client() as http:
+        sid = signed_in(http, "42")
+        headers = {"cookie": f"{COOKIE}={sid}", "last-event-id": "0"}
+        with http.stream("GET", "/events", headers=headers) as response:
+            seen = (frame["id"] for frame in frames(response.iter_lines()) if "id" in frame)
+            assert [next(seen) for _ in published] == published  # whole, in order, once
+            live = events.publish_user_event(42, "late", {})
+            assert next(seen) == live
+
+
+def test_a_client_gone_mid_replay_ends_its_handler_and_uvicorn_exits(
+    served: Served, redis_env: dict[str, str]
+) -> None:
+    events = RealtimeService()
+    for n in range(1000):  # the stream cap; 4 MB: more than the sockets hold
+        events.publish_user_event(42, "tick", {"n": n, "pad": "x" * 4000})
+    with served.client() as http:
+        sid = signed_in(http, "42")
+        headers = {"cookie": f"{COOKIE}={sid}", "last-event-id": "0"}
+        with http.stream("GET", "/events", headers=headers) as response:
+            seen = (frame for frame in frames(response.iter_lines()) if "id" in frame)
+            next(seen)
+            wait_until(lambda: events.client.pubsub_numsub("user:42:events")[0][1] == 1, 15, "a subscriber")
+        # the client left mid-replay: the handler ends and unsubscribes
+        wait_until(lambda: events.client.pubsub_numsub("user:42:events")[0][1] == 0, 15, "the unsubscribe")
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(timeout=20) in (0, -signal.SIGTERM), served.log()
+    assert "timeout graceful shutdown exceeded" not in served.log()
+
+
+def test_an_id_beyond_the_newest_resumes_at_the_newest(served: Served, redis_env: dict[str, str]) -> None:
+    events = RealtimeService()
+    events.publish_user_event(42, "old", {})
+    with served.client() as http:
+        sid = signed_in(http, "42")
+        headers = {"cookie": f"{COOKIE}={sid}", "last-event-id": "99999999999999-0"}
+        with http.stream("GET", "/events", headers=headers) as response:
+            seen = (frame for frame in frames(response.iter_lines()) if "id" in frame)
+            wait_until(lambda: events.client.pubsub_numsub("user:42:events")[0][1] == 1, 15, "a subscriber")
+            live = events.publish_user_event(42, "late", {})
+            assert next(seen)["id"] == live  # clamped, not waiting for the year 5138
+
+
+def test_a_user_beyond_max_streams_gets_429_until_one_closes(served: Served) -> None:
+    with served.client() as http:
+        sid = signed_in(http, "42")
+        cookie = {"cookie": f"{COOKIE}={sid}"}
+        streams = [http.stream("GET", "/events", headers=cookie) for _ in range(4)]  # the default cap
+        readers = [frames(stream.__enter__().iter_lines()) for stream in streams]
+        for reader in readers:
+            assert next(reader) == {"retry": "3000"}
+        refused = http.get("/events", headers=cookie)
+        assert refused.status_code == 429 and refused.json() == {
+            "error": "too_many_streams",
+            "max_streams": 4,
+        }
+        assert refused.headers["cache-control"] == "no-store"
+        streams.pop().__exit__(None, None, None)
+
+        def opens() -> bool:
+            with http.stream("GET", "/events", headers=cookie) as response:
+                return response.status_code == 200
+
+        wait_until(opens, 15, "a free slot once a stream closed")
+        for stream in streams:
+            stream.__exit__(None, None, None)

@@ -36,6 +36,7 @@ def decision(
         (problems.shutting_down(), 503, {"error": "shutting_down"}),
         (problems.bad_last_event_id(), 400, {"error": "bad_last_event_id"}),
         (problems.sign_in_required(), 401, {"error": "sign_in_required"}),
+        (problems.too_many_streams(4), 429, {"error": "too_many_streams", "max_streams": 4}),
     ],
 )
 def test_each_answer_has_its_code_status_and_headers(

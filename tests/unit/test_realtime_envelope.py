@@ -13,6 +13,7 @@ from cache.realtime.envelope import (
     Event,
     InvalidEnvelope,
     InvalidEvent,
+    backlog_page,
     decode_entry,
     decode_envelope,
     encode_body,
@@ -24,6 +25,7 @@ from cache.realtime.envelope import (
     plan_replay,
     reconnect_delay_s,
     resolve_channel,
+    resume_after,
     time_baseline,
     to_sse,
     validate_channel,
@@ -107,10 +109,46 @@ def test_parse_stream_id(text: str, parsed: tuple[int, int]) -> None:
     assert parse_stream_id(text) == parsed
 
 
-@pytest.mark.parametrize("bad", ["", "-1", "1-", "a-1", "1-2-3", " 1-0", f"{MAX_SEQ + 1}-0", "$", None, 5])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "-1",
+        "1-",
+        "a-1",
+        "1-2-3",
+        " 1-0",
+        f"{MAX_SEQ + 1}-0",
+        "$",
+        None,
+        5,
+        "\u0661\u0662\u0663-0",
+        "1-\uff10",
+    ],
+)
 def test_parse_stream_id_rejects_garbage(bad: object) -> None:
     with pytest.raises(InvalidEvent, match="event id"):
         parse_stream_id(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("since", "newest", "resumed"),
+    [("5-0", "9-0", "5-0"), ("99999999999999-0", "9-0", "9-0"), ("9-1", "9-0", "9-0"), ("7", "0-0", "0-0")],
+)
+def test_resume_after_clamps_an_id_beyond_the_newest(since: str, newest: str, resumed: str) -> None:
+    assert resume_after(since, newest) == resumed
+
+
+def _tick(stream_id: str) -> Event:
+    return Event(id=stream_id, channel="user:a:events", event="tick", data={}, timestamp="t")
+
+
+def test_backlog_page_stops_at_the_live_baseline() -> None:
+    page = [_tick("1-0"), _tick("2-0")]
+    assert backlog_page(page, "5-0") == (page, "2-0")  # a full page below the baseline: read on
+    assert backlog_page(page, "2-0") == (page, None)  # reached it: live takes over
+    assert backlog_page([*page, _tick("6-0")], "5-0") == (page, None)  # past it: live has those
+    assert backlog_page([], "5-0") == ([], None)
 
 
 def test_stream_ids_order_numerically_not_textually() -> None:

@@ -1,8 +1,11 @@
 """Server-Sent Events for Starlette and FastAPI: `EventStreamResponse(request, user_id)`.
 
 One `AsyncSubscriber` per worker process and event loop, started by the first stream
-(never at import, so `--preload` and forking servers are safe). Each client has a
-bounded buffer; a client too slow to drain it is closed, and its browser reconnects
+(never at import, so `--preload` and forking servers are safe). A resuming client's
+backlog (everything after `Last-Event-ID` up to the newest event at connect time) is
+read in pages straight to it, at its own pace; live events start after that newest id
+(the subscription's baseline), so nothing is missed or sent twice. Live events wait in
+a bounded buffer; a client too slow to drain it is closed, and its browser reconnects
 with `Last-Event-ID` and is replayed what it missed. Streams end when the client goes
 away, when the server shuts down (SIGTERM/SIGINT, chained to the server's own handler,
 or `await shutdown_event_streams()` from the lifespan), so a graceful shutdown never
@@ -16,18 +19,28 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from types import FrameType
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from cache import keys
 from cache.errors import KryonixError
 from cache.integrations import problems
 from cache.integrations.starlette.sessions import problem_response
 from cache.realtime.async_service import AsyncRealtimeService, AsyncSubscriber
-from cache.realtime.envelope import Event, InvalidEvent, to_sse
+from cache.realtime.envelope import (
+    Event,
+    InvalidEvent,
+    backlog_page,
+    parse_stream_id,
+    resume_after,
+    to_sse,
+    validate_user_id,
+)
 
 __all__ = ["EventStreamResponse", "shutdown_event_streams"]
 
@@ -35,7 +48,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_MS = 3_000  # the browser's reconnect delay (`retry:`)
 DEFAULT_KEEP_ALIVE_S = 15.0  # a comment this often: proxies close idle connections
-DEFAULT_BUFFER = 256  # events queued per client before it counts as too slow and is closed
+DEFAULT_MAX_STREAMS = 4  # open streams per user per process: one user must not hold them all
+DEFAULT_BUFFER = 256  # live events queued per client before it counts as too slow and is closed
+REPLAY_PAGE = 200  # backlog events per read; the next page is read once the client took this one
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -46,15 +61,16 @@ class _Hub:
         self.pid = os.getpid()
         self.loop = loop
         self.closing = asyncio.Event()
+        self.per_user: dict[str, int] = {}  # open streams by user id (one event loop: no lock)
         self._subscriber: AsyncSubscriber | None = None
         self._service: AsyncRealtimeService | None = None
         self._chain_signals()
 
-    async def subscriber(self) -> AsyncSubscriber:
-        if self._subscriber is None:
+    async def subscriber(self) -> tuple[AsyncSubscriber, AsyncRealtimeService]:
+        if self._subscriber is None or self._service is None:
             self._service = AsyncRealtimeService()
             self._subscriber = await AsyncSubscriber(service=self._service).start()
-        return self._subscriber
+        return self._subscriber, self._service
 
     async def close(self) -> None:
         self.closing.set()
@@ -110,7 +126,9 @@ class EventStreamResponse(Response):
         request: the request; the resume position comes from its headers or query.
         user_id: whose events, from the session (never from the request itself).
         retry_ms, keep_alive_s: the `retry:` field and the keep-alive comment interval.
-        buffer: events queued for this client; one more and the stream is closed.
+        max_streams: streams one user may hold open in this process; one more answers 429.
+        buffer: live events queued for this client; one more and the stream is closed
+            (the replayed backlog is not buffered: it is read as the client takes it).
     """
 
     media_type = "text/event-stream"
@@ -123,12 +141,14 @@ class EventStreamResponse(Response):
         retry_ms: int = DEFAULT_RETRY_MS,
         keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
         buffer: int = DEFAULT_BUFFER,
+        max_streams: int = DEFAULT_MAX_STREAMS,
     ) -> None:
         super().__init__(headers=STREAM_HEADERS, media_type=self.media_type)
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # open-ended
         self.user_id = user_id
         self.since = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or None
         self.retry_ms = retry_ms
+        self.max_streams = max_streams
         self.keep_alive_s = keep_alive_s
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=buffer)
         self.overflowed = asyncio.Event()
@@ -148,22 +168,58 @@ class EventStreamResponse(Response):
             await problem_response(problems.shutting_down())(scope, receive, send)
             return
         try:
-            subscriber = await hub.subscriber()
-            subscription = await subscriber.subscribe_user(self.user_id, self._offer, since=self.since)
+            if self.since is not None:
+                parse_stream_id(self.since)  # a bad id answers 400 even with Redis down
+            user = validate_user_id(self.user_id)
         except InvalidEvent:
             await problem_response(problems.bad_last_event_id())(scope, receive, send)
             return
+        if hub.per_user.get(user, 0) >= self.max_streams:
+            await problem_response(problems.too_many_streams(self.max_streams))(scope, receive, send)
+            return
+        hub.per_user[user] = hub.per_user.get(user, 0) + 1
+        try:
+            await self._serve(hub, user, scope, receive, send)
+        finally:
+            left = hub.per_user.pop(user, 1) - 1
+            if left > 0:
+                hub.per_user[user] = left
+
+    async def _serve(self, hub: _Hub, user: str, scope: Scope, receive: Receive, send: Send) -> None:
+        channel = keys.user_channel(user)
+        try:
+            subscriber, service = await hub.subscriber()
+            newest = await service.latest_id(channel)  # the backlog ends here, live begins after it
+            subscription = await subscriber.subscribe(channel, self._offer, since=newest)
         except KryonixError:  # Redis down (or refusing): the start position could not be read
             await problem_response(problems.events_unavailable())(scope, receive, send)
             return
+        after = resume_after(self.since, newest) if self.since is not None else newest
         try:
-            await self._stream(hub, receive, send)
+            await self._stream(
+                hub, receive, send, partial(self._backlog, send, service, channel, after, newest)
+            )
         finally:
             subscriber.unsubscribe(subscription)
 
-    async def _stream(self, hub: _Hub, receive: Receive, send: Send) -> None:
+    @staticmethod
+    async def _backlog(
+        send: Send, service: AsyncRealtimeService, channel: str, after: str, until: str
+    ) -> None:
+        """Send what was published after `after` up to `until`, a page at a time as the client reads."""
+        position: str | None = after if parse_stream_id(after) < parse_stream_id(until) else None
+        while position is not None:
+            page, position = backlog_page(
+                await service.events_since(channel, position, count=REPLAY_PAGE), until
+            )
+            for event in page:
+                await send(_body(to_sse(event)))
+
+    async def _stream(
+        self, hub: _Hub, receive: Receive, send: Send, backlog: Callable[[], Awaitable[None]]
+    ) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        pump = asyncio.create_task(self._pump(send))
+        pump = asyncio.create_task(self._pump(send, backlog))
         stops = [
             asyncio.create_task(_disconnected(receive)),
             asyncio.create_task(hub.closing.wait()),
@@ -180,8 +236,9 @@ class EventStreamResponse(Response):
             with contextlib.suppress(OSError, TimeoutError):  # a stuck client must not hold us
                 await asyncio.wait_for(send({"type": "http.response.body", "body": b""}), 1.0)
 
-    async def _pump(self, send: Send) -> None:
+    async def _pump(self, send: Send, backlog: Callable[[], Awaitable[None]]) -> None:
         await send(_body(f"retry: {self.retry_ms}\n\n"))
+        await backlog()
         while True:
             try:
                 event = await asyncio.wait_for(self.queue.get(), self.keep_alive_s)
