@@ -27,10 +27,12 @@ from cache import keys
 from cache.errors import KryonixError
 from cache.integrations import problems
 from cache.integrations.flask_sessions import problem_response
+from cache.integrations.streams import DEFAULT_MAX_STREAMS, REPLAY_PAGE, StreamCounts
 from cache.realtime.envelope import (
     Event,
     InvalidEvent,
     backlog_page,
+    backlog_start,
     parse_stream_id,
     resume_after,
     to_sse,
@@ -52,9 +54,7 @@ __all__ = [
 
 DEFAULT_RETRY_MS = 3_000  # the browser's reconnect delay (`retry:`)
 DEFAULT_KEEPALIVE_S = 15.0  # a comment this often keeps proxies from closing an idle stream
-DEFAULT_MAX_STREAMS = 4  # open streams per user per process: one user must not hold every thread
 DEFAULT_BUFFER_EVENTS = 256  # live events held for one slow client before it is closed
-REPLAY_PAGE = 200  # backlog events per read; the next page is read once the client took this one
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 _CLOSE = object()  # the queue's end marker
 
@@ -113,21 +113,7 @@ class _Hub:
         self.service = RealtimeService()
         self.subscriber = Subscriber(service=self.service)
         self.streams: set[EventStream] = set()
-        self.per_user: dict[str, int] = {}  # open streams by user id, guarded by `_lock`
-
-    def claim(self, user: str, limit: int) -> bool:
-        """Count one more open stream of `user`, unless it already holds `limit`."""
-        with _lock:
-            if self.per_user.get(user, 0) >= limit:
-                return False
-            self.per_user[user] = self.per_user.get(user, 0) + 1
-            return True
-
-    def release(self, user: str) -> None:
-        with _lock:
-            left = self.per_user.pop(user, 1) - 1
-            if left > 0:
-                self.per_user[user] = left
+        self.per_user = StreamCounts()
 
 
 _lock = threading.Lock()
@@ -205,7 +191,7 @@ def event_stream(
         user = validate_user_id(user_id)
     except InvalidEvent:
         return problem_response(problems.bad_last_event_id())
-    if not hub.claim(user, max_streams):
+    if not hub.per_user.claim(user, max_streams):
         return problem_response(problems.too_many_streams(max_streams))
     try:
         channel = keys.user_channel(user)
@@ -216,7 +202,7 @@ def event_stream(
         )
         subscription = hub.subscriber.subscribe(channel, stream.offer, since=newest)
     except KryonixError:  # Redis down (or refusing): the start position could not be read
-        hub.release(user)
+        hub.per_user.release(user)
         return problem_response(problems.events_unavailable())
     hub.streams.add(stream)
     ended = threading.Event()
@@ -226,7 +212,7 @@ def event_stream(
             ended.set()
             hub.streams.discard(stream)
             hub.subscriber.unsubscribe(subscription)
-            hub.release(user)
+            hub.per_user.release(user)
 
     response = Response(stream.frames(), mimetype="text/event-stream", headers=SSE_HEADERS)
     response.call_on_close(end)  # also when the body never started
@@ -235,7 +221,7 @@ def event_stream(
 
 def _backlog(service: RealtimeService, channel: str, after: str, until: str) -> Iterator[Event]:
     """What was published after `after` up to `until`, read a page at a time as the client takes it."""
-    position: str | None = after if parse_stream_id(after) < parse_stream_id(until) else None
+    position = backlog_start(after, until)
     while position is not None:
         page, position = backlog_page(service.events_since(channel, position, count=REPLAY_PAGE), until)
         yield from page

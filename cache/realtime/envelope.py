@@ -165,6 +165,11 @@ def resume_after(since: str, newest: str) -> str:
     return format_stream_id(min(parse_stream_id(since), parse_stream_id(newest)))
 
 
+def backlog_start(after: str, until: str) -> str | None:
+    """Where a replay from `after` up to `until` begins reading; None: there is nothing to replay."""
+    return after if parse_stream_id(after) < parse_stream_id(until) else None
+
+
 def backlog_page(events: list[Event], until: str) -> tuple[list[Event], str | None]:
     """One replay page cut at `until` (where the live subscription begins): the events to send,
     and the id to read the next page after (None: the backlog is done, live takes over)."""

@@ -31,11 +31,13 @@ from cache import keys
 from cache.errors import KryonixError
 from cache.integrations import problems
 from cache.integrations.starlette.sessions import problem_response
+from cache.integrations.streams import DEFAULT_MAX_STREAMS, REPLAY_PAGE, StreamCounts
 from cache.realtime.async_service import AsyncRealtimeService, AsyncSubscriber
 from cache.realtime.envelope import (
     Event,
     InvalidEvent,
     backlog_page,
+    backlog_start,
     parse_stream_id,
     resume_after,
     to_sse,
@@ -48,9 +50,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_MS = 3_000  # the browser's reconnect delay (`retry:`)
 DEFAULT_KEEP_ALIVE_S = 15.0  # a comment this often: proxies close idle connections
-DEFAULT_MAX_STREAMS = 4  # open streams per user per process: one user must not hold them all
 DEFAULT_BUFFER = 256  # live events queued per client before it counts as too slow and is closed
-REPLAY_PAGE = 200  # backlog events per read; the next page is read once the client took this one
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -61,7 +61,7 @@ class _Hub:
         self.pid = os.getpid()
         self.loop = loop
         self.closing = asyncio.Event()
-        self.per_user: dict[str, int] = {}  # open streams by user id (one event loop: no lock)
+        self.per_user = StreamCounts()
         self._subscriber: AsyncSubscriber | None = None
         self._service: AsyncRealtimeService | None = None
         self._chain_signals()
@@ -174,16 +174,13 @@ class EventStreamResponse(Response):
         except InvalidEvent:
             await problem_response(problems.bad_last_event_id())(scope, receive, send)
             return
-        if hub.per_user.get(user, 0) >= self.max_streams:
+        if not hub.per_user.claim(user, self.max_streams):
             await problem_response(problems.too_many_streams(self.max_streams))(scope, receive, send)
             return
-        hub.per_user[user] = hub.per_user.get(user, 0) + 1
         try:
             await self._serve(hub, user, scope, receive, send)
         finally:
-            left = hub.per_user.pop(user, 1) - 1
-            if left > 0:
-                hub.per_user[user] = left
+            hub.per_user.release(user)
 
     async def _serve(self, hub: _Hub, user: str, scope: Scope, receive: Receive, send: Send) -> None:
         channel = keys.user_channel(user)
@@ -207,7 +204,7 @@ class EventStreamResponse(Response):
         send: Send, service: AsyncRealtimeService, channel: str, after: str, until: str
     ) -> None:
         """Send what was published after `after` up to `until`, a page at a time as the client reads."""
-        position: str | None = after if parse_stream_id(after) < parse_stream_id(until) else None
+        position = backlog_start(after, until)
         while position is not None:
             page, position = backlog_page(
                 await service.events_since(channel, position, count=REPLAY_PAGE), until
