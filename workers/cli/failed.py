@@ -95,12 +95,17 @@ def reason_of(job: Job) -> tuple[str, str]:
     return kind, last_line
 
 
+def func_name_of(job: Job) -> str:
+    """The job's function, or `<undecodable>` for a payload that does not load (pickle by hand)."""
+    try:
+        return str(job.func_name)
+    except Exception:
+        return "<undecodable>"
+
+
 def _describe(job: Job, queue: str) -> FailedJob:
     kind, reason = reason_of(job)
-    try:
-        func = str(job.func_name)
-    except Exception:  # undecodable payload (e.g. pickle written by hand)
-        func = "<undecodable>"
+    func = func_name_of(job)
     ended = job.ended_at.timestamp() if job.ended_at else None
     return FailedJob(job.id, queue, func, ended, runs_of(job), kind, reason)
 

@@ -11,7 +11,7 @@ from rq.registry import ScheduledJobRegistry
 
 from cache.text import printable
 from jobs.quarantine import UnreadableJob
-from workers.cli.failed import error_text, iso_utc, reason_of
+from workers.cli.failed import error_text, func_name_of, iso_utc, reason_of
 from workers.job import KryonixJob, runs_of
 
 BAR_WIDTH = 30
@@ -34,7 +34,7 @@ def describe_job(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "id": job.id,
         "queue": job.origin,
-        "func": _func_name(job),
+        "func": func_name_of(job),
         "status": status.value if status is not None else None,
         "attempts": runs_of(job),
         "enqueued_at": iso_utc(job.enqueued_at),
@@ -51,13 +51,6 @@ def describe_job(client: redis.Redis, *, job_id: str) -> dict[str, Any]:
             info["failure_kind"], info["failure_reason"] = _last_exception(job)
         info.update(_next_run(client, job))
     return info
-
-
-def _func_name(job: Job) -> str:
-    try:
-        return str(job.func_name)
-    except Exception:  # undecodable payload (e.g. pickle written by hand), as `failed show` says
-        return "<undecodable>"
 
 
 def _result_of(job: Job) -> dict[str, Any]:
